@@ -1,0 +1,705 @@
+//! Exporter configuration: CLI values and the standard OpenTelemetry environment variables.
+//!
+//! Precedence follows the OTLP exporter specification: CLI flag, then
+//! `OTEL_EXPORTER_OTLP_TRACES_*`, then `OTEL_EXPORTER_OTLP_*`, then the default. Empty variables
+//! count as unset. The most specific source of a setting wins as a whole (headers from two
+//! sources are not merged).
+//!
+//! OTLP is enabled when an endpoint is configured (flag or variable); otherwise spans only go to
+//! the console.
+
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+use url::Url;
+
+/// Wire protocol of the OTLP exporter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (`grpc`).
+    Grpc,
+    /// OTLP/HTTP with binary protobuf bodies (`http/protobuf`), the default.
+    #[default]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The spellings accepted by [`OtlpProtocol::parse`], as in `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub const VALID_VALUES: &'static str = "grpc, http/protobuf";
+
+    /// Parses the OTEL spelling (`grpc` or `http/protobuf`); `None` for anything else.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim() {
+            "grpc" => Some(Self::Grpc),
+            "http/protobuf" => Some(Self::HttpProtobuf),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+impl std::fmt::Display for OtlpProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Default of [`ExportConfig::max_queue`].
+pub const DEFAULT_MAX_QUEUE: usize = 4096;
+/// Default of [`ExportConfig::max_batch`].
+pub const DEFAULT_MAX_BATCH: usize = 512;
+/// Default of [`ExportConfig::batch_timeout`].
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default of [`OtlpConfig::timeout`].
+pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`ExportConfig::shutdown_timeout`].
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything the export stage needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportConfig {
+    /// OTLP destination; `None` means console only.
+    pub otlp: Option<OtlpConfig>,
+    /// Print spans to stdout (in addition to OTLP when both are set).
+    pub console: bool,
+    /// Capacity of the bounded queue between the pipeline and each exporter task.
+    pub max_queue: usize,
+    /// Spans per request.
+    pub max_batch: usize,
+    /// Longest wait before a partial batch is sent.
+    pub batch_timeout: Duration,
+    /// How long [`super::ExporterHandle::shutdown`] may spend flushing.
+    pub shutdown_timeout: Duration,
+    /// Retry policy for retryable OTLP failures.
+    pub retry: RetryConfig,
+}
+
+impl Default for ExportConfig {
+    /// Console only, default queue and batch sizes.
+    fn default() -> Self {
+        Self {
+            otlp: None,
+            console: true,
+            max_queue: DEFAULT_MAX_QUEUE,
+            max_batch: DEFAULT_MAX_BATCH,
+            batch_timeout: DEFAULT_BATCH_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// Retry policy for one batch: exponential backoff with jitter, bounded by attempts and time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Attempts per batch, the first one included (1 disables retries).
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubled for each further retry.
+    pub initial_backoff: Duration,
+    /// Cap of a single backoff (a server's `Retry-After`/RetryInfo is honoured beyond it).
+    pub max_backoff: Duration,
+    /// A batch is given up when the next retry would start later than this after the first
+    /// attempt.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            max_elapsed: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where and how to send OTLP. `Debug` shows header names only (values are often secrets).
+#[derive(Clone, PartialEq)]
+pub struct OtlpConfig {
+    /// Full URL: for HTTP the URL the requests are POSTed to (already with `/v1/traces` when it
+    /// came from a generic endpoint), for gRPC the server the channel connects to.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// Extra request headers (gRPC metadata), e.g. authentication.
+    pub headers: Vec<(String, String)>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(k, _)| format!("{k}: <redacted>"))
+            .collect();
+        f.debug_struct("OtlpConfig")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &headers)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The export-related command-line values (`None`/`false` when not given).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExportCli {
+    /// `--otlp-endpoint`: behaves like `OTEL_EXPORTER_OTLP_ENDPOINT` (for http/protobuf
+    /// `/v1/traces` is appended).
+    pub endpoint: Option<String>,
+    /// `--otlp-protocol`: `grpc` or `http/protobuf`.
+    pub protocol: Option<String>,
+    /// `--otlp-headers`: `k1=v1,k2=v2`, values percent-decoded.
+    pub headers: Option<String>,
+    /// `--console`: print spans to stdout even when OTLP is configured.
+    pub console: bool,
+}
+
+/// A configuration value that cannot be used. The message names the value and where it came from.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid OTLP endpoint {value:?} from {origin}: {reason}")]
+    InvalidEndpoint {
+        value: String,
+        origin: String,
+        reason: String,
+    },
+    #[error("invalid OTLP protocol {value:?} from {origin}: expected one of {valid}", valid = OtlpProtocol::VALID_VALUES)]
+    InvalidProtocol { value: String, origin: String },
+    #[error("invalid OTLP headers {value:?} from {origin}: {reason}")]
+    InvalidHeaders {
+        value: String,
+        origin: String,
+        reason: String,
+    },
+    #[error("invalid value {value:?} for {origin}: {reason}")]
+    InvalidNumber {
+        value: String,
+        origin: String,
+        reason: String,
+    },
+}
+
+const FLAG_ENDPOINT: &str = "--otlp-endpoint";
+const FLAG_PROTOCOL: &str = "--otlp-protocol";
+const FLAG_HEADERS: &str = "--otlp-headers";
+
+/// A value and where it came from, for error messages.
+struct Sourced {
+    value: String,
+    origin: String,
+}
+
+/// First non-empty value among: the CLI value, then the given variables in order.
+fn pick(
+    cli: Option<&String>,
+    flag: &str,
+    vars: &[&str],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Sourced> {
+    if let Some(v) = cli.filter(|v| !v.trim().is_empty()) {
+        return Some(Sourced {
+            value: v.clone(),
+            origin: flag.to_owned(),
+        });
+    }
+    vars.iter().find_map(|name| {
+        env(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|value| Sourced {
+                value,
+                origin: (*name).to_owned(),
+            })
+    })
+}
+
+/// Resolve the exporter configuration from CLI values (which win) and the standard environment
+/// variables, read through `env` so tests can pass a map.
+///
+/// Variables: `OTEL_EXPORTER_OTLP_[TRACES_]{ENDPOINT,PROTOCOL,HEADERS,TIMEOUT}`,
+/// `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
+/// (milliseconds / counts).
+pub fn resolve_config(
+    cli: &ExportCli,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ExportConfig, ConfigError> {
+    let protocol = match pick(
+        cli.protocol.as_ref(),
+        FLAG_PROTOCOL,
+        &[
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ],
+        env,
+    ) {
+        None => OtlpProtocol::default(),
+        Some(s) => OtlpProtocol::parse(&s.value).ok_or(ConfigError::InvalidProtocol {
+            value: s.value,
+            origin: s.origin,
+        })?,
+    };
+
+    let endpoint = pick(
+        cli.endpoint.as_ref(),
+        FLAG_ENDPOINT,
+        &[
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ],
+        env,
+    );
+    let otlp = match endpoint {
+        None => None,
+        Some(src) => {
+            // Only the signal-specific variable is a complete URL; the flag and the generic
+            // variable are a base URL for HTTP.
+            let signal_specific = src.origin == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+            let endpoint = resolve_endpoint(&src, protocol, !signal_specific)?;
+            let headers = match pick(
+                cli.headers.as_ref(),
+                FLAG_HEADERS,
+                &[
+                    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                ],
+                env,
+            ) {
+                None => Vec::new(),
+                Some(s) => {
+                    parse_headers(&s.value).map_err(|reason| ConfigError::InvalidHeaders {
+                        value: s.value.clone(),
+                        origin: s.origin.clone(),
+                        reason,
+                    })?
+                }
+            };
+            let timeout = millis(
+                env,
+                &[
+                    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                    "OTEL_EXPORTER_OTLP_TIMEOUT",
+                ],
+            )?
+            .unwrap_or(DEFAULT_OTLP_TIMEOUT);
+            Some(OtlpConfig {
+                endpoint,
+                protocol,
+                headers,
+                timeout,
+            })
+        }
+    };
+
+    let batch_timeout = millis(env, &["OTEL_BSP_SCHEDULE_DELAY"])?.unwrap_or(DEFAULT_BATCH_TIMEOUT);
+    let max_queue = count(env, "OTEL_BSP_MAX_QUEUE_SIZE")?.unwrap_or(DEFAULT_MAX_QUEUE);
+    // The batch processor spec: a batch larger than the queue is clamped to the queue.
+    let max_batch = count(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")?
+        .unwrap_or(DEFAULT_MAX_BATCH)
+        .min(max_queue);
+
+    Ok(ExportConfig {
+        console: cli.console || otlp.is_none(),
+        otlp,
+        max_queue,
+        max_batch,
+        batch_timeout,
+        ..ExportConfig::default()
+    })
+}
+
+/// Validates the URL and, for a base URL with HTTP, appends `/v1/traces` to its path.
+fn resolve_endpoint(
+    src: &Sourced,
+    protocol: OtlpProtocol,
+    is_base: bool,
+) -> Result<String, ConfigError> {
+    let raw = src.value.trim();
+    let invalid = |reason: String| ConfigError::InvalidEndpoint {
+        value: src.value.clone(),
+        origin: src.origin.clone(),
+        reason,
+    };
+    let mut url = Url::parse(raw).map_err(|e| {
+        invalid(format!(
+            "{e} (expected a URL such as http://localhost:{})",
+            default_port(protocol)
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "unsupported scheme {:?} (expected http or https)",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("no host".to_owned()));
+    }
+    if protocol == OtlpProtocol::Grpc || !is_base {
+        return Ok(raw.to_owned());
+    }
+    let path = url.path().trim_end_matches('/');
+    let path = format!("{path}/v1/traces");
+    url.set_path(&path);
+    Ok(url.to_string())
+}
+
+fn default_port(protocol: OtlpProtocol) -> u16 {
+    match protocol {
+        OtlpProtocol::Grpc => 4317,
+        OtlpProtocol::HttpProtobuf => 4318,
+    }
+}
+
+/// Parses the `OTEL_EXPORTER_OTLP_HEADERS` format: `k1=v1,k2=v2`, keys and values
+/// percent-decoded and trimmed; empty entries are skipped.
+pub fn parse_headers(value: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for entry in value.split(',') {
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let Some((k, v)) = entry.split_once('=') else {
+            return Err(format!("entry {:?} is not key=value", entry.trim()));
+        };
+        let decode = |s: &str| {
+            percent_decode_str(s.trim())
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| format!("entry {:?} is not valid UTF-8 once decoded", entry.trim()))
+        };
+        let (key, val) = (decode(k)?, decode(v)?);
+        if key.is_empty() {
+            return Err(format!("entry {:?} has an empty key", entry.trim()));
+        }
+        if reqwest::header::HeaderName::from_bytes(key.as_bytes()).is_err() {
+            return Err(format!("{key:?} is not a valid header name"));
+        }
+        if reqwest::header::HeaderValue::from_str(&val).is_err() {
+            return Err(format!("the value of {key:?} is not a valid header value"));
+        }
+        out.push((key, val));
+    }
+    Ok(out)
+}
+
+/// A positive number of milliseconds from the first set variable.
+fn millis(
+    env: &dyn Fn(&str) -> Option<String>,
+    vars: &[&str],
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(s) = pick(None, "", vars, env) else {
+        return Ok(None);
+    };
+    match s.value.trim().parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(ConfigError::InvalidNumber {
+            value: s.value,
+            origin: s.origin,
+            reason: "expected a positive integer number of milliseconds".to_owned(),
+        }),
+    }
+}
+
+fn count(env: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<Option<usize>, ConfigError> {
+    let Some(s) = pick(None, "", &[var], env) else {
+        return Ok(None);
+    };
+    match s.value.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(ConfigError::InvalidNumber {
+            value: s.value,
+            origin: s.origin,
+            reason: "expected a positive integer".to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn resolve(cli: &ExportCli, vars: &[(&str, &str)]) -> Result<ExportConfig, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        resolve_config(cli, &|k| map.get(k).cloned())
+    }
+
+    fn otlp(cli: &ExportCli, vars: &[(&str, &str)]) -> OtlpConfig {
+        resolve(cli, vars).unwrap().otlp.expect("otlp configured")
+    }
+
+    fn cli_endpoint(e: &str) -> ExportCli {
+        ExportCli {
+            endpoint: Some(e.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nothing_configured_is_console_only_with_defaults() {
+        let c = resolve(&ExportCli::default(), &[]).unwrap();
+        assert_eq!(c.otlp, None);
+        assert!(c.console);
+        assert_eq!(c.max_queue, 4096);
+        assert_eq!(c.max_batch, 512);
+        assert_eq!(c.batch_timeout, Duration::from_secs(1));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn generic_endpoint_gets_v1_traces_for_http() {
+        let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")];
+        let o = otlp(&ExportCli::default(), &vars);
+        assert_eq!(o.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(o.timeout, Duration::from_secs(10));
+        assert!(o.headers.is_empty());
+        // OTLP configured: console off unless asked for.
+        assert!(!resolve(&ExportCli::default(), &vars).unwrap().console);
+    }
+
+    #[test]
+    fn generic_endpoint_path_is_kept_without_double_slash() {
+        for (base, want) in [
+            ("http://c:4318/", "http://c:4318/v1/traces"),
+            ("https://c/otlp", "https://c/otlp/v1/traces"),
+            ("https://c/otlp/", "https://c/otlp/v1/traces"),
+            ("http://c:4318//", "http://c:4318/v1/traces"),
+        ] {
+            assert_eq!(otlp(&cli_endpoint(base), &[]).endpoint, want, "{base}");
+        }
+    }
+
+    #[test]
+    fn traces_endpoint_is_used_as_is() {
+        let vars = [
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://t:1234/custom/path",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
+        ];
+        assert_eq!(
+            otlp(&ExportCli::default(), &vars).endpoint,
+            "http://t:1234/custom/path"
+        );
+    }
+
+    #[test]
+    fn cli_endpoint_wins_and_behaves_like_generic() {
+        let vars = [
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://t:1234/custom/path",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
+        ];
+        assert_eq!(
+            otlp(&cli_endpoint("http://cli:4318"), &vars).endpoint,
+            "http://cli:4318/v1/traces"
+        );
+    }
+
+    #[test]
+    fn grpc_endpoints_are_used_as_is() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4317"),
+        ];
+        let o = otlp(&ExportCli::default(), &vars);
+        assert_eq!(o.protocol, OtlpProtocol::Grpc);
+        assert_eq!(o.endpoint, "http://generic:4317");
+    }
+
+    #[test]
+    fn protocol_precedence() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ];
+        assert_eq!(
+            otlp(&ExportCli::default(), &vars).protocol,
+            OtlpProtocol::Grpc
+        );
+        let cli = ExportCli {
+            protocol: Some("http/protobuf".into()),
+            ..Default::default()
+        };
+        let o = otlp(&cli, &vars);
+        assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(o.endpoint, "http://c:4318/v1/traces");
+    }
+
+    #[test]
+    fn invalid_protocol_lists_valid_values() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ];
+        let err = resolve(&ExportCli::default(), &vars).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid OTLP protocol \"http/json\" from OTEL_EXPORTER_OTLP_PROTOCOL: expected one of grpc, http/protobuf"
+        );
+    }
+
+    #[test]
+    fn invalid_endpoints_name_value_and_origin() {
+        let err = resolve(&cli_endpoint("localhost:4317"), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("invalid OTLP endpoint \"localhost:4317\" from --otlp-endpoint: "),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+
+        let err = resolve(
+            &ExportCli::default(),
+            &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://c/x")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid OTLP endpoint \"ftp://c/x\" from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: unsupported scheme \"ftp\" (expected http or https)"
+        );
+
+        let err = resolve(
+            &ExportCli::default(),
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url")],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::InvalidEndpoint { ref origin, .. } if origin == "OTEL_EXPORTER_OTLP_ENDPOINT")
+        );
+    }
+
+    #[test]
+    fn empty_variables_are_unset() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://g:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", " "),
+        ];
+        let o = otlp(&ExportCli::default(), &vars);
+        assert_eq!(o.endpoint, "http://g:4318/v1/traces");
+        assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+    }
+
+    #[test]
+    fn headers_are_parsed_and_percent_decoded() {
+        assert_eq!(
+            parse_headers("api-key=secret%20value, x-tenant = a%3Db ,,empty=").unwrap(),
+            vec![
+                ("api-key".to_owned(), "secret value".to_owned()),
+                ("x-tenant".to_owned(), "a=b".to_owned()),
+                ("empty".to_owned(), String::new()),
+            ]
+        );
+        assert!(parse_headers("novalue").is_err());
+        assert!(parse_headers("=v").is_err());
+        assert!(parse_headers("bad key=v").is_err());
+    }
+
+    #[test]
+    fn headers_precedence_most_specific_wins() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=generic,b=2"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "a=traces"),
+        ];
+        assert_eq!(
+            otlp(&ExportCli::default(), &vars).headers,
+            vec![("a".to_owned(), "traces".to_owned())]
+        );
+        let cli = ExportCli {
+            headers: Some("c=cli".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            otlp(&cli, &vars).headers,
+            vec![("c".to_owned(), "cli".to_owned())]
+        );
+        let err = resolve(
+            &ExportCli::default(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "oops"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid OTLP headers \"oops\" from OTEL_EXPORTER_OTLP_HEADERS: entry \"oops\" is not key=value"
+        );
+    }
+
+    #[test]
+    fn debug_hides_header_values() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer%20s3cret",
+            ),
+        ];
+        let dbg = format!("{:?}", resolve(&ExportCli::default(), &vars).unwrap());
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("authorization: <redacted>"), "{dbg}");
+    }
+
+    #[test]
+    fn timeouts_and_batch_settings() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "750"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1000"),
+        ];
+        let c = resolve(&ExportCli::default(), &vars).unwrap();
+        assert_eq!(c.otlp.unwrap().timeout, Duration::from_millis(750));
+        assert_eq!(c.batch_timeout, Duration::from_millis(200));
+        assert_eq!(c.max_queue, 100);
+        assert_eq!(c.max_batch, 100, "batch is clamped to the queue size");
+
+        let err = resolve(
+            &ExportCli::default(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value \"10s\" for OTEL_EXPORTER_OTLP_TIMEOUT: expected a positive integer number of milliseconds"
+        );
+    }
+
+    #[test]
+    fn console_flag_adds_console_to_otlp() {
+        let cli = ExportCli {
+            endpoint: Some("http://c:4317".into()),
+            protocol: Some("grpc".into()),
+            console: true,
+            ..Default::default()
+        };
+        let c = resolve(&cli, &[]).unwrap();
+        assert!(c.console);
+        assert_eq!(c.otlp.unwrap().endpoint, "http://c:4317");
+    }
+}

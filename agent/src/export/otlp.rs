@@ -1,0 +1,917 @@
+//! OTLP exporter: span conversion, gRPC and HTTP/protobuf transports, retries.
+//!
+//! Retry policy (OTLP specification, "Failures"):
+//! - gRPC: UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, DATA_LOSS are
+//!   retried; RESOURCE_EXHAUSTED only when the status carries a `google.rpc.RetryInfo` detail.
+//!   A RetryInfo delay is honoured for every retryable code.
+//! - HTTP: 429, 502, 503, 504 are retried, honouring `Retry-After` given in seconds (an HTTP-date
+//!   is ignored and the normal backoff used).
+//! - Connection errors and timeouts are retried.
+//! - Everything else fails the batch at once; the spans are counted as failed.
+//!
+//! Between attempts the delay grows exponentially (with jitter) up to [`RetryConfig`]'s bounds.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_client::TraceServiceClient,
+    },
+    common::v1::{AnyValue, InstrumentationScope, KeyValue as ProtoKeyValue, any_value},
+    resource::v1::Resource as ProtoResource,
+    trace::v1::{
+        ResourceSpans, ScopeSpans, Span as ProtoSpan, Status as ProtoStatus,
+        span::SpanKind as ProtoKind, status::StatusCode,
+    },
+};
+use prost::Message as _;
+use rand::Rng as _;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use tokio::time::Instant;
+use tonic::{
+    Code,
+    metadata::MetadataMap,
+    transport::{Channel, ClientTlsConfig, Endpoint},
+};
+
+use super::{
+    ExportError,
+    config::{OtlpConfig, OtlpProtocol, RetryConfig},
+    console::sanitize,
+    pipeline::{Counters, Shutdown},
+};
+use crate::trace::span::{KeyValue, Span, SpanKind, Status, Value};
+
+/// Instrumentation scope version reported with every span.
+pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// `User-Agent` of both transports.
+pub const USER_AGENT: &str = concat!("socktrace/", env!("CARGO_PKG_VERSION"));
+
+/// Converts spans into one OTLP request: one `ResourceSpans` per distinct resource (by
+/// `Resource::key`), one `ScopeSpans` per scope inside it, in order of first appearance; spans
+/// keep their relative order.
+pub fn to_otlp_request(spans: &[Span]) -> ExportTraceServiceRequest {
+    let mut resource_spans: Vec<ResourceSpans> = Vec::new();
+    // resource key -> (index in resource_spans, scope name -> index in scope_spans)
+    let mut index: HashMap<&str, (usize, HashMap<&'static str, usize>)> = HashMap::new();
+    for span in spans {
+        let (ri, scopes) = index.entry(span.resource.key.as_str()).or_insert_with(|| {
+            resource_spans.push(ResourceSpans {
+                resource: Some(ProtoResource {
+                    attributes: span.resource.attributes.iter().map(to_key_value).collect(),
+                    ..Default::default()
+                }),
+                scope_spans: Vec::new(),
+                schema_url: String::new(),
+            });
+            (resource_spans.len() - 1, HashMap::new())
+        });
+        let rs = &mut resource_spans[*ri];
+        let si = *scopes.entry(span.scope).or_insert_with(|| {
+            rs.scope_spans.push(ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: span.scope.to_owned(),
+                    version: SCOPE_VERSION.to_owned(),
+                    ..Default::default()
+                }),
+                spans: Vec::new(),
+                schema_url: String::new(),
+            });
+            rs.scope_spans.len() - 1
+        });
+        rs.scope_spans[si].spans.push(to_proto_span(span));
+    }
+    ExportTraceServiceRequest { resource_spans }
+}
+
+fn to_proto_span(span: &Span) -> ProtoSpan {
+    let (code, message) = match &span.status {
+        Status::Unset => (StatusCode::Unset, String::new()),
+        Status::Ok => (StatusCode::Ok, String::new()),
+        Status::Error { message } => (StatusCode::Error, message.clone()),
+    };
+    ProtoSpan {
+        trace_id: span.trace_id.0.to_vec(),
+        span_id: span.span_id.0.to_vec(),
+        trace_state: span.trace_state.clone(),
+        parent_span_id: span
+            .parent_span_id
+            .map(|p| p.0.to_vec())
+            .unwrap_or_default(),
+        // The model carries no W3C trace flags; zero means "unknown" in OTLP.
+        flags: 0,
+        name: span.name.clone(),
+        kind: match span.kind {
+            SpanKind::Server => ProtoKind::Server,
+            SpanKind::Client => ProtoKind::Client,
+        } as i32,
+        start_time_unix_nano: span.start_unix_nanos,
+        end_time_unix_nano: span.end_unix_nanos,
+        attributes: span.attributes.iter().map(to_key_value).collect(),
+        status: Some(ProtoStatus {
+            message,
+            code: code as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+fn to_key_value(kv: &KeyValue) -> ProtoKeyValue {
+    let value = match &kv.value {
+        Value::Str(s) => any_value::Value::StringValue(s.clone()),
+        Value::Int(i) => any_value::Value::IntValue(*i),
+        Value::Bool(b) => any_value::Value::BoolValue(*b),
+        Value::Double(d) => any_value::Value::DoubleValue(*d),
+    };
+    ProtoKeyValue {
+        key: kv.key.clone(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+// ---- google.rpc.Status / RetryInfo, decoded by hand to avoid another dependency ----
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<ProtoAny>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<ProtoDuration>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
+const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+/// The RetryInfo of an encoded `google.rpc.Status`: `None` without one, `Some(None)` with one
+/// that has no delay.
+fn retry_info(status_details: &[u8]) -> Option<Option<Duration>> {
+    let status = RpcStatus::decode(status_details).ok()?;
+    let info = status
+        .details
+        .iter()
+        .find(|d| d.type_url == RETRY_INFO_TYPE)?;
+    let info = RetryInfo::decode(info.value.as_slice()).ok()?;
+    Some(info.retry_delay.and_then(|d| {
+        (d.seconds >= 0 && d.nanos >= 0).then(|| Duration::new(d.seconds as u64, d.nanos as u32))
+    }))
+}
+
+// ---- transports ----
+
+/// Why one attempt failed.
+#[derive(Debug)]
+struct Failure {
+    retryable: bool,
+    /// Server-requested delay before the next attempt.
+    retry_after: Option<Duration>,
+    /// One line: code and message.
+    description: String,
+}
+
+/// Partial success reported by the server.
+#[derive(Debug, Default)]
+struct Accepted {
+    rejected_spans: i64,
+    error_message: String,
+}
+
+// There is one per exporter, so the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Transport {
+    Grpc {
+        client: TraceServiceClient<Channel>,
+        metadata: MetadataMap,
+    },
+    Http {
+        client: reqwest::Client,
+    },
+}
+
+enum Payload {
+    Grpc(ExportTraceServiceRequest),
+    Http(bytes::Bytes),
+}
+
+impl Transport {
+    fn new(cfg: &OtlpConfig, headers: HeaderMap) -> Result<Self, ExportError> {
+        let client_error = |e: &dyn std::error::Error| ExportError::Client {
+            endpoint: cfg.endpoint.clone(),
+            reason: error_chain(e),
+        };
+        match cfg.protocol {
+            OtlpProtocol::Grpc => {
+                let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+                    .map_err(|e| client_error(&e))?
+                    .user_agent(USER_AGENT)
+                    .map_err(|e| client_error(&e))?
+                    .timeout(cfg.timeout)
+                    .connect_timeout(cfg.timeout)
+                    .tcp_nodelay(true);
+                if cfg
+                    .endpoint
+                    .get(..6)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("https:"))
+                {
+                    endpoint = endpoint
+                        .tls_config(ClientTlsConfig::new().with_native_roots())
+                        .map_err(|e| client_error(&e))?;
+                }
+                Ok(Transport::Grpc {
+                    client: TraceServiceClient::new(endpoint.connect_lazy()),
+                    metadata: MetadataMap::from_headers(headers),
+                })
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let client = reqwest::Client::builder()
+                    .user_agent(USER_AGENT)
+                    .default_headers(headers)
+                    .timeout(cfg.timeout)
+                    .connect_timeout(cfg.timeout)
+                    .build()
+                    .map_err(|e| client_error(&e))?;
+                Ok(Transport::Http { client })
+            }
+        }
+    }
+
+    fn payload(&self, request: ExportTraceServiceRequest) -> Payload {
+        match self {
+            Transport::Grpc { .. } => Payload::Grpc(request),
+            Transport::Http { .. } => Payload::Http(request.encode_to_vec().into()),
+        }
+    }
+
+    async fn send(&self, url: &str, payload: &Payload) -> Result<Accepted, Failure> {
+        match (self, payload) {
+            (Transport::Grpc { client, metadata }, Payload::Grpc(request)) => {
+                let mut req = tonic::Request::new(request.clone());
+                *req.metadata_mut() = metadata.clone();
+                match client.clone().export(req).await {
+                    Ok(resp) => Ok(accepted(resp.into_inner())),
+                    Err(status) => Err(grpc_failure(&status)),
+                }
+            }
+            (Transport::Http { client }, Payload::Http(body)) => {
+                let resp = client
+                    .post(url)
+                    .header(CONTENT_TYPE, "application/x-protobuf")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| reqwest_failure(&e))?;
+                let status = resp.status();
+                let retry_after = resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let body = resp.bytes().await;
+                if status.is_success() {
+                    // An unreadable body after a 2xx still means the data was accepted.
+                    let body = body.unwrap_or_default();
+                    return Ok(ExportTraceServiceResponse::decode(body.as_ref())
+                        .map(accepted)
+                        .unwrap_or_default());
+                }
+                let detail = body
+                    .ok()
+                    .map(|b| http_error_message(&b))
+                    .filter(|m| !m.is_empty());
+                let code = status.as_u16();
+                Err(Failure {
+                    retryable: matches!(code, 429 | 502 | 503 | 504),
+                    retry_after,
+                    description: match detail {
+                        Some(m) => format!("HTTP {status}: {m}"),
+                        None => format!("HTTP {status}"),
+                    },
+                })
+            }
+            _ => unreachable!("payload built by the same transport"),
+        }
+    }
+}
+
+fn accepted(resp: ExportTraceServiceResponse) -> Accepted {
+    resp.partial_success
+        .map(|p| Accepted {
+            rejected_spans: p.rejected_spans,
+            error_message: p.error_message,
+        })
+        .unwrap_or_default()
+}
+
+/// An OTLP/HTTP error body is a `google.rpc.Status`; fall back to the text of the body.
+fn http_error_message(body: &[u8]) -> String {
+    let text = match RpcStatus::decode(body) {
+        Ok(s) if !s.message.is_empty() => s.message,
+        _ => String::from_utf8_lossy(body).into_owned(),
+    };
+    truncate(&sanitize(text.trim()), 300)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+fn grpc_code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn grpc_failure(status: &tonic::Status) -> Failure {
+    let info = retry_info(status.details());
+    let retryable = match status.code() {
+        Code::Unavailable
+        | Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::DataLoss => true,
+        Code::ResourceExhausted => info.is_some(),
+        _ => false,
+    };
+    let mut message = sanitize(status.message());
+    // Transport errors (connection refused, TLS, ...) keep the cause in the source chain; the
+    // innermost error is the informative one.
+    if let Some(source) = std::error::Error::source(status) {
+        let cause = root_cause(source);
+        if !cause.is_empty() && !message.contains(&cause) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&cause);
+        }
+    }
+    Failure {
+        retryable,
+        retry_after: info.flatten(),
+        description: format!(
+            "gRPC status {}: {}",
+            grpc_code_name(status.code()),
+            truncate(&message, 300)
+        ),
+    }
+}
+
+fn reqwest_failure(e: &reqwest::Error) -> Failure {
+    let root = root_cause(e);
+    let description = if e.is_timeout() {
+        "request timed out".to_owned()
+    } else if e.is_connect() {
+        format!("cannot connect: {root}")
+    } else {
+        format!("request failed: {root}")
+    };
+    Failure {
+        // Builder errors are bugs in the request, not transient.
+        retryable: !e.is_builder(),
+        retry_after: None,
+        description,
+    }
+}
+
+/// The innermost error's message, which is where the useful part usually is.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    sanitize(&cur.to_string())
+}
+
+/// `outer: inner: innermost`, skipping messages that repeat the previous one.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let msg = err.to_string();
+        if !msg.is_empty() && !parts.last().is_some_and(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        cur = err.source();
+    }
+    sanitize(&parts.join(": "))
+}
+
+/// Logs at most once per interval and says how many messages it held back.
+struct WarnLimiter {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimiter {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, message: impl FnOnce() -> String) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.interval)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        let message = message();
+        match std::mem::take(&mut self.suppressed) {
+            0 => tracing::warn!("{message}"),
+            n => tracing::warn!("{message} ({n} similar warnings suppressed)"),
+        }
+        self.last = Some(now);
+    }
+}
+
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Exports batches to one OTLP endpoint.
+pub(crate) struct OtlpSink {
+    endpoint: String,
+    timeout: Duration,
+    retry: RetryConfig,
+    transport: Transport,
+    counters: Arc<Counters>,
+    /// Retryable failures, give-ups.
+    warn_transient: WarnLimiter,
+    /// Rejections: non-retryable failures and partial success.
+    warn_rejected: WarnLimiter,
+    /// Failed batches since the last success, for a "recovered" message.
+    failing_batches: u64,
+}
+
+impl OtlpSink {
+    /// Builds the client; does not connect (the first batch does).
+    pub(crate) fn new(
+        cfg: &OtlpConfig,
+        retry: RetryConfig,
+        counters: Arc<Counters>,
+    ) -> Result<Self, ExportError> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let invalid = |reason: &str| ExportError::InvalidHeader {
+                name: k.clone(),
+                reason: reason.to_owned(),
+            };
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| invalid("invalid name"))?;
+            let value = HeaderValue::from_str(v).map_err(|_| invalid("invalid value"))?;
+            headers.append(name, value);
+        }
+        Ok(Self {
+            endpoint: cfg.endpoint.clone(),
+            timeout: cfg.timeout,
+            retry,
+            transport: Transport::new(cfg, headers)?,
+            counters,
+            warn_transient: WarnLimiter::new(WARN_INTERVAL),
+            warn_rejected: WarnLimiter::new(WARN_INTERVAL),
+            failing_batches: 0,
+        })
+    }
+
+    fn backoff(&self, retry_number: u32) -> Duration {
+        let base = self
+            .retry
+            .initial_backoff
+            .saturating_mul(1u32 << retry_number.saturating_sub(1).min(16))
+            .min(self.retry.max_backoff);
+        // Equal jitter: half fixed, half random, so retries of many agents spread out.
+        let half = base / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
+    }
+
+    fn fail(&mut self, n: u64) {
+        self.counters.add_failed(n);
+        self.failing_batches += 1;
+    }
+
+    /// Sends one batch, retrying as the policy allows; every span ends up counted as exported
+    /// or failed.
+    pub(crate) async fn export(&mut self, spans: Vec<Span>, shutdown: &mut Shutdown) {
+        let n = spans.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let payload = self.transport.payload(to_otlp_request(&spans));
+        drop(spans);
+        let started = Instant::now();
+        let mut attempt: u32 = 1;
+        loop {
+            // The clients enforce the timeout too; this also covers a stuck connection setup and
+            // cuts the attempt short at the shutdown deadline.
+            let limit = Instant::now() + self.timeout + Duration::from_millis(500);
+            let result = match shutdown
+                .bound(self.transport.send(&self.endpoint, &payload), limit)
+                .await
+            {
+                Some(r) => r,
+                None if shutdown.deadline_passed() => {
+                    tracing::warn!(
+                        "OTLP export to {}: shutdown deadline reached; dropping {n} spans",
+                        self.endpoint
+                    );
+                    self.fail(n);
+                    return;
+                }
+                None => Err(Failure {
+                    retryable: true,
+                    retry_after: None,
+                    description: format!("no response within {:?}", self.timeout),
+                }),
+            };
+            let failure = match result {
+                Ok(acc) => {
+                    let rejected = acc.rejected_spans.clamp(0, n as i64) as u64;
+                    self.counters.add_exported(n - rejected);
+                    self.counters.add_failed(rejected);
+                    if acc.rejected_spans > 0 || !acc.error_message.is_empty() {
+                        let endpoint = &self.endpoint;
+                        self.warn_rejected.warn(|| {
+                            format!(
+                                "OTLP export to {endpoint}: partial success, {} of {n} spans rejected: {}",
+                                acc.rejected_spans,
+                                truncate(&sanitize(&acc.error_message), 300)
+                            )
+                        });
+                    }
+                    if self.failing_batches > 0 {
+                        tracing::info!(
+                            "OTLP export to {} works again ({} batches failed before)",
+                            self.endpoint,
+                            self.failing_batches
+                        );
+                        self.failing_batches = 0;
+                    }
+                    return;
+                }
+                Err(f) => f,
+            };
+            let endpoint = &self.endpoint;
+            if !failure.retryable {
+                self.warn_rejected.warn(|| {
+                    format!(
+                        "OTLP export to {endpoint} failed: {}; dropping {n} spans (not retryable)",
+                        failure.description
+                    )
+                });
+                self.fail(n);
+                return;
+            }
+            let delay = failure.retry_after.unwrap_or_else(|| self.backoff(attempt));
+            if attempt >= self.retry.max_attempts
+                || started.elapsed() + delay > self.retry.max_elapsed
+            {
+                self.warn_transient.warn(|| {
+                    format!(
+                        "OTLP export to {endpoint} failed: {}; giving up on {n} spans after {attempt} attempts",
+                        failure.description
+                    )
+                });
+                self.fail(n);
+                return;
+            }
+            self.warn_transient.warn(|| {
+                format!(
+                    "OTLP export to {endpoint} failed: {}; will retry",
+                    failure.description
+                )
+            });
+            self.counters.add_retry();
+            if !shutdown.sleep(delay).await {
+                tracing::warn!(
+                    "OTLP export to {}: shutdown deadline reached; dropping {n} spans",
+                    self.endpoint
+                );
+                self.fail(n);
+                return;
+            }
+            attempt += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::trace::span::{Resource, SpanId, TraceId};
+
+    fn resource(pid: u32, service: &str) -> Arc<Resource> {
+        Arc::new(Resource {
+            key: format!("pid:{pid}"),
+            attributes: vec![
+                KeyValue::new("service.name", service),
+                KeyValue::new("process.pid", i64::from(pid)),
+            ],
+        })
+    }
+
+    fn span(n: u8, resource: &Arc<Resource>, scope: &'static str) -> Span {
+        Span {
+            trace_id: TraceId([n; 16]),
+            span_id: SpanId([n; 8]),
+            parent_span_id: None,
+            trace_state: String::new(),
+            name: format!("span-{n}"),
+            kind: SpanKind::Server,
+            start_unix_nanos: 1_000 + u64::from(n),
+            end_unix_nanos: 2_000 + u64::from(n),
+            attributes: vec![],
+            status: Status::Unset,
+            resource: resource.clone(),
+            scope,
+        }
+    }
+
+    fn names(ss: &ScopeSpans) -> Vec<&str> {
+        ss.spans.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    fn str_attr<'a>(attrs: &'a [ProtoKeyValue], key: &str) -> Option<&'a any_value::Value> {
+        attrs
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+    }
+
+    #[test]
+    fn groups_interleaved_processes_by_resource_then_scope() {
+        let a = resource(10, "frontend");
+        let b = resource(20, "backend");
+        // A second Arc with the same key must land in the same group.
+        let a2 = resource(10, "frontend");
+        let spans = vec![
+            span(1, &a, "socktrace.http"),
+            span(2, &b, "socktrace.http"),
+            span(3, &a2, "socktrace.grpc"),
+            span(4, &b, "socktrace.http"),
+            span(5, &a, "socktrace.http"),
+        ];
+        let req = to_otlp_request(&spans);
+        assert_eq!(req.resource_spans.len(), 2);
+
+        let ra = &req.resource_spans[0];
+        let attrs = &ra.resource.as_ref().unwrap().attributes;
+        assert_eq!(
+            str_attr(attrs, "service.name"),
+            Some(&any_value::Value::StringValue("frontend".into()))
+        );
+        assert_eq!(
+            str_attr(attrs, "process.pid"),
+            Some(&any_value::Value::IntValue(10))
+        );
+        assert_eq!(ra.scope_spans.len(), 2);
+        let scope = ra.scope_spans[0].scope.as_ref().unwrap();
+        assert_eq!(scope.name, "socktrace.http");
+        assert_eq!(scope.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(names(&ra.scope_spans[0]), ["span-1", "span-5"]);
+        assert_eq!(
+            ra.scope_spans[1].scope.as_ref().unwrap().name,
+            "socktrace.grpc"
+        );
+        assert_eq!(names(&ra.scope_spans[1]), ["span-3"]);
+
+        let rb = &req.resource_spans[1];
+        assert_eq!(
+            str_attr(&rb.resource.as_ref().unwrap().attributes, "service.name"),
+            Some(&any_value::Value::StringValue("backend".into()))
+        );
+        assert_eq!(rb.scope_spans.len(), 1);
+        assert_eq!(names(&rb.scope_spans[0]), ["span-2", "span-4"]);
+    }
+
+    #[test]
+    fn converts_every_field() {
+        let r = resource(1, "svc");
+        let mut s = span(7, &r, "socktrace.http");
+        s.trace_id = TraceId([
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ]);
+        s.span_id = SpanId([0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        s.parent_span_id = Some(SpanId([1, 2, 3, 4, 5, 6, 7, 8]));
+        s.trace_state = "vendor=x".into();
+        s.kind = SpanKind::Client;
+        s.status = Status::Error {
+            message: "boom".into(),
+        };
+        s.attributes = vec![
+            KeyValue::new("s", "v"),
+            KeyValue::new("i", -3i64),
+            KeyValue::new("b", true),
+            KeyValue {
+                key: "d".into(),
+                value: Value::Double(1.5),
+            },
+        ];
+        let req = to_otlp_request(std::slice::from_ref(&s));
+        let p = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(p.trace_id, s.trace_id.0.to_vec());
+        assert_eq!(p.span_id, vec![0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert_eq!(p.parent_span_id, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(p.trace_state, "vendor=x");
+        assert_eq!(p.name, "span-7");
+        assert_eq!(p.kind, ProtoKind::Client as i32);
+        assert_eq!(p.kind, 3);
+        assert_eq!(p.start_time_unix_nano, 1_007);
+        assert_eq!(p.end_time_unix_nano, 2_007);
+        assert_eq!(
+            p.status,
+            Some(ProtoStatus {
+                message: "boom".into(),
+                code: StatusCode::Error as i32
+            })
+        );
+        assert_eq!(
+            str_attr(&p.attributes, "s"),
+            Some(&any_value::Value::StringValue("v".into()))
+        );
+        assert_eq!(
+            str_attr(&p.attributes, "i"),
+            Some(&any_value::Value::IntValue(-3))
+        );
+        assert_eq!(
+            str_attr(&p.attributes, "b"),
+            Some(&any_value::Value::BoolValue(true))
+        );
+        assert_eq!(
+            str_attr(&p.attributes, "d"),
+            Some(&any_value::Value::DoubleValue(1.5))
+        );
+
+        s.parent_span_id = None;
+        s.kind = SpanKind::Server;
+        s.status = Status::Ok;
+        let req = to_otlp_request(&[s]);
+        let p = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert!(p.parent_span_id.is_empty());
+        assert_eq!(p.kind, 2);
+        assert_eq!(p.status.as_ref().unwrap().code, StatusCode::Ok as i32);
+        assert_eq!(to_otlp_request(&[]).resource_spans.len(), 0);
+    }
+
+    fn status_with_retry_info(delay: Option<ProtoDuration>) -> Vec<u8> {
+        RpcStatus {
+            code: Code::ResourceExhausted as i32,
+            message: "slow down".into(),
+            details: vec![ProtoAny {
+                type_url: RETRY_INFO_TYPE.into(),
+                value: RetryInfo { retry_delay: delay }.encode_to_vec(),
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn grpc_retry_classification() {
+        for code in [
+            Code::Unavailable,
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::DataLoss,
+        ] {
+            assert!(
+                grpc_failure(&tonic::Status::new(code, "x")).retryable,
+                "{code:?}"
+            );
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Internal,
+            Code::Unimplemented,
+            Code::ResourceExhausted,
+        ] {
+            assert!(
+                !grpc_failure(&tonic::Status::new(code, "x")).retryable,
+                "{code:?}"
+            );
+        }
+        let f = grpc_failure(&tonic::Status::new(Code::InvalidArgument, "bad span"));
+        assert_eq!(f.description, "gRPC status INVALID_ARGUMENT: bad span");
+
+        let details = status_with_retry_info(Some(ProtoDuration {
+            seconds: 2,
+            nanos: 500_000_000,
+        }));
+        let f = grpc_failure(&tonic::Status::with_details(
+            Code::ResourceExhausted,
+            "slow down",
+            details.into(),
+        ));
+        assert!(f.retryable);
+        assert_eq!(f.retry_after, Some(Duration::from_millis(2500)));
+
+        let f = grpc_failure(&tonic::Status::with_details(
+            Code::ResourceExhausted,
+            "slow down",
+            status_with_retry_info(None).into(),
+        ));
+        assert!(f.retryable);
+        assert_eq!(f.retry_after, None);
+    }
+
+    #[test]
+    fn http_error_bodies() {
+        let status = RpcStatus {
+            code: 3,
+            message: "bad\nthing".into(),
+            details: vec![],
+        };
+        assert_eq!(http_error_message(&status.encode_to_vec()), "bad\\nthing");
+        assert_eq!(http_error_message(b"plain text\n"), "plain text");
+        assert_eq!(truncate("abcdef", 3), "abc...");
+        assert_eq!(truncate("abc", 3), "abc");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let counters = Arc::new(Counters::default());
+        let cfg = OtlpConfig {
+            endpoint: "http://127.0.0.1:4318/v1/traces".into(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            headers: vec![],
+            timeout: Duration::from_secs(1),
+        };
+        let retry = RetryConfig {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(300),
+            max_elapsed: Duration::from_secs(30),
+        };
+        let sink = OtlpSink::new(&cfg, retry, counters).unwrap();
+        for _ in 0..50 {
+            let b1 = sink.backoff(1);
+            assert!(
+                b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100),
+                "{b1:?}"
+            );
+            let b2 = sink.backoff(2);
+            assert!(
+                b2 >= Duration::from_millis(100) && b2 <= Duration::from_millis(200),
+                "{b2:?}"
+            );
+            let b9 = sink.backoff(9);
+            assert!(
+                b9 >= Duration::from_millis(150) && b9 <= Duration::from_millis(300),
+                "{b9:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The machinery shared by exporters: counters, the shutdown signal and the batching loop.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    sync::{mpsc, watch},
+    time::{Instant, sleep_until, timeout_at},
+};
+
+use super::{ExportStats, console::ConsoleSink, otlp::OtlpSink};
+use crate::trace::span::Span;
+
+/// Monotonic counters of one exporter.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    queued: AtomicU64,
+    exported: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    failed: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add_queued(&self, n: u64) {
+        self.queued.fetch_add(n, Relaxed);
+    }
+    pub(crate) fn add_exported(&self, n: u64) {
+        self.exported.fetch_add(n, Relaxed);
+    }
+    pub(crate) fn add_dropped(&self, n: u64) {
+        self.dropped_queue_full.fetch_add(n, Relaxed);
+    }
+    pub(crate) fn add_failed(&self, n: u64) {
+        self.failed.fetch_add(n, Relaxed);
+    }
+    pub(crate) fn add_retry(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn snapshot(&self) -> ExportStats {
+        ExportStats {
+            queued: self.queued.load(Relaxed),
+            exported: self.exported.load(Relaxed),
+            dropped_queue_full: self.dropped_queue_full.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+        }
+    }
+}
+
+/// The exporter task's view of shutdown: `Some(deadline)` once shutdown was requested.
+pub(crate) struct Shutdown {
+    rx: watch::Receiver<Option<Instant>>,
+}
+
+impl Shutdown {
+    pub(crate) fn new(rx: watch::Receiver<Option<Instant>>) -> Self {
+        Self { rx }
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        *self.rx.borrow()
+    }
+
+    pub(crate) fn deadline_passed(&self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Resolves once shutdown is requested (never if the handle is gone without asking).
+    pub(crate) async fn requested(&mut self) {
+        if self.rx.wait_for(Option::is_some).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Runs `fut` until it completes, `limit` passes, or the shutdown deadline passes; `None` if
+    /// it did not complete.
+    pub(crate) async fn bound<F: Future>(&mut self, fut: F, limit: Instant) -> Option<F::Output> {
+        tokio::pin!(fut);
+        if self.deadline().is_none() {
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                () = sleep_until(limit) => return None,
+                () = self.requested() => {}
+            }
+        }
+        let end = self.deadline().map_or(limit, |d| d.min(limit));
+        timeout_at(end, fut).await.ok()
+    }
+
+    /// Sleeps for `d`; `false` if the shutdown deadline came first.
+    pub(crate) async fn sleep(&mut self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        self.bound(sleep_until(until), until + Duration::from_secs(1))
+            .await
+            .is_some()
+    }
+}
+
+/// Where a pipeline delivers its batches.
+pub(crate) enum Sink {
+    Otlp(Box<OtlpSink>),
+    Console(ConsoleSink),
+}
+
+impl Sink {
+    async fn export(&mut self, batch: Vec<Span>, shutdown: &mut Shutdown) {
+        match self {
+            Sink::Otlp(s) => s.export(batch, shutdown).await,
+            Sink::Console(s) => s.export(batch).await,
+        }
+    }
+}
+
+pub(crate) struct BatchConfig {
+    pub(crate) max_batch: usize,
+    pub(crate) batch_timeout: Duration,
+}
+
+/// The single task of one exporter: collects batches (full, or after `batch_timeout`), hands
+/// them to the sink one at a time, and flushes what is queued on shutdown until the deadline.
+pub(crate) async fn run(
+    mut rx: mpsc::Receiver<Span>,
+    mut sink: Sink,
+    cfg: BatchConfig,
+    mut shutdown: Shutdown,
+    counters: Arc<Counters>,
+) {
+    let max_batch = cfg.max_batch.max(1);
+    let mut batch: Vec<Span> = Vec::with_capacity(max_batch);
+    loop {
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, max_batch) => if n == 0 { break },
+            () = shutdown.requested() => break,
+        }
+        let flush_at = Instant::now() + cfg.batch_timeout;
+        while batch.len() < max_batch {
+            let room = max_batch - batch.len();
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                () = sleep_until(flush_at) => break,
+                () = shutdown.requested() => break,
+            }
+        }
+        let full = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+        sink.export(full, &mut shutdown).await;
+        if shutdown.deadline().is_some() {
+            break;
+        }
+    }
+
+    // Final flush. Closing first makes later `submit`s fail (and count as dropped) instead of
+    // landing in a queue nobody reads.
+    rx.close();
+    loop {
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        if shutdown.deadline_passed() {
+            let mut left = batch.len() as u64;
+            while rx.try_recv().is_ok() {
+                left += 1;
+            }
+            counters.add_failed(left);
+            tracing::warn!("exporter shutdown deadline reached; dropping {left} queued spans");
+            break;
+        }
+        let full = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+        sink.export(full, &mut shutdown).await;
+    }
+}

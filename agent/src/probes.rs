@@ -1,0 +1,435 @@
+//! Loads and attaches the kernel programs, and reads what they send.
+//!
+//! Only tracepoints are used (syscalls, `sock`, `sched`): they are available on kernels where
+//! kprobes, fentry and `bpf_probe_write_user` are not (lockdown, `CONFIG_KPROBES=n`). Every
+//! attachment is owned by the returned [`Probes`]; dropping it, or the process dying in any way,
+//! detaches everything - nothing is pinned.
+
+use std::{
+    os::fd::{AsRawFd, RawFd},
+    path::Path,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use socktrace_common::{
+    GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS, GLOBAL_WAKEUP_BYTES, stats,
+};
+
+/// The kernel programs, built by `build.rs` and embedded in the binary.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socktrace"));
+
+/// Every program and the tracepoint it attaches to, in attach order. Socket identity and process
+/// tracking come first, so no data event is seen before the tables it relies on are live.
+const TRACEPOINTS: &[(&str, &str)] = &[
+    ("sock", "inet_sock_set_state"),
+    ("sock", "sock_send_length"),
+    ("sock", "sock_recv_length"),
+    ("sched", "sched_process_fork"),
+    ("sched", "sched_process_exec"),
+    ("sched", "sched_process_exit"),
+    ("syscalls", "sys_enter_read"),
+    ("syscalls", "sys_exit_read"),
+    ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_exit_write"),
+    ("syscalls", "sys_enter_readv"),
+    ("syscalls", "sys_exit_readv"),
+    ("syscalls", "sys_enter_writev"),
+    ("syscalls", "sys_exit_writev"),
+    ("syscalls", "sys_enter_recvfrom"),
+    ("syscalls", "sys_exit_recvfrom"),
+    ("syscalls", "sys_enter_sendto"),
+    ("syscalls", "sys_exit_sendto"),
+    ("syscalls", "sys_enter_recvmsg"),
+    ("syscalls", "sys_exit_recvmsg"),
+    ("syscalls", "sys_enter_sendmsg"),
+    ("syscalls", "sys_exit_sendmsg"),
+    ("syscalls", "sys_enter_sendfile64"),
+    ("syscalls", "sys_exit_sendfile64"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this binary was built with AYA_BUILD_SKIP=1 and embeds no kernel programs; rebuild without it"
+    )]
+    NoObject,
+    #[error(
+        "tracefs is not available at /sys/kernel/tracing and could not be mounted ({0}); the kernel needs CONFIG_TRACING and the agent needs CAP_SYS_ADMIN to mount it"
+    )]
+    Tracefs(String),
+    #[error("the kernel has no tracepoint {category}:{name} (needed for {why})")]
+    MissingTracepoint {
+        category: &'static str,
+        name: &'static str,
+        why: &'static str,
+    },
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error(
+        "the kernel rejected program {name}: {source}; socktrace needs BPF tracepoint programs and BPF ring buffers (Linux 5.8 or later)"
+    )]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// What the kernel side needs to know before load.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Payload bytes copied per read/write.
+    pub capture_bytes: u32,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ringbuf_bytes: u32,
+    /// Trace only processes added with [`Probes::trace_pid`] (and their children).
+    pub filter_pids: bool,
+    /// Wake user space once this many bytes are waiting; it also polls on a timer.
+    pub wakeup_bytes: u32,
+}
+
+/// The loaded and attached kernel programs.
+pub struct Probes {
+    ebpf: Ebpf,
+    attached: usize,
+}
+
+/// Makes sure tracefs is mounted where aya looks for it. Returns true if this call mounted it.
+pub fn ensure_tracefs() -> Result<bool, ProbeError> {
+    let events = Path::new("/sys/kernel/tracing/events");
+    if events.exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(false);
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("static string without NUL");
+    let (src, target, fstype) = (c("tracefs"), c("/sys/kernel/tracing"), c("tracefs"));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(ProbeError::Tracefs(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    Ok(true)
+}
+
+impl Probes {
+    /// Loads the object with the agent's own pid and the capture settings, then attaches every
+    /// tracepoint. Fails with a precise reason: which tracepoint or program is missing.
+    pub fn load(config: &ProbeConfig) -> Result<Self, ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        ensure_tracefs()?;
+        let tracing = if Path::new("/sys/kernel/tracing/events").exists() {
+            Path::new("/sys/kernel/tracing/events")
+        } else {
+            Path::new("/sys/kernel/debug/tracing/events")
+        };
+        for (category, name) in TRACEPOINTS {
+            if !tracing.join(category).join(name).exists() {
+                return Err(ProbeError::MissingTracepoint {
+                    category,
+                    name,
+                    why: why(category, name),
+                });
+            }
+        }
+
+        let tgid = std::process::id();
+        let filter = u32::from(config.filter_pids);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_AGENT_TGID, &tgid, true)
+            .override_global(GLOBAL_CAPTURE_BYTES, &config.capture_bytes, true)
+            .override_global(GLOBAL_FILTER_PIDS, &filter, true)
+            .override_global(GLOBAL_WAKEUP_BYTES, &config.wakeup_bytes, true)
+            .map_max_entries("EVENTS", config.ringbuf_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Load)?;
+
+        let mut attached = 0;
+        for (category, name) in TRACEPOINTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::Program {
+                    name,
+                    source: aya::programs::ProgramError::UnexpectedProgramType,
+                })?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            program
+                .attach(category, name)
+                .map_err(|source| ProbeError::Program { name, source })?;
+            attached += 1;
+        }
+        Ok(Self { ebpf, attached })
+    }
+
+    /// Number of attached tracepoints.
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    /// Takes the ring buffer out of the object, for the reader thread.
+    pub fn take_events(&mut self) -> Result<EventReader, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let ring = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })?;
+        Ok(EventReader { ring })
+    }
+
+    /// Takes the pid filter map, so user space can add processes while running.
+    pub fn take_pid_filter(&mut self) -> Result<PidFilter, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("TRACED_PIDS")
+            .ok_or(ProbeError::MissingMap("TRACED_PIDS"))?;
+        let map = HashMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: "TRACED_PIDS",
+            source,
+        })?;
+        Ok(PidFilter { map })
+    }
+
+    /// Takes the kernel's counters.
+    pub fn take_stats(&mut self) -> Result<KernelStats, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("STATS")
+            .ok_or(ProbeError::MissingMap("STATS"))?;
+        let map = PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+            name: "STATS",
+            source,
+        })?;
+        Ok(KernelStats { map })
+    }
+}
+
+fn why(category: &str, name: &str) -> &'static str {
+    match (category, name) {
+        ("sock", "inet_sock_set_state") => "connection tuples and roles (Linux 4.16+)",
+        ("sock", _) => "knowing which syscalls use TCP sockets (Linux 5.19+)",
+        ("sched", _) => "following processes",
+        _ => "socket reads and writes",
+    }
+}
+
+/// The processes to trace when filtering by `--pid`/`--exe`.
+pub struct PidFilter {
+    map: HashMap<MapData, u32, u8>,
+}
+
+impl PidFilter {
+    pub fn add(&mut self, pid: u32) -> Result<(), aya::maps::MapError> {
+        self.map.insert(pid, 1, 0)
+    }
+    pub fn remove(&mut self, pid: u32) {
+        let _ = self.map.remove(&pid);
+    }
+}
+
+/// Sums of the kernel's per-CPU counters.
+pub struct KernelStats {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl KernelStats {
+    /// Current totals, indexed like `socktrace_common::stats`.
+    pub fn read(&self) -> [u64; stats::COUNT as usize] {
+        let mut out = [0u64; stats::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.map.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+}
+
+/// Reads records from the ring buffer.
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+}
+
+impl EventReader {
+    /// Waits up to `timeout_ms` for the kernel to signal data (it wakes us in batches), then hands
+    /// every waiting record to `f`. Returns the number of records read.
+    pub fn poll(&mut self, timeout_ms: i32, mut f: impl FnMut(&[u8])) -> std::io::Result<usize> {
+        let fd: RawFd = self.ring.as_raw_fd();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+        // Drain even on timeout: the kernel skips wake-ups until enough data is waiting.
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            f(&item);
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// One record from the kernel, decoded.
+#[derive(Debug)]
+pub enum Event<'a> {
+    Data(socktrace_common::DataEvent, &'a [u8]),
+    Close(socktrace_common::CloseEvent),
+    Exec { pid: u32 },
+    Exit { pid: u32 },
+}
+
+/// Why a record could not be decoded (counted, never fatal).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is too short")]
+    Short(usize),
+    #[error("unknown record kind {0}")]
+    Kind(u32),
+    #[error("payload length {captured} exceeds record ({available} bytes) or byte count")]
+    Payload { captured: u32, available: usize },
+}
+
+fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; T is one of the `Pod` record types (any bit pattern is valid), and
+    // read_unaligned does not require alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one ring-buffer record without trusting its contents.
+pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
+    use socktrace_common::{
+        CloseEvent, DataEvent, EVENT_CONN_CLOSE, EVENT_DATA, EVENT_EXEC, EVENT_EXIT, ProcEvent,
+    };
+    let kind: u32 = read_pod(bytes)?;
+    match kind {
+        EVENT_DATA => {
+            let header: DataEvent = read_pod(bytes)?;
+            let payload = &bytes[std::mem::size_of::<DataEvent>()..];
+            let captured = header.captured as usize;
+            if captured > payload.len() || captured as u64 > header.len {
+                return Err(DecodeError::Payload {
+                    captured: header.captured,
+                    available: payload.len(),
+                });
+            }
+            Ok(Event::Data(header, &payload[..captured]))
+        }
+        EVENT_CONN_CLOSE => Ok(Event::Close(read_pod::<CloseEvent>(bytes)?)),
+        EVENT_EXEC => Ok(Event::Exec {
+            pid: read_pod::<ProcEvent>(bytes)?.pid,
+        }),
+        EVENT_EXIT => Ok(Event::Exit {
+            pid: read_pod::<ProcEvent>(bytes)?.pid,
+        }),
+        other => Err(DecodeError::Kind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socktrace_common::{DataEvent, EVENT_DATA};
+
+    fn data_record(captured: u32, len: u64, payload: &[u8]) -> Vec<u8> {
+        let header = DataEvent {
+            kind: EVENT_DATA,
+            direction: 0,
+            ts_ns: 7,
+            sk: 0xdead,
+            pid: 1,
+            tid: 2,
+            fd: 3,
+            role: 0,
+            len,
+            captured,
+            tuple_known: 0,
+            tuple: Default::default(),
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        // SAFETY: DataEvent is a Pod type without padding.
+        let mut v = unsafe {
+            std::slice::from_raw_parts(
+                (&header as *const DataEvent).cast::<u8>(),
+                std::mem::size_of::<DataEvent>(),
+            )
+        }
+        .to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn decodes_data_record_with_payload() {
+        let rec = data_record(3, 10, b"GETxx");
+        match decode(&rec).unwrap() {
+            Event::Data(h, p) => {
+                assert_eq!(h.sk, 0xdead);
+                assert_eq!(h.len, 10);
+                assert_eq!(p, b"GET");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_lying_lengths_and_garbage() {
+        assert!(matches!(
+            decode(&data_record(9, 10, b"GET")),
+            Err(DecodeError::Payload { .. })
+        ));
+        assert!(matches!(
+            decode(&data_record(3, 2, b"GET")),
+            Err(DecodeError::Payload { .. })
+        ));
+        assert_eq!(decode(&[1, 0]).unwrap_err(), DecodeError::Short(2));
+        assert_eq!(
+            decode(&[9, 0, 0, 0, 0, 0, 0, 0]).unwrap_err(),
+            DecodeError::Kind(9)
+        );
+        // Every truncation of a valid record is an error, never a panic.
+        let rec = data_record(3, 10, b"GET");
+        for n in 0..rec.len() {
+            let _ = decode(&rec[..n]);
+        }
+    }
+}

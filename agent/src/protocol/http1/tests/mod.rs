@@ -1,0 +1,173 @@
+//! Tests of the HTTP/1.x parser: hand-written rules, recorded real connections, robustness.
+
+mod recorded;
+mod robustness;
+mod rules;
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use super::{Exchange, Http1Conn, Segment};
+
+/// Fully captured segment.
+fn seg(ts: u64, data: &[u8]) -> Segment {
+    Segment::full(ts, Bytes::copy_from_slice(data))
+}
+
+/// Segment of `len` bytes of which only `data` was captured.
+fn cut(ts: u64, data: &[u8], len: u64) -> Segment {
+    assert!(data.len() as u64 <= len);
+    Segment {
+        ts_ns: ts,
+        data: Bytes::copy_from_slice(data),
+        len,
+    }
+}
+
+/// Direction of a recorded segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum To {
+    Server,
+    Client,
+}
+
+#[derive(Clone, Debug)]
+struct Event {
+    to: To,
+    seg: Segment,
+}
+
+fn push(conn: &mut Http1Conn, ev: &Event) {
+    match ev.to {
+        To::Server => conn.push_request(ev.seg.clone()),
+        To::Client => conn.push_response(ev.seg.clone()),
+    }
+}
+
+/// Pushes all events, closes, returns everything emitted.
+fn replay(events: &[Event]) -> (Vec<Exchange>, Http1Conn) {
+    let mut conn = Http1Conn::new();
+    let mut out = Vec::new();
+    for ev in events {
+        push(&mut conn, ev);
+        out.extend(conn.take_exchanges());
+    }
+    let last = events.last().map_or(0, |e| e.seg.ts_ns);
+    conn.close(last + 1);
+    out.extend(conn.take_exchanges());
+    (out, conn)
+}
+
+fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/http1")
+}
+
+/// Reads a `.rec` file (format in tests/data/http1/README.md).
+fn load_rec(name: &str) -> Vec<Event> {
+    let path = data_dir().join(format!("{name}.rec"));
+    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut events = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        let nl = raw[i..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("header line")
+            + i;
+        let line = std::str::from_utf8(&raw[i..nl]).expect("utf8 header");
+        i = nl + 1;
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(' ').collect();
+        let to = match f[0] {
+            ">" => To::Server,
+            "<" => To::Client,
+            other => panic!("{name}: bad direction {other:?}"),
+        };
+        let ts: u64 = f[1].parse().unwrap();
+        let len: u64 = f[2].parse().unwrap();
+        let captured: usize = f.get(3).map_or(len as usize, |c| c.parse().unwrap());
+        let data = Bytes::copy_from_slice(&raw[i..i + captured]);
+        i += captured;
+        assert_eq!(raw[i], b'\n', "{name}: record not followed by a newline");
+        i += 1;
+        events.push(Event {
+            to,
+            seg: Segment {
+                ts_ns: ts,
+                data,
+                len,
+            },
+        });
+    }
+    events
+}
+
+/// What a test compares: the exchange without timestamps and headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Summary {
+    method: String,
+    target: String,
+    status: Option<u16>,
+    request_body_len: u64,
+    response_body_len: u64,
+    partial: bool,
+}
+
+fn summary(x: &Exchange) -> Summary {
+    Summary {
+        method: x.request.method.clone(),
+        target: x.request.target.clone(),
+        status: x.response.as_ref().map(|r| r.status),
+        request_body_len: x.request_body_len,
+        response_body_len: x.response_body_len,
+        partial: x.partial,
+    }
+}
+
+fn summaries(xs: &[Exchange]) -> Vec<Summary> {
+    xs.iter().map(summary).collect()
+}
+
+/// Reads a `.expected` file: the summaries and whether the connection ends upgraded.
+fn load_expected(name: &str) -> (Vec<Summary>, bool) {
+    let path = data_dir().join(format!("{name}.expected"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut rows = Vec::new();
+    let mut upgraded = None;
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f[0] == "upgraded" {
+            upgraded = Some(f[1] == "true");
+            continue;
+        }
+        assert_eq!(f.len(), 6, "{name}: bad line {line:?}");
+        rows.push(Summary {
+            method: f[0].to_owned(),
+            target: f[1].to_owned(),
+            status: (f[2] != "-").then(|| f[2].parse().unwrap()),
+            request_body_len: f[3].parse().unwrap(),
+            response_body_len: f[4].parse().unwrap(),
+            partial: f[5] == "true",
+        });
+    }
+    (rows, upgraded.expect("upgraded line"))
+}
+
+/// Every recording in the data folder, by name.
+fn recordings() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir())
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".rec").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}

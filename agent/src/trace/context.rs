@@ -1,0 +1,110 @@
+//! W3C Trace Context (`traceparent` / `tracestate`) as read from captured headers.
+
+use super::span::{SpanId, TraceId};
+
+/// A validated incoming `traceparent`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: TraceId,
+    pub parent_id: SpanId,
+    pub flags: u8,
+}
+
+fn hex_nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex_into(s: &[u8], out: &mut [u8]) -> Option<()> {
+    if s.len() != out.len() * 2 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = hex_nibble(s[2 * i])? << 4 | hex_nibble(s[2 * i + 1])?;
+    }
+    Some(())
+}
+
+/// Parses a `traceparent` header value per W3C Trace Context level 1: lowercase hex only,
+/// version `ff` invalid, all-zero ids invalid, version 00 exactly 55 characters, later versions
+/// may carry more fields after a `-`.
+pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
+    let v = value.trim().as_bytes();
+    if v.len() < 55 {
+        return None;
+    }
+    let mut version = [0u8; 1];
+    hex_into(&v[0..2], &mut version)?;
+    if version[0] == 0xff || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    if version[0] == 0 && v.len() != 55 {
+        return None;
+    }
+    if v.len() > 55 && v[55] != b'-' {
+        return None;
+    }
+    let mut trace = [0u8; 16];
+    let mut span = [0u8; 8];
+    let mut flags = [0u8; 1];
+    hex_into(&v[3..35], &mut trace)?;
+    hex_into(&v[36..52], &mut span)?;
+    hex_into(&v[53..55], &mut flags)?;
+    let (trace_id, parent_id) = (TraceId(trace), SpanId(span));
+    if !trace_id.is_valid() || !parent_id.is_valid() {
+        return None;
+    }
+    Some(TraceParent {
+        trace_id,
+        parent_id,
+        flags: flags[0],
+    })
+}
+
+/// Formats a `traceparent` for a span (sampled).
+pub fn format_traceparent(trace_id: TraceId, span_id: SpanId) -> String {
+    format!("00-{trace_id}-{span_id}-01")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_the_spec_example() {
+        let tp = parse_traceparent(VALID).unwrap();
+        assert_eq!(tp.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(tp.parent_id.to_string(), "00f067aa0ba902b7");
+        assert_eq!(tp.flags, 1);
+        assert_eq!(format_traceparent(tp.trace_id, tp.parent_id), VALID);
+    }
+
+    #[test]
+    fn rejects_invalid_values() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "é0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn accepts_future_versions_with_extra_fields() {
+        let v = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-abcd";
+        assert!(parse_traceparent(v).is_some());
+    }
+}

@@ -1,0 +1,4 @@
+//! Spans, trace context and linking.
+pub mod context;
+pub mod http;
+pub mod span;

@@ -1,0 +1,179 @@
+//! The span the pipeline produces, independent of any export format.
+
+use std::{fmt, sync::Arc};
+
+/// W3C trace id (16 bytes, never all zero when valid).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TraceId(pub [u8; 16]);
+/// W3C span id (8 bytes, never all zero when valid).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SpanId(pub [u8; 8]);
+
+impl TraceId {
+    pub fn random() -> Self {
+        loop {
+            let id: [u8; 16] = rand::random();
+            if id != [0; 16] {
+                return Self(id);
+            }
+        }
+    }
+    pub fn is_valid(&self) -> bool {
+        self.0 != [0; 16]
+    }
+}
+impl SpanId {
+    pub fn random() -> Self {
+        loop {
+            let id: [u8; 8] = rand::random();
+            if id != [0; 8] {
+                return Self(id);
+            }
+        }
+    }
+    pub fn is_valid(&self) -> bool {
+        self.0 != [0; 8]
+    }
+}
+fn hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+}
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        hex(&self.0, f)
+    }
+}
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        hex(&self.0, f)
+    }
+}
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        hex(&self.0, f)
+    }
+}
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        hex(&self.0, f)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    Double(f64),
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Str(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Str(v)
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Bool(v)
+    }
+}
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Str(s) => f.write_str(s),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Double(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+/// One attribute. Keys are semantic-convention names, so mostly static strings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Value,
+}
+impl KeyValue {
+    pub fn new(key: impl Into<String>, value: impl Into<Value>) -> Self {
+        Self {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Status {
+    #[default]
+    Unset,
+    Ok,
+    Error {
+        message: String,
+    },
+}
+
+/// Resource attributes of one traced process (service.name, process.pid, container.id, ...).
+/// Shared by every span of that process; the exporter groups spans by it.
+#[derive(Debug, PartialEq)]
+pub struct Resource {
+    /// Stable identity for grouping: equal keys mean equal attributes.
+    pub key: String,
+    pub attributes: Vec<KeyValue>,
+}
+impl Resource {
+    /// The value of `service.name`, for display.
+    pub fn service_name(&self) -> &str {
+        self.attributes
+            .iter()
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| match &kv.value {
+                Value::Str(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .unwrap_or("unknown_service")
+    }
+}
+
+/// A finished span, ready for export.
+#[derive(Clone, Debug)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    /// W3C `tracestate` received with the parent context, kept verbatim.
+    pub trace_state: String,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    pub attributes: Vec<KeyValue>,
+    pub status: Status,
+    pub resource: Arc<Resource>,
+    /// Instrumentation scope name, e.g. `socktrace.http`.
+    pub scope: &'static str,
+}
+
+impl Span {
+    pub fn attr(&self, key: &str) -> Option<&Value> {
+        self.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .map(|kv| &kv.value)
+    }
+}

@@ -1,0 +1,176 @@
+//! Types shared by the kernel programs (`socktrace-ebpf`) and user space (`socktrace` agent).
+//!
+//! Every struct here crosses the kernel/user boundary as raw bytes, so each one is `#[repr(C)]`,
+//! has explicit padding fields, and holds only integers and byte arrays: any bit pattern is a
+//! valid value, which is what `aya::Pod` requires and what a ring-buffer reader can rely on.
+#![no_std]
+
+/// Largest payload prefix the kernel copies per socket read or write (a power of two, so the
+/// kernel can bound lengths with a mask the verifier understands).
+pub const MAX_CAPTURE: usize = 8192;
+/// Default payload prefix: enough for the request or response head of ordinary HTTP traffic.
+pub const DEFAULT_CAPTURE: u32 = 2048;
+
+/// Names of the read-only globals user space sets before loading the programs.
+pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
+pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
+pub const GLOBAL_FILTER_PIDS: &str = "FILTER_PIDS";
+pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+
+/// Record kinds written to the ring buffer; the first `u32` of every record.
+pub const EVENT_DATA: u32 = 1;
+pub const EVENT_CONN_CLOSE: u32 = 2;
+pub const EVENT_EXEC: u32 = 3;
+pub const EVENT_EXIT: u32 = 4;
+
+/// Direction of a socket data event, seen from the traced process.
+pub const DIR_INGRESS: u32 = 0;
+pub const DIR_EGRESS: u32 = 1;
+
+/// Role of the traced process on a connection.
+pub const ROLE_UNKNOWN: u32 = 0;
+/// The process opened the connection (`connect`): it is the client.
+pub const ROLE_CLIENT: u32 = 1;
+/// The process accepted the connection: it is the server.
+pub const ROLE_SERVER: u32 = 2;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// TCP states as reported by `sock:inet_sock_set_state`.
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_SYN_RECV: i32 = 3;
+pub const TCP_FIN_WAIT1: i32 = 4;
+pub const TCP_CLOSE: i32 = 7;
+pub const TCP_CLOSE_WAIT: i32 = 8;
+
+/// A connection's identity as the kernel saw it at `ESTABLISHED`.
+///
+/// Addresses are 16 bytes; for `AF_INET` only the first four are used. Ports are in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnTuple {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub _pad: u16,
+}
+
+/// Value of the kernel's socket table: what is known about a socket pointer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockInfo {
+    pub tuple: ConnTuple,
+    pub role: u32,
+    pub _pad: u32,
+}
+
+/// Header of an `EVENT_DATA` record; `captured` payload bytes follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEvent {
+    pub kind: u32,
+    pub direction: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds at the end of the syscall.
+    pub ts_ns: u64,
+    /// Kernel socket pointer: a stable connection id for the socket's lifetime.
+    pub sk: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// `ROLE_*`; `ROLE_UNKNOWN` when the connection predates the agent.
+    pub role: u32,
+    /// Bytes the syscall actually transferred (exact, even when the copy was truncated).
+    pub len: u64,
+    /// Payload bytes that follow this header (`<= len`).
+    pub captured: u32,
+    /// Non-zero when `tuple` is valid (the kernel saw the connection being established).
+    pub tuple_known: u32,
+    pub tuple: ConnTuple,
+    /// Task name of the caller: names the process when it has exited before user space reads
+    /// `/proc` (a short-lived client such as `curl`).
+    pub comm: [u8; 16],
+}
+
+/// A payload-carrying record as staged in the kernel's per-CPU scratch buffer.
+///
+/// `data` is twice `MAX_CAPTURE` so that a copy at a masked offset with a masked length always
+/// stays inside it: that is how the verifier is convinced when several iovecs are gathered.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEventBuf {
+    pub header: DataEvent,
+    pub data: [u8; 2 * MAX_CAPTURE],
+}
+
+/// `EVENT_CONN_CLOSE`: a traced socket left the established state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseEvent {
+    pub kind: u32,
+    /// The TCP state entered (`TCP_FIN_WAIT1`, `TCP_CLOSE_WAIT` or `TCP_CLOSE`).
+    pub new_state: u32,
+    pub ts_ns: u64,
+    pub sk: u64,
+}
+
+/// `EVENT_EXEC` / `EVENT_EXIT`: a process image changed or a process ended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcEvent {
+    pub kind: u32,
+    pub pid: u32,
+    pub ts_ns: u64,
+}
+
+/// Indices of the per-CPU `STATS` array. Each counts occurrences since load.
+pub mod stats {
+    /// Records written to the ring buffer.
+    pub const EVENTS_SENT: u32 = 0;
+    /// Records lost because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 1;
+    /// Payload copies from user memory that failed (the event is still sent, without payload).
+    pub const READ_USER_FAILED: u32 = 2;
+    /// Socket I/O whose syscall entry was not seen (agent started mid-call, or map full).
+    pub const MISSING_ENTRY: u32 = 3;
+    /// Updates of a kernel hash map that failed.
+    pub const MAP_UPDATE_FAILED: u32 = 4;
+    /// Socket I/O on the agent's own connections or their peers, skipped.
+    pub const SELF_SKIPPED: u32 = 5;
+    /// Socket I/O truncated to the capture size.
+    pub const TRUNCATED: u32 = 6;
+    pub const COUNT: u32 = 8;
+
+    /// Human-readable names, indexed like the constants above.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "events_sent",
+        "ringbuf_full",
+        "read_user_failed",
+        "missing_syscall_entry",
+        "map_update_failed",
+        "self_traffic_skipped",
+        "payload_truncated",
+        "reserved",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `repr(C)` aggregates of integers and byte arrays with explicit
+    // padding fields, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for ConnTuple {}
+    unsafe impl aya::Pod for SockInfo {}
+    unsafe impl aya::Pod for DataEvent {}
+    unsafe impl aya::Pod for CloseEvent {}
+    unsafe impl aya::Pod for ProcEvent {}
+}
+
+// Layout guards: a change here changes the wire format between kernel and user space.
+const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 112);
+const _: () = assert!(core::mem::size_of::<CloseEvent>() == 24);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);

@@ -1,0 +1,71 @@
+//! Process lifecycle: children of traced processes are traced too, and user space hears of
+//! every exec and exit (to match `--exe` and to refresh its per-process resource cache).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use socktrace_common::{EVENT_EXEC, EVENT_EXIT, ProcEvent, stats};
+
+use crate::maps::{EVENTS, TRACED_PIDS, count, filter_pids, wakeup_flags};
+
+#[inline(always)]
+fn send(kind: u32, pid: u32) {
+    let ev = ProcEvent {
+        kind,
+        pid,
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if EVENTS.output(ev, wakeup_flags()).is_ok() {
+        count(stats::EVENTS_SENT);
+    } else {
+        count(stats::RINGBUF_FULL);
+    }
+}
+
+/// `sched_process_fork`: `child_pid` at offset 20. Runs in the parent's context.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    if !filter_pids() {
+        return 0;
+    }
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if TRACED_PIDS.get_ptr(&parent).is_none() {
+        return 0;
+    }
+    // SAFETY: offset from the format file.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(20) }) else {
+        return 0;
+    };
+    // For a new thread this adds its tid, which is harmless and removed at its exit.
+    if TRACED_PIDS.insert(child as u32, 1u8, 0).is_err() {
+        count(stats::MAP_UPDATE_FAILED);
+    }
+    0
+}
+
+/// `sched_process_exec`: `pid` at offset 12.
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the format file.
+    if let Ok(pid) = unsafe { ctx.read_at::<i32>(12) } {
+        send(EVENT_EXEC, pid as u32);
+    }
+    0
+}
+
+/// `sched_process_exit`: fires per thread; only a thread-group leader's exit ends the process.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if filter_pids() {
+        let _ = TRACED_PIDS.remove(&tid);
+    }
+    if tgid == tid {
+        send(EVENT_EXIT, tgid);
+    }
+    0
+}

@@ -1,0 +1,294 @@
+//! Running real programs in tests: the agent binary, peers (Python servers, curl), each owned by
+//! a guard that kills it on drop, so a failing test leaves nothing running or attached.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// Fails the test loudly unless it runs as root: tests load real eBPF programs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads eBPF programs and must run as root (run `cargo xtask test` as root)"
+    );
+}
+
+/// Workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate is inside the workspace")
+        .to_path_buf()
+}
+
+/// The agent binary under test: `$SOCKTRACE_BIN` (set by `cargo xtask test`), else the release
+/// build in the workspace target directory.
+pub fn agent_bin() -> PathBuf {
+    let bin = std::env::var_os("SOCKTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/socktrace"));
+    assert!(
+        bin.exists(),
+        "agent binary {} not found: run `cargo xtask test`, or `cargo build --release -p socktrace` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Path of a peer script in `tests/peers/`.
+pub fn peer(name: &str) -> PathBuf {
+    workspace().join("tests/peers").join(name)
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct ChildGuard {
+    pub child: Child,
+    name: String,
+}
+
+impl ChildGuard {
+    pub fn new(name: &str, child: Child) -> Self {
+        Self {
+            child,
+            name: name.to_owned(),
+        }
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn stdin(&mut self) -> &mut ChildStdin {
+        self.child.stdin.as_mut().expect("stdin was piped")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = &self.name;
+    }
+}
+
+/// Reads lines of a child's stdout until one starts with `prefix`; returns the rest of it.
+pub fn wait_line(out: &mut BufReader<ChildStdout>, prefix: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    let mut line = String::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {prefix:?}"
+        );
+        line.clear();
+        let n = out.read_line(&mut line).expect("reading child stdout");
+        assert!(n > 0, "child closed stdout before printing {prefix:?}");
+        if let Some(rest) = line.trim_end().strip_prefix(prefix) {
+            return rest.trim().to_owned();
+        }
+    }
+}
+
+/// The Python `http.server`-based test server (`tests/peers/http_server.py`) on 127.0.0.1.
+pub struct PyServer {
+    pub guard: ChildGuard,
+    pub port: u16,
+}
+
+impl PyServer {
+    /// Starts the server with extra environment variables (e.g. `OTEL_SERVICE_NAME`).
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new("python3");
+        cmd.arg(peer("http_server.py"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("python3 must be installed");
+        let mut out = BufReader::new(child.stdout.take().expect("piped"));
+        let guard = ChildGuard::new("http_server.py", child);
+        let port = wait_line(&mut out, "PORT ", Duration::from_secs(20))
+            .parse()
+            .expect("port number");
+        Self { guard, port }
+    }
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// Runs curl to completion and returns its stdout; panics with stderr on failure.
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .output()
+        .expect("curl must be installed");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The agent under test: started with the given flags, stopped with SIGTERM (and killed if it
+/// does not exit) on drop. Its stderr is collected for assertions and failure messages.
+pub struct Agent {
+    child: Option<Child>,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+fn collect(mut r: impl Read + Send + 'static, into: Arc<Mutex<String>>, echo: bool) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let s = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if echo {
+                        eprint!("[agent] {s}");
+                    }
+                    into.lock().expect("lock").push_str(&s);
+                }
+            }
+        }
+    });
+}
+
+impl Agent {
+    /// Starts the agent and waits until its probes are attached.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        require_root();
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(args)
+            .args(["--stats-interval", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // The agent must not inherit exporter settings from the test environment.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("OTEL_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("starting the agent");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        collect(child.stderr.take().expect("piped"), stderr.clone(), true);
+        collect(child.stdout.take().expect("piped"), stdout.clone(), false);
+        let mut agent = Self {
+            child: Some(child),
+            stderr,
+            stdout,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if agent.stderr().contains("tracepoints attached") {
+                break;
+            }
+            if let Some(status) = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "agent exited with {status} before attaching:\n{}",
+                    agent.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not attach within 60s:\n{}",
+                agent.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("lock").clone()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                // Let the collector threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(100));
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "agent did not exit within 20s of SIGTERM:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Writes `data` to a new temporary file and returns its path.
+pub fn temp_file(name: &str, data: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("socktrace-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(data))
+        .expect("temp file");
+    path
+}

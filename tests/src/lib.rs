@@ -1,0 +1,7 @@
+//! Support code for socktrace's integration tests.
+//!
+//! - [`harness`]: running the agent binary and peer programs, killed on drop.
+//! - [`otlp_receiver`]: an in-process OTLP trace receiver (gRPC or HTTP/protobuf) that records
+//!   what the agent exports and can be told to fail.
+pub mod harness;
+pub mod otlp_receiver;

@@ -1,0 +1,523 @@
+//! End to end, as root: the real agent (real eBPF programs) traces a real Python `http.server`
+//! and real `curl`, and the spans are checked as they arrive over real OTLP.
+
+use std::{
+    collections::HashSet,
+    io::{BufReader, Write},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use socktrace_tests::{
+    harness::{Agent, ChildGuard, PyServer, curl, peer, require_root, temp_file, wait_line},
+    otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn proto_flag(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Grpc => "grpc",
+        Protocol::HttpProtobuf => "http/protobuf",
+    }
+}
+
+/// Starts receiver, server (service name `py-server`) and an agent limited to the server's port.
+fn setup(protocol: Protocol, extra: &[&str]) -> (OtlpReceiver, PyServer, Agent) {
+    require_root();
+    let receiver = OtlpReceiver::start_blocking(protocol);
+    let server = PyServer::start(&[("OTEL_SERVICE_NAME", "py-server")]);
+    let port = server.port.to_string();
+    let endpoint = receiver.endpoint();
+    let mut args = vec![
+        "--otlp-endpoint",
+        endpoint.as_str(),
+        "--otlp-protocol",
+        proto_flag(protocol),
+        "--port",
+        port.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(&args);
+    (receiver, server, agent)
+}
+
+fn of_kind(spans: &[ReceivedSpan], kind: SpanKind) -> Vec<ReceivedSpan> {
+    let mut v: Vec<ReceivedSpan> = spans.iter().filter(|s| s.kind() == kind).cloned().collect();
+    v.sort_by_key(|s| s.span.start_time_unix_nano);
+    v
+}
+
+/// Waits until `server` server spans and `client` client spans arrived, then waits a little
+/// longer and checks that no more arrive: the counts must be exact.
+fn exact(
+    receiver: &OtlpReceiver,
+    server: usize,
+    client: usize,
+) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
+    let pred = |s: &[ReceivedSpan]| {
+        of_kind(s, SpanKind::Server).len() >= server && of_kind(s, SpanKind::Client).len() >= client
+    };
+    receiver
+        .wait_for_blocking(pred, WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let spans = receiver.spans();
+    let (s, c) = (
+        of_kind(&spans, SpanKind::Server),
+        of_kind(&spans, SpanKind::Client),
+    );
+    let dump = || spans.iter().map(|s| format!("  {s}\n")).collect::<String>();
+    assert_eq!(s.len(), server, "server spans:\n{}", dump());
+    assert_eq!(c.len(), client, "client spans:\n{}", dump());
+    (s, c)
+}
+
+fn str_attr(s: &ReceivedSpan, k: &str) -> String {
+    s.attr_str(k)
+        .unwrap_or_else(|| panic!("{k} missing on {s}"))
+}
+fn int_attr(s: &ReceivedSpan, k: &str) -> i64 {
+    s.attr_int(k)
+        .unwrap_or_else(|| panic!("{k} missing on {s}"))
+}
+
+#[test]
+fn keepalive_requests_give_one_server_and_one_client_span_each_grpc() {
+    let (receiver, server, _agent) = setup(Protocol::Grpc, &[]);
+    let p = i64::from(server.port);
+    curl(&[
+        &server.url("/hello"),
+        &server.url("/users/42?token=secret&page=2"),
+        &server.url("/status/500"),
+    ]);
+    let (s, c) = exact(&receiver, 3, 3);
+
+    let expect = [
+        ("GET /hello", "/hello", "/hello", None, 200, 6),
+        (
+            "GET /users/{id}",
+            "/users/42",
+            "/users/{id}",
+            Some("token=REDACTED&page=2"),
+            404,
+            10,
+        ),
+        (
+            "GET /status/{id}",
+            "/status/500",
+            "/status/{id}",
+            None,
+            500,
+            11,
+        ),
+    ];
+    let client_port = int_attr(&s[0], "client.port");
+    for (span, (name, path, route, query, status, body)) in s.iter().zip(expect) {
+        assert_eq!(span.name(), name);
+        assert_eq!(str_attr(span, "http.request.method"), "GET");
+        assert_eq!(str_attr(span, "url.path"), path);
+        assert_eq!(span.attr_str("url.query").as_deref(), query);
+        assert_eq!(str_attr(span, "url.scheme"), "http");
+        assert_eq!(str_attr(span, "http.route"), route);
+        assert_eq!(int_attr(span, "http.response.status_code"), status);
+        assert_eq!(int_attr(span, "http.response.body.size"), body);
+        assert_eq!(str_attr(span, "network.protocol.version"), "1.1");
+        assert_eq!(str_attr(span, "server.address"), "127.0.0.1");
+        assert_eq!(int_attr(span, "server.port"), p);
+        assert_eq!(str_attr(span, "client.address"), "127.0.0.1");
+        // One keep-alive connection: the same client port on every request.
+        assert_eq!(int_attr(span, "client.port"), client_port);
+        assert!(str_attr(span, "user_agent.original").starts_with("curl/"));
+        assert_eq!(span.resource_str("service.name"), Some("py-server"));
+        assert_eq!(
+            span.resource_int("process.pid"),
+            Some(i64::from(server.pid()))
+        );
+        assert_eq!(span.parent_span_id(), None);
+        assert!(span.span.end_time_unix_nano >= span.span.start_time_unix_nano);
+        if status >= 500 {
+            assert_eq!(span.status_code(), StatusCode::Error, "{span}");
+            assert_eq!(str_attr(span, "error.type"), "500");
+        } else {
+            assert_eq!(span.status_code(), StatusCode::Unset, "{span}");
+            assert_eq!(span.attr_str("error.type"), None);
+        }
+    }
+
+    let expect = [
+        ("/hello", 200),
+        ("/users/42?token=REDACTED&page=2", 404),
+        ("/status/500", 500),
+    ];
+    for (span, (path, status)) in c.iter().zip(expect) {
+        assert_eq!(span.name(), "GET");
+        assert_eq!(
+            str_attr(span, "url.full"),
+            format!("http://127.0.0.1:{p}{path}")
+        );
+        assert_eq!(str_attr(span, "server.address"), "127.0.0.1");
+        assert_eq!(int_attr(span, "server.port"), p);
+        assert_eq!(int_attr(span, "http.response.status_code"), status);
+        assert_eq!(span.resource_str("service.name"), Some("curl"));
+        assert_eq!(span.resource_str("process.executable.name"), Some("curl"));
+        if status >= 400 {
+            assert_eq!(span.status_code(), StatusCode::Error, "{span}");
+            assert_eq!(str_attr(span, "error.type"), status.to_string());
+        } else {
+            assert_eq!(span.status_code(), StatusCode::Unset, "{span}");
+        }
+    }
+    // Nothing secret left the host.
+    for span in s.iter().chain(&c) {
+        assert!(!format!("{:?}", span.span).contains("secret"), "{span}");
+    }
+}
+
+#[test]
+fn http_protobuf_export_and_the_agent_never_traces_itself() {
+    require_root();
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let server = PyServer::start(&[("OTEL_SERVICE_NAME", "py-server")]);
+    // No --port filter: every process is traced, including this test process (which hosts the
+    // OTLP receiver) - yet the export traffic must never become spans.
+    let endpoint = receiver.endpoint();
+    let mut agent = Agent::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "http/protobuf",
+    ]);
+    curl(&[&server.url("/hello"), &server.url("/hello")]);
+    let spans = receiver
+        .wait_for_blocking(
+            |s| {
+                s.iter()
+                    .filter(|s| s.resource_str("service.name") == Some("py-server"))
+                    .count()
+                    >= 2
+            },
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Several export rounds have happened by now; give the agent time to (wrongly) trace them.
+    std::thread::sleep(Duration::from_secs(3));
+    let spans = [spans, receiver.spans()].concat();
+    let otlp_port = i64::from(receiver.addr().port());
+    for span in &spans {
+        assert_ne!(
+            span.attr_int("server.port"),
+            Some(otlp_port),
+            "export traffic traced: {span}"
+        );
+        assert_ne!(
+            span.attr_str("url.path").as_deref(),
+            Some("/v1/traces"),
+            "{span}"
+        );
+        assert_ne!(
+            span.resource_int("process.pid"),
+            Some(i64::from(agent.pid())),
+            "agent traced itself: {span}"
+        );
+    }
+    let requests = receiver.requests();
+    assert!(requests.iter().all(|r| r.path == "/v1/traces"));
+    assert_eq!(agent.stop(), Some(0), "agent must exit 0 on SIGTERM");
+}
+
+#[test]
+fn post_bodies_keep_message_boundaries() {
+    let (receiver, server, _agent) = setup(Protocol::Grpc, &[]);
+    let body = temp_file("body-1000", &[b'a'; 1000]);
+    let data = format!("@{}", body.display());
+    curl(&[
+        "-o",
+        "/dev/null",
+        "--data-binary",
+        &data,
+        &server.url("/echo"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &data,
+        &server.url("/echo"),
+        "--next",
+        "-o",
+        "/dev/null",
+        &server.url("/hello"),
+    ]);
+    let (s, c) = exact(&receiver, 3, 3);
+    for spans in [&s, &c] {
+        assert_eq!(str_attr(&spans[0], "http.request.method"), "POST");
+        assert_eq!(int_attr(&spans[0], "http.request.body.size"), 1000);
+        assert_eq!(int_attr(&spans[0], "http.response.body.size"), 14);
+        assert_eq!(str_attr(&spans[1], "http.request.method"), "POST");
+        assert_eq!(int_attr(&spans[1], "http.request.body.size"), 1000);
+        assert_eq!(int_attr(&spans[1], "http.response.body.size"), 14);
+        assert_eq!(str_attr(&spans[2], "http.request.method"), "GET");
+        assert_eq!(int_attr(&spans[2], "http.response.body.size"), 6);
+        assert_eq!(spans[2].attr_int("http.request.body.size"), None);
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.attr_bool("socktrace.partial").is_none())
+        );
+    }
+    assert_eq!(str_attr(&s[2], "url.path"), "/hello");
+    let port = int_attr(&s[0], "client.port");
+    assert!(
+        s.iter().all(|x| int_attr(x, "client.port") == port),
+        "one connection"
+    );
+}
+
+#[test]
+fn large_and_chunked_responses_are_one_span_each() {
+    let (receiver, server, _agent) = setup(Protocol::Grpc, &[]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        &server.url("/big?size=1048576"),
+        "-o",
+        "/dev/null",
+        &server.url("/chunked?n=50"),
+        "-o",
+        "/dev/null",
+        &server.url("/hello"),
+    ]);
+    let (s, c) = exact(&receiver, 3, 3);
+    for spans in [&s, &c] {
+        assert_eq!(int_attr(&spans[0], "http.response.body.size"), 1_048_576);
+        assert_eq!(int_attr(&spans[1], "http.response.body.size"), 5000);
+        assert_eq!(int_attr(&spans[2], "http.response.body.size"), 6);
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.attr_bool("socktrace.partial").is_none())
+        );
+    }
+    assert_eq!(str_attr(&s[2], "url.path"), "/hello");
+    // The 1 MiB response takes longer than the 6-byte one on the client side.
+    assert!(c[0].duration() > Duration::ZERO);
+}
+
+#[test]
+fn fifty_concurrent_clients_each_get_their_own_spans() {
+    let (receiver, server, _agent) = setup(Protocol::HttpProtobuf, &[]);
+    let children: Vec<ChildGuard> = (0..50)
+        .map(|i| {
+            let child = Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "--max-time", "30"])
+                .arg(server.url(&format!("/item/{i}")))
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("curl");
+            ChildGuard::new("curl", child)
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.child.wait().expect("curl").success());
+    }
+    let (s, c) = exact(&receiver, 50, 50);
+    let mut paths = HashSet::new();
+    let mut ports = HashSet::new();
+    for span in &s {
+        let path = str_attr(span, "url.path");
+        let i: i64 = path
+            .strip_prefix("/item/")
+            .expect("item path")
+            .parse()
+            .expect("number");
+        // /item/i answers i+1 bytes: a request paired with another connection's response fails.
+        assert_eq!(int_attr(span, "http.response.body.size"), i + 1, "{span}");
+        paths.insert(path);
+        ports.insert(int_attr(span, "client.port"));
+    }
+    assert_eq!(paths.len(), 50);
+    assert_eq!(ports.len(), 50);
+    let mut urls = HashSet::new();
+    for span in &c {
+        let url = str_attr(span, "url.full");
+        let i: i64 = url
+            .rsplit('/')
+            .next()
+            .expect("segment")
+            .parse()
+            .expect("number");
+        assert_eq!(int_attr(span, "http.response.body.size"), i + 1, "{span}");
+        urls.insert(url);
+    }
+    assert_eq!(urls.len(), 50);
+}
+
+#[test]
+fn incoming_traceparent_makes_the_server_span_a_child_of_the_caller() {
+    let (receiver, server, _agent) = setup(Protocol::Grpc, &[]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        "-H",
+        "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "-H",
+        "tracestate: congo=t61rcWkgMzE",
+        &server.url("/hello"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-H",
+        "traceparent: 00-zzzz-not-valid-01",
+        &server.url("/hello"),
+    ]);
+    let (s, _c) = exact(&receiver, 2, 2);
+    assert_eq!(s[0].trace_id(), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(s[0].parent_span_id().as_deref(), Some("b7ad6b7169203331"));
+    assert_eq!(s[0].span.trace_state, "congo=t61rcWkgMzE");
+    // A malformed header is ignored: a new trace, no parent.
+    assert_ne!(s[1].trace_id(), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(s[1].trace_id().len(), 32);
+    assert_eq!(s[1].parent_span_id(), None);
+}
+
+#[test]
+fn keepalive_connection_opened_before_the_agent_is_traced() {
+    require_root();
+    let receiver = OtlpReceiver::start_blocking(Protocol::Grpc);
+    let server = PyServer::start(&[("OTEL_SERVICE_NAME", "py-server")]);
+    let mut client = Command::new("python3")
+        .arg(peer("keepalive_client.py"))
+        .arg(server.port.to_string())
+        .arg("3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(client.stdout.take().expect("piped"));
+    let mut client = ChildGuard::new("keepalive_client.py", client);
+    wait_line(&mut out, "READY", WAIT);
+
+    let endpoint = receiver.endpoint();
+    let port = server.port.to_string();
+    let _agent = Agent::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "grpc",
+        "--port",
+        &port,
+    ]);
+    writeln!(client.stdin(), "go").expect("signal client");
+    wait_line(&mut out, "DONE", WAIT);
+
+    let (s, c) = exact(&receiver, 3, 3);
+    for (i, (server_span, client_span)) in s.iter().zip(&c).enumerate() {
+        assert_eq!(str_attr(server_span, "url.path"), format!("/item/{i}"));
+        assert_eq!(
+            int_attr(server_span, "http.response.body.size"),
+            i as i64 + 1
+        );
+        assert_eq!(int_attr(server_span, "server.port"), i64::from(server.port));
+        assert_eq!(server_span.resource_str("service.name"), Some("py-server"));
+        assert_eq!(
+            str_attr(client_span, "url.full"),
+            format!("http://127.0.0.1:{}/item/{i}", server.port)
+        );
+        assert_eq!(int_attr(client_span, "server.port"), i64::from(server.port));
+    }
+}
+
+#[test]
+fn pid_and_exe_filters_select_processes_in_the_kernel() {
+    require_root();
+    let receiver = OtlpReceiver::start_blocking(Protocol::Grpc);
+    let server = PyServer::start(&[("OTEL_SERVICE_NAME", "py-server")]);
+    let endpoint = receiver.endpoint();
+    let pid = server.pid().to_string();
+    {
+        let _agent = Agent::start(&[
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            "grpc",
+            "--pid",
+            &pid,
+        ]);
+        curl(&[&server.url("/hello"), &server.url("/hello")]);
+        let (s, _) = exact(&receiver, 2, 0);
+        assert!(
+            s.iter()
+                .all(|s| s.resource_str("service.name") == Some("py-server"))
+        );
+    }
+    receiver.clear();
+    {
+        let _agent = Agent::start(&[
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            "grpc",
+            "--exe",
+            "curl",
+        ]);
+        curl(&[&server.url("/hello")]);
+        let (_, c) = exact(&receiver, 0, 1);
+        assert_eq!(c[0].resource_str("service.name"), Some("curl"));
+    }
+}
+
+#[test]
+fn killing_the_agent_leaves_nothing_attached() {
+    require_root();
+    let ours = || {
+        let out = Command::new("bpftool")
+            .args(["prog", "show"])
+            .output()
+            .expect("bpftool must be installed (cargo xtask test installs it)");
+        String::from_utf8_lossy(&out.stdout)
+            .matches("name sys_enter_sendf")
+            .count()
+    };
+    let before = ours();
+    let mut agent = Agent::start(&["--port", "1"]);
+    assert_eq!(ours(), before + 1, "the agent's programs are loaded");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+    let _ = agent.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ours() != before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "programs still loaded after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn console_output_is_the_default_without_endpoint() {
+    let server = PyServer::start(&[("OTEL_SERVICE_NAME", "py-server")]);
+    let port = server.port.to_string();
+    let mut agent = Agent::start(&["--port", &port]);
+    curl(&[&server.url("/users/7")]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !agent.stdout().contains("GET /users/{id}") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no console span:\n{}",
+            agent.stdout()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(agent.stop(), Some(0));
+    let out = agent.stdout();
+    let line = out
+        .lines()
+        .find(|l| l.contains("GET /users/{id}"))
+        .expect("span line");
+    assert!(line.contains("py-server"), "{line}");
+    assert!(line.contains("SERVER"), "{line}");
+}
