@@ -115,6 +115,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         filter_pids: selector.is_filtering(),
         wakeup_bytes: 16 * 1024,
     })?;
+    if !probes.fallbacks().is_empty() {
+        eprintln!(
+            "socktrace: kernel without BTF task helpers: socket calls already in progress at start are not captured ({})",
+            probes.fallbacks().join(", ")
+        );
+    }
     let reader = probes.take_events()?;
     let kernel_stats = probes.take_stats()?;
     let pid_filter = if selector.is_filtering() {

@@ -169,7 +169,6 @@ impl Pipeline {
         let k = kstats::NAMES
             .iter()
             .zip(kernel)
-            .filter(|(n, _)| **n != "reserved")
             .map(|(n, v)| format!("{n}={v}"))
             .collect::<Vec<_>>()
             .join(" ");

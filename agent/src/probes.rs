@@ -22,33 +22,48 @@ use socktrace_common::{
 /// The kernel programs, built by `build.rs` and embedded in the binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socktrace"));
 
-/// Every program and the tracepoint it attaches to, in attach order. Socket identity and process
-/// tracking come first, so no data event is seen before the tables it relies on are live.
-const TRACEPOINTS: &[(&str, &str)] = &[
-    ("sock", "inet_sock_set_state"),
-    ("sock", "sock_send_length"),
-    ("sock", "sock_recv_length"),
-    ("sched", "sched_process_fork"),
-    ("sched", "sched_process_exec"),
-    ("sched", "sched_process_exit"),
-    ("syscalls", "sys_enter_read"),
-    ("syscalls", "sys_exit_read"),
-    ("syscalls", "sys_enter_write"),
-    ("syscalls", "sys_exit_write"),
-    ("syscalls", "sys_enter_readv"),
-    ("syscalls", "sys_exit_readv"),
-    ("syscalls", "sys_enter_writev"),
-    ("syscalls", "sys_exit_writev"),
-    ("syscalls", "sys_enter_recvfrom"),
-    ("syscalls", "sys_exit_recvfrom"),
-    ("syscalls", "sys_enter_sendto"),
-    ("syscalls", "sys_exit_sendto"),
-    ("syscalls", "sys_enter_recvmsg"),
-    ("syscalls", "sys_exit_recvmsg"),
-    ("syscalls", "sys_enter_sendmsg"),
-    ("syscalls", "sys_exit_sendmsg"),
-    ("syscalls", "sys_enter_sendfile64"),
-    ("syscalls", "sys_exit_sendfile64"),
+/// Every tracepoint, in attach order, with the programs to try for it: the first that the
+/// kernel accepts is attached (later ones are fallbacks for kernels with fewer features). Socket
+/// identity and process tracking come first, so no data event is seen before the tables it
+/// relies on are live.
+type Hook = (&'static str, &'static str, &'static [&'static str]);
+const TRACEPOINTS: &[Hook] = &[
+    ("sock", "inet_sock_set_state", &["inet_sock_set_state"]),
+    (
+        "sock",
+        "sock_send_length",
+        &["sock_send_length", "sock_send_length_nobtf"],
+    ),
+    (
+        "sock",
+        "sock_recv_length",
+        &["sock_recv_length", "sock_recv_length_nobtf"],
+    ),
+    ("sched", "sched_process_fork", &["sched_process_fork"]),
+    ("sched", "sched_process_exec", &["sched_process_exec"]),
+    ("sched", "sched_process_exit", &["sched_process_exit"]),
+    ("syscalls", "sys_enter_read", &["sys_enter_read"]),
+    ("syscalls", "sys_exit_read", &["sys_exit_read"]),
+    ("syscalls", "sys_enter_write", &["sys_enter_write"]),
+    ("syscalls", "sys_exit_write", &["sys_exit_write"]),
+    ("syscalls", "sys_enter_readv", &["sys_enter_readv"]),
+    ("syscalls", "sys_exit_readv", &["sys_exit_readv"]),
+    ("syscalls", "sys_enter_writev", &["sys_enter_writev"]),
+    ("syscalls", "sys_exit_writev", &["sys_exit_writev"]),
+    ("syscalls", "sys_enter_recvfrom", &["sys_enter_recvfrom"]),
+    ("syscalls", "sys_exit_recvfrom", &["sys_exit_recvfrom"]),
+    ("syscalls", "sys_enter_sendto", &["sys_enter_sendto"]),
+    ("syscalls", "sys_exit_sendto", &["sys_exit_sendto"]),
+    ("syscalls", "sys_enter_recvmsg", &["sys_enter_recvmsg"]),
+    ("syscalls", "sys_exit_recvmsg", &["sys_exit_recvmsg"]),
+    ("syscalls", "sys_enter_sendmsg", &["sys_enter_sendmsg"]),
+    ("syscalls", "sys_exit_sendmsg", &["sys_exit_sendmsg"]),
+    (
+        "syscalls",
+        "sys_enter_sendfile64",
+        &["sys_enter_sendfile64"],
+    ),
+    ("syscalls", "sys_exit_sendfile64", &["sys_exit_sendfile64"]),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +119,30 @@ pub struct ProbeConfig {
 pub struct Probes {
     ebpf: Ebpf,
     attached: usize,
+    fallbacks: Vec<&'static str>,
+}
+
+fn load_attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &str,
+    tracepoint: &str,
+) -> Result<(), ProbeError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(|source| ProbeError::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| ProbeError::Program { name, source })?;
+    program
+        .attach(category, tracepoint)
+        .map_err(|source| ProbeError::Program { name, source })?;
+    Ok(())
 }
 
 /// Makes sure tracefs is mounted where aya looks for it. Returns true if this call mounted it.
@@ -145,7 +184,7 @@ impl Probes {
         } else {
             Path::new("/sys/kernel/debug/tracing/events")
         };
-        for (category, name) in TRACEPOINTS {
+        for (category, name, _) in TRACEPOINTS {
             if !tracing.join(category).join(name).exists() {
                 return Err(ProbeError::MissingTracepoint {
                     category,
@@ -167,29 +206,42 @@ impl Probes {
             .map_err(ProbeError::Load)?;
 
         let mut attached = 0;
-        for (category, name) in TRACEPOINTS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::Program {
-                    name,
-                    source: aya::programs::ProgramError::UnexpectedProgramType,
-                })?
-                .try_into()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            program
-                .attach(category, name)
-                .map_err(|source| ProbeError::Program { name, source })?;
+        let mut fallbacks = Vec::new();
+        for (category, tracepoint, candidates) in TRACEPOINTS {
+            let mut last_error = None;
+            for (i, name) in candidates.iter().enumerate() {
+                match load_attach(&mut ebpf, name, category, tracepoint) {
+                    Ok(()) => {
+                        if i > 0 {
+                            tracing::debug!("{tracepoint}: using fallback {name}: {last_error:?}");
+                            fallbacks.push(*name);
+                        }
+                        last_error = None;
+                        break;
+                    }
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            if let Some(e) = last_error {
+                return Err(e);
+            }
             attached += 1;
         }
-        Ok(Self { ebpf, attached })
+        Ok(Self {
+            ebpf,
+            attached,
+            fallbacks,
+        })
     }
 
     /// Number of attached tracepoints.
     pub fn attached(&self) -> usize {
         self.attached
+    }
+
+    /// Programs attached as fallbacks because the kernel lacks a feature (e.g. BTF).
+    pub fn fallbacks(&self) -> &[&'static str] {
+        &self.fallbacks
     }
 
     /// Takes the ring buffer out of the object, for the reader thread.

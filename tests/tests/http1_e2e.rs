@@ -278,7 +278,8 @@ fn post_bodies_keep_message_boundaries() {
 
 #[test]
 fn large_and_chunked_responses_are_one_span_each() {
-    let (receiver, server, _agent) = setup(Protocol::Grpc, &[]);
+    // curl reads the 50 chunks (5306 bytes) in one read: 8 KiB of capture sees every chunk line.
+    let (receiver, server, _agent) = setup(Protocol::Grpc, &["--capture-bytes", "8192"]);
     curl(&[
         "-o",
         "/dev/null",
@@ -292,9 +293,24 @@ fn large_and_chunked_responses_are_one_span_each() {
     ]);
     let (s, c) = exact(&receiver, 3, 3);
     for spans in [&s, &c] {
-        assert_eq!(int_attr(&spans[0], "http.response.body.size"), 1_048_576);
-        assert_eq!(int_attr(&spans[1], "http.response.body.size"), 5000);
-        assert_eq!(int_attr(&spans[2], "http.response.body.size"), 6);
+        assert_eq!(
+            int_attr(&spans[0], "http.response.body.size"),
+            1_048_576,
+            "{}",
+            spans[0]
+        );
+        assert_eq!(
+            int_attr(&spans[1], "http.response.body.size"),
+            5000,
+            "{}",
+            spans[1]
+        );
+        assert_eq!(
+            int_attr(&spans[2], "http.response.body.size"),
+            6,
+            "{}",
+            spans[2]
+        );
         assert!(
             spans
                 .iter()
@@ -302,8 +318,32 @@ fn large_and_chunked_responses_are_one_span_each() {
         );
     }
     assert_eq!(str_attr(&s[2], "url.path"), "/hello");
-    // The 1 MiB response takes longer than the 6-byte one on the client side.
     assert!(c[0].duration() > Duration::ZERO);
+}
+
+#[test]
+fn chunk_lines_beyond_the_capture_are_marked_partial_and_the_stream_recovers() {
+    let (receiver, server, _agent) = setup(Protocol::Grpc, &["--capture-bytes", "256"]);
+    curl(&[
+        "-o",
+        "/dev/null",
+        &server.url("/chunked?n=50"),
+        "-o",
+        "/dev/null",
+        &server.url("/hello"),
+    ]);
+    let (s, c) = exact(&receiver, 2, 2);
+    // The server writes each chunk in its own write: fully seen, exact.
+    assert_eq!(int_attr(&s[0], "http.response.body.size"), 5000, "{}", s[0]);
+    assert!(s.iter().all(|s| s.attr_bool("socktrace.partial").is_none()));
+    // The client reads many chunks at once; lines past 256 bytes are unseen: marked, no guess.
+    assert_eq!(c[0].attr_bool("socktrace.partial"), Some(true), "{}", c[0]);
+    assert_eq!(c[0].attr_int("http.response.body.size"), None, "{}", c[0]);
+    assert_eq!(int_attr(&c[0], "http.response.status_code"), 200);
+    // ...and the next exchange on the connection is exact again.
+    assert_eq!(str_attr(&c[1], "url.full"), server.url("/hello"));
+    assert_eq!(int_attr(&c[1], "http.response.body.size"), 6);
+    assert_eq!(c[1].attr_bool("socktrace.partial"), None);
 }
 
 #[test]

@@ -303,7 +303,8 @@ pub fn build_span(
     if let Some(ua) = req.header("user-agent") {
         attrs.push(KeyValue::new("user_agent.original", ua));
     }
-    if ex.request_body_len > 0 || req.header("content-length").is_some() {
+    // A partial exchange lost part of its framing: a byte count would be a guess, so none is given.
+    if !ex.partial && (ex.request_body_len > 0 || req.header("content-length").is_some()) {
         attrs.push(KeyValue::new(
             "http.request.body.size",
             i64::try_from(ex.request_body_len).unwrap_or(i64::MAX),
@@ -318,10 +319,12 @@ pub fn build_span(
                 "http.response.status_code",
                 i64::from(resp.status),
             ));
-            attrs.push(KeyValue::new(
-                "http.response.body.size",
-                i64::try_from(ex.response_body_len).unwrap_or(i64::MAX),
-            ));
+            if !ex.partial {
+                attrs.push(KeyValue::new(
+                    "http.response.body.size",
+                    i64::try_from(ex.response_body_len).unwrap_or(i64::MAX),
+                ));
+            }
             let is_error = match conn.kind {
                 SpanKind::Server => resp.status >= 500,
                 SpanKind::Client => resp.status >= 400,

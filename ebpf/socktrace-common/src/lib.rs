@@ -142,6 +142,8 @@ pub mod stats {
     pub const SELF_SKIPPED: u32 = 5;
     /// Socket I/O truncated to the capture size.
     pub const TRUNCATED: u32 = 6;
+    /// Calls that began before the agent attached, recovered from the task's saved registers.
+    pub const RECOVERED_ENTRY: u32 = 7;
     pub const COUNT: u32 = 8;
 
     /// Human-readable names, indexed like the constants above.
@@ -153,7 +155,7 @@ pub mod stats {
         "map_update_failed",
         "self_traffic_skipped",
         "payload_truncated",
-        "reserved",
+        "recovered_syscall_entry",
     ];
 }
 

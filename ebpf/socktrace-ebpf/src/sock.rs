@@ -2,18 +2,25 @@
 //! connection's 4-tuple and role.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{self, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs},
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use socktrace_common::{
-    AF_INET, AF_INET6, CloseEvent, ConnTuple, EVENT_CONN_CLOSE, ROLE_CLIENT, ROLE_SERVER, SockInfo,
-    TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_SYN_RECV, TCP_SYN_SENT, stats,
+    AF_INET, AF_INET6, CloseEvent, ConnTuple, DIR_EGRESS, DIR_INGRESS, EVENT_CONN_CLOSE,
+    ROLE_CLIENT, ROLE_SERVER, SockInfo, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1,
+    TCP_SYN_RECV, TCP_SYN_SENT, stats,
 };
 
 use crate::{
-    maps::{EVENTS, SELF_PEERS, SOCKS, TRACKED_SOCKS, agent_tgid, count, wakeup_flags},
-    syscalls::{ACTIVE_IO, IO_PEEK},
+    maps::{
+        EVENTS, SELF_PEERS, SOCKS, TRACKED_SOCKS, agent_tgid, count, current_is_traced,
+        wakeup_flags,
+    },
+    syscalls::{ACTIVE_IO, ActiveIo, IO_PEEK},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -28,19 +35,33 @@ const LEN_FLAGS: usize = 24;
 /// Fires inside `sock_sendmsg`, in the context of the writing task.
 #[tracepoint]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    on_sock_io(&ctx, false);
+    on_sock_io(&ctx, false, true);
     0
 }
 
 /// Fires inside `sock_recvmsg`, in the context of the reading task.
 #[tracepoint]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    on_sock_io(&ctx, true);
+    on_sock_io(&ctx, true, true);
+    0
+}
+
+/// Variants for kernels without BTF (`bpf_get_current_task_btf` unavailable): a syscall that
+/// began before the agent attached is then missed instead of recovered.
+#[tracepoint]
+pub fn sock_send_length_nobtf(ctx: TracePointContext) -> u32 {
+    on_sock_io(&ctx, false, false);
+    0
+}
+
+#[tracepoint]
+pub fn sock_recv_length_nobtf(ctx: TracePointContext) -> u32 {
+    on_sock_io(&ctx, true, false);
     0
 }
 
 #[inline(always)]
-fn on_sock_io(ctx: &TracePointContext, recv: bool) {
+fn on_sock_io(ctx: &TracePointContext, recv: bool, recover: bool) {
     // SAFETY: offsets from the format file.
     let (Ok(sk), Ok(family), Ok(protocol), Ok(flags)) = (unsafe {
         (
@@ -78,10 +99,15 @@ fn on_sock_io(ctx: &TracePointContext, recv: bool) {
     }
     let tid = id as u32;
     let Some(io) = ACTIVE_IO.get_ptr_mut(&tid) else {
-        if is_tcp {
-            // Socket I/O with no syscall entry: a call that began before the agent, or one we do
-            // not hook (sendmmsg, splice, io_uring). Counted so the gap is visible.
-            count(stats::MISSING_ENTRY);
+        if is_tcp && current_is_traced() {
+            let peek = recv && flags & MSG_PEEK != 0;
+            // A call that began before the agent attached (a server thread blocked in read() on
+            // an idle keep-alive connection): its arguments are still in the task's saved
+            // registers. Otherwise a call we do not hook (sendmmsg, splice, io_uring): counted
+            // so the gap is visible.
+            if !(recover && recover_from_regs(tid, sk, recv, peek)) {
+                count(stats::MISSING_ENTRY);
+            }
         }
         return;
     };
@@ -93,6 +119,84 @@ fn on_sock_io(ctx: &TracePointContext, recv: bool) {
             io.flags |= IO_PEEK;
         }
     }
+}
+
+/// Word offsets in x86_64 `struct pt_regs` (user ABI, `asm/ptrace.h`): syscall arguments are
+/// saved there at entry and stay until return.
+const REG_DX: usize = 12;
+const REG_SI: usize = 13;
+const REG_DI: usize = 14;
+const REG_ORIG_AX: usize = 15;
+
+/// x86_64 syscall numbers of the calls `syscalls.rs` hooks.
+const NR_READ: u64 = 0;
+const NR_WRITE: u64 = 1;
+const NR_READV: u64 = 19;
+const NR_WRITEV: u64 = 20;
+const NR_SENDFILE: u64 = 40;
+const NR_SENDTO: u64 = 44;
+const NR_RECVFROM: u64 = 45;
+const NR_SENDMSG: u64 = 46;
+const NR_RECVMSG: u64 = 47;
+
+/// Rebuilds the in-flight syscall entry from the current task's saved user registers, so that
+/// `sys_exit_*` can emit the record as usual. Returns false if the call is not one we handle.
+#[inline(always)]
+fn recover_from_regs(tid: u32, sk: u64, recv: bool, peek: bool) -> bool {
+    // SAFETY: BTF helpers; the returned pointer is only read with bpf_probe_read_kernel.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64 as *const u64;
+    if regs.is_null() {
+        return false;
+    }
+    // SAFETY: kernel reads of saved registers; failures are handled.
+    let (Ok(nr), Ok(di), Ok(si), Ok(dx)) = (unsafe {
+        (
+            bpf_probe_read_kernel(regs.add(REG_ORIG_AX)),
+            bpf_probe_read_kernel(regs.add(REG_DI)),
+            bpf_probe_read_kernel(regs.add(REG_SI)),
+            bpf_probe_read_kernel(regs.add(REG_DX)),
+        )
+    }) else {
+        return false;
+    };
+    let (buf, iovcnt, is_recv) = match nr {
+        NR_READ | NR_RECVFROM => (si, 0, true),
+        NR_WRITE | NR_SENDTO => (si, 0, false),
+        NR_READV => (si, dx, true),
+        NR_WRITEV => (si, dx, false),
+        NR_SENDFILE => (0, 0, false),
+        NR_RECVMSG | NR_SENDMSG => {
+            let mut iov = [0u64; 2];
+            // SAFETY: user read of msg_iov/msg_iovlen (offsets 16 and 24 of user_msghdr).
+            let rc = unsafe {
+                generated::bpf_probe_read_user(iov.as_mut_ptr().cast(), 16, (si + 16) as *const _)
+            };
+            if rc != 0 {
+                count(stats::READ_USER_FAILED);
+                return false;
+            }
+            (iov[0], iov[1], nr == NR_RECVMSG)
+        }
+        _ => return false,
+    };
+    if is_recv != recv {
+        return false;
+    }
+    let io = ActiveIo {
+        buf,
+        iovcnt,
+        sk,
+        fd: di as u32,
+        direction: if recv { DIR_INGRESS } else { DIR_EGRESS },
+        flags: if peek { IO_PEEK } else { 0 },
+        _pad: 0,
+    };
+    if ACTIVE_IO.insert(tid, io, 0).is_err() {
+        count(stats::MAP_UPDATE_FAILED);
+        return false;
+    }
+    count(stats::RECOVERED_ENTRY);
+    true
 }
 
 /// Offsets in `inet_sock_set_state`.

@@ -505,6 +505,10 @@ impl Decoder {
                 }
                 State::Head => {
                     self.cut_head(p, ts, true);
+                    if p.upgraded {
+                        // The cut head was a 101: nothing after it is ours to count.
+                        break;
+                    }
                     self.lose_sync(p);
                 }
                 State::Resync => {
@@ -729,10 +733,10 @@ enum Candidate {
 
 /// Whether a head of our kind starts at `buf[0]`. Stricter than the synced path: while
 /// resynchronising, most candidates are body text, so the whole first line must parse before
-/// bytes are kept, and an empty line is never a start (it would make every paragraph break a
-/// failed head).
+/// bytes are kept. An empty line is never a start (the prefix check rejects CR and LF), or every
+/// paragraph break in a body would become a failed head.
 fn candidate(is_request: bool, buf: &[u8], scan: &mut usize) -> Candidate {
-    if matches!(buf.first(), Some(b'\r' | b'\n')) || !head::prefix_plausible(is_request, buf) {
+    if !head::prefix_plausible(is_request, buf) {
         return Candidate::No;
     }
     let Some(nl) = find(buf, *scan, b'\n') else {

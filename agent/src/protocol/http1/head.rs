@@ -88,12 +88,13 @@ fn try_response<'b>(
     }
 }
 
+/// `try_request` or `try_response`: one parse attempt with the given header slots.
+type TryParse<T> =
+    for<'b> fn(&'b [u8], &mut [httparse::Header<'b>]) -> Result<Parsed<T>, httparse::Error>;
+
 /// Parses a request or response head at the start of `buf`.
 pub(super) fn parse(is_request: bool, buf: &[u8]) -> Parsed<AnyHead> {
-    fn run<T>(
-        buf: &[u8],
-        f: for<'b> fn(&'b [u8], &mut [httparse::Header<'b>]) -> Result<Parsed<T>, httparse::Error>,
-    ) -> Parsed<T> {
+    fn run<T>(buf: &[u8], f: TryParse<T>) -> Parsed<T> {
         let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
         match f(buf, &mut few) {
             Ok(p) => p,

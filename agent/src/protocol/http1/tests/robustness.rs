@@ -183,7 +183,7 @@ fn single_byte_mutations_of_recordings() {
     for name in SMALL {
         let events = load_rec(name);
         for at in 0..data_len(&events) {
-            for value in [0x00, 0xff, b'\n', b'\r', b' ', b'0', b'9', b'a'] {
+            for value in [0x00, 0xff, b'\n', b'\r', b' ', b'0'] {
                 let m = mutated(&events, at, value);
                 let (xs, conn) = replay(&m);
                 check_bounds(&format!("{name} byte {at} = {value:#x}"), &m, &xs, &conn);

@@ -579,7 +579,8 @@ fn switching_protocols_101_ends_http1() {
     conn.push_request(seg(3, GET_A));
     conn.push_response(seg(4, OK_5));
     conn.push_request(seg(5, b"\x00\x01garbage"));
-    conn.close(6);
+    conn.push_response(cut(6, b"", 1 << 30));
+    conn.close(7);
     assert!(conn.take_exchanges().is_empty());
     assert_eq!(conn.stats(), Http1Stats::default());
     assert!(conn.upgraded());
@@ -700,14 +701,9 @@ fn one_mib_body_with_2k_captured_per_64k_segment() {
     wire.extend((0..BODY).map(|i| b'a' + (i % 26) as u8));
     wire.extend_from_slice(NOT_FOUND);
     let mut events = vec![req(1, &cat(&[GET_A, GET_B]))];
-    let mut ts = 100;
-    for chunk in wire.chunks(SEG) {
-        events.push(resp_cut(
-            ts,
-            &chunk[..chunk.len().min(2048)],
-            chunk.len() as u64,
-        ));
-        ts += 1;
+    for (ts, chunk) in (100..).zip(wire.chunks(SEG)) {
+        let captured = &chunk[..chunk.len().min(2048)];
+        events.push(resp_cut(ts, captured, chunk.len() as u64));
     }
     // The body ends inside the last segment's captured part, then the 404 starts there.
     let end_seg = (head.len() + BODY - 1) / SEG;
@@ -828,6 +824,20 @@ fn head_cut_by_gap_is_partial_and_next_request_is_clean() {
     );
     assert_eq!(xs[0].request.header("host"), Some("h"));
     assert_eq!(conn.stats().resyncs, 1);
+}
+
+#[test]
+fn request_line_cut_by_gap_leaves_a_placeholder() {
+    // Not even the request line is readable: no exchange, but its response is not given to
+    // the next request.
+    let (got, stats) = run(&[
+        req_cut(1, b"GET /a-very-long-tar", 5000),
+        req(2, GET_B),
+        resp(3, &cat(&[OK_5, NOT_FOUND])),
+    ]);
+    assert_eq!(got, [clean("GET", "/b?x=1", 404, 0, 3)]);
+    assert_eq!((stats.resyncs, stats.invalid_heads), (1, 0));
+    assert_eq!(stats.bytes_skipped, 5000);
 }
 
 #[test]
