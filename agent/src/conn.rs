@@ -168,10 +168,13 @@ impl ConnTable {
         for c in self.conns.values() {
             if let State::Http1(h) = &c.state {
                 let h = h.stats();
-                s.resyncs += h.resyncs;
-                s.bytes_skipped += h.bytes_skipped;
-                s.invalid_heads += h.invalid_heads;
-                s.unanswered_requests_dropped += h.unanswered_requests_dropped;
+                // Parser counters saturate (a huge claimed gap can), so the sum must too.
+                s.resyncs = s.resyncs.saturating_add(h.resyncs);
+                s.bytes_skipped = s.bytes_skipped.saturating_add(h.bytes_skipped);
+                s.invalid_heads = s.invalid_heads.saturating_add(h.invalid_heads);
+                s.unanswered_requests_dropped = s
+                    .unanswered_requests_dropped
+                    .saturating_add(h.unanswered_requests_dropped);
             }
         }
         s
@@ -222,7 +225,7 @@ impl ConnTable {
                     if conn.role.is_none() {
                         conn.role = Some(if ingress { Role::Server } else { Role::Client });
                     }
-                    conn.state = State::Http1(Box::new(Http1Conn::new()));
+                    conn.state = State::Http1(Box::default());
                 }
                 (Some(false), _) => {
                     self.stats.skipped_mid_stream += 1;

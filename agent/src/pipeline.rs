@@ -119,12 +119,11 @@ impl Pipeline {
                 .on_close(c.sk, c.new_state, c.ts_ns, &mut self.out),
             Ok(Event::Exec { pid }) => {
                 self.resources.invalidate(pid);
-                if let Some(filter) = &mut self.pid_filter {
-                    if self.selector.matches_exe(pid) {
-                        if let Err(e) = filter.add(pid) {
-                            tracing::warn!("cannot trace pid {pid}: {e}");
-                        }
-                    }
+                if let Some(filter) = &mut self.pid_filter
+                    && self.selector.matches_exe(pid)
+                    && let Err(e) = filter.add(pid)
+                {
+                    tracing::warn!("cannot trace pid {pid}: {e}");
                 }
             }
             Ok(Event::Exit { pid }) => self.resources.invalidate(pid),
@@ -222,11 +221,11 @@ pub fn run(
             pipeline.tick();
             last_tick = Instant::now();
         }
-        if let Some(every) = stats_interval {
-            if last_report.elapsed() >= every {
-                tracing::info!("{}", pipeline.report(&kernel.read()));
-                last_report = Instant::now();
-            }
+        if let Some(every) = stats_interval
+            && last_report.elapsed() >= every
+        {
+            tracing::info!("{}", pipeline.report(&kernel.read()));
+            last_report = Instant::now();
         }
     }
     // Drain what the kernel already wrote, so no finished request is lost at shutdown.

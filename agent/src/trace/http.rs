@@ -155,10 +155,10 @@ pub fn route_from_path(path: &str) -> String {
 
 /// Splits a Host header into host and optional port (handles `[v6]:port`).
 fn split_host(host: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = host.strip_prefix('[') {
-        if let Some((h, tail)) = rest.split_once(']') {
-            return (h, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
+    if let Some(rest) = host.strip_prefix('[')
+        && let Some((h, tail)) = rest.split_once(']')
+    {
+        return (h, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
     }
     match host.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
