@@ -125,6 +125,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let kernel_stats = probes.take_stats()?;
     let pid_filter = if selector.is_filtering() {
         let mut filter = probes.take_pid_filter()?;
+        for exe in &cli.exe {
+            filter
+                .add_exe(exe)
+                .with_context(|| format!("adding --exe {exe} to the kernel filter"))?;
+        }
         for pid in selector.initial_pids() {
             filter
                 .add(pid)

@@ -244,43 +244,38 @@ impl Probes {
         &self.fallbacks
     }
 
-    /// Takes the ring buffer out of the object, for the reader thread.
-    pub fn take_events(&mut self) -> Result<EventReader, ProbeError> {
+    /// Takes a map out of the object, typed.
+    fn take<T>(&mut self, name: &'static str) -> Result<T, ProbeError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
         let map = self
             .ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::MissingMap("EVENTS"))?;
-        let ring = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: "EVENTS",
-            source,
-        })?;
-        Ok(EventReader { ring })
+            .take_map(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        T::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
 
-    /// Takes the pid filter map, so user space can add processes while running.
+    /// Takes the ring buffer out of the object, for the reader thread.
+    pub fn take_events(&mut self) -> Result<EventReader, ProbeError> {
+        Ok(EventReader {
+            ring: self.take("EVENTS")?,
+        })
+    }
+
+    /// Takes the pid filter maps, so user space can add processes while running.
     pub fn take_pid_filter(&mut self) -> Result<PidFilter, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("TRACED_PIDS")
-            .ok_or(ProbeError::MissingMap("TRACED_PIDS"))?;
-        let map = HashMap::try_from(map).map_err(|source| ProbeError::Map {
-            name: "TRACED_PIDS",
-            source,
-        })?;
-        Ok(PidFilter { map })
+        Ok(PidFilter {
+            map: self.take("TRACED_PIDS")?,
+            exe_names: self.take("EXE_NAMES")?,
+        })
     }
 
     /// Takes the kernel's counters.
     pub fn take_stats(&mut self) -> Result<KernelStats, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("STATS")
-            .ok_or(ProbeError::MissingMap("STATS"))?;
-        let map = PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
-            name: "STATS",
-            source,
-        })?;
-        Ok(KernelStats { map })
+        Ok(KernelStats {
+            map: self.take("STATS")?,
+        })
     }
 }
 
@@ -296,9 +291,25 @@ fn why(category: &str, name: &str) -> &'static str {
 /// The processes to trace when filtering by `--pid`/`--exe`.
 pub struct PidFilter {
     map: HashMap<MapData, u32, u8>,
+    exe_names: HashMap<MapData, [u8; 16], u8>,
+}
+
+/// A program name as the kernel's task name: at most 15 bytes, NUL-padded.
+pub fn task_name(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let b = name.as_bytes();
+    let n = b.len().min(15);
+    out[..n].copy_from_slice(&b[..n]);
+    out
 }
 
 impl PidFilter {
+    /// Processes that exec a program with this name are traced from their first instruction.
+    /// Names longer than 15 bytes match on their first 15 in the kernel; user space then checks
+    /// the full executable name.
+    pub fn add_exe(&mut self, name: &str) -> Result<(), aya::maps::MapError> {
+        self.exe_names.insert(task_name(name), 1, 0)
+    }
     pub fn add(&mut self, pid: u32) -> Result<(), aya::maps::MapError> {
         self.map.insert(pid, 1, 0)
     }

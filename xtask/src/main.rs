@@ -10,6 +10,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(about = "socktrace build and development tasks")]
 struct Args {
@@ -34,6 +36,16 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u64,
     },
+    /// Measure the agent's overhead on nginx under wrk, against a baseline run side by side.
+    /// Writes target/bench/report.md. Needs root.
+    Bench {
+        /// Alternating baseline/agent rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds of load per round.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Fuzz the parsers (cargo-fuzz with libFuzzer) for the given time per target.
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -45,7 +57,9 @@ enum Task {
 
 const APT_BUILD: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
 /// Real peers the integration tests drive.
-const APT_TEST: &[&str] = &["curl", "iproute2"];
+const APT_TEST: &[&str] = &["curl", "iproute2", "bpftool", "util-linux"];
+/// Load generator and server for `bench`.
+const APT_BENCH: &[&str] = &["nginx", "wrk"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn root() -> PathBuf {
@@ -211,14 +225,20 @@ fn main() -> anyhow::Result<()> {
                 "warnings",
             ]))?;
             let bin = build_release(&root)?;
-            run(cargo(&root)
-                .args(["test", "--workspace", "--release", "--", "--test-threads=1"])
-                .env("SOCKTRACE_BIN", &bin))?;
             if fuzz_seconds > 0 {
                 fuzz(&root, fuzz_seconds, None)?;
             }
-            eprintln!("xtask: all checks passed");
+            // Last, so that the test runner's summary closes the output.
+            run(cargo(&root)
+                .args(["test", "--workspace", "--release", "--", "--test-threads=1"])
+                .env("SOCKTRACE_BIN", &bin))?;
             Ok(())
+        }
+        Task::Bench { rounds, seconds } => {
+            setup()?;
+            apt_install(APT_BENCH)?;
+            let bin = build_release(&root)?;
+            bench::bench(&root, &bin, rounds.max(1), seconds.max(1))
         }
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
     }

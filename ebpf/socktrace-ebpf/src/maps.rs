@@ -59,6 +59,11 @@ pub static SCRATCH: PerCpuArray<DataEventBuf> = PerCpuArray::with_max_entries(1,
 #[map]
 pub static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
+/// `--exe` names as task names (first 15 bytes, NUL-padded): a process whose name matches at
+/// exec is added to `TRACED_PIDS` right there, before it can make its first connection.
+#[map]
+pub static EXE_NAMES: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
+
 /// Socket pointer -> 4-tuple and role, learned from `inet_sock_set_state` at ESTABLISHED.
 #[map]
 pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);

@@ -2,13 +2,13 @@
 //! every exec and exit (to match `--exe` and to refresh its per-process resource cache).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use socktrace_common::{EVENT_EXEC, EVENT_EXIT, ProcEvent, stats};
 
-use crate::maps::{EVENTS, TRACED_PIDS, count, filter_pids, wakeup_flags};
+use crate::maps::{EVENTS, EXE_NAMES, TRACED_PIDS, count, filter_pids, wakeup_flags};
 
 #[inline(always)]
 fn send(kind: u32, pid: u32) {
@@ -46,13 +46,24 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sched_process_exec`: `pid` at offset 12.
+/// `sched_process_exec`: `pid` at offset 12. The task name is already the new program's.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     // SAFETY: offset from the format file.
-    if let Ok(pid) = unsafe { ctx.read_at::<i32>(12) } {
-        send(EVENT_EXEC, pid as u32);
+    let Ok(pid) = (unsafe { ctx.read_at::<i32>(12) }) else {
+        return 0;
+    };
+    if filter_pids() {
+        if let Ok(comm) = bpf_get_current_comm() {
+            // Short-lived programs (curl) finish before user space could react to this event,
+            // so `--exe` matching happens here.
+            if EXE_NAMES.get_ptr(&comm).is_some() && TRACED_PIDS.insert(pid as u32, 1u8, 0).is_err()
+            {
+                count(stats::MAP_UPDATE_FAILED);
+            }
+        }
     }
+    send(EVENT_EXEC, pid as u32);
     0
 }
 
