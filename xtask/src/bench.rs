@@ -15,9 +15,20 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+/// Stops a child on drop: SIGTERM first (nginx's master then stops its workers; SIGKILL would
+/// orphan them), SIGKILL if it is still there after 5 s.
 struct Guard(Child);
 impl Drop for Guard {
     fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -25,8 +25,6 @@ mod pairing;
 #[cfg(test)]
 mod tests;
 
-use bytes::Bytes;
-
 use decoder::Decoder;
 use pairing::{Pairing, Side};
 
@@ -38,24 +36,7 @@ pub const MAX_HEAD_LEN: usize = 64 * 1024;
 /// direction we cannot parse) must not make the queue grow with every request.
 pub const MAX_UNANSWERED: usize = 64;
 
-/// One socket read or write as captured by the kernel: `len` bytes were transferred, of which
-/// only the first `data.len()` (<= len) were copied. The uncaptured tail is a "gap": its bytes
-/// count in the stream but their content is unknown.
-#[derive(Clone, Debug)]
-pub struct Segment {
-    pub ts_ns: u64,
-    pub data: Bytes,
-    pub len: u64,
-}
-
-impl Segment {
-    /// A fully captured segment.
-    pub fn full(ts_ns: u64, data: impl Into<Bytes>) -> Self {
-        let data = data.into();
-        let len = data.len() as u64;
-        Self { ts_ns, data, len }
-    }
-}
+pub use super::{Detect, Segment};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -142,14 +123,6 @@ pub struct Http1Stats {
     pub invalid_heads: u64,
     /// Requests evicted from a full queue of [`MAX_UNANSWERED`] requests waiting for a response.
     pub unanswered_requests_dropped: u64,
-}
-
-/// Quick protocol detection on the first bytes of a stream direction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Detect {
-    Yes,
-    No,
-    NeedMore,
 }
 
 /// Methods common enough that "METHOD SP x" alone is proof of HTTP; any other token must show
