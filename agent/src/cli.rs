@@ -8,6 +8,20 @@ use clap::{Parser, ValueEnum};
 pub enum ProtocolName {
     /// HTTP/1.0 and HTTP/1.1.
     Http,
+    /// PostgreSQL frontend/backend protocol v3.
+    #[value(alias = "postgresql")]
+    Postgres,
+}
+
+/// What `db.query.text` carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QueryTextMode {
+    /// Literals replaced by `?`; placeholders like `$1` kept.
+    Sanitized,
+    /// As sent: literal values (possibly secrets) leave the host.
+    Raw,
+    /// No query text.
+    Off,
 }
 
 /// How `http.route` is derived.
@@ -35,7 +49,7 @@ fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
     about = "Zero-code distributed tracing: eBPF socket capture to OpenTelemetry spans",
     long_about = "Zero-code distributed tracing for Linux. Captures TCP traffic of unmodified \
                   programs at the socket layer with eBPF tracepoints (no kprobes needed), parses \
-                  HTTP/1.x, and exports OpenTelemetry spans over OTLP, or prints them when no \
+                  HTTP/1.x and PostgreSQL, and exports OpenTelemetry spans over OTLP, or prints them when no \
                   endpoint is configured. Must run as root (or with CAP_BPF and CAP_PERFMON)."
 )]
 pub struct Cli {
@@ -60,7 +74,12 @@ pub struct Cli {
     pub console: bool,
 
     /// Protocols to trace (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "http")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "http,postgres"
+    )]
     pub protocols: Vec<ProtocolName>,
 
     /// Trace only these processes (and their children). Comma-separated or repeated.
@@ -85,6 +104,10 @@ pub struct Cli {
     /// How `http.route` is derived.
     #[arg(long, value_enum, default_value = "heuristic")]
     pub http_route: RouteMode,
+
+    /// What `db.query.text` carries. Parameter values of prepared statements are never exported.
+    #[arg(long, value_enum, default_value = "sanitized")]
+    pub db_query_text: QueryTextMode,
 
     /// Kernel ring buffer size in bytes (power of two, at least 65536).
     #[arg(long, value_name = "BYTES", default_value = "8388608", value_parser = parse_ringbuf_size)]

@@ -16,7 +16,11 @@ use socktrace_common::{
     AF_INET, AF_INET6, ConnTuple, DIR_INGRESS, DataEvent, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
 };
 
-use crate::protocol::http1::{self, Detect, Exchange, Http1Conn, Segment};
+use crate::protocol::{
+    Detect, Segment,
+    http1::{self, Exchange, Http1Conn},
+    postgres::{self, PgConn, Statement},
+};
 
 /// Which side of the connection the traced process is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +33,7 @@ pub enum Role {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Protocols {
     pub http: bool,
+    pub postgres: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -45,7 +50,10 @@ pub struct ConnConfig {
 impl Default for ConnConfig {
     fn default() -> Self {
         Self {
-            protocols: Protocols { http: true },
+            protocols: Protocols {
+                http: true,
+                postgres: true,
+            },
             ports: Vec::new(),
             max_conns: 65536,
             idle_timeout_ns: 600 * 1_000_000_000,
@@ -64,6 +72,8 @@ pub struct ConnStats {
     pub undetected: u64,
     pub filtered_port: u64,
     pub upgraded: u64,
+    /// PostgreSQL sessions that switched to TLS/GSS encryption (not parseable).
+    pub encrypted: u64,
     /// Data events in the response direction before any request was seen (joined mid-exchange).
     pub skipped_mid_stream: u64,
 }
@@ -81,6 +91,16 @@ pub trait Resolver {
     fn resolve(&mut self, pid: u32, fd: u32) -> Option<Resolved>;
 }
 
+/// What a connection produced: one unit that becomes one span.
+#[derive(Debug)]
+pub enum Payload {
+    Http(Exchange),
+    Postgres {
+        statement: Statement,
+        database: Option<String>,
+    },
+}
+
 /// A finished exchange and the connection it happened on.
 #[derive(Debug)]
 pub struct ConnExchange {
@@ -89,12 +109,13 @@ pub struct ConnExchange {
     pub role: Role,
     pub local: SocketAddr,
     pub peer: SocketAddr,
-    pub exchange: Exchange,
+    pub payload: Payload,
 }
 
 enum State {
     Detecting { tries: u8 },
     Http1(Box<Http1Conn>),
+    Postgres(Box<PgConn>),
     Ignored,
 }
 
@@ -209,7 +230,8 @@ impl ConnTable {
         let ingress = ev.direction == DIR_INGRESS;
 
         if let State::Detecting { tries } = &mut conn.state {
-            if !self.config.protocols.http {
+            let protocols = self.config.protocols;
+            if !protocols.http && !protocols.postgres {
                 conn.state = State::Ignored;
                 return;
             }
@@ -220,18 +242,25 @@ impl ConnTable {
                 Some(Role::Client) => Some(!ingress),
                 None => None,
             };
-            match (request_dir, http1::detect_request(payload)) {
-                (Some(true) | None, Detect::Yes) => {
+            if request_dir == Some(false) {
+                self.stats.skipped_mid_stream += 1;
+                return;
+            }
+            let detected = if protocols.http && http1::detect_request(payload) == Detect::Yes {
+                Some(State::Http1(Box::default()))
+            } else if protocols.postgres && postgres::detect_frontend(payload) == Detect::Yes {
+                Some(State::Postgres(Box::default()))
+            } else {
+                None
+            };
+            match detected {
+                Some(state) => {
                     if conn.role.is_none() {
                         conn.role = Some(if ingress { Role::Server } else { Role::Client });
                     }
-                    conn.state = State::Http1(Box::default());
+                    conn.state = state;
                 }
-                (Some(false), _) => {
-                    self.stats.skipped_mid_stream += 1;
-                    return;
-                }
-                (Some(true) | None, Detect::No | Detect::NeedMore) => {
+                None => {
                     *tries += 1;
                     if *tries >= DETECT_TRIES {
                         self.stats.undetected += 1;
@@ -242,29 +271,43 @@ impl ConnTable {
             }
         }
 
-        let role = conn.role;
-        if let State::Http1(h) = &mut conn.state {
-            let seg = Segment {
-                ts_ns: ev.ts_ns,
-                data: Bytes::copy_from_slice(payload),
-                len: ev.len,
-            };
-            let is_request = match role {
-                Some(Role::Server) => ingress,
-                _ => !ingress,
-            };
-            if is_request {
-                h.push_request(seg);
-            } else {
-                h.push_response(seg);
+        let is_request = match conn.role {
+            Some(Role::Server) => ingress,
+            _ => !ingress,
+        };
+        let seg = Segment {
+            ts_ns: ev.ts_ns,
+            data: Bytes::copy_from_slice(payload),
+            len: ev.len,
+        };
+        let done = match &mut conn.state {
+            State::Http1(h) => {
+                if is_request {
+                    h.push_request(seg);
+                } else {
+                    h.push_response(seg);
+                }
+                h.upgraded()
             }
-            let upgraded = h.upgraded();
-            Self::drain(ev.sk, conn, out);
-            if upgraded {
-                // HTTP/1 parsing ends at 101 Switching Protocols or a CONNECT tunnel.
-                self.stats.upgraded += 1;
-                conn.state = State::Ignored;
+            State::Postgres(pg) => {
+                if is_request {
+                    pg.push_frontend(seg);
+                } else {
+                    pg.push_backend(seg);
+                }
+                pg.encrypted()
             }
+            State::Detecting { .. } | State::Ignored => return,
+        };
+        Self::drain(conn, out);
+        if done {
+            // HTTP/1 parsing ends at 101 Switching Protocols or a CONNECT tunnel; PostgreSQL at
+            // an accepted SSLRequest/GSSENCRequest.
+            match conn.state {
+                State::Postgres(_) => self.stats.encrypted += 1,
+                _ => self.stats.upgraded += 1,
+            }
+            conn.state = State::Ignored;
         }
     }
 
@@ -275,7 +318,7 @@ impl ConnTable {
         }
         if let Some(mut conn) = self.conns.remove(&sk) {
             self.stats.closed += 1;
-            Self::finish(sk, &mut conn, ts_ns, out);
+            Self::finish(&mut conn, ts_ns, out);
         }
     }
 
@@ -292,7 +335,7 @@ impl ConnTable {
             if let Some(mut conn) = self.conns.remove(&sk) {
                 self.stats.expired += 1;
                 let ts = conn.last_seen_ns;
-                Self::finish(sk, &mut conn, ts, out);
+                Self::finish(&mut conn, ts, out);
             }
         }
     }
@@ -309,32 +352,45 @@ impl ConnTable {
         if let Some(mut conn) = self.conns.remove(&sk) {
             self.stats.evicted += 1;
             let ts = conn.last_seen_ns;
-            Self::finish(sk, &mut conn, ts, out);
+            Self::finish(&mut conn, ts, out);
         }
     }
 
-    fn finish(sk: u64, conn: &mut Conn, ts_ns: u64, out: &mut Vec<ConnExchange>) {
-        if let State::Http1(h) = &mut conn.state {
-            h.close(ts_ns);
-            Self::drain(sk, conn, out);
+    fn finish(conn: &mut Conn, ts_ns: u64, out: &mut Vec<ConnExchange>) {
+        match &mut conn.state {
+            State::Http1(h) => h.close(ts_ns),
+            State::Postgres(pg) => pg.close(ts_ns),
+            State::Detecting { .. } | State::Ignored => return,
         }
+        Self::drain(conn, out);
     }
 
-    fn drain(_sk: u64, conn: &mut Conn, out: &mut Vec<ConnExchange>) {
-        let State::Http1(h) = &mut conn.state else {
-            return;
-        };
+    fn drain(conn: &mut Conn, out: &mut Vec<ConnExchange>) {
         let Some(role) = conn.role else {
             return;
         };
-        for exchange in h.take_exchanges() {
+        let payloads: Vec<Payload> = match &mut conn.state {
+            State::Http1(h) => h.take_exchanges().into_iter().map(Payload::Http).collect(),
+            State::Postgres(pg) => {
+                let database = pg.database().map(str::to_owned);
+                pg.take_statements()
+                    .into_iter()
+                    .map(|statement| Payload::Postgres {
+                        statement,
+                        database: database.clone(),
+                    })
+                    .collect()
+            }
+            State::Detecting { .. } | State::Ignored => return,
+        };
+        for payload in payloads {
             out.push(ConnExchange {
                 pid: conn.pid,
                 comm: conn.comm.clone(),
                 role,
                 local: conn.local,
                 peer: conn.peer,
-                exchange,
+                payload,
             });
         }
     }

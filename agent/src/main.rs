@@ -9,13 +9,16 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser as _;
 use socktrace::{
-    cli::{Cli, ProtocolName, RouteMode},
+    cli::{Cli, ProtocolName, QueryTextMode, RouteMode},
     conn::{ConnConfig, Protocols},
     export::{self, ExportCli},
     pipeline::{self, Pipeline},
     probes::{ProbeConfig, Probes},
     select::Selector,
-    trace::http::HttpSpanConfig,
+    trace::{
+        db::{DbSpanConfig, QueryText},
+        http::HttpSpanConfig,
+    },
 };
 
 /// Effective capabilities of this process, from `/proc/self/status`.
@@ -113,7 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         capture_bytes: cli.capture_bytes,
         ringbuf_bytes: cli.ringbuf_size,
         filter_pids: selector.is_filtering(),
-        wakeup_bytes: 16 * 1024,
+        wakeup_bytes: 64 * 1024,
     })?;
     if !probes.fallbacks().is_empty() {
         eprintln!(
@@ -142,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
     let protocols = Protocols {
         http: cli.protocols.contains(&ProtocolName::Http),
+        postgres: cli.protocols.contains(&ProtocolName::Postgres),
     };
     let mut selection = Vec::new();
     if !cli.pid.is_empty() {
@@ -178,6 +182,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         HttpSpanConfig {
             route_heuristic: cli.http_route == RouteMode::Heuristic,
+        },
+        DbSpanConfig {
+            query_text: match cli.db_query_text {
+                QueryTextMode::Sanitized => QueryText::Sanitized,
+                QueryTextMode::Raw => QueryText::Raw,
+                QueryTextMode::Off => QueryText::Off,
+            },
         },
         exporter.clone(),
         selector,

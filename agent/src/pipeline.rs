@@ -15,12 +15,13 @@ use std::{
 use socktrace_common::stats as kstats;
 
 use crate::{
-    conn::{ConnConfig, ConnExchange, ConnTable, ProcfsResolver, Role},
+    conn::{ConnConfig, ConnExchange, ConnTable, Payload, ProcfsResolver, Role},
     export::ExporterHandle,
     probes::{Event, EventReader, KernelStats, PidFilter, decode},
     resource::{ProcRoot, ResourceCache},
     select::Selector,
     trace::{
+        db::{DbSpanConfig, build_pg_span},
         http::{ConnMeta, HttpSpanConfig, HttpSpanStats, build_span},
         span::SpanKind,
     },
@@ -71,6 +72,7 @@ pub struct Pipeline {
     resources: ResourceCache,
     http: HttpSpanConfig,
     http_stats: Arc<HttpSpanStats>,
+    db: DbSpanConfig,
     exporter: ExporterHandle,
     clock: Clock,
     selector: Selector,
@@ -78,12 +80,16 @@ pub struct Pipeline {
     resolver: ProcfsResolver,
     stats: PipelineStats,
     out: Vec<ConnExchange>,
+    /// Spans built since the last flush: handed to the exporter in one burst per poll cycle,
+    /// which wakes its task once instead of once per span.
+    pending: Vec<crate::trace::span::Span>,
 }
 
 impl Pipeline {
     pub fn new(
         conn: ConnConfig,
         http: HttpSpanConfig,
+        db: DbSpanConfig,
         exporter: ExporterHandle,
         selector: Selector,
         pid_filter: Option<PidFilter>,
@@ -93,6 +99,7 @@ impl Pipeline {
             resources: ResourceCache::new(ProcRoot::default()),
             http,
             http_stats: Arc::new(HttpSpanStats::default()),
+            db,
             exporter,
             clock: Clock::now(),
             selector,
@@ -100,6 +107,7 @@ impl Pipeline {
             resolver: ProcfsResolver,
             stats: PipelineStats::default(),
             out: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -109,8 +117,10 @@ impl Pipeline {
         match decode(record) {
             Ok(Event::Data(header, payload)) => {
                 // Read the process while it is alive, even if its spans complete later.
-                let comm = crate::conn::comm_of(&header.comm);
-                let _ = self.resources.get(header.pid, Some(&comm));
+                if !self.resources.contains(header.pid) {
+                    let comm = crate::conn::comm_of(&header.comm);
+                    let _ = self.resources.get(header.pid, Some(&comm));
+                }
                 self.conns
                     .on_data(&header, payload, &mut self.resolver, &mut self.out);
             }
@@ -155,10 +165,24 @@ impl Pipeline {
                 resource,
             };
             let clock = self.clock;
-            let span = build_span(&cx.exchange, &meta, &self.http, &self.http_stats, &|t| {
-                clock.to_unix(t)
-            });
+            let to_unix = |t| clock.to_unix(t);
+            let span = match &cx.payload {
+                Payload::Http(exchange) => {
+                    build_span(exchange, &meta, &self.http, &self.http_stats, &to_unix)
+                }
+                Payload::Postgres {
+                    statement,
+                    database,
+                } => build_pg_span(statement, database.as_deref(), &meta, &self.db, &to_unix),
+            };
             self.stats.spans += 1;
+            self.pending.push(span);
+        }
+    }
+
+    /// Hands the spans built so far to the exporter.
+    pub fn flush(&mut self) {
+        for span in self.pending.drain(..) {
             self.exporter.submit(span);
         }
     }
@@ -175,7 +199,7 @@ impl Pipeline {
         let h = self.conns.http1_stats();
         let e = self.exporter.stats();
         format!(
-            "kernel: {k} | pipeline: records={} decode_errors={} spans={} invalid_traceparent={} | conns: live={} opened={} closed={} expired={} evicted={} unresolved={} undetected={} port_filtered={} mid_stream_skipped={} | http1: resyncs={} bytes_skipped={} invalid_heads={} unanswered_dropped={} | export: exported={} queue_dropped={} failed={} retries={}",
+            "kernel: {k} | pipeline: records={} decode_errors={} spans={} invalid_traceparent={} | conns: live={} opened={} closed={} expired={} evicted={} unresolved={} undetected={} port_filtered={} mid_stream_skipped={} encrypted={} | http1: resyncs={} bytes_skipped={} invalid_heads={} unanswered_dropped={} | export: exported={} queue_dropped={} failed={} retries={}",
             self.stats.records,
             self.stats.decode_errors,
             self.stats.spans,
@@ -189,6 +213,7 @@ impl Pipeline {
             c.undetected,
             c.filtered_port,
             c.skipped_mid_stream,
+            c.encrypted,
             h.resyncs,
             h.bytes_skipped,
             h.invalid_heads,
@@ -217,8 +242,10 @@ pub fn run(
             tracing::error!("reading kernel events failed: {e}");
             std::thread::sleep(Duration::from_millis(100));
         }
+        pipeline.flush();
         if last_tick.elapsed() >= Duration::from_secs(1) {
             pipeline.tick();
+            pipeline.flush();
             last_tick = Instant::now();
         }
         if let Some(every) = stats_interval
@@ -231,5 +258,6 @@ pub fn run(
     // Drain what the kernel already wrote, so no finished request is lost at shutdown.
     let _ = reader.poll(0, |record| pipeline.handle(record));
     pipeline.tick();
+    pipeline.flush();
     tracing::info!("final counters: {}", pipeline.report(&kernel.read()));
 }

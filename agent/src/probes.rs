@@ -282,7 +282,7 @@ impl Probes {
 fn why(category: &str, name: &str) -> &'static str {
     match (category, name) {
         ("sock", "inet_sock_set_state") => "connection tuples and roles (Linux 4.16+)",
-        ("sock", _) => "knowing which syscalls use TCP sockets (Linux 5.19+)",
+        ("sock", _) => "knowing which syscalls use TCP sockets",
         ("sched", _) => "following processes",
         _ => "socket reads and writes",
     }

@@ -44,6 +44,11 @@ impl ResourceCache {
         r
     }
 
+    /// Whether `pid` is cached (cheap check before building the arguments of [`Self::get`]).
+    pub fn contains(&self, pid: u32) -> bool {
+        self.by_pid.contains_key(&pid)
+    }
+
     /// Forget `pid` (it exec'd a new image or exited); the next span re-reads it.
     pub fn invalidate(&mut self, pid: u32) {
         self.by_pid.remove(&pid);

@@ -5,3 +5,4 @@
 //!   what the agent exports and can be told to fail.
 pub mod harness;
 pub mod otlp_receiver;
+pub mod pg;

@@ -57,7 +57,14 @@ enum Task {
 
 const APT_BUILD: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
 /// Real peers the integration tests drive.
-const APT_TEST: &[&str] = &["curl", "iproute2", "bpftool", "util-linux"];
+const APT_TEST: &[&str] = &[
+    "curl",
+    "iproute2",
+    "bpftool",
+    "util-linux",
+    "postgresql",
+    "postgresql-client",
+];
 /// Load generator and server for `bench`.
 const APT_BENCH: &[&str] = &["nginx", "wrk"];
 const BPF_LINKER_VERSION: &str = "0.13.0";

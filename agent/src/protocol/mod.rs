@@ -1,5 +1,6 @@
 //! Pure protocol parsers: bytes in, messages out, no I/O.
 pub mod http1;
+pub mod postgres;
 
 use bytes::Bytes;
 

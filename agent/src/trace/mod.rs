@@ -1,4 +1,5 @@
 //! Spans, trace context and linking.
 pub mod context;
+pub mod db;
 pub mod http;
 pub mod span;

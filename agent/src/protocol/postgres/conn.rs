@@ -1,0 +1,984 @@
+//! The session: startup parameters, prepared statements and portals, and the FIFO pairing of
+//! frontend messages with backend responses into [`Statement`]s.
+//!
+//! The server answers frontend messages strictly in order, so pairing is a queue of the
+//! frontend messages that expect a response. Each backend message is offered to the entry at
+//! the head; a message that the head cannot produce (a ParseComplete while a Bind is waiting)
+//! means responses were lost, and the queue is advanced to the first entry that can produce it.
+//! When frontend messages themselves were lost, a `Lost` entry stands for them: it absorbs the
+//! backend messages that come while it is at the head, up to a ReadyForQuery.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::frame::{CODE_CANCEL, CODE_GSS, CODE_SSL, Msg, Side};
+use super::sql::{self, Dealloc};
+use super::{PgError, PgStats, Statement};
+
+/// Frontend messages that may wait for a response. A server that never answers (or a stream
+/// that only looks like PostgreSQL) must not make the queue grow without bound.
+pub const MAX_PENDING: usize = 1024;
+/// Bytes of query text held by waiting entries.
+const MAX_PENDING_TEXT: usize = 4 << 20;
+/// Prepared statements remembered per connection, and their total text.
+pub const MAX_PREPARED: usize = 1024;
+const MAX_PREPARED_BYTES: usize = 4 << 20;
+const MAX_PORTALS: usize = 256;
+/// Unanswered SSLRequest/GSSENCRequest remembered.
+const MAX_ANSWERS: usize = 8;
+
+#[derive(Clone, Debug)]
+struct Prepared {
+    text: Option<Arc<str>>,
+    partial: bool,
+    generation: u64,
+    /// ts of its Parse, and the number of Executes sent before that Parse.
+    parsed_ts: u64,
+    parsed_at: u64,
+}
+
+/// What an Execute runs: the statement bound to its portal.
+#[derive(Clone, Debug, Default)]
+struct Target {
+    name: Option<String>,
+    text: Option<Arc<str>>,
+    partial: bool,
+    /// Where an execution of this portal starts (its Bind, or the Parse of its statement if
+    /// that came after the previous Execute), and the number of Executes sent before the Bind.
+    start: u64,
+    bound_at: u64,
+}
+
+#[derive(Debug)]
+struct QueryState {
+    text: Option<Arc<str>>,
+    /// Start of the next statement of a multi-statement query: the end of the previous one.
+    next_start: u64,
+    /// CommandComplete / EmptyQueryResponse / ErrorResponse seen.
+    results: u32,
+    /// Backend messages since the last result (a statement in progress).
+    activity: bool,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Startup,
+    Query(QueryState),
+    Parse {
+        name: Option<String>,
+        text: Option<Arc<str>>,
+        partial: bool,
+        /// Generation of the map entry this Parse created, if it created one.
+        generation: Option<u64>,
+    },
+    Bind,
+    Describe,
+    Close {
+        /// The statement this Close removed, put back if the server skipped the Close.
+        restore: Option<(String, Prepared)>,
+    },
+    Execute(Target),
+    Sync,
+    Function,
+    /// Frontend messages that were lost.
+    Lost,
+}
+
+#[derive(Debug)]
+struct Entry {
+    kind: Kind,
+    /// ts of the first frontend byte (of the batch, for Execute).
+    start: u64,
+    /// ts of the last backend byte attributed to it.
+    last: u64,
+    /// Its request or response lost bytes.
+    partial: bool,
+}
+
+impl Entry {
+    fn new(kind: Kind, start: u64, partial: bool) -> Self {
+        Self {
+            kind,
+            start,
+            last: start,
+            partial,
+        }
+    }
+
+    fn text_len(&self) -> usize {
+        match &self.kind {
+            Kind::Query(q) => q.text.as_ref().map_or(0, |t| t.len()),
+            Kind::Parse { text, .. } => text.as_ref().map_or(0, |t| t.len()),
+            _ => 0,
+        }
+    }
+
+    /// Entries that a ReadyForQuery completes.
+    fn is_sync_point(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Sync | Kind::Query(_) | Kind::Function | Kind::Startup
+        )
+    }
+
+    /// Whether the server could send `ty` in answer to this entry.
+    fn accepts(&self, ty: u8) -> bool {
+        match &self.kind {
+            Kind::Startup => matches!(ty, b'R' | b'S' | b'K' | b'v' | b'E' | b'Z'),
+            // A query always gets a result before its ReadyForQuery; one that has none yet
+            // sees a ReadyForQuery of an earlier cycle (unless its result was lost).
+            Kind::Query(q) => match ty {
+                b'Z' => q.results > 0 || self.partial,
+                b'T' | b'D' | b'C' | b'I' | b'E' | b'G' | b'H' | b'W' | b'd' | b'c' => true,
+                _ => false,
+            },
+            Kind::Parse { .. } => matches!(ty, b'1' | b'E'),
+            Kind::Bind => matches!(ty, b'2' | b'E'),
+            Kind::Describe => matches!(ty, b't' | b'T' | b'n' | b'E'),
+            Kind::Close { .. } => matches!(ty, b'3' | b'E'),
+            Kind::Execute(_) => matches!(
+                ty,
+                b'D' | b'C' | b'I' | b's' | b'E' | b'G' | b'H' | b'W' | b'd' | b'c'
+            ),
+            Kind::Sync => ty == b'Z',
+            Kind::Function => matches!(ty, b'V' | b'E' | b'Z'),
+            Kind::Lost => true,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Session {
+    queue: VecDeque<Entry>,
+    queue_text: usize,
+    stmts: HashMap<String, Prepared>,
+    stmt_bytes: usize,
+    generation: u64,
+    portals: HashMap<String, Target>,
+    /// Executes sent so far (to tell whether a Parse or Bind belongs to the next Execute).
+    executes: u64,
+    /// After an ErrorResponse in extended mode: the server discards messages up to Sync.
+    skipping: bool,
+    /// ts where the backend lost framing (or joined mid-stream), until a clean ReadyForQuery:
+    /// statements paired meanwhile may have lost responses.
+    back_lost: Option<u64>,
+    /// ts from which pairing may be shifted (frontend messages lost, responses skipped, joined
+    /// mid-stream), until a clean ReadyForQuery.
+    realign: Option<u64>,
+    /// Backend framing was lost at this ts and the next backend message is the first after it.
+    resume: Option<u64>,
+    /// Requests waiting for their one-byte answer: b'S' (SSL) or b'G' (GSS).
+    answers: VecDeque<u8>,
+    /// An answer fell into a gap: what the client sends next tells.
+    answer_unknown: bool,
+    pub(super) front_clean: bool,
+    pub(super) encrypted: bool,
+    pub(super) user: Option<String>,
+    pub(super) database: Option<String>,
+    pub(super) done: Vec<Statement>,
+    pub(super) stats: PgStats,
+}
+
+impl Session {
+    pub(super) fn skipped(&mut self, n: u64) {
+        self.stats.bytes_skipped = self.stats.bytes_skipped.saturating_add(n);
+    }
+
+    fn unmatched(&mut self, ty: u8) {
+        // Rows and copy data are counted through the message they belong to.
+        if !matches!(ty, b'D' | b'd') {
+            self.stats.unmatched_responses = self.stats.unmatched_responses.saturating_add(1);
+        }
+    }
+
+    // ---- encryption handshake ----
+
+    pub(super) fn answer_pending(&self) -> bool {
+        !self.answers.is_empty()
+    }
+
+    /// The backend's byte where an SSL/GSS answer is due. Returns whether it was the answer.
+    pub(super) fn answer(&mut self, b: u8) -> bool {
+        match b {
+            b'N' => {
+                self.answers.pop_front();
+                true
+            }
+            b'S' | b'G' => {
+                self.answers.pop_front();
+                self.set_encrypted();
+                true
+            }
+            _ => {
+                // Not an answer (an old server's ErrorResponse): parse it as a message.
+                self.answers.clear();
+                false
+            }
+        }
+    }
+
+    pub(super) fn answer_lost(&mut self) {
+        self.answers.pop_front();
+        self.answer_unknown = true;
+    }
+
+    /// An encryption request may have been accepted.
+    pub(super) fn secure_unanswered(&self) -> bool {
+        !self.answers.is_empty() || self.answer_unknown
+    }
+
+    pub(super) fn set_encrypted(&mut self) {
+        if !self.encrypted {
+            self.encrypted = true;
+            self.stats.encrypted_sessions = self.stats.encrypted_sessions.saturating_add(1);
+        }
+        self.queue.clear();
+        self.queue_text = 0;
+    }
+
+    // ---- framing events ----
+
+    /// The direction's first bytes are not the start of the connection.
+    pub(super) fn joined(&mut self, side: Side, ts: u64) {
+        match side {
+            Side::Front => {
+                self.realign.get_or_insert(ts);
+            }
+            Side::Back => {
+                self.back_lost.get_or_insert(ts);
+            }
+        }
+    }
+
+    /// Framing lost at a message boundary in a segment stamped `ts`.
+    pub(super) fn lost(&mut self, side: Side, ts: u64) {
+        match side {
+            Side::Front => {
+                self.enqueue(Entry::new(Kind::Lost, ts, true));
+                // A lost Bind or Parse may have changed what these refer to.
+                self.portals.clear();
+                self.unregister_any("");
+            }
+            Side::Back => {
+                self.back_lost.get_or_insert(ts);
+                self.resume = Some(ts);
+                if let Some(e) = self.queue.front_mut() {
+                    e.partial = true;
+                }
+            }
+        }
+    }
+
+    /// Statements paired now may be off.
+    fn unsure(&self) -> bool {
+        self.back_lost.is_some() || self.realign.is_some()
+    }
+
+    /// A ReadyForQuery answered the sync point `start` (Query or Sync sent then): pairing is
+    /// known to be right again if that message was sent after the loss (the client saw
+    /// everything before), or if nothing else waits.
+    fn clean_ready(&mut self, start: u64) {
+        let empty = self.queue.is_empty();
+        for flag in [&mut self.back_lost, &mut self.realign] {
+            if flag.is_some_and(|l| start > l) || empty {
+                *flag = None;
+            }
+        }
+    }
+
+    /// First backend message after the backend lost framing at `lost_ts`. A frontend message
+    /// sent after the loss means the client had its answers to everything before it (a client
+    /// waits for ReadyForQuery before its next request unless it pipelines): those answers were
+    /// in the lost bytes, so the entries before it are closed here instead of taking answers
+    /// that are not theirs.
+    fn resumed(&mut self, lost_ts: u64, ts: u64) {
+        let Some(k) = self.queue.iter().position(|e| e.start > lost_ts) else {
+            return;
+        };
+        if k == 0 || !self.queue.iter().take(k).any(Entry::is_sync_point) {
+            return;
+        }
+        for _ in 0..k {
+            if let Some(e) = self.pop() {
+                self.unanswered(e, lost_ts);
+            }
+        }
+        if let Some(e) = self.queue.front_mut() {
+            e.partial = true;
+        }
+        self.realign.get_or_insert(ts);
+    }
+
+    // ---- frontend ----
+
+    pub(super) fn front_msg(&mut self, m: &Msg) {
+        match m.ty {
+            0 => self.startup(m),
+            b'Q' => {
+                let (text, partial) = cstr_text(m.body, m.complete);
+                if let Some(t) = &text {
+                    self.sql_side_effects(t);
+                }
+                let q = QueryState {
+                    text,
+                    next_start: m.start_ts,
+                    results: 0,
+                    activity: false,
+                };
+                self.enqueue(Entry::new(Kind::Query(q), m.start_ts, partial));
+            }
+            b'P' => self.parse(m),
+            b'B' => self.bind(m),
+            b'D' => self.enqueue(Entry::new(Kind::Describe, m.start_ts, false)),
+            b'E' => self.execute(m),
+            b'C' => self.close_msg(m),
+            b'S' => self.enqueue(Entry::new(Kind::Sync, m.start_ts, false)),
+            b'F' => self.enqueue(Entry::new(Kind::Function, m.start_ts, false)),
+            // Flush, Terminate, copy data/done/fail, password/SASL: nothing to pair.
+            _ => {}
+        }
+    }
+
+    fn startup(&mut self, m: &Msg) {
+        match m.code {
+            CODE_SSL | CODE_GSS => {
+                if self.answers.len() < MAX_ANSWERS {
+                    self.answers
+                        .push_back(if m.code == CODE_SSL { b'S' } else { b'G' });
+                }
+            }
+            CODE_CANCEL => {}
+            _ => {
+                self.answer_unknown = false;
+                let mut it = m.body.split(|&b| b == 0);
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    if k.is_empty() {
+                        break;
+                    }
+                    let v = String::from_utf8_lossy(v).into_owned();
+                    match k {
+                        b"user" => self.user = Some(v),
+                        b"database" => self.database = Some(v),
+                        _ => {}
+                    }
+                }
+                self.enqueue(Entry::new(Kind::Startup, m.start_ts, !m.complete));
+            }
+        }
+    }
+
+    fn parse(&mut self, m: &Msg) {
+        let kind = match cstr(m.body) {
+            Some((name, rest)) => {
+                let name = lossy(name);
+                let (text, partial) = cstr_text(rest, m.complete);
+                let generation = self.register(&name, text.clone(), partial, m.start_ts);
+                Kind::Parse {
+                    name: Some(name),
+                    text,
+                    partial,
+                    generation,
+                }
+            }
+            None => {
+                if m.complete {
+                    self.stats.invalid_messages = self.stats.invalid_messages.saturating_add(1);
+                }
+                // The name is not known: if it was "", the old unnamed statement is gone.
+                self.unregister_any("");
+                Kind::Parse {
+                    name: None,
+                    text: None,
+                    partial: true,
+                    generation: None,
+                }
+            }
+        };
+        self.enqueue(Entry::new(kind, m.start_ts, false));
+    }
+
+    fn bind(&mut self, m: &Msg) {
+        let names = cstr(m.body).and_then(|(portal, rest)| Some((portal, cstr(rest)?.0)));
+        match names {
+            Some((portal, stmt)) => {
+                let stmt = lossy(stmt);
+                let target = match self.stmts.get(&stmt) {
+                    Some(p) => Target {
+                        text: p.text.clone(),
+                        partial: p.partial,
+                        name: Some(stmt),
+                        // A Parse sent since the last Execute is part of this execution.
+                        start: if p.parsed_at == self.executes {
+                            p.parsed_ts.min(m.start_ts)
+                        } else {
+                            m.start_ts
+                        },
+                        bound_at: self.executes,
+                    },
+                    // Prepared before we saw the connection (or forgotten): honest None.
+                    None => Target {
+                        name: Some(stmt),
+                        text: None,
+                        partial: false,
+                        start: m.start_ts,
+                        bound_at: self.executes,
+                    },
+                };
+                let portal = lossy(portal);
+                if self.portals.len() >= MAX_PORTALS && !self.portals.contains_key(&portal) {
+                    self.portals.clear();
+                }
+                self.portals.insert(portal, target);
+            }
+            None => {
+                if m.complete {
+                    self.stats.invalid_messages = self.stats.invalid_messages.saturating_add(1);
+                }
+                // Which portal this bound is unknown: forget them all rather than run a stale
+                // one.
+                self.portals.clear();
+            }
+        }
+        self.enqueue(Entry::new(Kind::Bind, m.start_ts, false));
+    }
+
+    fn execute(&mut self, m: &Msg) {
+        let target = match cstr(m.body) {
+            Some((portal, _)) => self.portals.get(&lossy(portal)).cloned(),
+            None => {
+                if m.complete {
+                    self.stats.invalid_messages = self.stats.invalid_messages.saturating_add(1);
+                }
+                None
+            }
+        };
+        let target = target.unwrap_or(Target {
+            start: m.start_ts,
+            bound_at: self.executes,
+            ..Target::default()
+        });
+        // A portal executed again (after PortalSuspended) starts with this Execute.
+        let start = if target.bound_at == self.executes {
+            target.start.min(m.start_ts)
+        } else {
+            m.start_ts
+        };
+        self.executes += 1;
+        if let Some(t) = target.text.clone() {
+            self.sql_side_effects(&t);
+        }
+        self.enqueue(Entry::new(Kind::Execute(target), start, false));
+    }
+
+    fn close_msg(&mut self, m: &Msg) {
+        let named = m.body.get(1..).and_then(cstr).map(|(n, _)| lossy(n));
+        let restore = match (m.body.first(), named) {
+            (Some(b'S'), Some(name)) => self.unregister_any(&name).map(|p| (name, p)),
+            (Some(b'P'), Some(name)) => {
+                self.portals.remove(&name);
+                None
+            }
+            _ => None,
+        };
+        self.enqueue(Entry::new(Kind::Close { restore }, m.start_ts, false));
+    }
+
+    /// SQL that drops prepared statements behind the protocol's back.
+    fn sql_side_effects(&mut self, text: &str) {
+        match sql::deallocation(text) {
+            Some(Dealloc::All) => {
+                self.stmts.retain(|k, _| k.is_empty());
+                self.recount_stmt_bytes();
+            }
+            Some(Dealloc::Named(name)) => {
+                self.unregister_any(&name);
+            }
+            Some(Dealloc::Discard) => {
+                self.stmts.clear();
+                self.stmt_bytes = 0;
+                self.portals.clear();
+            }
+            None => {}
+        }
+    }
+
+    // ---- prepared statements ----
+
+    /// A Parse: the unnamed statement is replaced; a named one that exists makes the server
+    /// fail the Parse, and the first definition stays. Returns the generation if it created
+    /// an entry.
+    fn register(
+        &mut self,
+        name: &str,
+        text: Option<Arc<str>>,
+        partial: bool,
+        ts: u64,
+    ) -> Option<u64> {
+        if !name.is_empty() && self.stmts.contains_key(name) {
+            return None;
+        }
+        self.unregister_any(name);
+        self.generation += 1;
+        let generation = self.generation;
+        self.stmt_bytes += name.len() + text.as_ref().map_or(0, |t| t.len());
+        self.stmts.insert(
+            name.to_owned(),
+            Prepared {
+                text,
+                partial,
+                generation,
+                parsed_ts: ts,
+                parsed_at: self.executes,
+            },
+        );
+        while self.stmts.len() > MAX_PREPARED || self.stmt_bytes > MAX_PREPARED_BYTES {
+            // Forget the oldest other statement; a later use of it reports query None.
+            let oldest = self
+                .stmts
+                .iter()
+                .filter(|(_, p)| p.generation != generation)
+                .min_by_key(|(_, p)| p.generation)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    self.unregister_any(&k);
+                }
+                None => break,
+            }
+        }
+        Some(generation)
+    }
+
+    fn unregister_any(&mut self, name: &str) -> Option<Prepared> {
+        let p = self.stmts.remove(name)?;
+        self.stmt_bytes = self
+            .stmt_bytes
+            .saturating_sub(name.len() + p.text.as_ref().map_or(0, |t| t.len()));
+        Some(p)
+    }
+
+    /// Undoes a Parse that the server did not carry out (failed or skipped).
+    fn unregister(&mut self, name: &str, generation: u64) {
+        if self
+            .stmts
+            .get(name)
+            .is_some_and(|p| p.generation == generation)
+        {
+            self.unregister_any(name);
+        }
+    }
+
+    fn recount_stmt_bytes(&mut self) {
+        self.stmt_bytes = self
+            .stmts
+            .iter()
+            .map(|(k, p)| k.len() + p.text.as_ref().map_or(0, |t| t.len()))
+            .sum();
+    }
+
+    // ---- queue ----
+
+    fn enqueue(&mut self, e: Entry) {
+        if matches!(e.kind, Kind::Lost) && matches!(self.queue.back(), Some(b) if matches!(b.kind, Kind::Lost))
+        {
+            return;
+        }
+        self.queue_text += e.text_len();
+        self.queue.push_back(e);
+        while (self.queue.len() > MAX_PENDING || self.queue_text > MAX_PENDING_TEXT)
+            && self.queue.len() > 1
+        {
+            // Drop the oldest; a Lost entry in its place absorbs its responses so that the
+            // following ones stay aligned.
+            let mut old = self.pop();
+            if matches!(old, Some(Entry { kind: Kind::Lost, .. })) {
+                old = self.pop();
+            }
+            if let Some(old) = old
+                && matches!(old.kind, Kind::Execute(_) | Kind::Query(_))
+            {
+                self.stats.dropped_statements = self.stats.dropped_statements.saturating_add(1);
+            }
+            self.queue.push_front(Entry::new(Kind::Lost, 0, true));
+        }
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        let e = self.queue.pop_front()?;
+        self.queue_text = self.queue_text.saturating_sub(e.text_len());
+        Some(e)
+    }
+
+    // ---- backend ----
+
+    pub(super) fn back_msg(&mut self, m: &Msg) {
+        let ty = m.ty;
+        if let Some(l) = self.resume.take() {
+            self.resumed(l, m.start_ts);
+        }
+        // Asynchronous messages can come at any time.
+        if ty == b'N' || ty == b'A' {
+            return;
+        }
+        let head_is_startup = matches!(self.queue.front(), Some(e) if matches!(e.kind, Kind::Startup));
+        if ty == b'S' && !head_is_startup {
+            return;
+        }
+        if self.skipping {
+            if ty == b'Z' {
+                self.ready_after_error();
+            } else {
+                self.unmatched(ty);
+            }
+            return;
+        }
+        let Some(head) = self.queue.front() else {
+            self.unmatched(ty);
+            return;
+        };
+        if !head.accepts(ty) {
+            // A ReadyForQuery that no waiting entry can have caused belongs to messages we
+            // never saw; so does an error where only a ReadyForQuery is due.
+            let stray_z = ty == b'Z' && (self.realign.is_some() || head.is_sync_point());
+            if stray_z || ty == b'E' {
+                self.unmatched(ty);
+                return;
+            }
+            let Some(k) = self.queue.iter().position(|e| e.accepts(ty)) else {
+                self.unmatched(ty);
+                return;
+            };
+            for _ in 0..k {
+                if let Some(e) = self.pop() {
+                    self.unanswered(e, m.end_ts);
+                }
+            }
+            self.realign.get_or_insert(m.start_ts);
+        }
+        self.dispatch(m);
+    }
+
+    /// The head accepts `m`.
+    fn dispatch(&mut self, m: &Msg) {
+        enum Act {
+            Nothing,
+            /// The head is answered.
+            Pop,
+            /// A statement of the simple query at the head ended: (text, start, partial).
+            QueryResult(Option<Arc<str>>, u64, bool),
+            ExecuteEnd,
+            ExtendedError,
+            LostEnd,
+            Unmatched,
+        }
+        let ty = m.ty;
+        let Some(head) = self.queue.front_mut() else {
+            return;
+        };
+        head.last = m.end_ts;
+        let act = match (&mut head.kind, ty) {
+            (Kind::Startup, b'Z' | b'E') => Act::Pop,
+            (Kind::Startup, _) => Act::Nothing,
+            (Kind::Query(q), b'C' | b'I' | b'E') => {
+                let start = q.next_start;
+                q.next_start = m.end_ts;
+                q.results += 1;
+                q.activity = false;
+                Act::QueryResult(q.text.clone(), start, head.partial)
+            }
+            (Kind::Query(_), b'Z') => Act::Pop,
+            (Kind::Query(q), _) => {
+                q.activity = true;
+                Act::Nothing
+            }
+            (Kind::Describe, b't') => Act::Nothing,
+            (Kind::Execute(_), b'C' | b'I' | b's' | b'E') => Act::ExecuteEnd,
+            (Kind::Execute(_), _) => Act::Nothing,
+            (Kind::Function, b'V' | b'E') => Act::Nothing,
+            (Kind::Lost, b'Z') => Act::LostEnd,
+            (Kind::Lost, _) => Act::Unmatched,
+            (_, b'E') => Act::ExtendedError,
+            // ParseComplete, BindComplete, CloseComplete, RowDescription/NoData (Describe),
+            // ReadyForQuery (Sync, Function).
+            _ => Act::Pop,
+        };
+        match act {
+            Act::Nothing => {}
+            Act::Pop => {
+                if let Some(e) = self.pop()
+                    && ty == b'Z'
+                {
+                    let start = e.start;
+                    // A query whose results were lost (or cut) still ran.
+                    if matches!(&e.kind, Kind::Query(q) if q.results == 0 || q.activity) {
+                        self.unanswered(e, m.end_ts);
+                    }
+                    self.clean_ready(start);
+                }
+            }
+            Act::QueryResult(text, start, partial) => {
+                self.emit(text.as_deref(), None, false, start, m, partial);
+            }
+            Act::ExecuteEnd => {
+                if let Some(Entry {
+                    kind: Kind::Execute(t),
+                    start,
+                    partial,
+                    ..
+                }) = self.pop()
+                {
+                    self.emit(t.text.as_deref(), t.name, true, start, m, partial || t.partial);
+                }
+                if ty == b'E' {
+                    self.skipping = true;
+                }
+            }
+            Act::ExtendedError => {
+                if let Some(e) = self.pop() {
+                    self.extended_error(e, m);
+                }
+            }
+            Act::LostEnd => {
+                self.pop();
+                self.realign.get_or_insert(m.start_ts);
+            }
+            Act::Unmatched => self.unmatched(ty),
+        }
+    }
+
+    /// An ErrorResponse to Parse, Bind, Describe or Close (popped as `e`): the statement the
+    /// client meant to run fails here, and the server skips everything up to Sync.
+    fn extended_error(&mut self, e: Entry, m: &Msg) {
+        if let Kind::Parse {
+            name: Some(name),
+            generation: Some(g),
+            ..
+        } = &e.kind
+        {
+            self.unregister(name, *g);
+        }
+        self.skipping = true;
+        let exec = self
+            .queue
+            .iter()
+            .take_while(|x| !x.is_sync_point() && !matches!(x.kind, Kind::Lost))
+            .find(|x| matches!(x.kind, Kind::Execute(_)));
+        if let Some(Entry {
+            kind: Kind::Execute(t),
+            start,
+            partial,
+            ..
+        }) = exec
+        {
+            let (t, start, partial) = (t.clone(), *start, *partial || t.partial);
+            self.emit(t.text.as_deref(), t.name, true, start, m, partial);
+        } else if let Kind::Parse {
+            name, text, partial, ..
+        } = e.kind
+        {
+            // A failed Parse with nothing executed after it: still the span of an error.
+            self.emit(text.as_deref(), name, true, e.start, m, partial || e.partial);
+        }
+    }
+
+    /// ReadyForQuery while skipping after an error: the skipped messages were never carried
+    /// out.
+    fn ready_after_error(&mut self) {
+        self.skipping = false;
+        let mut clean = None;
+        while let Some(e) = self.pop() {
+            match e.kind {
+                Kind::Parse {
+                    name: Some(name),
+                    generation: Some(g),
+                    ..
+                } => self.unregister(&name, g),
+                Kind::Close {
+                    restore: Some((name, p)),
+                } => {
+                    if !self.stmts.contains_key(&name) {
+                        self.stmt_bytes += name.len() + p.text.as_ref().map_or(0, |t| t.len());
+                        self.stmts.insert(name, p);
+                    }
+                }
+                Kind::Sync => {
+                    clean = Some(e.start);
+                    break;
+                }
+                Kind::Lost => break,
+                _ => {}
+            }
+        }
+        match clean {
+            Some(start) => self.clean_ready(start),
+            None => {
+                self.realign.get_or_insert(0);
+            }
+        }
+    }
+
+    /// An entry popped without its response (lost, or the connection closed).
+    fn unanswered(&mut self, e: Entry, end: u64) {
+        match e.kind {
+            Kind::Execute(t) => {
+                let partial = Statement {
+                    query: t.text.as_deref().map(str::to_owned),
+                    prepared_name: t.name,
+                    extended: true,
+                    start_ns: e.start,
+                    end_ns: end.max(e.start),
+                    command_tag: None,
+                    rows: None,
+                    error: None,
+                    partial: true,
+                };
+                self.done.push(partial);
+            }
+            Kind::Query(q) if q.results == 0 || q.activity => {
+                self.done.push(Statement {
+                    query: q.text.as_deref().map(str::to_owned),
+                    prepared_name: None,
+                    extended: false,
+                    start_ns: q.next_start,
+                    end_ns: end.max(q.next_start),
+                    command_tag: None,
+                    rows: None,
+                    error: None,
+                    partial: true,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A statement ended by `m` (CommandComplete, EmptyQueryResponse, PortalSuspended or
+    /// ErrorResponse).
+    fn emit(
+        &mut self,
+        text: Option<&str>,
+        prepared_name: Option<String>,
+        extended: bool,
+        start: u64,
+        m: &Msg,
+        partial: bool,
+    ) {
+        let mut st = Statement {
+            query: text.map(str::to_owned),
+            prepared_name,
+            extended,
+            start_ns: start,
+            end_ns: m.end_ts.max(start),
+            command_tag: None,
+            rows: None,
+            error: None,
+            partial: partial || self.unsure(),
+        };
+        match m.ty {
+            b'C' => {
+                let (tag, cut) = cstr_text(m.body, m.complete);
+                if let Some(tag) = tag {
+                    if !cut {
+                        st.rows = rows_of(&tag);
+                    }
+                    st.command_tag = Some(tag.to_string());
+                }
+                st.partial |= cut;
+            }
+            b'E' => {
+                st.error = Some(parse_error(m.body));
+                st.partial |= !m.complete;
+            }
+            _ => {}
+        }
+        self.done.push(st);
+    }
+
+    /// The connection closed: what is still waiting ends here, partial.
+    pub(super) fn close(&mut self) {
+        let mut skipping = self.skipping;
+        while let Some(e) = self.pop() {
+            if skipping {
+                if matches!(e.kind, Kind::Sync) {
+                    skipping = false;
+                }
+                continue;
+            }
+            let end = e.last;
+            self.unanswered(e, end);
+        }
+        self.skipping = false;
+        self.resume = None;
+        self.answers.clear();
+    }
+}
+
+/// NUL-terminated string at the start of `b` and what follows it.
+fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = b.iter().position(|&x| x == 0)?;
+    Some((&b[..i], &b[i + 1..]))
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Text of a NUL-terminated string that may be cut: (text, cut). A cut text is what was
+/// captured, without a trailing partial UTF-8 sequence; None if nothing was.
+fn cstr_text(b: &[u8], complete: bool) -> (Option<Arc<str>>, bool) {
+    if let Some((s, _)) = cstr(b) {
+        return (Some(Arc::from(lossy(s))), false);
+    }
+    let cut = !complete || !b.is_empty();
+    if b.is_empty() {
+        return (None, true);
+    }
+    let valid = match std::str::from_utf8(b) {
+        Ok(_) => b.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => b.len(),
+    };
+    (Some(Arc::from(lossy(&b[..valid]))), cut)
+}
+
+/// Rows from a CommandComplete tag.
+pub(super) fn rows_of(tag: &str) -> Option<u64> {
+    let words: Vec<&str> = tag.split(' ').collect();
+    let n = match (words.first().copied()?, words.len()) {
+        ("INSERT", 3) => words[2],
+        ("SELECT" | "UPDATE" | "DELETE" | "COPY" | "FETCH" | "MOVE" | "MERGE", 2) => words[1],
+        _ => return None,
+    };
+    n.parse().ok()
+}
+
+/// ErrorResponse fields, as far as captured.
+pub(super) fn parse_error(body: &[u8]) -> PgError {
+    let mut severity_l = None;
+    let mut severity_v = None;
+    let mut sqlstate = String::new();
+    let mut message = String::new();
+    let mut rest = body;
+    while let Some((&t, after)) = rest.split_first() {
+        if t == 0 {
+            break;
+        }
+        let (value, next) = match cstr(after) {
+            Some(x) => x,
+            None => (after, &[][..]),
+        };
+        let value = lossy(value);
+        match t {
+            b'S' => severity_l = Some(value),
+            b'V' => severity_v = Some(value),
+            b'C' => sqlstate = value,
+            b'M' => message = value,
+            _ => {}
+        }
+        rest = next;
+    }
+    PgError {
+        severity: severity_v.or(severity_l).unwrap_or_default(),
+        sqlstate,
+        message,
+    }
+}

@@ -1,0 +1,150 @@
+//! A real PostgreSQL server for tests: a fresh cluster in a temporary directory, run as the
+//! `postgres` user on 127.0.0.1 with a free port, stopped and removed on drop.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::harness::ChildGuard;
+
+fn bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server must be installed (Debian package postgresql; cargo xtask test installs it)")
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("no /usr/lib/postgresql/*/bin/postgres")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Runs a command as the `postgres` user (the server refuses to run as root).
+fn as_postgres(program: &std::path::Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+        .arg(program);
+    cmd
+}
+
+pub struct PgServer {
+    pub port: u16,
+    dir: PathBuf,
+    guard: Option<ChildGuard>,
+}
+
+impl PgServer {
+    /// Creates a cluster (trust authentication) and starts it; creates database `db`.
+    pub fn start(db: &str) -> Self {
+        let bin = bin_dir();
+        let dir = std::env::temp_dir().join(format!(
+            "socktrace-pg-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        let status = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .expect("chown");
+        assert!(status.success());
+        let data = dir.join("data");
+        let out = as_postgres(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .expect("initdb");
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let child = as_postgres(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", dir.display()))
+            .args(["-c", "fsync=off", "-c", "max_connections=50"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres");
+        let server = Self {
+            port,
+            dir,
+            guard: Some(ChildGuard::new("postgres", child)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "postgres did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = server.psql("postgres", &["-c", &format!("CREATE DATABASE {db}")]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        server
+    }
+
+    /// Runs `psql` (as a client process, over TCP) against database `db`.
+    pub fn psql(&self, db: &str, args: &[&str]) -> Output {
+        Command::new("psql")
+            .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .args(["-d", db])
+            .args(args)
+            .output()
+            .expect("psql must be installed")
+    }
+
+    /// Runs `pgbench` (the server's own benchmark client) with these arguments.
+    pub fn pgbench(&self, db: &str, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("pgbench"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .args(args)
+            .arg(db)
+            .output()
+            .expect("pgbench")
+    }
+
+    /// Connection string for client libraries.
+    pub fn url(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+    }
+
+    /// Pid of the postmaster (backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.guard.as_ref().map_or(0, ChildGuard::pid)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if let Some(mut g) = self.guard.take() {
+            // SIGINT: fast shutdown (backends are told to exit), then reap.
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(g.pid() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = g.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
