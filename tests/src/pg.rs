@@ -58,11 +58,24 @@ impl PgServer {
         assert!(status.success());
         let data = dir.join("data");
         let out = as_postgres(&bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data)
             .output()
             .expect("initdb");
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
         let child = as_postgres(&bin.join("postgres"))
             .arg("-D")
@@ -94,7 +107,11 @@ impl PgServer {
             std::thread::sleep(Duration::from_millis(100));
         }
         let out = server.psql("postgres", &["-c", &format!("CREATE DATABASE {db}")]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         server
     }
 
@@ -122,7 +139,10 @@ impl PgServer {
 
     /// Connection string for client libraries.
     pub fn url(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
     }
 
     /// Pid of the postmaster (backends are its children).

@@ -561,3 +561,53 @@ fn console_output_is_the_default_without_endpoint() {
     assert!(line.contains("py-server"), "{line}");
     assert!(line.contains("SERVER"), "{line}");
 }
+
+#[test]
+fn garbage_on_a_socket_is_ignored_and_tracing_goes_on() {
+    let (receiver, server, mut agent) = setup(Protocol::Grpc, &[]);
+    // Random bytes, then a request that starts valid and turns into garbage, each on its own
+    // connection to the traced server.
+    let garbage = r#"
+import os, socket, sys
+port = int(sys.argv[1])
+for payload in (os.urandom(4096), b"GET /x HTTP/1.1\r\nHost: a\r\n" + os.urandom(3000) + b"\r\n\r\n"):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(payload)
+    s.settimeout(2)
+    try:
+        s.recv(65536)
+    except OSError:
+        pass
+    s.close()
+"#;
+    let out = Command::new("python3")
+        .args(["-c", garbage, &server.port.to_string()])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    curl(&["-o", "/dev/null", &server.url("/hello")]);
+    let spans = receiver
+        .wait_for_blocking(
+            |s| {
+                s.iter()
+                    .any(|s| s.attr_str("url.path").as_deref() == Some("/hello"))
+            },
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let hello: Vec<_> = spans
+        .iter()
+        .filter(|s| s.attr_str("url.path").as_deref() == Some("/hello"))
+        .collect();
+    assert_eq!(hello.len(), 1);
+    assert_eq!(hello[0].attr_int("http.response.status_code"), Some(200));
+    assert_eq!(
+        agent.stop(),
+        Some(0),
+        "the agent survives garbage and exits cleanly"
+    );
+}

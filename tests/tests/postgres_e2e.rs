@@ -41,7 +41,11 @@ fn of_kind(spans: &[ReceivedSpan], kind: SpanKind) -> Vec<ReceivedSpan> {
 }
 
 /// Waits for exactly `server` SERVER and `client` CLIENT spans (none more after a pause).
-fn exact(receiver: &OtlpReceiver, server: usize, client: usize) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
+fn exact(
+    receiver: &OtlpReceiver,
+    server: usize,
+    client: usize,
+) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
     receiver
         .wait_for_blocking(
             |s| {
@@ -54,14 +58,18 @@ fn exact(receiver: &OtlpReceiver, server: usize, client: usize) -> (Vec<Received
     std::thread::sleep(Duration::from_millis(1500));
     let spans = receiver.spans();
     let dump = || spans.iter().map(|s| format!("  {s}\n")).collect::<String>();
-    let (s, c) = (of_kind(&spans, SpanKind::Server), of_kind(&spans, SpanKind::Client));
+    let (s, c) = (
+        of_kind(&spans, SpanKind::Server),
+        of_kind(&spans, SpanKind::Client),
+    );
     assert_eq!(s.len(), server, "server spans:\n{}", dump());
     assert_eq!(c.len(), client, "client spans:\n{}", dump());
     (s, c)
 }
 
 fn text(s: &ReceivedSpan, k: &str) -> String {
-    s.attr_str(k).unwrap_or_else(|| panic!("{k} missing on {s}"))
+    s.attr_str(k)
+        .unwrap_or_else(|| panic!("{k} missing on {s}"))
 }
 
 /// No name, attribute, status message or resource value of any exported span contains one of
@@ -85,16 +93,23 @@ fn psql_statements_errors_and_no_literal_leaves_the_host() {
     let (receiver, pg, _agent) = setup("shop", &[]);
     let ok = |sql: &str| {
         let o = pg.psql("shop", &["-c", sql]);
-        assert!(o.status.success(), "{sql}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
     ok("CREATE TABLE users (id int PRIMARY KEY, name text, score numeric)");
     ok("INSERT INTO users VALUES (1, 'alice-secret-1', 4242.5)");
     ok("SELECT name FROM users WHERE id = 1 AND score > 1000");
     assert!(!pg.psql("shop", &["-c", "SELEC 98765"]).status.success());
     assert!(
-        !pg.psql("shop", &["-c", "INSERT INTO users VALUES (1, 'bob-secret-2', 9)"])
-            .status
-            .success()
+        !pg.psql(
+            "shop",
+            &["-c", "INSERT INTO users VALUES (1, 'bob-secret-2', 9)"]
+        )
+        .status
+        .success()
     );
     let (s, c) = exact(&receiver, 5, 5);
 
@@ -105,7 +120,12 @@ fn psql_statements_errors_and_no_literal_leaves_the_host() {
             "CREATE TABLE users (id int PRIMARY KEY, name text, score numeric)",
             None,
         ),
-        ("INSERT users", Some("INSERT"), "INSERT INTO users VALUES (?, ?, ?)", None),
+        (
+            "INSERT users",
+            Some("INSERT"),
+            "INSERT INTO users VALUES (?, ?, ?)",
+            None,
+        ),
         (
             "SELECT users",
             Some("SELECT"),
@@ -113,7 +133,12 @@ fn psql_statements_errors_and_no_literal_leaves_the_host() {
             None,
         ),
         ("SELEC", Some("SELEC"), "SELEC ?", Some("42601")),
-        ("INSERT users", Some("INSERT"), "INSERT INTO users VALUES (?, ?, ?)", Some("23505")),
+        (
+            "INSERT users",
+            Some("INSERT"),
+            "INSERT INTO users VALUES (?, ?, ?)",
+            Some("23505"),
+        ),
     ];
     for (spans, kind) in [(&c, "client"), (&s, "server")] {
         for (span, (name, op, query, sqlstate)) in spans.iter().zip(expect) {
@@ -140,7 +165,10 @@ fn psql_statements_errors_and_no_literal_leaves_the_host() {
     }
     assert_eq!(c[2].attr_int("db.response.returned_rows"), Some(1));
     assert_eq!(c[1].attr_int("db.response.returned_rows"), Some(1));
-    assert!(c.iter().all(|s| s.resource_str("service.name") == Some("psql")));
+    assert!(
+        c.iter()
+            .all(|s| s.resource_str("service.name") == Some("psql"))
+    );
     assert!(
         s.iter()
             .all(|s| s.resource_str("process.executable.name") == Some("postgres"))
@@ -156,9 +184,18 @@ fn large_result_transaction_and_copy() {
     // The server sends results in 8 KiB writes: with 8 KiB of capture every message header on
     // that side is seen. The client reads far more at once (documented limit below).
     let (receiver, pg, _agent) = setup("shop", &["--capture-bytes", "8192"]);
-    let o = pg.psql("shop", &["-c", "SELECT g, md5(g::text) FROM generate_series(1, 200000) g"]);
+    let o = pg.psql(
+        "shop",
+        &[
+            "-c",
+            "SELECT g, md5(g::text) FROM generate_series(1, 200000) g",
+        ],
+    );
     assert!(o.status.success());
-    assert!(o.stdout.len() > 5_000_000, "a large result crosses many reads");
+    assert!(
+        o.stdout.len() > 5_000_000,
+        "a large result crosses many reads"
+    );
     let o = pg.psql(
         "shop",
         &[
@@ -178,7 +215,12 @@ fn large_result_transaction_and_copy() {
     let (s, c) = exact(&receiver, 6, 6);
     // Server side: one span for the whole result, exact row count, clean.
     assert!(s[0].name().starts_with("SELECT"), "{}", s[0]);
-    assert_eq!(s[0].attr_int("db.response.returned_rows"), Some(200_000), "{}", s[0]);
+    assert_eq!(
+        s[0].attr_int("db.response.returned_rows"),
+        Some(200_000),
+        "{}",
+        s[0]
+    );
     assert_eq!(s[0].attr_bool("socktrace.partial"), None, "{}", s[0]);
     assert!(s[0].duration() > Duration::from_millis(1), "{}", s[0]);
     // Client side: still exactly one span for the statement. psql reads 64 KiB and more at a
@@ -191,11 +233,18 @@ fn large_result_transaction_and_copy() {
     for spans in [&s, &c] {
         let names: Vec<&str> = spans[1..].iter().map(ReceivedSpan::name).collect();
         assert_eq!(names, ["CREATE t", "BEGIN", "INSERT t", "COMMIT", "COPY t"]);
-        assert!(spans[1..].iter().all(|x| x.attr_bool("socktrace.partial").is_none()));
+        assert!(
+            spans[1..]
+                .iter()
+                .all(|x| x.attr_bool("socktrace.partial").is_none())
+        );
     }
     // psql's \copy sends "COPY  t FROM STDIN " (its own spacing), kept as sent.
     let copy = text(&c[5], "db.query.text");
-    assert_eq!(copy.split_whitespace().collect::<Vec<_>>().join(" "), "COPY t FROM STDIN");
+    assert_eq!(
+        copy.split_whitespace().collect::<Vec<_>>().join(" "),
+        "COPY t FROM STDIN"
+    );
     assert_no_literal(&receiver.spans(), &["31337"]);
 }
 
@@ -206,7 +255,10 @@ fn extended_protocol_prepared_statements_and_pipelining() {
         require_root();
         let receiver = OtlpReceiver::start_blocking(Protocol::Grpc);
         let pg = PgServer::start(pg_db);
-        let o = pg.psql(pg_db, &["-c", "CREATE TABLE items (id int PRIMARY KEY, label text)"]);
+        let o = pg.psql(
+            pg_db,
+            &["-c", "CREATE TABLE items (id int PRIMARY KEY, label text)"],
+        );
         assert!(o.status.success());
         (receiver, pg, None::<Agent>)
     };
@@ -255,7 +307,9 @@ fn extended_protocol_prepared_statements_and_pipelining() {
         let (a, dup, b) = tokio::join!(a, dup, b);
         assert_eq!(a.expect("select").len(), 1);
         assert_eq!(
-            dup.expect_err("duplicate").code().map(|c| c.code().to_owned()),
+            dup.expect_err("duplicate")
+                .code()
+                .map(|c| c.code().to_owned()),
             Some("23505".to_owned())
         );
         assert_eq!(b.expect("count").len(), 1);
@@ -263,7 +317,10 @@ fn extended_protocol_prepared_statements_and_pipelining() {
         let (_, c) = exact(&receiver, 13, 13);
         for span in &c[..10] {
             assert_eq!(span.name(), "INSERT items", "{span}");
-            assert_eq!(text(span, "db.query.text"), "INSERT INTO items VALUES ($1, $2)");
+            assert_eq!(
+                text(span, "db.query.text"),
+                "INSERT INTO items VALUES ($1, $2)"
+            );
             assert_eq!(span.status_code(), StatusCode::Unset);
             assert_eq!(span.attr_int("db.response.returned_rows"), Some(1));
         }
@@ -271,14 +328,22 @@ fn extended_protocol_prepared_statements_and_pipelining() {
         let mut rest: Vec<&ReceivedSpan> = c[10..].iter().collect();
         rest.sort_by_key(|s| s.name().to_owned());
         let names: Vec<&str> = rest.iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["INSERT items", "SELECT items", "postgresql"], "{c:#?}");
+        assert_eq!(
+            names,
+            ["INSERT items", "SELECT items", "postgresql"],
+            "{c:#?}"
+        );
         assert_eq!(rest[0].status_code(), StatusCode::Error);
         assert_eq!(text(rest[0], "db.response.status_code"), "23505");
         assert_eq!(text(rest[1], "db.query.text"), "SELECT count(*) FROM items");
         assert_eq!(rest[1].status_code(), StatusCode::Unset);
         // The statement prepared before the agent: a span, named from what is known.
         assert_eq!(rest[2].attr_str("db.query.text"), None, "{}", rest[2]);
-        assert!(rest[2].attr_str("db.postgresql.prepared_statement").is_some());
+        assert!(
+            rest[2]
+                .attr_str("db.postgresql.prepared_statement")
+                .is_some()
+        );
         assert_eq!(rest[2].status_code(), StatusCode::Unset);
         // The connection predates the agent: its StartupMessage, which names the database, was
         // never seen, so no database is claimed.
@@ -293,7 +358,11 @@ fn pgbench_mixed_load_with_prepared_statements() {
     let receiver = OtlpReceiver::start_blocking(Protocol::Grpc);
     let pg = PgServer::start("bench");
     let init = pg.pgbench("bench", &["-i", "-q", "-s", "1"]);
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let endpoint = receiver.endpoint();
     let port = pg.port.to_string();
     let _agent = Agent::start(&[
@@ -309,7 +378,11 @@ fn pgbench_mixed_load_with_prepared_statements() {
     // 3 clients x 20 TPC-B-like transactions, extended protocol with named prepared statements
     // (each prepared once per connection and executed 20 times).
     let run = pg.pgbench("bench", &["-n", "-c", "3", "-t", "20", "-M", "prepared"]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 
     // Each transaction: BEGIN, UPDATE accounts, SELECT accounts, UPDATE tellers,
     // UPDATE branches, INSERT history, END.
@@ -323,7 +396,10 @@ fn pgbench_mixed_load_with_prepared_statements() {
         ("END", 60),
     ];
     let count = |spans: &[ReceivedSpan], kind: SpanKind, name: &str| {
-        spans.iter().filter(|s| s.kind() == kind && s.name() == name).count()
+        spans
+            .iter()
+            .filter(|s| s.kind() == kind && s.name() == name)
+            .count()
     };
     let spans = receiver
         .wait_for_blocking(
@@ -339,13 +415,19 @@ fn pgbench_mixed_load_with_prepared_statements() {
     let spans = [spans, receiver.spans()].concat();
     let spans: Vec<ReceivedSpan> = {
         let mut seen = std::collections::HashSet::new();
-        spans.into_iter().filter(|s| seen.insert(s.span_id())).collect()
+        spans
+            .into_iter()
+            .filter(|s| seen.insert(s.span_id()))
+            .collect()
     };
     for (name, n) in expected {
         assert_eq!(count(&spans, SpanKind::Client, name), n, "client {name}");
         assert_eq!(count(&spans, SpanKind::Server, name), n, "server {name}");
     }
-    for span in spans.iter().filter(|s| s.name() == "UPDATE pgbench_accounts") {
+    for span in spans
+        .iter()
+        .filter(|s| s.name() == "UPDATE pgbench_accounts")
+    {
         assert_eq!(
             text(span, "db.query.text"),
             "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;"
@@ -354,5 +436,9 @@ fn pgbench_mixed_load_with_prepared_statements() {
         assert_eq!(span.status_code(), StatusCode::Unset);
         assert_eq!(span.attr_int("db.response.returned_rows"), Some(1));
     }
-    assert!(spans.iter().all(|s| s.attr_bool("socktrace.partial").is_none()));
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.attr_bool("socktrace.partial").is_none())
+    );
 }
