@@ -70,6 +70,8 @@ enum Kind {
         partial: bool,
         /// Generation of the map entry this Parse created, if it created one.
         generation: Option<u64>,
+        /// The definition it replaced, put back if the server refuses or skips the Parse.
+        replaced: Option<Prepared>,
     },
     Bind,
     Describe,
@@ -87,7 +89,8 @@ enum Kind {
 #[derive(Debug)]
 struct Entry {
     kind: Kind,
-    /// ts of the first frontend byte (of the batch, for Execute).
+    /// ts of the segment holding its first byte; for an Execute, where its execution started
+    /// (the Parse of its statement if sent since the previous Execute, else its Bind).
     start: u64,
     /// ts of the last backend byte attributed to it.
     last: u64,
@@ -167,6 +170,9 @@ pub(super) struct Session {
     realign: Option<u64>,
     /// Backend framing was lost at this ts and the next backend message is the first after it.
     resume: Option<u64>,
+    /// Client bytes were lost or skipped at some point: a statement or portal not known may
+    /// have been defined in them (rather than before the capture).
+    pub(super) front_lost: bool,
     /// Requests waiting for their one-byte answer: b'S' (SSL) or b'G' (GSS).
     answers: VecDeque<u8>,
     /// An answer fell into a gap: what the client sends next tells.
@@ -250,12 +256,17 @@ impl Session {
         }
     }
 
-    /// Framing lost at a message boundary in a segment stamped `ts`.
-    pub(super) fn lost(&mut self, side: Side, ts: u64) {
+    /// Framing lost at a message boundary in a segment stamped `ts`; `definite`: bytes were
+    /// missing there (a gap), rather than garbage.
+    pub(super) fn lost(&mut self, side: Side, ts: u64, definite: bool) {
         match side {
             Side::Front => {
-                self.enqueue(Entry::new(Kind::Lost, ts, true));
-                // A lost Bind or Parse may have changed what these refer to.
+                if definite {
+                    // Messages were lost: their answers will come.
+                    self.enqueue(Entry::new(Kind::Lost, ts, true));
+                }
+                // A lost (or mangled) Bind or Parse may have changed what these refer to.
+                self.front_lost = true;
                 self.portals.clear();
                 self.unregister_any("");
             }
@@ -274,32 +285,49 @@ impl Session {
         self.back_lost.is_some() || self.realign.is_some()
     }
 
-    /// A ReadyForQuery answered the sync point `start` (Query or Sync sent then): pairing is
-    /// known to be right again if that message was sent after the loss (the client saw
-    /// everything before), or if nothing else waits.
-    fn clean_ready(&mut self, start: u64) {
-        let empty = self.queue.is_empty();
-        for flag in [&mut self.back_lost, &mut self.realign] {
-            if flag.is_some_and(|l| start > l) || empty {
-                *flag = None;
-            }
+    /// A ReadyForQuery (at `ts`) completed a sync point. Pairing is known to be right again if
+    /// no other waiting message was sent before it arrived: a client that does not pipeline
+    /// sends nothing before it has its ReadyForQuery, so if we were one answer behind, the
+    /// message really answered would still be waiting here; a pipelining client has then
+    /// drained its pipeline.
+    fn clean_ready(&mut self, ts: u64) {
+        if self.queue.iter().all(|e| e.start >= ts) {
+            self.back_lost = None;
+            self.realign = None;
         }
     }
 
-    /// First backend message after the backend lost framing at `lost_ts`. A frontend message
-    /// sent after the loss means the client had its answers to everything before it (a client
-    /// waits for ReadyForQuery before its next request unless it pipelines): those answers were
-    /// in the lost bytes, so the entries before it are closed here instead of taking answers
-    /// that are not theirs.
+    /// First backend message after the backend lost framing at `lost_ts`, at `ts`. A client
+    /// that does not pipeline sends a request only once it has all the answers to the ones
+    /// before: so if requests were sent between the loss and now, the answer now is for the
+    /// newest batch of them, and the answers of everything before that batch were in the lost
+    /// bytes. Those entries are closed here (partial) instead of taking answers that are not
+    /// theirs. A pipelining client may make this wrong, but only while `back_lost` keeps the
+    /// statements partial.
     fn resumed(&mut self, lost_ts: u64, ts: u64) {
-        let Some(k) = self.queue.iter().position(|e| e.start > lost_ts) else {
+        let Some(newest) = self
+            .queue
+            .iter()
+            .rposition(|e| e.start > lost_ts && e.start < ts)
+        else {
             return;
         };
-        if k == 0 || !self.queue.iter().take(k).any(Entry::is_sync_point) {
+        // Its batch starts after the last sync point (or lost messages) before it.
+        let batch = self
+            .queue
+            .iter()
+            .take(newest)
+            .rposition(|e| e.is_sync_point() || matches!(e.kind, Kind::Lost))
+            .map_or(0, |i| i + 1);
+        if batch == 0 {
             return;
         }
-        for _ in 0..k {
-            if let Some(e) = self.pop() {
+        for _ in 0..batch {
+            let Some(e) = self.pop() else { break };
+            if self.skipping {
+                // The ReadyForQuery ending the skip after an error was in the lost bytes.
+                self.skipping = !self.skip_entry(e);
+            } else {
                 self.unanswered(e, lost_ts);
             }
         }
@@ -372,25 +400,30 @@ impl Session {
             Some((name, rest)) => {
                 let name = lossy(name);
                 let (text, partial) = cstr_text(rest, m.complete);
-                let generation = self.register(&name, text.clone(), partial, m.start_ts);
+                let (generation, replaced) =
+                    self.register(&name, text.clone(), partial, m.start_ts);
                 Kind::Parse {
                     name: Some(name),
                     text,
                     partial,
-                    generation,
+                    generation: Some(generation),
+                    replaced,
                 }
             }
             None => {
                 if m.complete {
                     self.stats.invalid_messages = self.stats.invalid_messages.saturating_add(1);
                 }
-                // The name is not known: if it was "", the old unnamed statement is gone.
+                // The name is not known: if it was "", the old unnamed statement is gone, and
+                // a statement unknown to us now exists.
                 self.unregister_any("");
+                self.front_lost = true;
                 Kind::Parse {
                     name: None,
                     text: None,
                     partial: true,
                     generation: None,
+                    replaced: None,
                 }
             }
         };
@@ -419,7 +452,7 @@ impl Session {
                     None => Target {
                         name: Some(stmt),
                         text: None,
-                        partial: false,
+                        partial: self.front_lost,
                         start: m.start_ts,
                         bound_at: self.executes,
                     },
@@ -437,6 +470,7 @@ impl Session {
                 // Which portal this bound is unknown: forget them all rather than run a stale
                 // one.
                 self.portals.clear();
+                self.front_lost = true;
             }
         }
         self.enqueue(Entry::new(Kind::Bind, m.start_ts, false));
@@ -449,12 +483,14 @@ impl Session {
                 if m.complete {
                     self.stats.invalid_messages = self.stats.invalid_messages.saturating_add(1);
                 }
+                self.front_lost = true;
                 None
             }
         };
         let target = target.unwrap_or(Target {
             start: m.start_ts,
             bound_at: self.executes,
+            partial: self.front_lost,
             ..Target::default()
         });
         // A portal executed again (after PortalSuspended) starts with this Execute.
@@ -478,7 +514,11 @@ impl Session {
                 self.portals.remove(&name);
                 None
             }
-            _ => None,
+            _ => {
+                // Something unknown was closed.
+                self.front_lost = true;
+                None
+            }
         };
         self.enqueue(Entry::new(Kind::Close { restore }, m.start_ts, false));
     }
@@ -504,24 +544,26 @@ impl Session {
 
     // ---- prepared statements ----
 
-    /// A Parse: the unnamed statement is replaced; a named one that exists makes the server
-    /// fail the Parse, and the first definition stays. Returns the generation if it created
-    /// an entry.
+    /// A Parse defines `name` (sent, not yet answered). Returns the new definition's generation
+    /// and the one it replaced.
+    ///
+    /// The server refuses to redefine an existing named statement, so a client sends such a
+    /// Parse only when the old one is gone: most likely we missed its Close or DEALLOCATE (some
+    /// clients reuse names). So the new text is taken, and the old one is put back if the
+    /// server does refuse it (or skips the Parse after an error).
     fn register(
         &mut self,
         name: &str,
         text: Option<Arc<str>>,
         partial: bool,
         ts: u64,
-    ) -> Option<u64> {
-        if !name.is_empty() && self.stmts.contains_key(name) {
-            return None;
-        }
-        self.unregister_any(name);
+    ) -> (u64, Option<Prepared>) {
+        let old = self.unregister_any(name);
+        // A failed Parse of the unnamed statement leaves none: nothing to put back.
+        let replaced = old.filter(|_| !name.is_empty());
         self.generation += 1;
         let generation = self.generation;
-        self.stmt_bytes += name.len() + text.as_ref().map_or(0, |t| t.len());
-        self.stmts.insert(
+        self.insert_stmt(
             name.to_owned(),
             Prepared {
                 text,
@@ -546,7 +588,12 @@ impl Session {
                 None => break,
             }
         }
-        Some(generation)
+        (generation, replaced)
+    }
+
+    fn insert_stmt(&mut self, name: String, p: Prepared) {
+        self.stmt_bytes += name.len() + p.text.as_ref().map_or(0, |t| t.len());
+        self.stmts.insert(name, p);
     }
 
     fn unregister_any(&mut self, name: &str) -> Option<Prepared> {
@@ -558,13 +605,25 @@ impl Session {
     }
 
     /// Undoes a Parse that the server did not carry out (failed or skipped).
-    fn unregister(&mut self, name: &str, generation: u64) {
+    fn undo_parse(&mut self, kind: Kind) {
+        let Kind::Parse {
+            name: Some(name),
+            generation: Some(generation),
+            replaced,
+            ..
+        } = kind
+        else {
+            return;
+        };
         if self
             .stmts
-            .get(name)
+            .get(&name)
             .is_some_and(|p| p.generation == generation)
         {
-            self.unregister_any(name);
+            self.unregister_any(&name);
+            if let Some(old) = replaced {
+                self.insert_stmt(name, old);
+            }
         }
     }
 
@@ -579,7 +638,8 @@ impl Session {
     // ---- queue ----
 
     fn enqueue(&mut self, e: Entry) {
-        if matches!(e.kind, Kind::Lost) && matches!(self.queue.back(), Some(b) if matches!(b.kind, Kind::Lost))
+        if matches!(e.kind, Kind::Lost)
+            && matches!(self.queue.back(), Some(b) if matches!(b.kind, Kind::Lost))
         {
             return;
         }
@@ -591,7 +651,13 @@ impl Session {
             // Drop the oldest; a Lost entry in its place absorbs its responses so that the
             // following ones stay aligned.
             let mut old = self.pop();
-            if matches!(old, Some(Entry { kind: Kind::Lost, .. })) {
+            if matches!(
+                old,
+                Some(Entry {
+                    kind: Kind::Lost,
+                    ..
+                })
+            ) {
                 old = self.pop();
             }
             if let Some(old) = old
@@ -599,7 +665,8 @@ impl Session {
             {
                 self.stats.dropped_statements = self.stats.dropped_statements.saturating_add(1);
             }
-            self.queue.push_front(Entry::new(Kind::Lost, 0, true));
+            let start = self.queue.front().map_or(0, |e| e.start);
+            self.queue.push_front(Entry::new(Kind::Lost, start, true));
         }
     }
 
@@ -613,29 +680,47 @@ impl Session {
 
     pub(super) fn back_msg(&mut self, m: &Msg) {
         let ty = m.ty;
-        if let Some(l) = self.resume.take() {
-            self.resumed(l, m.start_ts);
-        }
         // Asynchronous messages can come at any time.
         if ty == b'N' || ty == b'A' {
             return;
         }
-        let head_is_startup = matches!(self.queue.front(), Some(e) if matches!(e.kind, Kind::Startup));
+        let head_is_startup =
+            matches!(self.queue.front(), Some(e) if matches!(e.kind, Kind::Startup));
         if ty == b'S' && !head_is_startup {
             return;
         }
+        if let Some(l) = self.resume.take() {
+            self.resumed(l, m.start_ts);
+        }
         if self.skipping {
             if ty == b'Z' {
-                self.ready_after_error();
-            } else {
-                self.unmatched(ty);
+                let sync = self.queue.iter().find(|e| matches!(e.kind, Kind::Sync));
+                if sync.is_some_and(|s| s.start > m.end_ts) {
+                    // Sent after this ReadyForQuery: not what it answers.
+                    self.unmatched(ty);
+                } else {
+                    self.ready_after_error(m.start_ts);
+                }
+                return;
             }
-            return;
+            if self.back_lost.is_none() {
+                self.unmatched(ty);
+                return;
+            }
+            // Answers while skipping, after backend bytes were lost: the ReadyForQuery that
+            // ended the skip was among them.
+            self.ready_after_error(m.start_ts);
         }
         let Some(head) = self.queue.front() else {
             self.unmatched(ty);
             return;
         };
+        // Causality: nothing sent after this message's last byte can have caused it (and the
+        // entries behind the head were sent later still).
+        if head.start > m.end_ts {
+            self.unmatched(ty);
+            return;
+        }
         if !head.accepts(ty) {
             // A ReadyForQuery that no waiting entry can have caused belongs to messages we
             // never saw; so does an error where only a ReadyForQuery is due.
@@ -644,7 +729,12 @@ impl Session {
                 self.unmatched(ty);
                 return;
             }
-            let Some(k) = self.queue.iter().position(|e| e.accepts(ty)) else {
+            let Some(k) = self
+                .queue
+                .iter()
+                .position(|e| e.accepts(ty))
+                .filter(|&k| self.queue[k].start <= m.end_ts)
+            else {
                 self.unmatched(ty);
                 return;
             };
@@ -708,12 +798,11 @@ impl Session {
                 if let Some(e) = self.pop()
                     && ty == b'Z'
                 {
-                    let start = e.start;
                     // A query whose results were lost (or cut) still ran.
                     if matches!(&e.kind, Kind::Query(q) if q.results == 0 || q.activity) {
                         self.unanswered(e, m.end_ts);
                     }
-                    self.clean_ready(start);
+                    self.clean_ready(m.start_ts);
                 }
             }
             Act::QueryResult(text, start, partial) => {
@@ -727,7 +816,14 @@ impl Session {
                     ..
                 }) = self.pop()
                 {
-                    self.emit(t.text.as_deref(), t.name, true, start, m, partial || t.partial);
+                    self.emit(
+                        t.text.as_deref(),
+                        t.name,
+                        true,
+                        start,
+                        m,
+                        partial || t.partial,
+                    );
                 }
                 if ty == b'E' {
                     self.skipping = true;
@@ -749,14 +845,6 @@ impl Session {
     /// An ErrorResponse to Parse, Bind, Describe or Close (popped as `e`): the statement the
     /// client meant to run fails here, and the server skips everything up to Sync.
     fn extended_error(&mut self, e: Entry, m: &Msg) {
-        if let Kind::Parse {
-            name: Some(name),
-            generation: Some(g),
-            ..
-        } = &e.kind
-        {
-            self.unregister(name, *g);
-        }
         self.skipping = true;
         let exec = self
             .queue
@@ -773,48 +861,50 @@ impl Session {
             let (t, start, partial) = (t.clone(), *start, *partial || t.partial);
             self.emit(t.text.as_deref(), t.name, true, start, m, partial);
         } else if let Kind::Parse {
-            name, text, partial, ..
-        } = e.kind
+            name,
+            text,
+            partial,
+            ..
+        } = &e.kind
         {
             // A failed Parse with nothing executed after it: still the span of an error.
-            self.emit(text.as_deref(), name, true, e.start, m, partial || e.partial);
+            let (name, text, partial) = (name.clone(), text.clone(), *partial || e.partial);
+            self.emit(text.as_deref(), name, true, e.start, m, partial);
         }
+        self.undo_parse(e.kind);
     }
 
     /// ReadyForQuery while skipping after an error: the skipped messages were never carried
     /// out.
-    fn ready_after_error(&mut self) {
+    fn ready_after_error(&mut self, ts: u64) {
         self.skipping = false;
-        let mut clean = None;
+        let mut clean = false;
         while let Some(e) = self.pop() {
-            match e.kind {
-                Kind::Parse {
-                    name: Some(name),
-                    generation: Some(g),
-                    ..
-                } => self.unregister(&name, g),
-                Kind::Close {
-                    restore: Some((name, p)),
-                } => {
-                    if !self.stmts.contains_key(&name) {
-                        self.stmt_bytes += name.len() + p.text.as_ref().map_or(0, |t| t.len());
-                        self.stmts.insert(name, p);
-                    }
-                }
-                Kind::Sync => {
-                    clean = Some(e.start);
-                    break;
-                }
-                Kind::Lost => break,
-                _ => {}
+            let sync = matches!(e.kind, Kind::Sync);
+            if self.skip_entry(e) {
+                clean = sync;
+                break;
             }
         }
-        match clean {
-            Some(start) => self.clean_ready(start),
-            None => {
-                self.realign.get_or_insert(0);
-            }
+        if clean {
+            self.clean_ready(ts);
+        } else {
+            self.realign.get_or_insert(ts);
         }
+    }
+
+    /// An entry the server skipped after an error: undone. Returns whether it ends the skip
+    /// (a Sync, or lost messages that may have held it).
+    fn skip_entry(&mut self, e: Entry) -> bool {
+        match e.kind {
+            k @ Kind::Parse { .. } => self.undo_parse(k),
+            Kind::Close {
+                restore: Some((name, p)),
+            } if !self.stmts.contains_key(&name) => self.insert_stmt(name, p),
+            Kind::Sync | Kind::Lost => return true,
+            _ => {}
+        }
+        false
     }
 
     /// An entry popped without its response (lost, or the connection closed).

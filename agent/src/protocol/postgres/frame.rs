@@ -28,6 +28,9 @@ pub(super) const RESYNC_WINDOW: usize = 64 * 1024;
 /// it claims at most this much: a false candidate with a huge length would hide everything
 /// after it.
 const MAX_UNCONFIRMED_LEN: u64 = 1 << 20;
+/// A candidate this small (header included) that runs past the bytes seen so far is judged
+/// again with the next segment rather than rejected (unless a gap follows).
+const MAX_WAIT_LEN: usize = 256;
 
 pub(super) const CODE_PROTO3: u32 = 3 << 16;
 pub(super) const CODE_SSL: u32 = 80_877_103;
@@ -115,6 +118,8 @@ pub(super) struct Framer {
     synced: bool,
     /// ts of the segment being processed.
     last_ts: u64,
+    /// The next loss of framing hides messages (a gap) rather than garbage.
+    lose_definite: bool,
 }
 
 impl Framer {
@@ -143,10 +148,12 @@ impl Framer {
             rs_marks: Vec::new(),
             synced: true,
             last_ts: 0,
+            lose_definite: true,
         }
     }
 
     /// Bytes held between pushes (the memory bound the tests check).
+    #[cfg(test)]
     pub(super) fn buffered(&self) -> usize {
         self.body.len() + self.rs.len()
     }
@@ -213,7 +220,8 @@ impl Framer {
                     return;
                 }
                 State::Body => {
-                    let n = (data.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                    let n =
+                        (data.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                     self.take(&data[i..i + n]);
                     self.remaining -= n as u64;
                     i += n;
@@ -256,6 +264,7 @@ impl Framer {
             if !startup_ok(len, code) {
                 if sess.secure_unanswered() {
                     // The client went on without waiting for 'N': it speaks TLS/GSS now.
+                    self.hdr_n = 0;
                     sess.set_encrypted();
                     return;
                 }
@@ -288,12 +297,14 @@ impl Framer {
         }
     }
 
-    /// The header at hand is not one: skip its first byte and search from the next.
+    /// The header at hand is not one: skip its first byte and search from the next. Unlike a
+    /// gap, captured bytes hide no message: the search looks at every one of them.
     fn invalid(&mut self, sess: &mut Session) {
         sess.stats.invalid_messages = sess.stats.invalid_messages.saturating_add(1);
-        sess.skipped(1);
+        self.skip(sess, 1);
         let n = self.hdr_n;
         self.hdr_n = 0;
+        self.lose_definite = false;
         self.lose(sess);
         let rest = self.hdr;
         self.rs_push(&rest[1..n], self.hdr_ts);
@@ -310,7 +321,8 @@ impl Framer {
             self.mode = Mode::Typed;
         }
         self.state = State::Resync;
-        sess.lost(self.side, ts);
+        sess.lost(self.side, ts, self.lose_definite);
+        self.lose_definite = true;
     }
 
     fn take(&mut self, bytes: &[u8]) {
@@ -393,12 +405,12 @@ impl Framer {
                         n -= 1;
                         continue;
                     }
-                    sess.skipped(self.hdr_n as u64);
+                    self.skip(sess, self.hdr_n as u64);
                     self.hdr_n = 0;
                     self.lose(sess);
                 }
                 State::Resync => {
-                    sess.skipped(n);
+                    self.skip(sess, n);
                     n = 0;
                 }
             }
@@ -408,11 +420,23 @@ impl Framer {
     /// The connection closed: a message in progress is dropped (it was not complete, so the
     /// peer did not act on it), and the direction starts over as if joined.
     pub(super) fn close(&mut self, sess: &mut Session) {
-        let pending = self.rs.len() as u64 + self.hdr_n as u64;
-        sess.skipped(pending);
+        if !sess.encrypted {
+            let pending = self.rs.len() as u64 + self.hdr_n as u64;
+            self.skip(sess, pending);
+        }
         let side = self.side;
         *self = Self::new(side);
         self.mode = Mode::Typed;
+    }
+
+    /// Stream bytes dropped unread. Client bytes may have defined statements or portals.
+    fn skip(&self, sess: &mut Session, n: u64) {
+        if n > 0 {
+            sess.skipped(n);
+            if self.side == Side::Front {
+                sess.front_lost = true;
+            }
+        }
     }
 
     // ---- resync ----
@@ -442,10 +466,10 @@ impl Framer {
                     Judge::NeedMore => break,
                 }
             }
-            sess.skipped(i as u64);
+            self.skip(sess, i as u64);
             if !found {
                 if gap_follows {
-                    sess.skipped((self.rs.len() - i) as u64);
+                    self.skip(sess, (self.rs.len() - i) as u64);
                     self.rs.clear();
                     self.rs_marks.clear();
                 } else {
@@ -528,7 +552,9 @@ pub(super) fn startup_ok(len: u32, code: u32) -> bool {
         CODE_SSL | CODE_GSS => len == 8,
         CODE_CANCEL => len == 16,
         // Protocol 3.x, any sane minor version (3.2 is PostgreSQL 18's).
-        c if c >> 16 == 3 && c & 0xffff < 0x100 => (9..=MAX_STARTUP_LEN).contains(&len),
+        c if c & 0xffff_0000 == CODE_PROTO3 && c & 0xffff < 0x100 => {
+            (9..=MAX_STARTUP_LEN).contains(&len)
+        }
         _ => false,
     }
 }
@@ -578,7 +604,9 @@ pub(super) fn header_ok(side: Side, ty: u8, len: u32) -> bool {
 
 fn keep_for(side: Side, ty: u8, code: u32) -> Keep {
     match (side, ty) {
-        (Side::Front, 0) if code >> 16 == 3 => Keep::Upto(MAX_STARTUP_LEN as usize),
+        (Side::Front, 0) if code & 0xffff_0000 == CODE_PROTO3 => {
+            Keep::Upto(MAX_STARTUP_LEN as usize)
+        }
         (Side::Front, b'Q' | b'P') => Keep::Upto(MAX_KEEP),
         (Side::Front, b'B') => Keep::Names,
         (Side::Front, b'E' | b'D' | b'C') => Keep::Upto(MAX_NAMES_KEEP),
@@ -655,6 +683,9 @@ fn judge(side: Side, b: &[u8], bounded: bool) -> Judge {
     }
     if own == Content::Strong && body_len <= MAX_UNCONFIRMED_LEN {
         Judge::Accept
+    } else if total <= MAX_WAIT_LEN {
+        // A small message cut by the end of a segment: the next one shows the rest.
+        wait
     } else {
         Judge::Reject
     }
@@ -703,7 +734,10 @@ pub(super) fn content(side: Side, ty: u8, p: &[u8], body_len: u64) -> Content {
                 return Content::Bad;
             }
             let cols = &p[3..];
-            if cols.chunks(2).any(|c| c[0] != 0 || c.get(1).is_some_and(|&f| f > 1)) {
+            if cols
+                .chunks(2)
+                .any(|c| c[0] != 0 || c.get(1).is_some_and(|&f| f > 1))
+            {
                 return Content::Bad;
             }
             Content::Strong
@@ -1068,12 +1102,59 @@ impl<'a> Cursor<'a> {
 /// SQL keywords that start a statement. A query whose first word is not one of these is not
 /// taken for SQL when joining a stream.
 const SQL_START: &[&str] = &[
-    "ABORT", "ALTER", "ANALYZE", "ANALYSE", "BEGIN", "CALL", "CHECKPOINT", "CLOSE", "CLUSTER",
-    "COMMENT", "COMMIT", "COPY", "CREATE", "DEALLOCATE", "DECLARE", "DELETE", "DISCARD", "DO",
-    "DROP", "END", "EXECUTE", "EXPLAIN", "FETCH", "GRANT", "IMPORT", "INSERT", "LISTEN", "LOAD",
-    "LOCK", "MERGE", "MOVE", "NOTIFY", "PREPARE", "REASSIGN", "REFRESH", "REINDEX", "RELEASE",
-    "RESET", "REVOKE", "ROLLBACK", "SAVEPOINT", "SECURITY", "SELECT", "SET", "SHOW", "START",
-    "TABLE", "TRUNCATE", "UNLISTEN", "UPDATE", "VACUUM", "VALUES", "WITH",
+    "ABORT",
+    "ALTER",
+    "ANALYZE",
+    "ANALYSE",
+    "BEGIN",
+    "CALL",
+    "CHECKPOINT",
+    "CLOSE",
+    "CLUSTER",
+    "COMMENT",
+    "COMMIT",
+    "COPY",
+    "CREATE",
+    "DEALLOCATE",
+    "DECLARE",
+    "DELETE",
+    "DISCARD",
+    "DO",
+    "DROP",
+    "END",
+    "EXECUTE",
+    "EXPLAIN",
+    "FETCH",
+    "GRANT",
+    "IMPORT",
+    "INSERT",
+    "LISTEN",
+    "LOAD",
+    "LOCK",
+    "MERGE",
+    "MOVE",
+    "NOTIFY",
+    "PREPARE",
+    "REASSIGN",
+    "REFRESH",
+    "REINDEX",
+    "RELEASE",
+    "RESET",
+    "REVOKE",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "SECURITY",
+    "SELECT",
+    "SET",
+    "SHOW",
+    "START",
+    "TABLE",
+    "TRUNCATE",
+    "UNLISTEN",
+    "UPDATE",
+    "VACUUM",
+    "VALUES",
+    "WITH",
 ];
 
 /// Whether `text` (a prefix of a query, `terminated` if it is all of it) starts like SQL:
@@ -1087,12 +1168,24 @@ pub(super) fn sql_content(text: &[u8], terminated: bool) -> Content {
         if text[i..].starts_with(b"--") {
             match text[i..].iter().position(|&b| b == b'\n') {
                 Some(nl) => i += nl + 1,
-                None => return if terminated { Content::Bad } else { Content::Weak },
+                None => {
+                    return if terminated {
+                        Content::Bad
+                    } else {
+                        Content::Weak
+                    };
+                }
             }
         } else if text[i..].starts_with(b"/*") {
             match text[i + 2..].windows(2).position(|w| w == b"*/") {
                 Some(e) => i += 2 + e + 2,
-                None => return if terminated { Content::Bad } else { Content::Weak },
+                None => {
+                    return if terminated {
+                        Content::Bad
+                    } else {
+                        Content::Weak
+                    };
+                }
             }
         } else {
             break;
@@ -1101,7 +1194,7 @@ pub(super) fn sql_content(text: &[u8], terminated: bool) -> Content {
             return Content::Bad;
         }
     }
-    if text[..i.min(text.len())].iter().any(|&b| b == 0) {
+    if text[..i.min(text.len())].contains(&0) {
         return Content::Bad;
     }
     let word_len = text[i..]
@@ -1113,10 +1206,9 @@ pub(super) fn sql_content(text: &[u8], terminated: bool) -> Content {
         // The first word may go on.
         return if word_len == 0 && i < text.len() {
             Content::Bad
-        } else if SQL_START
-            .iter()
-            .any(|k| k.len() >= word_len && k.as_bytes()[..word_len].eq_ignore_ascii_case(&text[i..]))
-        {
+        } else if SQL_START.iter().any(|k| {
+            k.len() >= word_len && k.as_bytes()[..word_len].eq_ignore_ascii_case(&text[i..])
+        }) {
             Content::Weak
         } else {
             Content::Bad
@@ -1126,7 +1218,10 @@ pub(super) fn sql_content(text: &[u8], terminated: bool) -> Content {
         return Content::Bad;
     }
     let word = &text[i..i + word_len];
-    if !SQL_START.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(word)) {
+    if !SQL_START
+        .iter()
+        .any(|k| k.as_bytes().eq_ignore_ascii_case(word))
+    {
         return Content::Bad;
     }
     // The rest must be text: no control bytes other than whitespace.

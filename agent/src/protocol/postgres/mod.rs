@@ -29,17 +29,35 @@
 //!   (`FROM STDIN` or `TO STDOUT`, simple or extended) is one Statement ending with its
 //!   `COPY n` CommandComplete; the copy data in either direction is skipped.
 //! * Extended query: Parse texts are remembered by statement name (the unnamed one is replaced
-//!   by each Parse; a named one is kept until Close, `DEALLOCATE` or `DISCARD ALL`, and a Parse
-//!   of an existing name does not replace it, as the server refuses it), Bind maps a portal to
-//!   a statement, and each Execute gives one Statement with that statement's text, from the
-//!   first message of its batch (Parse/Bind/Describe/Execute since the previous Execute or
-//!   Sync) to its CommandComplete / EmptyQueryResponse / PortalSuspended / ErrorResponse.
-//!   Pipelines pair FIFO. After an ErrorResponse the server skips everything up to Sync: those
-//!   Executes give no Statement, and the following ones are not shifted. An error to Parse,
-//!   Bind or Describe is reported on the Execute it prevented (or, for a Parse with no Execute
-//!   after it in its batch, as a Statement for that Parse, so that the error is not lost).
-//!   Describe-only and successful Parse-only batches give nothing. A statement prepared before
-//!   the capture began is reported with `query: None` and its name.
+//!   by each Parse; a named one is kept until Close, `DEALLOCATE` or `DISCARD ALL`), Bind maps
+//!   a portal to a statement, and each Execute gives one Statement with that statement's text.
+//!   It starts with the Parse of its statement if that Parse was sent since the previous
+//!   Execute (so pg8000's Parse+Sync, Describe+Sync, Bind+Execute+Sync round trips are one
+//!   span), else with its Bind (a reused prepared statement), else with the Execute itself (a
+//!   portal resumed after PortalSuspended); it ends with its CommandComplete /
+//!   EmptyQueryResponse / PortalSuspended / ErrorResponse. Pipelines pair FIFO. After an
+//!   ErrorResponse the server skips everything up to Sync: those Executes give no Statement,
+//!   and the following ones are not shifted. An error to Parse, Bind or Describe is reported on
+//!   the Execute it prevented (or, for a Parse with no Execute after it in its batch, as a
+//!   Statement for that Parse, so that the error is not lost). Describe-only and successful
+//!   Parse-only batches give nothing. A statement prepared before the capture began is
+//!   reported with `query: None` and its name (partial only if client bytes were lost since,
+//!   as its Parse may have been among them).
+//! * A Parse of a name believed to exist (the server refuses redefinitions, so a client sends
+//!   one only after a Close or `DEALLOCATE` we did not see) takes the new text; the old one is
+//!   put back if the server refuses or skips that Parse.
+//!
+//! # Capture loss and pairing
+//!
+//! A lost frontend message is replaced by a `Lost` placeholder that absorbs answers up to a
+//! ReadyForQuery. When the backend loses framing and resumes, requests sent between the loss
+//! and the resumed answer show that everything before their batch was answered in the lost
+//! bytes (a client that does not pipeline waits for ReadyForQuery), so those are closed as
+//! partial. An answer is never paired with a request sent after it (timestamps are causal).
+//! After any of this, statements stay `partial` until a ReadyForQuery after which no other
+//! request sent before it is still waiting: only then is the pairing known to be right again.
+//! The tests replay real recordings with random gaps and require that no statement reported
+//! clean is ever wrong.
 //!
 //! The module is pure (no I/O, no clock): time comes only from [`Segment::ts_ns`].
 

@@ -80,7 +80,10 @@ impl<'a> Lexer<'a> {
         let mut j = i + 1;
         if s.get(j).is_some_and(|&b| ident_start(b)) {
             j += 1;
-            while s.get(j).is_some_and(|&b| ident_start(b) || b.is_ascii_digit()) {
+            while s
+                .get(j)
+                .is_some_and(|&b| ident_start(b) || b.is_ascii_digit())
+            {
                 j += 1;
             }
         }
@@ -92,7 +95,10 @@ impl<'a> Lexer<'a> {
         let mut j = self.i;
         if s[j] == b'0' && matches!(s.get(j + 1), Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B')) {
             j += 2;
-            while s.get(j).is_some_and(|&b| b.is_ascii_hexdigit() || b == b'_') {
+            while s
+                .get(j)
+                .is_some_and(|&b| b.is_ascii_hexdigit() || b == b'_')
+            {
                 j += 1;
             }
             return j;
@@ -127,7 +133,10 @@ impl<'a> Lexer<'a> {
         let (tok, end) = match b {
             b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
                 let mut j = start;
-                while s.get(j).is_some_and(|b| b.is_ascii_whitespace() || *b == 0x0b) {
+                while s
+                    .get(j)
+                    .is_some_and(|b| b.is_ascii_whitespace() || *b == 0x0b)
+                {
                     j += 1;
                 }
                 (Tok::Space, j)
@@ -250,7 +259,10 @@ pub fn sanitize(sql: &str) -> String {
         match tok {
             Tok::Str | Tok::Number | Tok::Quoted { terminated: false } => out.push('?'),
             Tok::Comment => {
-                let before = out.as_bytes().last().is_some_and(|c| !c.is_ascii_whitespace());
+                let before = out
+                    .as_bytes()
+                    .last()
+                    .is_some_and(|c| !c.is_ascii_whitespace());
                 let after = s.get(b).is_some_and(|c| !c.is_ascii_whitespace());
                 if before && after {
                     out.push(' ');
@@ -290,14 +302,14 @@ fn is_kw(tok: Option<&(Tok, &str)>, kw: &str) -> bool {
 /// defined by the statement's own `WITH`, or no table at all. Only the first statement of a
 /// multi-statement text is looked at.
 pub fn operation_and_collection(sql: &str) -> (Option<String>, Option<String>) {
+    // Leading parentheses are dropped before collecting, so that the bound on tokens looked at
+    // applies to the statement itself.
     let toks: Vec<(Tok, &str)> = tokens(sql)
+        .skip_while(|(t, s)| *t == Tok::Punct && *s == "(")
         .take_while(|(t, s)| !(*t == Tok::Punct && *s == ";"))
         .take(100_000)
         .collect();
-    let mut i = 0;
-    while matches!(toks.get(i), Some((Tok::Punct, "("))) {
-        i += 1;
-    }
+    let i = 0;
     let Some(&(Tok::Word, first)) = toks.get(i) else {
         return (None, None);
     };
@@ -456,7 +468,8 @@ fn collection(op: &str, toks: &[(Tok, &str)], mut i: usize) -> Option<String> {
             }
         }
         "CREATE" => {
-            const MODIFIERS: [&str; 6] = ["GLOBAL", "LOCAL", "TEMP", "TEMPORARY", "UNLOGGED", "UNIQUE"];
+            const MODIFIERS: [&str; 6] =
+                ["GLOBAL", "LOCAL", "TEMP", "TEMPORARY", "UNLOGGED", "UNIQUE"];
             while MODIFIERS.iter().any(|m| kw(i, m)) {
                 i += 1;
             }

@@ -410,7 +410,10 @@ fn load_expected(name: &str) -> Expected {
         encrypted: false,
         stmts: Vec::new(),
     };
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let f: Vec<&str> = line.split('\t').collect();
         match f[0] {
             "user" => exp.user = opt(f[1]),
