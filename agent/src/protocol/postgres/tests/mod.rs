@@ -330,14 +330,19 @@ fn load_rec(name: &str) -> Vec<Event> {
             other => panic!("{name}: bad direction {other:?}"),
         };
         let ts: u64 = f[1].parse().unwrap();
-        let len: usize = f[2].parse().unwrap();
-        let data = Bytes::copy_from_slice(&raw[i..i + len]);
-        i += len;
+        let len: u64 = f[2].parse().unwrap();
+        let captured: usize = f.get(3).map_or(len as usize, |c| c.parse().unwrap());
+        let data = Bytes::copy_from_slice(&raw[i..i + captured]);
+        i += captured;
         assert_eq!(raw[i], b'\n', "{name}: record not followed by a newline");
         i += 1;
         events.push(Event {
             to,
-            seg: Segment::full(ts, data),
+            seg: Segment {
+                ts_ns: ts,
+                data,
+                len,
+            },
         });
     }
     events

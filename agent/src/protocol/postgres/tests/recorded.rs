@@ -245,6 +245,33 @@ fn recordings_replayed_byte_by_byte() {
     }
 }
 
+/// One-byte segments, each with its own timestamp: every start and end must be the ts of
+/// exactly the right byte (the Query's or Parse's/Bind's type byte, the last byte of the
+/// ending message), as computed from the bytes alone.
+#[test]
+fn recordings_split_into_bytes_with_distinct_timestamps() {
+    for name in recordings() {
+        let mut events = Vec::new();
+        for ev in load_rec(&name) {
+            for i in 0..ev.seg.data.len() {
+                events.push(Event {
+                    to: ev.to,
+                    seg: Segment::full(
+                        ev.seg.ts_ns * 100_000 + i as u64,
+                        ev.seg.data.slice(i..i + 1),
+                    ),
+                });
+            }
+        }
+        let exp = load_expected(&name);
+        let (xs, conn) = replay(&events);
+        assert_eq!(summaries(&xs), exp.stmts, "{name}");
+        assert!(xs.iter().all(|s| !s.partial), "{name}");
+        assert_eq!(conn.stats(), stats_for(&exp), "{name}");
+        check_timestamps(&name, &events, &xs);
+    }
+}
+
 #[test]
 fn recordings_replayed_with_merged_segments() {
     for name in recordings() {
@@ -344,14 +371,45 @@ fn recordings_with_truncated_capture_never_report_wrong_clean_statements() {
     }
 }
 
-/// The full capture at 64 KiB per segment (more than any recorded read) changes nothing.
+/// The agent starting in the middle of each recorded connection (at every segment): nothing
+/// reported clean is wrong, and the pairing recovers: the last statement, when two or more
+/// started after the join, is reported exactly as in the full replay.
 #[test]
-fn capture_larger_than_reads_is_lossless() {
+fn recordings_joined_mid_stream_at_every_segment() {
     for name in recordings() {
         let events = load_rec(&name);
-        let (a, _) = replay(&events);
-        let (b, conn) = replay(&capped(&events, 65536));
-        assert_eq!(full(&a), full(&b), "{name}");
-        assert_eq!(conn.stats(), stats_for(&load_expected(&name)), "{name}");
+        let exp = load_expected(&name);
+        let (reference, _) = replay(&events);
+        for j in 1..events.len() {
+            let joined = &events[j..];
+            let (xs, conn) = replay(joined);
+            let what = format!("{name} joined at segment {j}");
+            let mut next = 0;
+            for s in xs.iter().filter(|s| !s.partial) {
+                let got = summary(s);
+                // A statement prepared before the join is reported without its text.
+                let same = |e: &Summary| {
+                    *e == got
+                        || (got.query.is_none()
+                            && got.prepared.is_some()
+                            && Summary {
+                                query: None,
+                                ..e.clone()
+                            } == got)
+                };
+                let Some(i) = exp.stmts[next..].iter().position(same) else {
+                    panic!("{what}: clean {got:?} not expected after #{next}\n{xs:#?}");
+                };
+                next += i + 1;
+            }
+            let join_ts = joined[0].seg.ts_ns;
+            let after = reference.iter().filter(|s| s.start_ns > join_ts).count();
+            if after >= 2 && !exp.encrypted {
+                let want = full(&reference[reference.len() - 1..]);
+                let got = full(&xs[xs.len().saturating_sub(1)..]);
+                assert_eq!(got, want, "{what}");
+            }
+            assert_eq!(conn.buffered(), 0, "{what}");
+        }
     }
 }

@@ -498,6 +498,42 @@ fn named_statement_redefinition_is_refused_and_the_first_text_kept() {
 }
 
 #[test]
+fn redefinition_after_an_unseen_close_takes_the_new_text() {
+    // The client closed "s" in bytes we did not see (here: a Close whose name a gap cut), so
+    // the server accepts the new definition and runs it.
+    let close = close_stmt("s");
+    let (xs, _) = run(&with_hello(&[
+        fe(10, &cat(&[&parse("s", "SELECT 'old'"), &sync()])),
+        be(11, &cat(&[&parse_complete(), &ready(b'I')])),
+        Event {
+            to: To::Server,
+            seg: cut(12, &close[..6], close.len() as u64),
+        },
+        fe(13, &sync()),
+        be(14, &cat(&[&close_complete(), &ready(b'I')])),
+        fe(
+            15,
+            &cat(&[
+                &parse("s", "SELECT 'new'"),
+                &bind("", "s", &[]),
+                &execute("", 0),
+                &sync(),
+            ]),
+        ),
+        be(
+            16,
+            &cat(&[
+                &parse_complete(),
+                &bind_complete(),
+                &complete("SELECT 1"),
+                &ready(b'I'),
+            ]),
+        ),
+    ]));
+    assert_eq!(texts(&xs), [Some("SELECT 'new'")]);
+}
+
+#[test]
 fn close_forgets_a_named_statement() {
     let (xs, _) = run(&with_hello(&[
         fe(10, &cat(&[&parse("s", "SELECT 'old'"), &sync()])),
@@ -959,7 +995,12 @@ fn bind_parameter_values_are_never_stored() {
     assert_eq!(xs.len(), 1);
     let dump = format!("{xs:?}");
     assert!(!dump.contains("hunter2"), "{dump}");
-    // Nothing of the Bind is held after it: the framer copies names only.
+    assert_eq!(conn.buffered(), 0);
+    // While a Bind is in progress, only its two names are held, not the values after them.
+    let b = bind("portal", "", &[&[b'v'; 5000]]);
+    conn.push_frontend(seg(20, &b[..3000]));
+    assert_eq!(conn.buffered(), "portal\0\0".len());
+    conn.push_frontend(seg(21, &b[3000..]));
     assert_eq!(conn.buffered(), 0);
 }
 
@@ -1516,6 +1557,43 @@ fn prepared_statements_are_bounded_oldest_forgotten() {
     let xs = conn.take_statements();
     let want = format!("SELECT {}", n - 1);
     assert_eq!(texts(&xs), [None, Some(want.as_str())]);
+}
+
+#[test]
+fn an_answer_never_pairs_with_a_request_sent_after_it() {
+    // A stale answer delivered late (e.g. found again by resynchronisation) carries its
+    // segment's ts, from before the query was sent.
+    let (xs, stats) = run(&with_hello(&[
+        fe(100, &query("SELECT 1")),
+        be(50, &cat(&[&complete("SELECT 9"), &ready(b'I')])),
+        be(110, &cat(&[&complete("SELECT 1"), &ready(b'I')])),
+    ]));
+    assert_eq!(tags(&xs), [Some("SELECT 1")]);
+    assert_eq!(times(&xs), [(100, 110)]);
+    assert_eq!(stats.unmatched_responses, 2);
+}
+
+#[test]
+fn command_complete_split_across_segments_ends_at_its_last_byte() {
+    let c = complete("INSERT 0 1");
+    let (xs, _) = run(&with_hello(&[
+        fe(10, &query("INSERT INTO t VALUES (1)")),
+        be(20, &c[..3]),
+        be(30, &c[3..8]),
+        be(40, &cat(&[&c[8..], &ready(b'I')])),
+    ]));
+    assert_eq!(times(&xs), [(10, 40)]);
+    let q = query("SELECT 1");
+    let (xs, _) = run(&with_hello(&[
+        fe(10, &q[..1]),
+        fe(11, &q[1..]),
+        be(20, &cat(&[&complete("SELECT 1"), &ready(b'I')])),
+    ]));
+    assert_eq!(
+        times(&xs),
+        [(10, 20)],
+        "starts with the segment of the type byte"
+    );
 }
 
 #[test]
