@@ -154,10 +154,6 @@ fn tuple_addrs(t: &ConnTuple) -> Option<(SocketAddr, SocketAddr)> {
 
 /// The kernel's task name as a string (NUL-terminated, at most 16 bytes).
 pub fn comm_of(comm: &[u8; 16]) -> String {
-    comm_string(comm)
-}
-
-fn comm_string(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
@@ -225,7 +221,7 @@ impl ConnTable {
         conn.last_seen_ns = ev.ts_ns;
         conn.pid = ev.pid;
         if conn.comm.is_empty() {
-            conn.comm = comm_string(&ev.comm);
+            conn.comm = comm_of(&ev.comm);
         }
         let ingress = ev.direction == DIR_INGRESS;
 
@@ -426,7 +422,7 @@ impl ConnTable {
             };
         Some(Conn {
             pid: ev.pid,
-            comm: comm_string(&ev.comm),
+            comm: comm_of(&ev.comm),
             role,
             local,
             peer,

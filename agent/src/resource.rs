@@ -185,11 +185,20 @@ pub fn parse_resource_attributes(v: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Field 22 of `/proc/PID/stat` (start time in clock ticks), parsed after the `comm` field,
+/// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`, for fields after the `comm` field,
 /// which may itself contain spaces and parentheses.
-fn stat_start_time(stat: &str) -> Option<u64> {
+pub fn stat_field(stat: &str, n: usize) -> Option<u64> {
     let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    after
+        .split_whitespace()
+        .nth(n.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// Field 22 of `/proc/PID/stat`: start time in clock ticks.
+fn stat_start_time(stat: &str) -> Option<u64> {
+    stat_field(stat, 22)
 }
 
 /// Extracts a container id (64 hex characters) from `/proc/PID/cgroup`, as written by Docker,

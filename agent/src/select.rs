@@ -32,8 +32,8 @@ fn all_pids() -> Vec<u32> {
 
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
+    // Field 4: ppid.
+    crate::resource::stat_field(&stat, 4).map(|p| p as u32)
 }
 
 impl Selector {

@@ -292,3 +292,46 @@ pub fn temp_file(name: &str, data: &[u8]) -> PathBuf {
         .expect("temp file");
     path
 }
+
+/// Spans of one kind, in start order.
+pub fn of_kind(
+    spans: &[crate::otlp_receiver::ReceivedSpan],
+    kind: opentelemetry_proto::tonic::trace::v1::span::SpanKind,
+) -> Vec<crate::otlp_receiver::ReceivedSpan> {
+    let mut v: Vec<_> = spans.iter().filter(|s| s.kind() == kind).cloned().collect();
+    v.sort_by_key(|s| s.span.start_time_unix_nano);
+    v
+}
+
+/// Waits (up to 30 s) until `server` SERVER spans and `client` CLIENT spans arrived, then waits
+/// a little longer and checks that no more arrive: the counts must be exact. Returns both
+/// lists in start order.
+pub fn exact(
+    receiver: &crate::otlp_receiver::OtlpReceiver,
+    server: usize,
+    client: usize,
+) -> (
+    Vec<crate::otlp_receiver::ReceivedSpan>,
+    Vec<crate::otlp_receiver::ReceivedSpan>,
+) {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    receiver
+        .wait_for_blocking(
+            |s| {
+                of_kind(s, SpanKind::Server).len() >= server
+                    && of_kind(s, SpanKind::Client).len() >= client
+            },
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let spans = receiver.spans();
+    let dump = || spans.iter().map(|s| format!("  {s}\n")).collect::<String>();
+    let (s, c) = (
+        of_kind(&spans, SpanKind::Server),
+        of_kind(&spans, SpanKind::Client),
+    );
+    assert_eq!(s.len(), server, "server spans:\n{}", dump());
+    assert_eq!(c.len(), client, "client spans:\n{}", dump());
+    (s, c)
+}

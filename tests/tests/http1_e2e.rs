@@ -8,9 +8,9 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use socktrace_tests::{
-    harness::{Agent, ChildGuard, PyServer, curl, peer, require_root, temp_file, wait_line},
+    harness::{Agent, ChildGuard, PyServer, curl, exact, peer, require_root, temp_file, wait_line},
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
 };
 
@@ -41,37 +41,6 @@ fn setup(protocol: Protocol, extra: &[&str]) -> (OtlpReceiver, PyServer, Agent) 
     args.extend_from_slice(extra);
     let agent = Agent::start(&args);
     (receiver, server, agent)
-}
-
-fn of_kind(spans: &[ReceivedSpan], kind: SpanKind) -> Vec<ReceivedSpan> {
-    let mut v: Vec<ReceivedSpan> = spans.iter().filter(|s| s.kind() == kind).cloned().collect();
-    v.sort_by_key(|s| s.span.start_time_unix_nano);
-    v
-}
-
-/// Waits until `server` server spans and `client` client spans arrived, then waits a little
-/// longer and checks that no more arrive: the counts must be exact.
-fn exact(
-    receiver: &OtlpReceiver,
-    server: usize,
-    client: usize,
-) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
-    let pred = |s: &[ReceivedSpan]| {
-        of_kind(s, SpanKind::Server).len() >= server && of_kind(s, SpanKind::Client).len() >= client
-    };
-    receiver
-        .wait_for_blocking(pred, WAIT)
-        .unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(1500));
-    let spans = receiver.spans();
-    let (s, c) = (
-        of_kind(&spans, SpanKind::Server),
-        of_kind(&spans, SpanKind::Client),
-    );
-    let dump = || spans.iter().map(|s| format!("  {s}\n")).collect::<String>();
-    assert_eq!(s.len(), server, "server spans:\n{}", dump());
-    assert_eq!(c.len(), client, "client spans:\n{}", dump());
-    (s, c)
 }
 
 fn str_attr(s: &ReceivedSpan, k: &str) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use socktrace_tests::{
-    harness::{Agent, require_root},
+    harness::{Agent, exact, require_root},
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
     pg::PgServer,
 };
@@ -32,39 +32,6 @@ fn setup(db: &str, extra: &[&str]) -> (OtlpReceiver, PgServer, Agent) {
     args.extend_from_slice(extra);
     let agent = Agent::start(&args);
     (receiver, pg, agent)
-}
-
-fn of_kind(spans: &[ReceivedSpan], kind: SpanKind) -> Vec<ReceivedSpan> {
-    let mut v: Vec<ReceivedSpan> = spans.iter().filter(|s| s.kind() == kind).cloned().collect();
-    v.sort_by_key(|s| s.span.start_time_unix_nano);
-    v
-}
-
-/// Waits for exactly `server` SERVER and `client` CLIENT spans (none more after a pause).
-fn exact(
-    receiver: &OtlpReceiver,
-    server: usize,
-    client: usize,
-) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
-    receiver
-        .wait_for_blocking(
-            |s| {
-                of_kind(s, SpanKind::Server).len() >= server
-                    && of_kind(s, SpanKind::Client).len() >= client
-            },
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(1500));
-    let spans = receiver.spans();
-    let dump = || spans.iter().map(|s| format!("  {s}\n")).collect::<String>();
-    let (s, c) = (
-        of_kind(&spans, SpanKind::Server),
-        of_kind(&spans, SpanKind::Client),
-    );
-    assert_eq!(s.len(), server, "server spans:\n{}", dump());
-    assert_eq!(c.len(), client, "client spans:\n{}", dump());
-    (s, c)
 }
 
 fn text(s: &ReceivedSpan, k: &str) -> String {

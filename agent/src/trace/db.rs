@@ -1,7 +1,7 @@
 //! Database spans from parsed statements, per the OpenTelemetry database semantic conventions.
 
 use super::{
-    http::ConnMeta,
+    http::{ConnMeta, ip_string},
     span::{KeyValue, Span, SpanId, SpanKind, Status, TraceId},
 };
 use crate::protocol::postgres::{self, Statement};
@@ -21,16 +21,6 @@ pub enum QueryText {
 #[derive(Clone, Debug, Default)]
 pub struct DbSpanConfig {
     pub query_text: QueryText,
-}
-
-fn ip_string(addr: &std::net::SocketAddr) -> String {
-    match addr {
-        std::net::SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.ip().to_string(),
-        },
-        std::net::SocketAddr::V4(v4) => v4.ip().to_string(),
-    }
 }
 
 /// Builds the span of one executed PostgreSQL statement.

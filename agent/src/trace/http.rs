@@ -166,7 +166,8 @@ fn split_host(host: &str) -> (&str, Option<u16>) {
     }
 }
 
-fn ip_string(addr: &SocketAddr) -> String {
+/// The IP of an address as text, IPv4-mapped IPv6 shown as plain IPv4.
+pub(crate) fn ip_string(addr: &SocketAddr) -> String {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => v4.to_string(),
