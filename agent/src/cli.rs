@@ -8,6 +8,10 @@ use clap::{Parser, ValueEnum};
 pub enum ProtocolName {
     /// HTTP/1.0 and HTTP/1.1.
     Http,
+    /// HTTP/2 requests that are not gRPC (prior knowledge, or `Upgrade: h2c`).
+    Http2,
+    /// gRPC calls (over HTTP/2).
+    Grpc,
     /// PostgreSQL frontend/backend protocol v3.
     #[value(alias = "postgresql")]
     Postgres,
@@ -78,7 +82,7 @@ pub struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "http,postgres"
+        default_value = "http,http2,grpc,postgres"
     )]
     pub protocols: Vec<ProtocolName>,
 
@@ -95,8 +99,9 @@ pub struct Cli {
     #[arg(long, value_name = "PORT", value_delimiter = ',')]
     pub port: Vec<u16>,
 
-    /// Payload bytes copied per socket read or write (64-8192). Larger sees bigger headers;
-    /// byte counts are always exact, so bodies never need to be copied.
+    /// Payload bytes copied from the start of each socket read or write (64-8192), plus up to
+    /// 256 from its end. Larger sees bigger headers; byte counts are always exact, so bodies
+    /// never need to be copied. HTTP/2 connections always use 8192.
     #[arg(long, value_name = "BYTES", default_value_t = socktrace_common::DEFAULT_CAPTURE,
           value_parser = clap::value_parser!(u32).range(64..=socktrace_common::MAX_CAPTURE as i64))]
     pub capture_bytes: u32,
@@ -125,4 +130,46 @@ pub struct Cli {
         default_value = "info"
     )]
     pub log_level: String,
+
+    /// Serve `GET /healthz` (200 while the capture loop makes progress) and `GET /readyz` (200
+    /// once the probes are attached) over HTTP on this address, e.g. `0.0.0.0:8686`. Off by
+    /// default.
+    #[arg(long, value_name = "ADDR:PORT", env = "SOCKTRACE_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
+
+    /// Export only spans of processes in pods of these Kubernetes namespaces (patterns with `*`
+    /// and `?`). Applied in user space to the resolved resource. Comma-separated or repeated.
+    #[arg(long, value_name = "PATTERN", value_delimiter = ',')]
+    pub k8s_namespace: Vec<String>,
+
+    /// Export only spans of processes in these containers: Kubernetes container name or
+    /// container id (a plain value also matches an id prefix); patterns with `*` and `?`.
+    /// Applied in user space. Comma-separated or repeated.
+    #[arg(long, value_name = "PATTERN", value_delimiter = ',')]
+    pub container: Vec<String>,
+
+    /// Export only spans whose resolved `service.name` matches one of these patterns (`*`, `?`).
+    /// Applied in user space. Comma-separated or repeated.
+    #[arg(long, value_name = "PATTERN", value_delimiter = ',')]
+    pub service_name: Vec<String>,
+
+    /// Kubernetes pod metadata: `auto` uses the in-cluster service account when running in a
+    /// pod, or `--kubeconfig` when given; `on` refuses to start without either; `off` never
+    /// contacts the API server.
+    #[arg(long = "k8s", value_enum, value_name = "MODE", default_value = "auto")]
+    pub k8s_mode: crate::k8s::K8sMode,
+
+    /// Kubeconfig file for the Kubernetes API (current context; token or client certificate
+    /// credentials). Takes precedence over the in-cluster service account.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+
+    /// Node whose pods are watched (default: the host name). DaemonSets set `NODE_NAME` from
+    /// `spec.nodeName` through the downward API.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub k8s_node_name: Option<String>,
+
+    /// Value of `k8s.cluster.name` on every resource (the API has no cluster name).
+    #[arg(long, value_name = "NAME")]
+    pub k8s_cluster_name: Option<String>,
 }

@@ -18,7 +18,8 @@ use socktrace_common::{
 
 use crate::protocol::{
     Detect, Segment,
-    http1::{self, Exchange, Http1Conn},
+    http1::{self, Exchange, Header, Http1Conn},
+    http2::{self, H2Conn, H2Stream},
     postgres::{self, PgConn, Statement},
 };
 
@@ -32,8 +33,29 @@ pub enum Role {
 /// Protocols the user enabled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Protocols {
+    /// HTTP/1.x.
     pub http: bool,
+    /// Plain (non-gRPC) HTTP/2 requests.
+    pub http2: bool,
+    /// gRPC calls (over HTTP/2).
+    pub grpc: bool,
     pub postgres: bool,
+}
+
+impl Protocols {
+    pub fn all() -> Self {
+        Self {
+            http: true,
+            http2: true,
+            grpc: true,
+            postgres: true,
+        }
+    }
+
+    /// HTTP/2 connections are parsed when either of the protocols it carries is wanted.
+    pub fn any_http2(&self) -> bool {
+        self.http2 || self.grpc
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -50,10 +72,7 @@ pub struct ConnConfig {
 impl Default for ConnConfig {
     fn default() -> Self {
         Self {
-            protocols: Protocols {
-                http: true,
-                postgres: true,
-            },
+            protocols: Protocols::all(),
             ports: Vec::new(),
             max_conns: 65536,
             idle_timeout_ns: 600 * 1_000_000_000,
@@ -74,6 +93,10 @@ pub struct ConnStats {
     pub upgraded: u64,
     /// PostgreSQL sessions that switched to TLS/GSS encryption (not parseable).
     pub encrypted: u64,
+    /// HTTP/1.1 connections upgraded to HTTP/2 (`Upgrade: h2c`), parsed on as HTTP/2.
+    pub h2c_upgrades: u64,
+    /// HTTP/2 connections joined mid-way (no preface seen: the agent started after them).
+    pub h2_mid_stream: u64,
     /// Data events in the response direction before any request was seen (joined mid-exchange).
     pub skipped_mid_stream: u64,
 }
@@ -95,6 +118,7 @@ pub trait Resolver {
 #[derive(Debug)]
 pub enum Payload {
     Http(Exchange),
+    Http2(H2Stream),
     Postgres {
         statement: Statement,
         database: Option<String>,
@@ -115,6 +139,7 @@ pub struct ConnExchange {
 enum State {
     Detecting { tries: u8 },
     Http1(Box<Http1Conn>),
+    Http2(Box<H2Conn>),
     Postgres(Box<PgConn>),
     Ignored,
 }
@@ -136,6 +161,20 @@ pub struct ConnTable {
     config: ConnConfig,
     conns: HashMap<u64, Conn>,
     stats: ConnStats,
+    /// HTTP/2 parser counters of connections already gone.
+    h2_retired: http2::Http2Stats,
+    /// Sockets that turned out to be HTTP/2 since the last `take_full_capture`.
+    full_capture: Vec<u64>,
+}
+
+fn add_h2_stats(total: &mut http2::Http2Stats, s: &http2::Http2Stats) {
+    total.frames = total.frames.saturating_add(s.frames);
+    total.resyncs = total.resyncs.saturating_add(s.resyncs);
+    total.bytes_skipped = total.bytes_skipped.saturating_add(s.bytes_skipped);
+    total.hpack_errors = total.hpack_errors.saturating_add(s.hpack_errors);
+    total.undecoded_fields = total.undecoded_fields.saturating_add(s.undecoded_fields);
+    total.streams_evicted = total.streams_evicted.saturating_add(s.streams_evicted);
+    total.mid_stream_joins = total.mid_stream_joins.saturating_add(s.mid_stream_joins);
 }
 
 fn tuple_addrs(t: &ConnTuple) -> Option<(SocketAddr, SocketAddr)> {
@@ -164,6 +203,8 @@ impl ConnTable {
             config,
             conns: HashMap::new(),
             stats: ConnStats::default(),
+            h2_retired: http2::Http2Stats::default(),
+            full_capture: Vec::new(),
         }
     }
 
@@ -197,11 +238,29 @@ impl ConnTable {
         s
     }
 
+    /// HTTP/2 parser counters since start (live and finished connections).
+    pub fn http2_stats(&self) -> http2::Http2Stats {
+        let mut total = self.h2_retired;
+        for c in self.conns.values() {
+            if let State::Http2(h) = &c.state {
+                add_h2_stats(&mut total, &h.stats());
+            }
+        }
+        total
+    }
+
+    /// Sockets whose reads and writes should be copied up to the kernel's maximum from now on:
+    /// HTTP/2 connections, where one read often holds the headers of many streams.
+    pub fn take_full_capture(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.full_capture)
+    }
+
     /// One socket read or write.
     pub fn on_data(
         &mut self,
         ev: &DataEvent,
         payload: &[u8],
+        tail: &[u8],
         resolver: &mut dyn Resolver,
         out: &mut Vec<ConnExchange>,
     ) {
@@ -227,7 +286,7 @@ impl ConnTable {
 
         if let State::Detecting { tries } = &mut conn.state {
             let protocols = self.config.protocols;
-            if !protocols.http && !protocols.postgres {
+            if !protocols.http && !protocols.any_http2() && !protocols.postgres {
                 conn.state = State::Ignored;
                 return;
             }
@@ -242,15 +301,29 @@ impl ConnTable {
                 self.stats.skipped_mid_stream += 1;
                 return;
             }
-            let detected = if protocols.http && http1::detect_request(payload) == Detect::Yes {
+            // The preface first: "PRI * HTTP/2.0" is also a valid HTTP/1 request line. An h2c
+            // upgrade starts as HTTP/1, so HTTP/1 parsing is on when HTTP/2 is wanted.
+            let detected = if protocols.any_http2() && http2::detect_preface(payload) == Detect::Yes
+            {
+                Some(State::Http2(Box::default()))
+            } else if (protocols.http || protocols.any_http2())
+                && http1::detect_request(payload) == Detect::Yes
+            {
                 Some(State::Http1(Box::default()))
             } else if protocols.postgres && postgres::detect_frontend(payload) == Detect::Yes {
                 Some(State::Postgres(Box::default()))
+            } else if protocols.any_http2() && http2::detect_frames(payload) == Detect::Yes {
+                // Frames without a preface: a connection established before the agent.
+                self.stats.h2_mid_stream += 1;
+                Some(State::Http2(Box::new(H2Conn::mid_stream())))
             } else {
                 None
             };
             match detected {
                 Some(state) => {
+                    if matches!(state, State::Http2(_)) {
+                        self.full_capture.push(ev.sk);
+                    }
                     if conn.role.is_none() {
                         conn.role = Some(if ingress { Role::Server } else { Role::Client });
                     }
@@ -271,11 +344,8 @@ impl ConnTable {
             Some(Role::Server) => ingress,
             _ => !ingress,
         };
-        let seg = Segment {
-            ts_ns: ev.ts_ns,
-            data: Bytes::copy_from_slice(payload),
-            len: ev.len,
-        };
+        let seg = Segment::prefix(ev.ts_ns, Bytes::copy_from_slice(payload), ev.len)
+            .with_tail(Bytes::copy_from_slice(tail));
         let done = match &mut conn.state {
             State::Http1(h) => {
                 if is_request {
@@ -284,6 +354,14 @@ impl ConnTable {
                     h.push_response(seg);
                 }
                 h.upgraded()
+            }
+            State::Http2(h) => {
+                if is_request {
+                    h.push_client(seg);
+                } else {
+                    h.push_server(seg);
+                }
+                false
             }
             State::Postgres(pg) => {
                 if is_request {
@@ -295,7 +373,13 @@ impl ConnTable {
             }
             State::Detecting { .. } | State::Ignored => return,
         };
-        Self::drain(conn, out);
+        let upgrade = Self::drain(conn, self.config.protocols, out);
+        if let Some(h2) = upgrade {
+            self.stats.h2c_upgrades += 1;
+            self.full_capture.push(ev.sk);
+            conn.state = State::Http2(h2);
+            return;
+        }
         if done {
             // HTTP/1 parsing ends at 101 Switching Protocols or a CONNECT tunnel; PostgreSQL at
             // an accepted SSLRequest/GSSENCRequest.
@@ -314,7 +398,13 @@ impl ConnTable {
         }
         if let Some(mut conn) = self.conns.remove(&sk) {
             self.stats.closed += 1;
-            Self::finish(&mut conn, ts_ns, out);
+            Self::finish(
+                &mut conn,
+                self.config.protocols,
+                &mut self.h2_retired,
+                ts_ns,
+                out,
+            );
         }
     }
 
@@ -331,7 +421,13 @@ impl ConnTable {
             if let Some(mut conn) = self.conns.remove(&sk) {
                 self.stats.expired += 1;
                 let ts = conn.last_seen_ns;
-                Self::finish(&mut conn, ts, out);
+                Self::finish(
+                    &mut conn,
+                    self.config.protocols,
+                    &mut self.h2_retired,
+                    ts,
+                    out,
+                );
             }
         }
     }
@@ -348,25 +444,66 @@ impl ConnTable {
         if let Some(mut conn) = self.conns.remove(&sk) {
             self.stats.evicted += 1;
             let ts = conn.last_seen_ns;
-            Self::finish(&mut conn, ts, out);
+            Self::finish(
+                &mut conn,
+                self.config.protocols,
+                &mut self.h2_retired,
+                ts,
+                out,
+            );
         }
     }
 
-    fn finish(conn: &mut Conn, ts_ns: u64, out: &mut Vec<ConnExchange>) {
+    fn finish(
+        conn: &mut Conn,
+        protocols: Protocols,
+        h2_retired: &mut http2::Http2Stats,
+        ts_ns: u64,
+        out: &mut Vec<ConnExchange>,
+    ) {
         match &mut conn.state {
             State::Http1(h) => h.close(ts_ns),
+            State::Http2(h) => {
+                h.close(ts_ns);
+                add_h2_stats(h2_retired, &h.stats());
+            }
             State::Postgres(pg) => pg.close(ts_ns),
             State::Detecting { .. } | State::Ignored => return,
         }
-        Self::drain(conn, out);
+        let _ = Self::drain(conn, protocols, out);
     }
 
-    fn drain(conn: &mut Conn, out: &mut Vec<ConnExchange>) {
-        let Some(role) = conn.role else {
-            return;
-        };
+    /// Moves finished exchanges to `out`. Returns the HTTP/2 parser to continue with when an
+    /// HTTP/1 connection was just upgraded to h2c (its 101 exchange becomes stream 1).
+    fn drain(
+        conn: &mut Conn,
+        protocols: Protocols,
+        out: &mut Vec<ConnExchange>,
+    ) -> Option<Box<H2Conn>> {
+        let role = conn.role?;
+        let mut upgrade = None;
         let payloads: Vec<Payload> = match &mut conn.state {
-            State::Http1(h) => h.take_exchanges().into_iter().map(Payload::Http).collect(),
+            State::Http1(h) => {
+                let mut exchanges = h.take_exchanges();
+                if h.upgraded()
+                    && protocols.any_http2()
+                    && let Some(last) = exchanges.last()
+                    && is_h2c_upgrade(last)
+                    && let Some(ex) = exchanges.pop()
+                {
+                    let mut h2 = H2Conn::after_upgrade(h2c_stream1(&ex), ex.request_start_ns);
+                    let rest = h.take_after_upgrade();
+                    if rest.len > 0 {
+                        h2.push_server(rest);
+                    }
+                    upgrade = Some(Box::new(h2));
+                }
+                if !protocols.http {
+                    exchanges.clear();
+                }
+                exchanges.into_iter().map(Payload::Http).collect()
+            }
+            State::Http2(h) => h.take_streams().into_iter().map(Payload::Http2).collect(),
             State::Postgres(pg) => {
                 let database = pg.database().map(str::to_owned);
                 pg.take_statements()
@@ -377,7 +514,7 @@ impl ConnTable {
                     })
                     .collect()
             }
-            State::Detecting { .. } | State::Ignored => return,
+            State::Detecting { .. } | State::Ignored => return None,
         };
         for payload in payloads {
             out.push(ConnExchange {
@@ -389,6 +526,7 @@ impl ConnTable {
                 payload,
             });
         }
+        upgrade
     }
 
     fn open(&mut self, ev: &DataEvent, resolver: &mut dyn Resolver) -> Option<Conn> {
@@ -430,6 +568,41 @@ impl ConnTable {
             last_seen_ns: ev.ts_ns,
         })
     }
+}
+
+/// A 101 answer to a request asking for `Upgrade: h2c`.
+fn is_h2c_upgrade(ex: &Exchange) -> bool {
+    ex.response.as_ref().is_some_and(|r| r.status == 101)
+        && ex
+            .request
+            .header("upgrade")
+            .is_some_and(|u| u.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")))
+}
+
+/// The upgraded HTTP/1.1 request as HTTP/2 stream 1: pseudo-headers, then its headers minus the
+/// connection-specific ones.
+fn h2c_stream1(ex: &Exchange) -> Vec<Header> {
+    let req = &ex.request;
+    let h = |name: &str, value: &str| Header {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    };
+    let mut headers = vec![h(":method", &req.method), h(":scheme", "http")];
+    if let Some(host) = req.header("host") {
+        headers.push(h(":authority", host));
+    }
+    headers.push(h(":path", &req.target));
+    headers.extend(
+        req.headers
+            .iter()
+            .filter(|x| {
+                !["host", "connection", "upgrade", "http2-settings"]
+                    .iter()
+                    .any(|n| x.name.eq_ignore_ascii_case(n))
+            })
+            .cloned(),
+    );
+    headers
 }
 
 /// Resolves pre-existing connections through procfs: `/proc/PID/fd/FD` names the socket inode,

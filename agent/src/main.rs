@@ -9,48 +9,21 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser as _;
 use socktrace::{
+    caps,
     cli::{Cli, ProtocolName, QueryTextMode, RouteMode},
     conn::{ConnConfig, Protocols},
     export::{self, ExportCli},
+    health::{self, Health},
+    k8s,
     pipeline::{self, Pipeline},
     probes::{ProbeConfig, Probes},
-    select::Selector,
+    resource::{ProcRoot, ResourceCache},
+    select::{ResourceFilter, Selector},
     trace::{
         db::{DbSpanConfig, QueryText},
         http::HttpSpanConfig,
     },
 };
-
-/// Effective capabilities of this process, from `/proc/self/status`.
-fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Names the first missing capability needed to load and attach the probes, if any.
-fn missing_capability() -> Option<&'static str> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let caps = effective_caps();
-    let has = |c: u32| caps & (1 << c) != 0;
-    if has(CAP_SYS_ADMIN) {
-        return None;
-    }
-    if !has(CAP_BPF) {
-        return Some("CAP_BPF");
-    }
-    if !has(CAP_PERFMON) {
-        return Some("CAP_PERFMON");
-    }
-    None
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -81,10 +54,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         &env,
     )?;
-    if let Some(cap) = missing_capability() {
-        anyhow::bail!(
-            "missing {cap}: socktrace loads eBPF programs and must run as root (or with CAP_BPF and CAP_PERFMON)"
-        );
+    let caps = caps::check(caps::CapSet::effective(), &caps::tracefs_state());
+    if let Some(fatal) = caps.fatal {
+        anyhow::bail!(fatal);
+    }
+    for warning in &caps.warnings {
+        eprintln!("socktrace: warning: {warning}");
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -93,6 +68,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let health = Health::new();
+    let mut health_port = None;
+    if let Some(addr) = cli.health_listen {
+        let listener = {
+            let _guard = runtime.enter();
+            health::bind(addr).with_context(|| format!("cannot serve --health-listen on {addr}"))?
+        };
+        health_port = Some(listener.local_addr().map_or(addr.port(), |a| a.port()));
+        runtime.spawn(health::serve(listener, health.clone()));
+    }
     let exporter_desc = match &export_config.otlp {
         Some(o) => format!(
             "OTLP {} to {}{}",
@@ -110,6 +95,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let _guard = runtime.enter();
         export::start(export_config).context("starting the exporter")?
     };
+    // Kubernetes pod metadata (a watch task on the runtime) and the user-space resource filter.
+    let k8s = k8s::start(
+        &k8s::K8sSettings {
+            mode: cli.k8s_mode,
+            kubeconfig: cli.kubeconfig.clone(),
+            node_name: cli.k8s_node_name.clone(),
+            cluster_name: cli.k8s_cluster_name.clone(),
+        },
+        &k8s::host_name(),
+        &env,
+        runtime.handle(),
+    )
+    .context("Kubernetes metadata")?;
+    let resource_filter =
+        ResourceFilter::new(&cli.k8s_namespace, &cli.container, &cli.service_name);
+    let resources = ResourceCache::new(ProcRoot::default())
+        .with_k8s(k8s)
+        .with_filter(resource_filter.clone());
 
     let selector = Selector::new(cli.pid.clone(), cli.exe.clone());
     let mut probes = Probes::load(&ProbeConfig {
@@ -124,8 +127,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             probes.fallbacks().join(", ")
         );
     }
+    if let Some(port) = health_port {
+        // Probes of the health endpoint are the agent's own traffic.
+        probes.add_self_port(port)?;
+    }
     let reader = probes.take_events()?;
     let kernel_stats = probes.take_stats()?;
+    let sock_capture = probes.take_sock_capture()?;
     let pid_filter = if selector.is_filtering() {
         let mut filter = probes.take_pid_filter()?;
         for exe in &cli.exe {
@@ -145,6 +153,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
     let protocols = Protocols {
         http: cli.protocols.contains(&ProtocolName::Http),
+        http2: cli.protocols.contains(&ProtocolName::Http2),
+        grpc: cli.protocols.contains(&ProtocolName::Grpc),
         postgres: cli.protocols.contains(&ProtocolName::Postgres),
     };
     let mut selection = Vec::new();
@@ -160,8 +170,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if !cli.port.is_empty() {
         selection.push(format!("ports {:?}", cli.port));
     }
+    if resource_filter.is_active() {
+        selection.push(format!(
+            "resources matching namespaces {:?} containers {:?} services {:?}",
+            cli.k8s_namespace, cli.container, cli.service_name
+        ));
+    }
     eprintln!(
-        "socktrace {}: {} tracepoints attached; protocols: {}; tracing {}; capture {} bytes per I/O; exporter: {}",
+        "socktrace {}: {} tracepoints attached; protocols: {}; tracing {}; capture {} bytes per I/O; exporter: {}{}",
         env!("CARGO_PKG_VERSION"),
         probes.attached(),
         cli.protocols
@@ -172,6 +188,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         selection.join(", "),
         cli.capture_bytes,
         exporter_desc,
+        cli.health_listen
+            .map(|a| format!("; health: http://{a}/healthz and /readyz"))
+            .unwrap_or_default(),
     );
 
     let pipeline = Pipeline::new(
@@ -194,15 +213,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         selector,
         pid_filter,
     );
+    let mut pipeline = pipeline.with_resources(resources);
+    pipeline.sock_capture = Some(sock_capture);
     let stop = Arc::new(AtomicBool::new(false));
     let stats_interval = (cli.stats_interval > 0).then(|| Duration::from_secs(cli.stats_interval));
     let capture = {
         let stop = stop.clone();
+        let health = health.clone();
         std::thread::Builder::new()
             .name("socktrace-capture".into())
-            .spawn(move || pipeline::run(reader, pipeline, kernel_stats, stop, stats_interval))
+            .spawn(move || {
+                pipeline::run(reader, pipeline, kernel_stats, stop, stats_interval, health)
+            })
             .context("starting the capture thread")?
     };
+    health.set_ready();
 
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};

@@ -23,6 +23,7 @@ use crate::{
     trace::{
         db::{DbSpanConfig, build_pg_span},
         http::{ConnMeta, HttpSpanConfig, HttpSpanStats, build_span},
+        http2::{H2Kinds, build_h2_span},
         span::SpanKind,
     },
 };
@@ -65,6 +66,8 @@ pub struct PipelineStats {
     pub records: u64,
     pub decode_errors: u64,
     pub spans: u64,
+    /// HTTP/2 sockets whose capture size could not be raised (kernel map full or failing).
+    pub capture_override_failed: u64,
 }
 
 pub struct Pipeline {
@@ -72,11 +75,14 @@ pub struct Pipeline {
     resources: ResourceCache,
     http: HttpSpanConfig,
     http_stats: Arc<HttpSpanStats>,
+    h2_kinds: H2Kinds,
     db: DbSpanConfig,
     exporter: ExporterHandle,
     clock: Clock,
     selector: Selector,
     pid_filter: Option<PidFilter>,
+    /// Per-socket capture sizes in the kernel; None in tests without a kernel.
+    pub sock_capture: Option<crate::probes::SockCapture>,
     resolver: ProcfsResolver,
     stats: PipelineStats,
     out: Vec<ConnExchange>,
@@ -94,16 +100,22 @@ impl Pipeline {
         selector: Selector,
         pid_filter: Option<PidFilter>,
     ) -> Self {
+        let h2_kinds = H2Kinds {
+            grpc: conn.protocols.grpc,
+            http: conn.protocols.http2,
+        };
         Self {
             conns: ConnTable::new(conn),
             resources: ResourceCache::new(ProcRoot::default()),
             http,
             http_stats: Arc::new(HttpSpanStats::default()),
+            h2_kinds,
             db,
             exporter,
             clock: Clock::now(),
             selector,
             pid_filter,
+            sock_capture: None,
             resolver: ProcfsResolver,
             stats: PipelineStats::default(),
             out: Vec::new(),
@@ -111,18 +123,36 @@ impl Pipeline {
         }
     }
 
+    /// Replaces the resource cache (to add Kubernetes metadata and the resource filter).
+    pub fn with_resources(mut self, resources: ResourceCache) -> Self {
+        self.resources = resources;
+        self
+    }
+
     /// Handles one ring-buffer record.
     pub fn handle(&mut self, record: &[u8]) {
         self.stats.records += 1;
         match decode(record) {
-            Ok(Event::Data(header, payload)) => {
+            Ok(Event::Data {
+                header,
+                payload,
+                tail,
+            }) => {
                 // Read the process while it is alive, even if its spans complete later.
                 if !self.resources.contains(header.pid) {
                     let comm = crate::conn::comm_of(&header.comm);
                     let _ = self.resources.get(header.pid, Some(&comm));
                 }
                 self.conns
-                    .on_data(&header, payload, &mut self.resolver, &mut self.out);
+                    .on_data(&header, payload, tail, &mut self.resolver, &mut self.out);
+                if let Some(capture) = &mut self.sock_capture {
+                    for sk in self.conns.take_full_capture() {
+                        if let Err(e) = capture.set(sk, socktrace_common::MAX_CAPTURE as u32) {
+                            self.stats.capture_override_failed += 1;
+                            tracing::debug!("raising the capture size of a socket failed: {e}");
+                        }
+                    }
+                }
             }
             Ok(Event::Close(c)) => self
                 .conns
@@ -136,7 +166,7 @@ impl Pipeline {
                     tracing::warn!("cannot trace pid {pid}: {e}");
                 }
             }
-            Ok(Event::Exit { pid }) => self.resources.invalidate(pid),
+            Ok(Event::Exit { pid }) => self.resources.exited(pid),
             Err(e) => {
                 self.stats.decode_errors += 1;
                 tracing::debug!("dropped a malformed kernel record: {e}");
@@ -154,7 +184,10 @@ impl Pipeline {
 
     fn emit(&mut self) {
         for cx in self.out.drain(..) {
-            let resource = self.resources.get(cx.pid, Some(&cx.comm));
+            // None: the process fails --k8s-namespace/--container/--service-name (counted).
+            let Some(resource) = self.resources.get_selected(cx.pid, Some(&cx.comm)) else {
+                continue;
+            };
             let meta = ConnMeta {
                 kind: match cx.role {
                     Role::Server => SpanKind::Server,
@@ -169,6 +202,19 @@ impl Pipeline {
             let span = match &cx.payload {
                 Payload::Http(exchange) => {
                     build_span(exchange, &meta, &self.http, &self.http_stats, &to_unix)
+                }
+                Payload::Http2(stream) => {
+                    let Some(span) = build_h2_span(
+                        stream,
+                        &meta,
+                        self.h2_kinds,
+                        &self.http,
+                        &self.http_stats,
+                        &to_unix,
+                    ) else {
+                        continue;
+                    };
+                    span
                 }
                 Payload::Postgres {
                     statement,
@@ -197,12 +243,14 @@ impl Pipeline {
             .join(" ");
         let c = self.conns.stats();
         let h = self.conns.http1_stats();
+        let h2 = self.conns.http2_stats();
         let e = self.exporter.stats();
         format!(
-            "kernel: {k} | pipeline: records={} decode_errors={} spans={} invalid_traceparent={} | conns: live={} opened={} closed={} expired={} evicted={} unresolved={} undetected={} port_filtered={} mid_stream_skipped={} encrypted={} | http1: resyncs={} bytes_skipped={} invalid_heads={} unanswered_dropped={} | export: exported={} queue_dropped={} failed={} retries={}",
+            "kernel: {k} | pipeline: records={} decode_errors={} spans={} resource_filtered={} invalid_traceparent={} | conns: live={} opened={} closed={} expired={} evicted={} unresolved={} undetected={} port_filtered={} mid_stream_skipped={} encrypted={} | http1: resyncs={} bytes_skipped={} invalid_heads={} unanswered_dropped={} | http2: frames={} resyncs={} bytes_skipped={} hpack_errors={} undecoded_fields={} streams_evicted={} mid_stream_joins={} h2c_upgrades={} joined_connections={} | export: exported={} queue_dropped={} failed={} retries={}",
             self.stats.records,
             self.stats.decode_errors,
             self.stats.spans,
+            self.resources.filtered(),
             self.http_stats.invalid_traceparent.load(Ordering::Relaxed),
             self.conns.len(),
             c.opened,
@@ -218,6 +266,15 @@ impl Pipeline {
             h.bytes_skipped,
             h.invalid_heads,
             h.unanswered_requests_dropped,
+            h2.frames,
+            h2.resyncs,
+            h2.bytes_skipped,
+            h2.hpack_errors,
+            h2.undecoded_fields,
+            h2.streams_evicted,
+            h2.mid_stream_joins,
+            c.h2c_upgrades,
+            c.h2_mid_stream,
             e.exported,
             e.dropped_queue_full,
             e.failed,
@@ -226,18 +283,21 @@ impl Pipeline {
     }
 }
 
-/// Runs the capture loop until `stop` is set; reports counters every `stats_interval`.
+/// Runs the capture loop until `stop` is set; reports counters every `stats_interval`; beats
+/// `health` once per poll (at least every 20 ms) so that `/healthz` can tell a stalled loop.
 pub fn run(
     mut reader: EventReader,
     mut pipeline: Pipeline,
     kernel: KernelStats,
     stop: Arc<AtomicBool>,
     stats_interval: Option<Duration>,
+    health: crate::health::Health,
 ) {
     const POLL_MS: i32 = 20;
     let mut last_tick = Instant::now();
     let mut last_report = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        health.beat();
         if let Err(e) = reader.poll(POLL_MS, |record| pipeline.handle(record)) {
             tracing::error!("reading kernel events failed: {e}");
             std::thread::sleep(Duration::from_millis(100));

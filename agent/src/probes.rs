@@ -271,6 +271,27 @@ impl Probes {
         })
     }
 
+    /// Takes the per-socket capture size map.
+    pub fn take_sock_capture(&mut self) -> Result<SockCapture, ProbeError> {
+        Ok(SockCapture {
+            map: self.take("SOCK_CAPTURE")?,
+        })
+    }
+
+    /// Marks a local port the agent listens on: connections accepted there are never traced.
+    pub fn add_self_port(&mut self, port: u16) -> Result<(), ProbeError> {
+        let name = "SELF_PORTS";
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?;
+        let mut ports: HashMap<&mut MapData, u16, u8> =
+            HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        ports
+            .insert(port, 1, 0)
+            .map_err(|source| ProbeError::Map { name, source })
+    }
+
     /// Takes the kernel's counters.
     pub fn take_stats(&mut self) -> Result<KernelStats, ProbeError> {
         Ok(KernelStats {
@@ -292,6 +313,19 @@ fn why(category: &str, name: &str) -> &'static str {
 pub struct PidFilter {
     map: HashMap<MapData, u32, u8>,
     exe_names: HashMap<MapData, [u8; 16], u8>,
+}
+
+/// Per-socket payload prefix sizes (kernel map `SOCK_CAPTURE`), overriding `--capture-bytes`.
+pub struct SockCapture {
+    map: HashMap<MapData, u64, u32>,
+}
+
+impl SockCapture {
+    /// Copies up to `bytes` of every read/write on socket `sk` from now on. The kernel forgets the
+    /// entry when the socket closes (and the map is an LRU).
+    pub fn set(&mut self, sk: u64, bytes: u32) -> Result<(), aya::maps::MapError> {
+        self.map.insert(sk, bytes, 0)
+    }
 }
 
 /// A program name as the kernel's task name: at most 15 bytes, NUL-padded.
@@ -372,10 +406,20 @@ impl EventReader {
 /// One record from the kernel, decoded.
 #[derive(Debug)]
 pub enum Event<'a> {
-    Data(socktrace_common::DataEvent, &'a [u8]),
+    /// A socket read or write: the copied prefix and, for I/O longer than the prefix, the copied
+    /// last bytes (`tail`, see `DataEvent::tail`).
+    Data {
+        header: socktrace_common::DataEvent,
+        payload: &'a [u8],
+        tail: &'a [u8],
+    },
     Close(socktrace_common::CloseEvent),
-    Exec { pid: u32 },
-    Exit { pid: u32 },
+    Exec {
+        pid: u32,
+    },
+    Exit {
+        pid: u32,
+    },
 }
 
 /// Why a record could not be decoded (counted, never fatal).
@@ -385,8 +429,14 @@ pub enum DecodeError {
     Short(usize),
     #[error("unknown record kind {0}")]
     Kind(u32),
-    #[error("payload length {captured} exceeds record ({available} bytes) or byte count")]
-    Payload { captured: u32, available: usize },
+    #[error(
+        "payload length {captured} (+ tail {tail}) exceeds record ({available} bytes) or byte count"
+    )]
+    Payload {
+        captured: u32,
+        tail: u32,
+        available: usize,
+    },
 }
 
 fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -409,13 +459,20 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             let header: DataEvent = read_pod(bytes)?;
             let payload = &bytes[std::mem::size_of::<DataEvent>()..];
             let captured = header.captured as usize;
-            if captured > payload.len() || captured as u64 > header.len {
+            let tail = header.tail as usize;
+            let copied = captured.saturating_add(tail);
+            if copied > payload.len() || copied as u64 > header.len {
                 return Err(DecodeError::Payload {
                     captured: header.captured,
+                    tail: header.tail,
                     available: payload.len(),
                 });
             }
-            Ok(Event::Data(header, &payload[..captured]))
+            Ok(Event::Data {
+                header,
+                payload: &payload[..captured],
+                tail: &payload[captured..copied],
+            })
         }
         EVENT_CONN_CLOSE => Ok(Event::Close(read_pod::<CloseEvent>(bytes)?)),
         EVENT_EXEC => Ok(Event::Exec {
@@ -434,6 +491,10 @@ mod tests {
     use socktrace_common::{DataEvent, EVENT_DATA};
 
     fn data_record(captured: u32, len: u64, payload: &[u8]) -> Vec<u8> {
+        tail_record(captured, 0, len, payload)
+    }
+
+    fn tail_record(captured: u32, tail: u32, len: u64, payload: &[u8]) -> Vec<u8> {
         let header = DataEvent {
             kind: EVENT_DATA,
             direction: 0,
@@ -448,6 +509,8 @@ mod tests {
             tuple_known: 0,
             tuple: Default::default(),
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            tail,
+            _pad: 0,
         };
         // SAFETY: DataEvent is a Pod type without padding.
         let mut v = unsafe {
@@ -465,13 +528,43 @@ mod tests {
     fn decodes_data_record_with_payload() {
         let rec = data_record(3, 10, b"GETxx");
         match decode(&rec).unwrap() {
-            Event::Data(h, p) => {
-                assert_eq!(h.sk, 0xdead);
-                assert_eq!(h.len, 10);
-                assert_eq!(p, b"GET");
+            Event::Data {
+                header,
+                payload,
+                tail,
+            } => {
+                assert_eq!(header.sk, 0xdead);
+                assert_eq!(header.len, 10);
+                assert_eq!(payload, b"GET");
+                assert!(tail.is_empty());
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn decodes_prefix_and_tail() {
+        let rec = tail_record(3, 2, 100, b"GETyz");
+        match decode(&rec).unwrap() {
+            Event::Data { payload, tail, .. } => {
+                assert_eq!(payload, b"GET");
+                assert_eq!(tail, b"yz");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Prefix + tail may not claim more than the record holds or the I/O transferred.
+        assert!(matches!(
+            decode(&tail_record(3, 3, 100, b"GETyz")),
+            Err(DecodeError::Payload { .. })
+        ));
+        assert!(matches!(
+            decode(&tail_record(3, 2, 4, b"GETyz")),
+            Err(DecodeError::Payload { .. })
+        ));
+        assert!(matches!(
+            decode(&tail_record(u32::MAX, u32::MAX, u64::MAX, b"GETyz")),
+            Err(DecodeError::Payload { .. })
+        ));
     }
 
     #[test]

@@ -46,11 +46,7 @@ fuzz_target!(|data: &[u8]| {
         let len = len.min(input.len());
         let (captured, rest) = input.split_at(len);
         input = rest;
-        let seg = Segment {
-            ts_ns: ts,
-            data: Bytes::copy_from_slice(captured),
-            len: len as u64 + gap,
-        };
+        let seg = Segment::prefix(ts, Bytes::copy_from_slice(captured), len as u64 + gap);
         fed += seg.len;
         if ctrl & 1 == 0 {
             conn.push_request(seg);

@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -39,6 +39,20 @@ pub fn agent_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The Python interpreter of the test virtualenv (`$SOCKTRACE_PYTHON`, set by `cargo xtask test`,
+/// else `target/pyenv`), which has the packages of `tests/peers/requirements.txt` (grpcio, ...).
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("SOCKTRACE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/pyenv/bin/python"));
+    assert!(
+        python.exists(),
+        "test virtualenv {} not found: run `cargo xtask test` (it creates it from tests/peers/requirements.txt)",
+        python.display()
+    );
+    python
 }
 
 /// Path of a peer script in `tests/peers/`.
@@ -104,17 +118,25 @@ pub struct PyServer {
 impl PyServer {
     /// Starts the server with extra environment variables (e.g. `OTEL_SERVICE_NAME`).
     pub fn start(env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new("python3");
-        cmd.arg(peer("http_server.py"))
+        Self::start_peer(Path::new("python3"), "http_server.py", env)
+    }
+
+    /// Starts `tests/peers/<script>` with `python`; the script prints `PORT <n>` when it
+    /// listens on 127.0.0.1.
+    pub fn start_peer(python: &Path, script: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(python);
+        cmd.arg(peer(script))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("python3 must be installed");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} {script}: {e}", python.display()));
         let mut out = BufReader::new(child.stdout.take().expect("piped"));
-        let guard = ChildGuard::new("http_server.py", child);
+        let guard = ChildGuard::new(script, child);
         let port = wait_line(&mut out, "PORT ", Duration::from_secs(20))
             .parse()
             .expect("port number");

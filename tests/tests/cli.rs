@@ -51,6 +51,15 @@ fn version_and_help_document_every_flag() {
         "--ringbuf-size",
         "--stats-interval",
         "--log-level",
+        "--k8s-namespace",
+        "--container",
+        "--service-name",
+        "--k8s ",
+        "--kubeconfig",
+        "--k8s-node-name",
+        "--k8s-cluster-name",
+        "--health-listen",
+        "NODE_NAME",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
         assert!(

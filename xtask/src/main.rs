@@ -64,6 +64,7 @@ const APT_TEST: &[&str] = &[
     "util-linux",
     "postgresql",
     "postgresql-client",
+    "nghttp2-server",
 ];
 /// Load generator and server for `bench`.
 const APT_BENCH: &[&str] = &["nginx", "wrk"];
@@ -175,6 +176,35 @@ fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A virtualenv under `target/pyenv` holding the Python packages of `tests/peers/requirements.txt`
+/// (real gRPC peers, manifest validators); reinstalled only when the requirements change.
+fn python_env(root: &Path) -> anyhow::Result<PathBuf> {
+    let venv = root.join("target/pyenv");
+    let python = venv.join("bin/python");
+    let requirements = root.join("tests/peers/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = venv.join("installed-requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.exists() {
+        return Ok(python);
+    }
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
+}
+
 fn cargo(root: &Path) -> Command {
     let mut c = Command::new("cargo");
     c.current_dir(root);
@@ -222,6 +252,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { fuzz_seconds } => {
             setup()?;
             apt_install(APT_TEST)?;
+            let python = python_env(&root)?;
             run(cargo(&root).args(["fmt", "--all", "--check"]))?;
             run(cargo(&root).args([
                 "clippy",
@@ -238,7 +269,8 @@ fn main() -> anyhow::Result<()> {
             // Last, so that the test runner's summary closes the output.
             run(cargo(&root)
                 .args(["test", "--workspace", "--release", "--", "--test-threads=1"])
-                .env("SOCKTRACE_BIN", &bin))?;
+                .env("SOCKTRACE_BIN", &bin)
+                .env("SOCKTRACE_PYTHON", &python))?;
             Ok(())
         }
         Task::Bench { rounds, seconds } => {

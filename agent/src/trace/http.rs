@@ -12,7 +12,7 @@ use super::{
     context::parse_traceparent,
     span::{KeyValue, Resource, Span, SpanId, SpanKind, Status, TraceId},
 };
-use crate::protocol::http1::{Exchange, RequestHead};
+use crate::protocol::http1::{Exchange, Header};
 
 /// Replaces sensitive values in exported URLs.
 pub const REDACTED: &str = "REDACTED";
@@ -181,9 +181,20 @@ fn version_string(minor: u8) -> &'static str {
     if minor == 0 { "1.0" } else { "1.1" }
 }
 
-fn trace_context(req: &RequestHead, stats: &HttpSpanStats) -> (TraceId, Option<SpanId>, String) {
-    let mut values = req
-        .headers
+fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// Trace context of an incoming request: its valid `traceparent` (with `tracestate`), or a new
+/// trace. Shared by every protocol whose requests carry headers (HTTP/1, HTTP/2, gRPC).
+pub(crate) fn trace_context(
+    headers: &[Header],
+    stats: &HttpSpanStats,
+) -> (TraceId, Option<SpanId>, String) {
+    let mut values = headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("traceparent"));
     let first = values.next();
@@ -192,8 +203,7 @@ fn trace_context(req: &RequestHead, stats: &HttpSpanStats) -> (TraceId, Option<S
         // A repeated traceparent is invalid per W3C Trace Context.
         match (extra, parse_traceparent(&h.value)) {
             (None, Some(tp)) => {
-                let state = req
-                    .headers
+                let state = headers
                     .iter()
                     .filter(|h| h.name.eq_ignore_ascii_case("tracestate"))
                     .map(|h| h.value.as_str())
@@ -209,7 +219,33 @@ fn trace_context(req: &RequestHead, stats: &HttpSpanStats) -> (TraceId, Option<S
     (TraceId::random(), None, String::new())
 }
 
-/// Builds the span of one exchange. `to_unix` converts kernel monotonic time to wall-clock.
+/// One HTTP request and its outcome, whatever the wire version: what a span is built from.
+#[derive(Debug)]
+pub struct HttpMessage<'a> {
+    pub method: &'a str,
+    /// Request target: origin-form path and query, or absolute-form.
+    pub target: &'a str,
+    /// HTTP/2 `:authority`; for HTTP/1 the `Host` header is used.
+    pub authority: Option<&'a str>,
+    /// Request headers (HTTP/2 pseudo-headers may be among them; they are not looked up).
+    pub headers: &'a [Header],
+    /// `network.protocol.version`.
+    pub version: &'static str,
+    /// Final status code; None when no response was seen.
+    pub status: Option<u16>,
+    /// Why there is no response (the span's status message then).
+    pub no_response: &'a str,
+    pub request_body_len: u64,
+    /// The request declared a body (Content-Length), so a zero length is still reported.
+    pub request_has_body: bool,
+    pub response_body_len: u64,
+    pub partial: bool,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Builds the span of one HTTP/1 exchange. `to_unix` converts kernel monotonic time to
+/// wall-clock.
 pub fn build_span(
     ex: &Exchange,
     conn: &ConnMeta,
@@ -218,8 +254,38 @@ pub fn build_span(
     to_unix: &dyn Fn(u64) -> u64,
 ) -> Span {
     let req = &ex.request;
+    let (status, end_ns) = match &ex.response {
+        Some(resp) => (Some(resp.status), ex.response_end_ns.max(ex.request_end_ns)),
+        None => (None, ex.request_end_ns),
+    };
+    let msg = HttpMessage {
+        method: &req.method,
+        target: &req.target,
+        authority: None,
+        headers: &req.headers,
+        version: version_string(req.version_minor),
+        status,
+        no_response: "connection closed before a response",
+        request_body_len: ex.request_body_len,
+        request_has_body: req.header("content-length").is_some(),
+        response_body_len: ex.response_body_len,
+        partial: ex.partial,
+        start_ns: ex.request_start_ns,
+        end_ns,
+    };
+    build_http_span(&msg, conn, config, stats, to_unix)
+}
+
+/// Builds the span of one HTTP request of any version.
+pub fn build_http_span(
+    msg: &HttpMessage<'_>,
+    conn: &ConnMeta,
+    config: &HttpSpanConfig,
+    stats: &HttpSpanStats,
+    to_unix: &dyn Fn(u64) -> u64,
+) -> Span {
     let mut attrs = Vec::with_capacity(16);
-    let method_upper = req.method.as_str();
+    let method_upper = msg.method;
     let known = KNOWN_METHODS.contains(&method_upper);
     if known {
         attrs.push(KeyValue::new("http.request.method", method_upper));
@@ -227,11 +293,11 @@ pub fn build_span(
         attrs.push(KeyValue::new("http.request.method", "_OTHER"));
         attrs.push(KeyValue::new("http.request.method_original", method_upper));
     }
-    let (authority, path, query) = split_target(&req.target);
-    let host_header = req.header("host");
+    let (authority, path, query) = split_target(msg.target);
+    let host_header = msg.authority.or_else(|| header(msg.headers, "host"));
     let (host, host_port) = match (authority, host_header) {
         (Some(a), _) => split_host(a.rsplit('@').next().unwrap_or(a)),
-        (None, Some(h)) => split_host(h),
+        (None, Some(h)) => split_host(h.rsplit('@').next().unwrap_or(h)),
         (None, None) => ("", None),
     };
     let peer_ip = ip_string(&conn.peer);
@@ -275,7 +341,7 @@ pub fn build_span(
                 host.to_owned()
             };
             let port = host_port.unwrap_or(conn.peer.port());
-            let authority = match authority {
+            let authority = match authority.or(msg.authority) {
                 Some(a) => redact_authority(a),
                 None => host_header.map_or_else(
                     || format!("{server_address}:{}", conn.peer.port()),
@@ -297,56 +363,47 @@ pub fn build_span(
             ));
         }
     }
-    attrs.push(KeyValue::new(
-        "network.protocol.version",
-        version_string(req.version_minor),
-    ));
-    if let Some(ua) = req.header("user-agent") {
+    attrs.push(KeyValue::new("network.protocol.version", msg.version));
+    if let Some(ua) = header(msg.headers, "user-agent") {
         attrs.push(KeyValue::new("user_agent.original", ua));
     }
     // A partial exchange lost part of its framing: a byte count would be a guess, so none is given.
-    if !ex.partial && (ex.request_body_len > 0 || req.header("content-length").is_some()) {
+    if !msg.partial && (msg.request_body_len > 0 || msg.request_has_body) {
         attrs.push(KeyValue::new(
             "http.request.body.size",
-            i64::try_from(ex.request_body_len).unwrap_or(i64::MAX),
+            i64::try_from(msg.request_body_len).unwrap_or(i64::MAX),
         ));
     }
 
     let mut status = Status::Unset;
-    let end_ns;
-    match &ex.response {
-        Some(resp) => {
-            attrs.push(KeyValue::new(
-                "http.response.status_code",
-                i64::from(resp.status),
-            ));
-            if !ex.partial {
+    match msg.status {
+        Some(code) => {
+            attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
+            if !msg.partial {
                 attrs.push(KeyValue::new(
                     "http.response.body.size",
-                    i64::try_from(ex.response_body_len).unwrap_or(i64::MAX),
+                    i64::try_from(msg.response_body_len).unwrap_or(i64::MAX),
                 ));
             }
             let is_error = match conn.kind {
-                SpanKind::Server => resp.status >= 500,
-                SpanKind::Client => resp.status >= 400,
+                SpanKind::Server => code >= 500,
+                SpanKind::Client => code >= 400,
             };
-            if is_error || resp.status < 100 || resp.status > 599 {
-                attrs.push(KeyValue::new("error.type", resp.status.to_string()));
+            if is_error || !(100..=599).contains(&code) {
+                attrs.push(KeyValue::new("error.type", code.to_string()));
                 status = Status::Error {
                     message: String::new(),
                 };
             }
-            end_ns = ex.response_end_ns.max(ex.request_end_ns);
         }
         None => {
             attrs.push(KeyValue::new("error.type", "_OTHER"));
             status = Status::Error {
-                message: "connection closed before a response".to_owned(),
+                message: msg.no_response.to_owned(),
             };
-            end_ns = ex.request_end_ns;
         }
     }
-    if ex.partial {
+    if msg.partial {
         attrs.push(KeyValue::new("socktrace.partial", true));
     }
 
@@ -355,9 +412,9 @@ pub fn build_span(
         (SpanKind::Server, Some(r)) => format!("{method_for_name} {r}"),
         _ => method_for_name.to_owned(),
     };
-    let (trace_id, parent_span_id, trace_state) = trace_context(req, stats);
-    let start = to_unix(ex.request_start_ns);
-    let end = to_unix(end_ns).max(start);
+    let (trace_id, parent_span_id, trace_state) = trace_context(msg.headers, stats);
+    let start = to_unix(msg.start_ns);
+    let end = to_unix(msg.end_ns).max(start);
     Span {
         trace_id,
         span_id: SpanId::random(),

@@ -2,4 +2,5 @@
 pub mod context;
 pub mod db;
 pub mod http;
+pub mod http2;
 pub mod span;

@@ -10,6 +10,10 @@
 pub const MAX_CAPTURE: usize = 8192;
 /// Default payload prefix: enough for the request or response head of ordinary HTTP traffic.
 pub const DEFAULT_CAPTURE: u32 = 2048;
+/// Most bytes copied from the *end* of a read or write longer than the prefix (the "tail"): the
+/// framing that closes a large message (a gRPC trailer, a PostgreSQL CommandComplete, a chunked
+/// terminator) usually sits there.
+pub const TAIL_CAPTURE: usize = 256;
 
 /// Names of the read-only globals user space sets before loading the programs.
 pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
@@ -93,17 +97,22 @@ pub struct DataEvent {
     /// Task name of the caller: names the process when it has exited before user space reads
     /// `/proc` (a short-lived client such as `curl`).
     pub comm: [u8; 16],
+    /// Bytes copied from the end of the I/O, following the `captured` prefix bytes in the record.
+    /// They are the last `tail` of the `len` bytes and never overlap the prefix.
+    pub tail: u32,
+    pub _pad: u32,
 }
 
 /// A payload-carrying record as staged in the kernel's per-CPU scratch buffer.
 ///
-/// `data` is twice `MAX_CAPTURE` so that a copy at a masked offset with a masked length always
-/// stays inside it: that is how the verifier is convinced when several iovecs are gathered.
+/// `data` is three times `MAX_CAPTURE` (plus room for a masked tail) so that a copy at a masked
+/// offset with a masked length always stays inside it: that is how the verifier is convinced
+/// when several iovecs are gathered.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DataEventBuf {
     pub header: DataEvent,
-    pub data: [u8; 2 * MAX_CAPTURE],
+    pub data: [u8; 3 * MAX_CAPTURE + 2 * TAIL_CAPTURE],
 }
 
 /// `EVENT_CONN_CLOSE`: a traced socket left the established state.
@@ -173,6 +182,6 @@ mod pod {
 
 // Layout guards: a change here changes the wire format between kernel and user space.
 const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
-const _: () = assert!(core::mem::size_of::<DataEvent>() == 112);
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 120);
 const _: () = assert!(core::mem::size_of::<CloseEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);

@@ -72,6 +72,17 @@ pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536
 #[map]
 pub static TRACKED_SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// Per-socket payload prefix size overriding `CAPTURE_BYTES`, set by user space for connections
+/// whose protocol packs many messages into one read (HTTP/2: the headers of many streams).
+#[map]
+pub static SOCK_CAPTURE: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Local ports the agent listens on (its health endpoint): connections accepted on them are the
+/// agent's own, so their peers are added to `SELF_PEERS` as soon as they are established, before
+/// the peer's first request is written.
+#[map]
+pub static SELF_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(16, 0);
+
 /// Tuples (as the peer sees them) of connections the agent itself uses, e.g. OTLP export to a
 /// collector on this host: the peer's reads and writes on them are not traced.
 #[map]

@@ -17,8 +17,8 @@ use socktrace_common::{
 
 use crate::{
     maps::{
-        EVENTS, SELF_PEERS, SOCKS, TRACKED_SOCKS, agent_tgid, count, current_is_traced,
-        wakeup_flags,
+        EVENTS, SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCKS, TRACKED_SOCKS, agent_tgid, count,
+        current_is_traced, wakeup_flags,
     },
     syscalls::{ACTIVE_IO, ActiveIo, IO_PEEK},
 };
@@ -264,6 +264,19 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 tuple.saddr[..4].copy_from_slice(&s4);
                 tuple.daddr[..4].copy_from_slice(&d4);
             }
+            if role == ROLE_SERVER && SELF_PORTS.get_ptr(&tuple.sport).is_some() {
+                let peer = ConnTuple {
+                    saddr: tuple.daddr,
+                    daddr: tuple.saddr,
+                    sport: tuple.dport,
+                    dport: tuple.sport,
+                    family: tuple.family,
+                    _pad: 0,
+                };
+                if SELF_PEERS.insert(peer, 1u8, 0).is_err() {
+                    count(stats::MAP_UPDATE_FAILED);
+                }
+            }
             let info = SockInfo {
                 tuple,
                 role,
@@ -291,6 +304,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             }
             if newstate == TCP_CLOSE {
                 let _ = TRACKED_SOCKS.remove(&sk);
+                let _ = SOCK_CAPTURE.remove(&sk);
                 let _ = SOCKS.remove(&sk);
             }
         }

@@ -17,18 +17,19 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use socktrace_common::{
-    DIR_EGRESS, DIR_INGRESS, DataEvent, EVENT_DATA, MAX_CAPTURE, ROLE_UNKNOWN, stats,
+    DIR_EGRESS, DIR_INGRESS, DataEvent, EVENT_DATA, MAX_CAPTURE, ROLE_UNKNOWN, TAIL_CAPTURE, stats,
 };
 
 use crate::maps::{
-    EVENTS, SCRATCH, SELF_PEERS, SOCKS, TRACKED_SOCKS, capture_bytes, count, current_is_traced,
-    wakeup_flags,
+    EVENTS, SCRATCH, SELF_PEERS, SOCK_CAPTURE, SOCKS, TRACKED_SOCKS, capture_bytes, count,
+    current_is_traced, wakeup_flags,
 };
 
 /// The peer side of a read was only peeked (`MSG_PEEK`): the bytes will be read again.
 pub const IO_PEEK: u32 = 1;
-/// Most iovecs gathered into one record; later ones count in `len` but are not copied.
-const MAX_IOV: u64 = 8;
+/// Most iovecs gathered into one record; later ones count in `len` but are not copied. gRPC's C
+/// core writes up to 260 small iovecs at once (one per header string).
+const MAX_IOV: u64 = 256;
 
 /// A socket syscall in flight on one thread.
 #[repr(C)]
@@ -179,7 +180,7 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
 
 /// Shared `sys_exit_*` body: `ret` (bytes transferred) is at offset 16 for every syscall.
 #[inline(always)]
-fn exit(ctx: &TracePointContext) -> u32 {
+fn exit<const VECTORED: bool>(ctx: &TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: the value is copied out before the entry is removed.
     let Some(io) = (unsafe { ACTIVE_IO.get(&tid) }).copied() else {
@@ -196,55 +197,56 @@ fn exit(ctx: &TracePointContext) -> u32 {
     if ret <= 0 {
         return 0;
     }
-    emit_data(&io, ret as u64);
+    emit_data::<VECTORED>(&io, ret as u64);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
+    exit::<false>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
+    exit::<false>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
+    exit::<false>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
+    exit::<false>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
+    exit::<true>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
+    exit::<true>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
+    exit::<true>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
+    exit::<true>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
-    exit(&ctx)
+    exit::<false>(&ctx)
 }
 
 const MASK: usize = MAX_CAPTURE - 1;
 
 /// Build the record in the per-CPU scratch buffer and copy it to the ring buffer.
 ///
-/// Not inlined: it is one BPF subprogram shared by every exit hook, with its own 512-byte stack
-/// frame (inlined into each hook it exceeded the stack limit).
+/// Not inlined: one BPF subprogram per variant, shared by the exit hooks, with its own 512-byte
+/// stack frame (inlined into each hook it exceeded the stack limit). Only the four vectored
+/// calls get the iovec walk, which is what the verifier spends its time on.
 #[inline(never)]
-fn emit_data(io: &ActiveIo, len: u64) {
+fn emit_data<const VECTORED: bool>(io: &ActiveIo, len: u64) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -266,7 +268,11 @@ fn emit_data(io: &ActiveIo, len: u64) {
         header.tuple_known = 1;
     }
 
-    let mut want = capture_bytes() as u64;
+    // SAFETY: the value is copied out.
+    let mut want = match unsafe { SOCK_CAPTURE.get(&io.sk) } {
+        Some(bytes) => *bytes as u64,
+        None => capture_bytes() as u64,
+    };
     if want > len {
         want = len;
     }
@@ -276,8 +282,15 @@ fn emit_data(io: &ActiveIo, len: u64) {
     let want = want as usize;
     let data = scratch.data.as_mut_ptr();
     let mut captured: usize = 0;
-    if io.buf != 0 && want > 0 {
-        if io.iovcnt == 0 {
+    // Plain buffers: where the transferred bytes end in user memory, and how many bytes before
+    // that address are the buffer's; the tail is copied from there after the prefix.
+    let mut end_addr: u64 = 0;
+    let mut end_avail: u64 = 0;
+    let mut whole = false;
+    if io.buf != 0 && (!VECTORED || io.iovcnt == 0) {
+        end_addr = io.buf + len;
+        end_avail = len;
+        if want > 0 {
             // SAFETY: destination is `data[0..want & MASK]` inside a 2*MAX_CAPTURE buffer.
             let rc = unsafe {
                 bpf_probe_read_user(data.cast(), (want & MASK) as u32, io.buf as *const c_void)
@@ -301,55 +314,127 @@ fn emit_data(io: &ActiveIo, len: u64) {
             } else {
                 count(stats::READ_USER_FAILED);
             }
-        } else {
-            let mut i: u64 = 0;
-            while i < MAX_IOV {
-                if i >= io.iovcnt || captured >= want {
-                    break;
-                }
-                let mut iov = [0u64; 2];
-                // SAFETY: 16 bytes of user memory into a stack array; failure is handled.
-                let rc = unsafe {
-                    bpf_probe_read_user(
-                        iov.as_mut_ptr().cast(),
-                        16,
-                        (io.buf + i * 16) as *const c_void,
-                    )
-                };
-                if rc != 0 {
-                    count(stats::READ_USER_FAILED);
-                    break;
-                }
+        }
+    } else if VECTORED && io.buf != 0 {
+        // One walk over the iovecs gathers the prefix and the tail.
+        // The running totals live in map memory, not in registers: the verifier then sees
+        // unknown values at every iteration instead of a new precise range per path, so it can
+        // prune, and MAX_IOV iterations stay far below its budget. (Two loops, or totals in
+        // registers, multiplied the states beyond the 1M-instruction limit.)
+        let acc = core::ptr::addr_of_mut!(scratch.header.captured);
+        let pos = core::ptr::addr_of_mut!(scratch.header.len);
+        let found = core::ptr::addr_of_mut!(scratch.header.ts_ns);
+        let tmp = core::ptr::addr_of_mut!(scratch.header.tid);
+        let end_at = core::ptr::addr_of_mut!(scratch.header.sk);
+        let end_in = core::ptr::addr_of_mut!(scratch.header.tail);
+        // SAFETY (every volatile access below): the pointers are into the per-CPU scratch value;
+        // these header fields are overwritten with their real values after the walk.
+        unsafe {
+            core::ptr::write_volatile(acc, 0);
+            core::ptr::write_volatile(pos, 0);
+            core::ptr::write_volatile(found, 0);
+        }
+        let mut i: u64 = 0;
+        while i < MAX_IOV {
+            if i >= io.iovcnt {
+                break;
+            }
+            let Some(iov) = read_iovec(io.buf, i) else {
+                count(stats::READ_USER_FAILED);
+                break;
+            };
+            let done = unsafe { core::ptr::read_volatile(acc) } as usize;
+            if done < want {
                 let mut n = iov[1] as usize;
-                if n > want - captured {
-                    n = want - captured;
+                if n > want - done {
+                    n = want - done;
                 }
-                // Verifier: both the offset and the length are masked to < MAX_CAPTURE, and the
-                // buffer is 2 * MAX_CAPTURE, so `dst + n` is provably inside it ("invalid
-                // indirect access to map value" otherwise).
-                let off = captured & MASK;
-                let n = n & MASK;
+                // Verifier: the offset is masked below MAX_CAPTURE and the length below
+                // 2 * MAX_CAPTURE (a MAX_CAPTURE - 1 mask would turn exactly MAX_CAPTURE into 0),
+                // and the buffer has 3 * MAX_CAPTURE, so `dst + n` is provably inside it.
+                // Round trip through map memory so that LLVM cannot drop the mask (it knows
+                // `n <= want - done`; the verifier does not).
+                let n = unsafe {
+                    core::ptr::write_volatile(tmp, n as u32);
+                    core::ptr::read_volatile(tmp)
+                } as usize
+                    & OFF_MASK;
                 if n > 0 {
                     // SAFETY: bounds as explained above.
                     let rc = unsafe {
-                        bpf_probe_read_user(data.add(off).cast(), n as u32, iov[0] as *const c_void)
+                        bpf_probe_read_user(
+                            data.add(done & MASK).cast(),
+                            n as u32,
+                            iov[0] as *const c_void,
+                        )
                     };
                     if rc != 0 {
                         count(stats::READ_USER_FAILED);
                         break;
                     }
                 }
-                captured += n;
-                i += 1;
+                unsafe { core::ptr::write_volatile(acc, (done + n) as u32) };
+            }
+            let start = unsafe { core::ptr::read_volatile(pos) };
+            let end = start + iov[1];
+            unsafe { core::ptr::write_volatile(pos, end) };
+            if len <= end {
+                // The last transferred byte is in this iovec; 2 when it is also the last iovec.
+                // (Decided here so that `i` is dead after the loop: a live `i` would give the
+                // verifier one state per iteration count to carry into the tail copy.)
+                let last = if i + 1 == io.iovcnt { 2 } else { 1 };
+                let inside = len - start;
+                unsafe {
+                    core::ptr::write_volatile(found, last);
+                    core::ptr::write_volatile(end_at, iov[0] + inside);
+                    core::ptr::write_volatile(
+                        end_in,
+                        if inside > TAIL_CAPTURE as u64 {
+                            TAIL_CAPTURE as u32
+                        } else {
+                            inside as u32
+                        },
+                    );
+                }
+                break;
+            }
+            i += 1;
+        }
+        unsafe {
+            captured = core::ptr::read_volatile(acc) as usize;
+            // A write that took every byte of every iovec (the common case) ends exactly at the
+            // end of the last iovec: its tail can be gathered backwards from there.
+            let last = core::ptr::read_volatile(found);
+            whole = last == 2 && core::ptr::read_volatile(pos) == len;
+            if last != 0 && !whole {
+                // A read that filled its last iovec only partly: the tail comes from that iovec.
+                end_addr = core::ptr::read_volatile(end_at);
+                end_avail = core::ptr::read_volatile(end_in) as u64;
             }
         }
     }
     if (captured as u64) < len {
         count(stats::TRUNCATED);
     }
+    // The verifier must see `captured <= MAX_CAPTURE` to bound the tail's offset below.
     if captured > MAX_CAPTURE {
         captured = MAX_CAPTURE;
     }
+    if captured >= 8 {
+        // SAFETY: 8 bytes inside the scratch value, read unaligned.
+        let head = unsafe { core::ptr::read_unaligned(data.cast::<[u8; 8]>()) };
+        if head == *H2_PREFACE_START {
+            // HTTP/2 from its first byte: one read soon carries the headers of many streams, so
+            // copy as much as possible from now on. User space does the same for connections it
+            // detects later, but would be too late for the reads right after the preface.
+            let _ = SOCK_CAPTURE.insert(io.sk, MAX_CAPTURE as u32, 0);
+        }
+    }
+    let tail = if VECTORED && whole {
+        copy_tail_vec(io, len, captured, data)
+    } else {
+        copy_tail(end_addr, end_avail, len, captured, data)
+    };
 
     let header = &mut scratch.header;
     header.kind = EVENT_DATA;
@@ -362,10 +447,11 @@ fn emit_data(io: &ActiveIo, len: u64) {
     header.fd = io.fd;
     header.len = len;
     header.captured = captured as u32;
+    header.tail = tail as u32;
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let _ = TRACKED_SOCKS.insert(io.sk, 1u8, 0);
 
-    let size = core::mem::size_of::<DataEvent>() + captured;
+    let size = core::mem::size_of::<DataEvent>() + captured + tail;
     // SAFETY: `scratch` is a map value of size_of::<DataEventBuf>() >= `size`.
     let rc = unsafe {
         bpf_ringbuf_output(
@@ -380,4 +466,111 @@ fn emit_data(io: &ActiveIo, len: u64) {
     } else {
         count(stats::RINGBUF_FULL);
     }
+}
+
+/// The `i`th `struct iovec` (base, length) of a user array. Read as one value: a zeroed stack
+/// array would be cleared byte by byte, which multiplies the verifier's work in every loop.
+#[inline(always)]
+fn read_iovec(array: u64, i: u64) -> Option<[u64; 2]> {
+    // SAFETY: reads user memory through the helper, which handles faults.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user((array + i * 16) as *const [u64; 2]) }.ok()
+}
+
+/// First bytes of the HTTP/2 client connection preface (`PRI * HTTP/2.0...`).
+const H2_PREFACE_START: &[u8; 8] = b"PRI * HT";
+
+const TAIL_MASK: usize = 2 * TAIL_CAPTURE - 1;
+const OFF_MASK: usize = 2 * MAX_CAPTURE - 1;
+
+/// Copies up to `TAIL_CAPTURE` bytes ending at `end` (the address after the last transferred
+/// byte, 0 if unknown) to `data[captured..]`, without overlapping the prefix and without
+/// reaching back more than `avail` bytes (the part of the last buffer before `end`); returns how
+/// many. Used for plain buffers and for vectored reads (from the iovec holding the last byte).
+#[inline(always)]
+fn copy_tail(end: u64, avail: u64, len: u64, captured: usize, data: *mut u8) -> usize {
+    if end == 0 || len <= captured as u64 {
+        return 0;
+    }
+    let mut want = len - captured as u64;
+    if want > TAIL_CAPTURE as u64 {
+        want = TAIL_CAPTURE as u64;
+    }
+    if want > avail {
+        want = avail;
+    }
+    let src = end - want;
+    // Verifier: offset and length both masked, and the buffer has MAX_CAPTURE + 2 * TAIL_CAPTURE
+    // bytes of room past any offset <= MAX_CAPTURE.
+    let off = captured & OFF_MASK;
+    let n = (want as usize) & TAIL_MASK;
+    if n == 0 || off > MAX_CAPTURE {
+        return 0;
+    }
+    // SAFETY: bounds as explained above.
+    let rc = unsafe { bpf_probe_read_user(data.add(off).cast(), n as u32, src as *const c_void) };
+    if rc != 0 {
+        count(stats::READ_USER_FAILED);
+        return 0;
+    }
+    n
+}
+
+/// Most trailing iovecs gathered into the tail of a vectored write.
+const MAX_IOV_TAIL: u64 = 16;
+
+/// The tail of a vectored write that transferred all its iovecs: up to `TAIL_CAPTURE` bytes
+/// gathered backwards from the end of the last iovec (gRPC's C core writes a trailer as a dozen
+/// small iovecs, so the last iovec alone is not enough). Returns how many bytes were stored
+/// after the prefix; 0 on any failure.
+#[inline(never)]
+fn copy_tail_vec(io: &ActiveIo, len: u64, captured: usize, data: *mut u8) -> usize {
+    if len <= captured as u64 {
+        return 0;
+    }
+    let mut want = len - captured as u64;
+    if want > TAIL_CAPTURE as u64 {
+        want = TAIL_CAPTURE as u64;
+    }
+    let base = captured & OFF_MASK;
+    if base > MAX_CAPTURE {
+        return 0;
+    }
+    // Bytes still to gather, filled from the end of the tail region backwards.
+    let mut left = want;
+    let mut j: u64 = 0;
+    while j < MAX_IOV_TAIL {
+        if left == 0 || j >= io.iovcnt {
+            break;
+        }
+        let Some(iov) = read_iovec(io.buf, io.iovcnt - 1 - j) else {
+            return 0;
+        };
+        let mut k = iov[1];
+        if k > left {
+            k = left;
+        }
+        left -= k;
+        // Verifier: the in-tail offset and the length are masked below 2 * TAIL_CAPTURE.
+        let off = (left as usize) & TAIL_MASK;
+        let n = (k as usize) & TAIL_MASK;
+        if n > 0 {
+            // SAFETY: base <= MAX_CAPTURE, off + n < 4 * TAIL_CAPTURE: inside the buffer.
+            let rc = unsafe {
+                bpf_probe_read_user(
+                    data.add(base + off).cast(),
+                    n as u32,
+                    (iov[0] + iov[1] - k) as *const c_void,
+                )
+            };
+            if rc != 0 {
+                count(stats::READ_USER_FAILED);
+                return 0;
+            }
+        }
+        j += 1;
+    }
+    if left != 0 {
+        return 0;
+    }
+    (want as usize) & TAIL_MASK
 }

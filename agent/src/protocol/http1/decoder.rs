@@ -101,6 +101,7 @@ impl Decoder {
             return;
         }
         self.last_ts = ts;
+        let was_upgraded = p.upgraded;
         let mut data = data;
         let mut whole = true;
         if self.pos >= self.buf.len() {
@@ -118,6 +119,9 @@ impl Decoder {
         }
         if gap > 0 && !p.upgraded {
             self.gap(p, gap, ts);
+        } else if p.upgraded && !was_upgraded {
+            p.after_upgrade_gap = gap;
+            p.after_upgrade_ts = ts;
         }
     }
 
@@ -298,6 +302,9 @@ impl Decoder {
                 }
                 if status == 101 || tunnel {
                     p.upgrade(self.cur.take(), end_ts);
+                    // What follows the head belongs to the new protocol (an h2c server often
+                    // writes its first frames together with the 101).
+                    p.after_upgrade.extend_from_slice(&self.buf[self.pos..]);
                     self.pos = self.buf.len();
                     return true;
                 }

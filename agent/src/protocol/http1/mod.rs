@@ -277,9 +277,18 @@ impl Http1Conn {
     }
 
     /// True once the connection switched protocols (101 Switching Protocols, or 2xx to CONNECT):
-    /// afterwards pushes are ignored. (The h2c upgrade will hook in here later.)
+    /// afterwards pushes are ignored.
     pub fn upgraded(&self) -> bool {
         self.pairing.upgraded
+    }
+
+    /// After [`Http1Conn::upgraded`]: the rest of the response-direction segment that carried
+    /// the 101, i.e. the first bytes of the new protocol (empty segment when there were none).
+    pub fn take_after_upgrade(&mut self) -> Segment {
+        let p = &mut self.pairing;
+        let data = std::mem::take(&mut p.after_upgrade);
+        let len = (data.len() as u64).saturating_add(std::mem::take(&mut p.after_upgrade_gap));
+        Segment::prefix(p.after_upgrade_ts, data, len)
     }
 
     pub fn stats(&self) -> Http1Stats {

@@ -52,6 +52,11 @@ pub(super) struct Pairing {
     pub(super) done: Vec<Exchange>,
     pub(super) stats: Http1Stats,
     pub(super) upgraded: bool,
+    /// Captured bytes that followed the 101 head in its segment, the uncaptured rest of that
+    /// segment, and its timestamp: the first bytes of the new protocol.
+    pub(super) after_upgrade: Vec<u8>,
+    pub(super) after_upgrade_gap: u64,
+    pub(super) after_upgrade_ts: u64,
 }
 
 impl Pairing {

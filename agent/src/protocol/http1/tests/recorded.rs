@@ -11,11 +11,7 @@ fn by_bytes(events: &[Event]) -> Vec<Event> {
         for i in 0..ev.seg.data.len() {
             out.push(Event {
                 to: ev.to,
-                seg: Segment {
-                    ts_ns: ev.seg.ts_ns,
-                    data: ev.seg.data.slice(i..i + 1),
-                    len: 1,
-                },
+                seg: Segment::prefix(ev.seg.ts_ns, ev.seg.data.slice(i..i + 1), 1),
             });
         }
     }
@@ -59,11 +55,11 @@ fn capped(events: &[Event], cap: usize) -> Vec<Event> {
         .iter()
         .map(|e| Event {
             to: e.to,
-            seg: Segment {
-                ts_ns: e.seg.ts_ns,
-                data: e.seg.data.slice(..e.seg.data.len().min(cap)),
-                len: e.seg.len,
-            },
+            seg: Segment::prefix(
+                e.seg.ts_ns,
+                e.seg.data.slice(..e.seg.data.len().min(cap)),
+                e.seg.len,
+            ),
         })
         .collect()
 }

@@ -297,11 +297,7 @@ fn empty_segments_change_nothing() {
 #[test]
 fn segment_with_len_smaller_than_data_is_not_a_gap() {
     let mut conn = Http1Conn::new();
-    conn.push_request(Segment {
-        ts_ns: 1,
-        data: Bytes::from_static(GET_A),
-        len: 3,
-    });
+    conn.push_request(Segment::prefix(1, Bytes::from_static(GET_A), 3));
     conn.push_response(seg(2, OK_0));
     let xs = conn.take_exchanges();
     assert_eq!(summaries(&xs), [clean("GET", "/a", 200, 0, 0)]);

@@ -20,11 +20,7 @@ fn seg(ts: u64, data: &[u8]) -> Segment {
 /// Segment of `len` bytes of which only `data` was captured.
 fn cut(ts: u64, data: &[u8], len: u64) -> Segment {
     assert!(data.len() as u64 <= len);
-    Segment {
-        ts_ns: ts,
-        data: Bytes::copy_from_slice(data),
-        len,
-    }
+    Segment::prefix(ts, Bytes::copy_from_slice(data), len)
 }
 
 /// Direction of a segment.
@@ -338,11 +334,7 @@ fn load_rec(name: &str) -> Vec<Event> {
         i += 1;
         events.push(Event {
             to,
-            seg: Segment {
-                ts_ns: ts,
-                data,
-                len,
-            },
+            seg: Segment::prefix(ts, data, len),
         });
     }
     events

@@ -61,11 +61,11 @@ pub(super) fn capped(events: &[Event], cap: usize) -> Vec<Event> {
         .iter()
         .map(|e| Event {
             to: e.to,
-            seg: Segment {
-                ts_ns: e.seg.ts_ns,
-                data: e.seg.data.slice(..e.seg.data.len().min(cap)),
-                len: e.seg.len,
-            },
+            seg: Segment::prefix(
+                e.seg.ts_ns,
+                e.seg.data.slice(..e.seg.data.len().min(cap)),
+                e.seg.len,
+            ),
         })
         .collect()
 }

@@ -1,0 +1,364 @@
+//! Spans of HTTP/2 streams: gRPC calls per the OpenTelemetry RPC conventions, other requests as
+//! HTTP spans with `network.protocol.version` = `2`.
+
+use super::{
+    http::{ConnMeta, HttpMessage, HttpSpanConfig, HttpSpanStats, build_http_span, ip_string},
+    span::{KeyValue, Span, SpanId, SpanKind, Status},
+};
+use crate::protocol::http2::{H2Stream, StreamEnd};
+
+/// Which kinds of HTTP/2 streams become spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct H2Kinds {
+    /// gRPC calls (`content-type: application/grpc*`).
+    pub grpc: bool,
+    /// Every other HTTP/2 request.
+    pub http: bool,
+}
+
+/// gRPC status code names, by code (<https://grpc.github.io/grpc/core/md_doc_statuscodes.html>).
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// HTTP/2 error code names (RFC 9113 section 7), by code.
+const H2_ERRORS: [&str; 14] = [
+    "NO_ERROR",
+    "PROTOCOL_ERROR",
+    "INTERNAL_ERROR",
+    "FLOW_CONTROL_ERROR",
+    "SETTINGS_TIMEOUT",
+    "STREAM_CLOSED",
+    "FRAME_SIZE_ERROR",
+    "REFUSED_STREAM",
+    "CANCEL",
+    "COMPRESSION_ERROR",
+    "CONNECT_ERROR",
+    "ENHANCE_YOUR_CALM",
+    "INADEQUATE_SECURITY",
+    "HTTP_1_1_REQUIRED",
+];
+
+fn h2_error_name(code: u32) -> String {
+    H2_ERRORS
+        .get(code as usize)
+        .map_or_else(|| format!("0x{code:x}"), |n| (*n).to_owned())
+}
+
+/// Whether a gRPC status makes the span an error: every non-OK code on the client; on the
+/// server only the codes that mean the server failed (the conventions' list).
+pub fn grpc_is_error(kind: SpanKind, code: i64) -> bool {
+    match kind {
+        SpanKind::Client => code != 0,
+        SpanKind::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+    }
+}
+
+/// `/package.Service/Method` -> (`package.Service`, `Method`).
+pub fn split_grpc_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix('/')?;
+    let (service, method) = rest.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2 spec).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+/// A gRPC call: `content-type: application/grpc*`. When the content type could not be decoded
+/// (a connection joined mid-way, whose HPACK tables hold it as an unknown entry), any `grpc-*`
+/// field, or a partial POST to a `/package.Service/Method` path, still tells.
+fn is_grpc(stream: &H2Stream) -> bool {
+    let content_type = stream
+        .request_header("content-type")
+        .or_else(|| stream.response_header("content-type"));
+    if let Some(ct) = content_type {
+        return ct
+            .get(..16)
+            .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"));
+    }
+    let grpc_field = stream
+        .request_headers
+        .iter()
+        .chain(&stream.response_headers)
+        .chain(&stream.trailers)
+        .any(|h| h.name.starts_with("grpc-"));
+    grpc_field
+        || (stream.undecoded_fields > 0
+            && stream.request_header(":method") == Some("POST")
+            && stream
+                .request_header(":path")
+                .and_then(split_grpc_path)
+                .is_some())
+}
+
+fn end_ns(stream: &H2Stream) -> u64 {
+    stream
+        .response_end_ns
+        .max(stream.request_end_ns)
+        .max(stream.response_start_ns)
+        .max(stream.request_start_ns)
+}
+
+/// The span of one finished stream, or None when its kind is not enabled (or it carries no
+/// request at all: a stream whose HEADERS were lost).
+pub fn build_h2_span(
+    stream: &H2Stream,
+    conn: &ConnMeta,
+    kinds: H2Kinds,
+    config: &HttpSpanConfig,
+    stats: &HttpSpanStats,
+    to_unix: &dyn Fn(u64) -> u64,
+) -> Option<Span> {
+    if stream.request_start_ns == 0 && stream.request_headers.is_empty() {
+        return None;
+    }
+    if is_grpc(stream) {
+        return kinds
+            .grpc
+            .then(|| build_grpc_span(stream, conn, stats, to_unix));
+    }
+    if !kinds.http {
+        return None;
+    }
+    let status = stream
+        .response_header(":status")
+        .and_then(|s| s.parse::<u16>().ok());
+    let no_response = match stream.end {
+        StreamEnd::Reset {
+            by_client: true, ..
+        } => "stream reset by the client",
+        StreamEnd::Reset { .. } => "stream reset by the server",
+        StreamEnd::GoAway { .. } => "connection going away",
+        StreamEnd::Evicted => "too many open streams",
+        StreamEnd::Complete | StreamEnd::ConnectionClosed => "connection closed before a response",
+    };
+    let method = stream.request_header(":method");
+    let path = stream.request_header(":path");
+    let partial = stream.partial || method.is_none() || path.is_none();
+    let msg = HttpMessage {
+        method: method.unwrap_or("_OTHER"),
+        target: path.unwrap_or("/"),
+        authority: stream.request_header(":authority"),
+        headers: &stream.request_headers,
+        version: "2",
+        status,
+        no_response,
+        request_body_len: stream.request_body_len,
+        request_has_body: stream.request_header("content-length").is_some(),
+        response_body_len: stream.response_body_len,
+        partial,
+        start_ns: stream.request_start_ns,
+        end_ns: end_ns(stream),
+    };
+    let mut span = build_http_span(&msg, conn, config, stats, to_unix);
+    if let StreamEnd::Reset { error_code, .. } = stream.end
+        && status.is_some()
+    {
+        // Answered, then reset mid-body: still a failure of this request.
+        span.attributes
+            .retain(|kv| kv.key != "error.type" && kv.key != "socktrace.partial");
+        span.attributes
+            .push(KeyValue::new("error.type", h2_error_name(error_code)));
+        span.status = Status::Error {
+            message: "stream reset".to_owned(),
+        };
+        if msg.partial {
+            span.attributes
+                .push(KeyValue::new("socktrace.partial", true));
+        }
+    }
+    Some(span)
+}
+
+fn build_grpc_span(
+    stream: &H2Stream,
+    conn: &ConnMeta,
+    stats: &HttpSpanStats,
+    to_unix: &dyn Fn(u64) -> u64,
+) -> Span {
+    let path = stream.request_header(":path");
+    let (service, method) = path.and_then(split_grpc_path).unzip();
+    let mut attrs = Vec::with_capacity(14);
+    attrs.push(KeyValue::new("rpc.system", "grpc"));
+    if let (Some(service), Some(method)) = (service, method) {
+        attrs.push(KeyValue::new("rpc.service", service));
+        attrs.push(KeyValue::new("rpc.method", method));
+    }
+    let peer_ip = ip_string(&conn.peer);
+    match conn.kind {
+        SpanKind::Server => {
+            attrs.push(KeyValue::new("server.address", ip_string(&conn.local)));
+            attrs.push(KeyValue::new("server.port", i64::from(conn.local.port())));
+            attrs.push(KeyValue::new("client.address", peer_ip.clone()));
+            attrs.push(KeyValue::new("client.port", i64::from(conn.peer.port())));
+        }
+        SpanKind::Client => {
+            // The authority names the server as the caller addressed it.
+            let (host, port) = stream
+                .request_header(":authority")
+                .and_then(|a| {
+                    let (h, p) = a.rsplit_once(':')?;
+                    Some((
+                        h.trim_matches(['[', ']']).to_owned(),
+                        p.parse::<u16>().ok()?,
+                    ))
+                })
+                .unwrap_or_else(|| (peer_ip.clone(), conn.peer.port()));
+            attrs.push(KeyValue::new("server.address", host));
+            attrs.push(KeyValue::new("server.port", i64::from(port)));
+        }
+    }
+    attrs.push(KeyValue::new("network.peer.address", peer_ip));
+    attrs.push(KeyValue::new(
+        "network.peer.port",
+        i64::from(conn.peer.port()),
+    ));
+    attrs.push(KeyValue::new("network.transport", "tcp"));
+    attrs.push(KeyValue::new("network.protocol.name", "http"));
+    attrs.push(KeyValue::new("network.protocol.version", "2"));
+
+    // grpc-status lives in the trailers, or in the headers of a Trailers-Only response.
+    let code = stream
+        .trailer("grpc-status")
+        .or_else(|| stream.response_header("grpc-status"))
+        .and_then(|c| c.trim().parse::<i64>().ok());
+    let mut status = Status::Unset;
+    let mut partial = stream.partial;
+    match (code, stream.end) {
+        (Some(code), _) => {
+            attrs.push(KeyValue::new("rpc.grpc.status_code", code));
+            if grpc_is_error(conn.kind, code) {
+                let name = GRPC_CODES
+                    .get(code as usize)
+                    .map_or_else(|| code.to_string(), |n| (*n).to_owned());
+                attrs.push(KeyValue::new("error.type", name));
+                let message = stream
+                    .trailer("grpc-message")
+                    .or_else(|| stream.response_header("grpc-message"))
+                    .map(percent_decode)
+                    .unwrap_or_default();
+                status = Status::Error { message };
+            }
+        }
+        (
+            None,
+            StreamEnd::Reset {
+                error_code,
+                by_client,
+            },
+        ) => {
+            // RST_STREAM CANCEL is how a call is cancelled (status CANCELLED, code 1).
+            if error_code == 8 {
+                attrs.push(KeyValue::new("rpc.grpc.status_code", 1));
+                attrs.push(KeyValue::new("error.type", "CANCELLED"));
+            } else {
+                attrs.push(KeyValue::new("error.type", h2_error_name(error_code)));
+            }
+            status = Status::Error {
+                message: if by_client {
+                    "stream reset by the client".to_owned()
+                } else {
+                    "stream reset by the server".to_owned()
+                },
+            };
+        }
+        (None, end) => {
+            // The status was not seen: lost in capture, or the call never finished.
+            partial = true;
+            attrs.push(KeyValue::new("error.type", "_OTHER"));
+            status = Status::Error {
+                message: match end {
+                    StreamEnd::GoAway { .. } => "connection going away",
+                    StreamEnd::Evicted => "too many open streams",
+                    _ => "no grpc-status seen",
+                }
+                .to_owned(),
+            };
+        }
+    }
+    if partial || path.is_none() {
+        attrs.push(KeyValue::new("socktrace.partial", true));
+    }
+    let name = match (service, method) {
+        (Some(s), Some(m)) => format!("{s}/{m}"),
+        _ => "grpc".to_owned(),
+    };
+    let (trace_id, parent_span_id, trace_state) =
+        super::http::trace_context(&stream.request_headers, stats);
+    let start = to_unix(stream.request_start_ns);
+    let end = to_unix(end_ns(stream)).max(start);
+    Span {
+        trace_id,
+        span_id: SpanId::random(),
+        parent_span_id,
+        trace_state,
+        name,
+        kind: conn.kind,
+        start_unix_nanos: start,
+        end_unix_nanos: end,
+        attributes: attrs,
+        status,
+        resource: conn.resource.clone(),
+        scope: "socktrace.grpc",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths_and_errors() {
+        assert_eq!(
+            split_grpc_path("/shop.v1.Cart/AddItem"),
+            Some(("shop.v1.Cart", "AddItem"))
+        );
+        assert_eq!(split_grpc_path("/x"), None);
+        assert_eq!(split_grpc_path("//m"), None);
+        assert_eq!(split_grpc_path("/a/b/c"), None);
+        assert!(grpc_is_error(SpanKind::Client, 5));
+        assert!(!grpc_is_error(SpanKind::Server, 5));
+        assert!(grpc_is_error(SpanKind::Server, 13));
+        assert!(!grpc_is_error(SpanKind::Client, 0));
+        assert_eq!(percent_decode("no%20such%20item%"), "no such item%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}
