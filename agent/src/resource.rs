@@ -397,7 +397,9 @@ fn parse_environ(raw: &[u8]) -> HashMap<String, String> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes (malformed ones are kept as they are), as in `OTEL_RESOURCE_ATTRIBUTES`
+/// values and gRPC's `grpc-message`.
+pub(crate) fn percent_decode(s: &str) -> String {
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

@@ -5,7 +5,10 @@ use super::{
     http::{ConnMeta, HttpMessage, HttpSpanConfig, HttpSpanStats, build_http_span, ip_string},
     span::{KeyValue, Span, SpanId, SpanKind, Status},
 };
-use crate::protocol::http2::{H2Stream, StreamEnd};
+use crate::{
+    protocol::http2::{H2Stream, StreamEnd},
+    resource::percent_decode,
+};
 
 /// Which kinds of HTTP/2 streams become spans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,30 +79,6 @@ pub fn split_grpc_path(path: &str) -> Option<(&str, &str)> {
     let (service, method) = rest.split_once('/')?;
     (!service.is_empty() && !method.is_empty() && !method.contains('/'))
         .then_some((service, method))
-}
-
-/// `grpc-message` is percent-encoded (gRPC over HTTP/2 spec).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 /// A gRPC call: `content-type: application/grpc*`. When the content type could not be decoded

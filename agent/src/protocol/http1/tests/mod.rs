@@ -21,18 +21,8 @@ fn cut(ts: u64, data: &[u8], len: u64) -> Segment {
     Segment::prefix(ts, Bytes::copy_from_slice(data), len)
 }
 
-/// Direction of a recorded segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum To {
-    Server,
-    Client,
-}
-
-#[derive(Clone, Debug)]
-struct Event {
-    to: To,
-    seg: Segment,
-}
+/// Recorded segments and their direction: the `.rec` reader shared by the parsers' tests.
+use crate::protocol::testutil::{self, RecEvent as Event, To};
 
 fn push(conn: &mut Http1Conn, ev: &Event) {
     match ev.to {
@@ -56,45 +46,12 @@ fn replay(events: &[Event]) -> (Vec<Exchange>, Http1Conn) {
 }
 
 fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/http1")
+    testutil::data_dir("http1")
 }
 
-/// Reads a `.rec` file (format in tests/data/http1/README.md).
+/// Reads a `.rec` file (format in tests/data/README.md).
 fn load_rec(name: &str) -> Vec<Event> {
-    let path = data_dir().join(format!("{name}.rec"));
-    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut events = Vec::new();
-    let mut i = 0;
-    while i < raw.len() {
-        let nl = raw[i..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .expect("header line")
-            + i;
-        let line = std::str::from_utf8(&raw[i..nl]).expect("utf8 header");
-        i = nl + 1;
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let f: Vec<&str> = line.split(' ').collect();
-        let to = match f[0] {
-            ">" => To::Server,
-            "<" => To::Client,
-            other => panic!("{name}: bad direction {other:?}"),
-        };
-        let ts: u64 = f[1].parse().unwrap();
-        let len: u64 = f[2].parse().unwrap();
-        let captured: usize = f.get(3).map_or(len as usize, |c| c.parse().unwrap());
-        let data = Bytes::copy_from_slice(&raw[i..i + captured]);
-        i += captured;
-        assert_eq!(raw[i], b'\n', "{name}: record not followed by a newline");
-        i += 1;
-        events.push(Event {
-            to,
-            seg: Segment::prefix(ts, data, len),
-        });
-    }
-    events
+    testutil::load_rec("http1", name)
 }
 
 /// What a test compares: the exchange without timestamps and headers.
