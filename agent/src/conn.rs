@@ -391,6 +391,11 @@ impl ConnTable {
         }
     }
 
+    /// The kernel inserted a `traceparent` into a request about to be written on `ev.sk`.
+    pub fn on_inject(&mut self, ev: &socktrace_common::InjectEvent) {
+        let _ = ev;
+    }
+
     /// The kernel saw a traced socket change state; at `TCP_CLOSE` the connection is finished.
     pub fn on_close(&mut self, sk: u64, new_state: u32, ts_ns: u64, out: &mut Vec<ConnExchange>) {
         if new_state as i32 != TCP_CLOSE {

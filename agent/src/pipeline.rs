@@ -167,6 +167,7 @@ impl Pipeline {
                 }
             }
             Ok(Event::Exit { pid }) => self.resources.exited(pid),
+            Ok(Event::Inject(ev)) => self.conns.on_inject(&ev),
             Err(e) => {
                 self.stats.decode_errors += 1;
                 tracing::debug!("dropped a malformed kernel record: {e}");

@@ -420,6 +420,8 @@ pub enum Event<'a> {
     Exit {
         pid: u32,
     },
+    /// The kernel inserted a `traceparent` line into an outgoing request.
+    Inject(socktrace_common::InjectEvent),
 }
 
 /// Why a record could not be decoded (counted, never fatal).
@@ -451,7 +453,8 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
 /// Decodes one ring-buffer record without trusting its contents.
 pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     use socktrace_common::{
-        CloseEvent, DataEvent, EVENT_CONN_CLOSE, EVENT_DATA, EVENT_EXEC, EVENT_EXIT, ProcEvent,
+        CloseEvent, DataEvent, EVENT_CONN_CLOSE, EVENT_DATA, EVENT_EXEC, EVENT_EXIT, EVENT_INJECT,
+        InjectEvent, ProcEvent,
     };
     let kind: u32 = read_pod(bytes)?;
     match kind {
@@ -481,6 +484,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         EVENT_EXIT => Ok(Event::Exit {
             pid: read_pod::<ProcEvent>(bytes)?.pid,
         }),
+        EVENT_INJECT => Ok(Event::Inject(read_pod::<InjectEvent>(bytes)?)),
         other => Err(DecodeError::Kind(other)),
     }
 }
@@ -510,7 +514,8 @@ mod tests {
             tuple: Default::default(),
             comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
             tail,
-            _pad: 0,
+            ctx_flags: 0,
+            trace_id: [0; 16],
         };
         // SAFETY: DataEvent is a Pod type without padding.
         let mut v = unsafe {

@@ -10,7 +10,9 @@ use std::{
 
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use socktrace_tests::{
-    harness::{Agent, ChildGuard, PyServer, curl, exact, peer, require_root, temp_file, wait_line},
+    harness::{
+        Agent, ChildGuard, PyServer, curl, exact, peer, python, require_root, temp_file, wait_line,
+    },
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
 };
 
@@ -293,14 +295,19 @@ fn large_and_chunked_responses_are_one_span_each() {
 #[test]
 fn chunk_lines_beyond_the_capture_are_marked_partial_and_the_stream_recovers() {
     let (receiver, server, _agent) = setup(Protocol::Grpc, &["--capture-bytes", "256"]);
-    curl(&[
-        "-o",
-        "/dev/null",
-        &server.url("/chunked?n=50"),
-        "-o",
-        "/dev/null",
-        &server.url("/hello"),
-    ]);
+    // The client lets the 50 chunks pile up, then reads them in one call (curl reads as they
+    // come, which on a fast machine can be one chunk per read: then every line is seen).
+    let out = Command::new(python())
+        .arg(peer("slow_reader.py"))
+        .arg(server.port.to_string())
+        .args(["/chunked?n=50", "/hello"])
+        .output()
+        .expect("slow_reader.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (s, c) = exact(&receiver, 2, 2);
     // The server writes each chunk in its own write: fully seen, exact.
     assert_eq!(int_attr(&s[0], "http.response.body.size"), 5000, "{}", s[0]);

@@ -26,6 +26,14 @@ pub const EVENT_DATA: u32 = 1;
 pub const EVENT_CONN_CLOSE: u32 = 2;
 pub const EVENT_EXEC: u32 = 3;
 pub const EVENT_EXIT: u32 = 4;
+pub const EVENT_INJECT: u32 = 5;
+
+/// `DataEvent::ctx_flags`: this read began an HTTP/1 request on a server socket and the kernel
+/// made it the calling thread's current server context (`DataEvent::trace_id` is its trace).
+pub const CTX_SERVER_REQUEST: u32 = 1;
+/// With `CTX_SERVER_REQUEST`: the trace id came from the request's own `traceparent` header
+/// (otherwise the kernel drew it at random).
+pub const CTX_FROM_HEADER: u32 = 2;
 
 /// Direction of a socket data event, seen from the traced process.
 pub const DIR_INGRESS: u32 = 0;
@@ -100,7 +108,11 @@ pub struct DataEvent {
     /// Bytes copied from the end of the I/O, following the `captured` prefix bytes in the record.
     /// They are the last `tail` of the `len` bytes and never overlap the prefix.
     pub tail: u32,
-    pub _pad: u32,
+    /// `CTX_*` bits: what the kernel decided about trace context for this I/O.
+    pub ctx_flags: u32,
+    /// With `CTX_SERVER_REQUEST`: the trace id the kernel will put into `traceparent` headers
+    /// it injects into requests this thread sends while serving the request.
+    pub trace_id: [u8; 16],
 }
 
 /// A payload-carrying record as staged in the kernel's per-CPU scratch buffer.
@@ -133,6 +145,26 @@ pub struct ProcEvent {
     pub kind: u32,
     pub pid: u32,
     pub ts_ns: u64,
+}
+
+/// `EVENT_INJECT`: the kernel inserted a `traceparent` line into an outgoing HTTP/1 request.
+///
+/// Emitted from the `sk_msg` program during the `sendmsg`/`write` that carries the request, so
+/// it precedes that call's `EVENT_DATA` record (whose payload shows the bytes as the application
+/// wrote them, without the inserted line).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InjectEvent {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// Offset in the message where the line was inserted (just after the request line).
+    pub offset: u32,
+    pub ts_ns: u64,
+    /// Kernel socket pointer, the same value as `DataEvent::sk`.
+    pub sk: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
 }
 
 /// Indices of the per-CPU `STATS` array. Each counts occurrences since load.
@@ -178,10 +210,12 @@ mod pod {
     unsafe impl aya::Pod for DataEvent {}
     unsafe impl aya::Pod for CloseEvent {}
     unsafe impl aya::Pod for ProcEvent {}
+    unsafe impl aya::Pod for InjectEvent {}
 }
 
 // Layout guards: a change here changes the wire format between kernel and user space.
 const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
-const _: () = assert!(core::mem::size_of::<DataEvent>() == 120);
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 136);
 const _: () = assert!(core::mem::size_of::<CloseEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
+const _: () = assert!(core::mem::size_of::<InjectEvent>() == 56);

@@ -257,6 +257,7 @@ fn emit_data<const VECTORED: bool>(io: &ActiveIo, len: u64) {
     let header = &mut scratch.header;
     header.role = ROLE_UNKNOWN;
     header.tuple_known = 0;
+    header.ctx_flags = 0;
     // SAFETY: the value is read in place and copied field by field into the scratch buffer.
     if let Some(info) = unsafe { SOCKS.get(&io.sk) } {
         if SELF_PEERS.get_ptr(&info.tuple).is_some() {
