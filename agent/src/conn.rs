@@ -13,7 +13,8 @@ use std::{
 
 use bytes::Bytes;
 use socktrace_common::{
-    AF_INET, AF_INET6, ConnTuple, DIR_INGRESS, DataEvent, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
+    AF_INET, AF_INET6, CTX_SERVER_REQUEST, ConnTuple, DIR_INGRESS, DataEvent, InjectEvent,
+    ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
 };
 
 use crate::protocol::{
@@ -21,6 +22,11 @@ use crate::protocol::{
     http1::{self, Exchange, Header, Http1Conn},
     http2::{self, H2Conn, H2Stream},
     postgres::{self, PgConn, Statement},
+};
+use crate::trace::{
+    context::scan_http1_context,
+    link::{ExchangeLink, LinkEvent, PeerDisc, Side},
+    span::{SpanId, TraceId},
 };
 
 /// Which side of the connection the traced process is.
@@ -99,6 +105,8 @@ pub struct ConnStats {
     pub h2_mid_stream: u64,
     /// Data events in the response direction before any request was seen (joined mid-exchange).
     pub skipped_mid_stream: u64,
+    /// Kernel injections never matched to a request write (expired or bound reached).
+    pub injections_unmatched: u64,
 }
 
 /// Identity of a connection resolved outside the kernel (connections older than the agent).
@@ -134,6 +142,8 @@ pub struct ConnExchange {
     pub local: SocketAddr,
     pub peer: SocketAddr,
     pub payload: Payload,
+    /// What span linking needs to know about the exchange.
+    pub link: ExchangeLink,
 }
 
 enum State {
@@ -145,6 +155,7 @@ enum State {
 }
 
 struct Conn {
+    sk: u64,
     pid: u32,
     comm: String,
     role: Option<Role>,
@@ -152,6 +163,39 @@ struct Conn {
     peer: SocketAddr,
     state: State,
     last_seen_ns: u64,
+    /// The kernel saw the connection established, so both ends count requests from the start.
+    tuple_known: bool,
+    /// Request bytes seen since the last response bytes.
+    turn_active: bool,
+    /// Turns begun so far (request bytes after response bytes, or the first).
+    turns: u64,
+    /// PostgreSQL statements finished so far.
+    statements: u64,
+}
+
+impl Conn {
+    /// Both ends of this connection may be traced on this host, and the kernel saw it from its
+    /// start, so requests can be paired with the other end's by counting.
+    fn peer_linkable(&self) -> bool {
+        let (l, p) = (
+            self.local.ip().to_canonical(),
+            self.peer.ip().to_canonical(),
+        );
+        self.tuple_known && (p.is_loopback() || p == l)
+    }
+}
+
+/// How long a kernel injection waits for the write that carries it (microseconds in practice).
+const INJECTION_TTL_NS: u64 = 2_000_000_000;
+/// Most injections waiting for their write.
+const MAX_PENDING_INJECTIONS: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+struct Injection {
+    tid: u32,
+    ts_ns: u64,
+    trace_id: TraceId,
+    span_id: SpanId,
 }
 
 /// Events in the request direction tried before a connection is declared not ours.
@@ -165,6 +209,10 @@ pub struct ConnTable {
     h2_retired: http2::Http2Stats,
     /// Sockets that turned out to be HTTP/2 since the last `take_full_capture`.
     full_capture: Vec<u64>,
+    /// What linking learns from I/O, in order; taken by the pipeline after each event.
+    links: Vec<LinkEvent>,
+    /// Kernel injections whose request write has not been seen yet, by socket.
+    injections: HashMap<u64, Injection>,
 }
 
 fn add_h2_stats(total: &mut http2::Http2Stats, s: &http2::Http2Stats) {
@@ -205,7 +253,14 @@ impl ConnTable {
             stats: ConnStats::default(),
             h2_retired: http2::Http2Stats::default(),
             full_capture: Vec::new(),
+            links: Vec::new(),
+            injections: HashMap::new(),
         }
+    }
+
+    /// What linking learned from the I/O handled since the last call, in order.
+    pub fn take_links(&mut self) -> Vec<LinkEvent> {
+        std::mem::take(&mut self.links)
     }
 
     pub fn stats(&self) -> ConnStats {
@@ -344,6 +399,14 @@ impl ConnTable {
             Some(Role::Server) => ingress,
             _ => !ingress,
         };
+        Self::track_turns(
+            conn,
+            ev,
+            payload,
+            is_request,
+            &mut self.injections,
+            &mut self.links,
+        );
         let seg = Segment::prefix(ev.ts_ns, Bytes::copy_from_slice(payload), ev.len)
             .with_tail(Bytes::copy_from_slice(tail));
         let done = match &mut conn.state {
@@ -392,8 +455,99 @@ impl ConnTable {
     }
 
     /// The kernel inserted a `traceparent` into a request about to be written on `ev.sk`.
-    pub fn on_inject(&mut self, ev: &socktrace_common::InjectEvent) {
-        let _ = ev;
+    /// The write that carries it follows; its request takes these ids.
+    pub fn on_inject(&mut self, ev: &InjectEvent) {
+        if self.injections.len() >= MAX_PENDING_INJECTIONS {
+            let before = self.injections.len();
+            let cutoff = ev.ts_ns.saturating_sub(INJECTION_TTL_NS);
+            self.injections.retain(|_, i| i.ts_ns >= cutoff);
+            if self.injections.len() == before {
+                self.injections.clear();
+            }
+            self.stats.injections_unmatched += (before - self.injections.len()) as u64;
+        }
+        let old = self.injections.insert(
+            ev.sk,
+            Injection {
+                tid: ev.tid,
+                ts_ns: ev.ts_ns,
+                trace_id: TraceId(ev.trace_id),
+                span_id: SpanId(ev.span_id),
+            },
+        );
+        if old.is_some() {
+            self.stats.injections_unmatched += 1;
+        }
+    }
+
+    /// Turns and the link events they give: the first request bytes of an HTTP/1 turn begin a
+    /// request context; client I/O of other protocols may belong to a served request; response
+    /// bytes on a server connection end the serving.
+    fn track_turns(
+        conn: &mut Conn,
+        ev: &DataEvent,
+        payload: &[u8],
+        is_request: bool,
+        injections: &mut HashMap<u64, Injection>,
+        links: &mut Vec<LinkEvent>,
+    ) {
+        let Some(role) = conn.role else {
+            return;
+        };
+        let http1 = matches!(conn.state, State::Http1(_));
+        let key = (ev.sk, ev.ts_ns);
+        if !is_request {
+            conn.turn_active = false;
+            if role == Role::Server {
+                links.push(LinkEvent::ServerResponse {
+                    sk: ev.sk,
+                    tid: ev.tid,
+                });
+            }
+            return;
+        }
+        // The kernel put a header into this write: it begins a request even mid-turn (pipelined).
+        let injected = match injections.get(&ev.sk) {
+            Some(i) if role == Role::Client && i.tid == ev.tid => {
+                injections.remove(&ev.sk).map(|i| (i.trace_id, i.span_id))
+            }
+            _ => None,
+        };
+        let new_turn = !conn.turn_active;
+        if new_turn {
+            conn.turn_active = true;
+            conn.turns += 1;
+        }
+        if http1 && (new_turn || injected.is_some()) {
+            let kernel_trace = (role == Role::Server && ev.ctx_flags & CTX_SERVER_REQUEST != 0)
+                .then_some(TraceId(ev.trace_id))
+                .filter(TraceId::is_valid);
+            links.push(LinkEvent::Http1Request {
+                key,
+                tid: ev.tid,
+                side: match role {
+                    Role::Server => Side::Server,
+                    Role::Client => Side::Client,
+                },
+                local: conn.local,
+                peer: conn.peer,
+                peer_linkable: conn.peer_linkable(),
+                turn: conn.turns - 1,
+                header: scan_http1_context(payload),
+                kernel_trace,
+                injected,
+            });
+        } else if !http1 && role == Role::Client {
+            links.push(LinkEvent::ClientIo { key, tid: ev.tid });
+        }
+    }
+
+    /// Forgets kernel injections whose write never came.
+    pub fn expire_injections(&mut self, now_ns: u64) {
+        let before = self.injections.len();
+        self.injections
+            .retain(|_, i| now_ns.saturating_sub(i.ts_ns) <= INJECTION_TTL_NS);
+        self.stats.injections_unmatched += (before - self.injections.len()) as u64;
     }
 
     /// The kernel saw a traced socket change state; at `TCP_CLOSE` the connection is finished.
@@ -487,6 +641,7 @@ impl ConnTable {
     ) -> Option<Box<H2Conn>> {
         let role = conn.role?;
         let mut upgrade = None;
+        let http1 = matches!(conn.state, State::Http1(_));
         let payloads: Vec<Payload> = match &mut conn.state {
             State::Http1(h) => {
                 let mut exchanges = h.take_exchanges();
@@ -521,8 +676,34 @@ impl ConnTable {
             }
             State::Detecting { .. } | State::Ignored => return None,
         };
+        let peer_linkable = conn.peer_linkable();
         for payload in payloads {
+            let (start_ns, disc) = match &payload {
+                Payload::Http(ex) => (ex.request_start_ns, None),
+                Payload::Http2(st) => (st.request_start_ns, Some(PeerDisc::Stream(st.stream_id))),
+                Payload::Postgres { statement, .. } => {
+                    conn.statements += 1;
+                    (
+                        statement.start_ns,
+                        Some(PeerDisc::Statement(conn.statements - 1)),
+                    )
+                }
+            };
+            let link = ExchangeLink {
+                sk: conn.sk,
+                start_ns,
+                side: match role {
+                    Role::Server => Side::Server,
+                    Role::Client => Side::Client,
+                },
+                local: conn.local,
+                peer: conn.peer,
+                http1: http1 && matches!(payload, Payload::Http(_)),
+                peer_linkable,
+                disc,
+            };
             out.push(ConnExchange {
+                link,
                 pid: conn.pid,
                 comm: conn.comm.clone(),
                 role,
@@ -564,6 +745,11 @@ impl ConnTable {
                 State::Detecting { tries: 0 }
             };
         Some(Conn {
+            sk: ev.sk,
+            tuple_known: ev.tuple_known != 0,
+            turn_active: false,
+            turns: 0,
+            statements: 0,
             pid: ev.pid,
             comm: comm_of(&ev.comm),
             role,

@@ -24,6 +24,7 @@ use crate::{
         db::{DbSpanConfig, build_pg_span},
         http::{ConnMeta, HttpSpanConfig, HttpSpanStats, build_span},
         http2::{H2Kinds, build_h2_span},
+        link::{LinkConfig, Linker},
         span::SpanKind,
     },
 };
@@ -89,6 +90,7 @@ pub struct Pipeline {
     /// Spans built since the last flush: handed to the exporter in one burst per poll cycle,
     /// which wakes its task once instead of once per span.
     pending: Vec<crate::trace::span::Span>,
+    linker: Linker,
 }
 
 impl Pipeline {
@@ -120,6 +122,7 @@ impl Pipeline {
             stats: PipelineStats::default(),
             out: Vec::new(),
             pending: Vec::new(),
+            linker: Linker::new(LinkConfig::default()),
         }
     }
 
@@ -145,6 +148,9 @@ impl Pipeline {
                 }
                 self.conns
                     .on_data(&header, payload, tail, &mut self.resolver, &mut self.out);
+                for link in self.conns.take_links() {
+                    self.linker.on_event(link);
+                }
                 if let Some(capture) = &mut self.sock_capture {
                     for sk in self.conns.take_full_capture() {
                         if let Err(e) = capture.set(sk, socktrace_common::MAX_CAPTURE as u32) {
@@ -179,8 +185,30 @@ impl Pipeline {
     /// Periodic work: idle connections, clock drift (NTP steps).
     pub fn tick(&mut self) {
         self.clock = Clock::now();
-        self.conns.expire(Clock::monotonic_now(), &mut self.out);
+        let now = Clock::monotonic_now();
+        self.conns.expire(now, &mut self.out);
+        self.conns.expire_injections(now);
         self.emit();
+        self.linker.tick(now);
+        self.take_linked();
+    }
+
+    /// Short deadlines of span linking (a request waiting for its same-host client).
+    pub fn tick_links(&mut self) {
+        self.linker.tick_deadlines(Clock::monotonic_now());
+        self.take_linked();
+    }
+
+    /// Releases every span still held for a parent (at shutdown).
+    pub fn release_held(&mut self) {
+        self.linker.release_all();
+        self.take_linked();
+    }
+
+    fn take_linked(&mut self) {
+        let ready = self.linker.take_ready();
+        self.stats.spans += ready.len() as u64;
+        self.pending.extend(ready);
     }
 
     fn emit(&mut self) {
@@ -222,9 +250,9 @@ impl Pipeline {
                     database,
                 } => build_pg_span(statement, database.as_deref(), &meta, &self.db, &to_unix),
             };
-            self.stats.spans += 1;
-            self.pending.push(span);
+            self.linker.on_span(span, cx.link);
         }
+        self.take_linked();
     }
 
     /// Hands the spans built so far to the exporter.
@@ -246,8 +274,9 @@ impl Pipeline {
         let h = self.conns.http1_stats();
         let h2 = self.conns.http2_stats();
         let e = self.exporter.stats();
+        let l = self.linker.stats();
         format!(
-            "kernel: {k} | pipeline: records={} decode_errors={} spans={} resource_filtered={} invalid_traceparent={} | conns: live={} opened={} closed={} expired={} evicted={} unresolved={} undetected={} port_filtered={} mid_stream_skipped={} encrypted={} | http1: resyncs={} bytes_skipped={} invalid_heads={} unanswered_dropped={} | http2: frames={} resyncs={} bytes_skipped={} hpack_errors={} undecoded_fields={} streams_evicted={} mid_stream_joins={} h2c_upgrades={} joined_connections={} | export: exported={} queue_dropped={} failed={} retries={}",
+            "kernel: {k} | pipeline: records={} decode_errors={} spans={} resource_filtered={} invalid_traceparent={} | conns: live={} opened={} closed={} expired={} evicted={} unresolved={} undetected={} port_filtered={} mid_stream_skipped={} encrypted={} injections_unmatched={} | links: thread={} peer={} injected={} held={} held_now={} released_unlinked={} peer_timeouts={} contexts_dropped={} conflicts={} | http1: resyncs={} bytes_skipped={} invalid_heads={} unanswered_dropped={} | http2: frames={} resyncs={} bytes_skipped={} hpack_errors={} undecoded_fields={} streams_evicted={} mid_stream_joins={} h2c_upgrades={} joined_connections={} | export: exported={} queue_dropped={} failed={} retries={}",
             self.stats.records,
             self.stats.decode_errors,
             self.stats.spans,
@@ -263,6 +292,16 @@ impl Pipeline {
             c.filtered_port,
             c.skipped_mid_stream,
             c.encrypted,
+            c.injections_unmatched,
+            l.thread_links,
+            l.peer_links,
+            l.injected,
+            l.held,
+            self.linker.held(),
+            l.hold_released,
+            l.peer_timeouts,
+            l.contexts_dropped,
+            l.conflicts,
             h.resyncs,
             h.bytes_skipped,
             h.invalid_heads,
@@ -303,6 +342,7 @@ pub fn run(
             tracing::error!("reading kernel events failed: {e}");
             std::thread::sleep(Duration::from_millis(100));
         }
+        pipeline.tick_links();
         pipeline.flush();
         if last_tick.elapsed() >= Duration::from_secs(1) {
             pipeline.tick();
@@ -319,6 +359,7 @@ pub fn run(
     // Drain what the kernel already wrote, so no finished request is lost at shutdown.
     let _ = reader.poll(0, |record| pipeline.handle(record));
     pipeline.tick();
+    pipeline.release_held();
     pipeline.flush();
     tracing::info!("final counters: {}", pipeline.report(&kernel.read()));
 }

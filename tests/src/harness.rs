@@ -124,8 +124,19 @@ impl PyServer {
     /// Starts `tests/peers/<script>` with `python`; the script prints `PORT <n>` when it
     /// listens on 127.0.0.1.
     pub fn start_peer(python: &Path, script: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_peer_args(python, script, &[], env)
+    }
+
+    /// As [`PyServer::start_peer`], with command-line arguments for the script.
+    pub fn start_peer_args(
+        python: &Path,
+        script: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(python);
         cmd.arg(peer(script))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -64,6 +64,51 @@ pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
     })
 }
 
+/// A parent context received in headers: `traceparent` plus the `tracestate` that came with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderContext {
+    pub trace_id: TraceId,
+    pub parent_id: SpanId,
+    pub trace_state: String,
+}
+
+/// Finds `traceparent` / `tracestate` in the first bytes of an HTTP/1 request, before the head
+/// is complete or parsed: only whole header lines are looked at, names case-insensitively. Like
+/// the full parser, a repeated or invalid `traceparent` means no context.
+pub fn scan_http1_context(buf: &[u8]) -> Option<HeaderContext> {
+    let mut parent = None;
+    let mut count = 0;
+    let mut states: Vec<&str> = Vec::new();
+    // Skip the request line; stop at the blank line or the last complete line.
+    for line in buf.split(|b| *b == b'\n').skip(1) {
+        let Some(line) = line.strip_suffix(b"\r") else {
+            break;
+        };
+        if line.is_empty() {
+            break;
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        let Ok(value) = std::str::from_utf8(value) else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case(b"traceparent") {
+            count += 1;
+            parent = parse_traceparent(value);
+        } else if name.eq_ignore_ascii_case(b"tracestate") {
+            states.push(value.trim());
+        }
+    }
+    let tp = parent.filter(|_| count == 1)?;
+    Some(HeaderContext {
+        trace_id: tp.trace_id,
+        parent_id: tp.parent_id,
+        trace_state: states.join(","),
+    })
+}
+
 /// Formats a `traceparent` for a span (sampled).
 pub fn format_traceparent(trace_id: TraceId, span_id: SpanId) -> String {
     format!("00-{trace_id}-{span_id}-01")
@@ -100,6 +145,34 @@ mod tests {
         ] {
             assert_eq!(parse_traceparent(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn scans_request_heads_for_context() {
+        let head = format!(
+            "GET /a HTTP/1.1\r\nHost: x\r\nTraceParent: {VALID}\r\ntracestate: a=1\r\n\
+             tracestate: b=2\r\n\r\nbody traceparent: nothing"
+        );
+        let c = scan_http1_context(head.as_bytes()).unwrap();
+        assert_eq!(c.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(c.parent_id.to_string(), "00f067aa0ba902b7");
+        assert_eq!(c.trace_state, "a=1,b=2");
+        // Cut inside the header line: not seen.
+        let cut = &head.as_bytes()[..head.find("-01").unwrap()];
+        assert_eq!(scan_http1_context(cut), None);
+        // Twice, invalid, absent, or only in the request line: no context.
+        let twice =
+            format!("GET / HTTP/1.1\r\ntraceparent: {VALID}\r\ntraceparent: {VALID}\r\n\r\n");
+        assert_eq!(scan_http1_context(twice.as_bytes()), None);
+        assert_eq!(
+            scan_http1_context(b"GET / HTTP/1.1\r\ntraceparent: 00-zz\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            scan_http1_context(b"GET /traceparent:x HTTP/1.1\r\n\r\n"),
+            None
+        );
+        assert_eq!(scan_http1_context(b"\xff\xfe"), None);
     }
 
     #[test]

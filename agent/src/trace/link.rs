@@ -1,0 +1,784 @@
+//! Linking spans into whole traces without any help from the traced code.
+//!
+//! Three relations are inferred, each from something the kernel records for every socket I/O:
+//!
+//! - **Inside a process**: a thread that read an HTTP/1 request on a server connection is
+//!   *serving* it until it writes on that connection again (the response). A client request the
+//!   same thread sends meanwhile (HTTP/1, HTTP/2, gRPC, PostgreSQL) is a child of that request.
+//!   This holds for thread-per-request servers and thread pools; it cannot hold where one thread
+//!   multiplexes many requests (event loops) or where work moves to other threads.
+//! - **Both ends on one host**: when both ends of a connection are traced here, the server span
+//!   of its n-th request is the child of the client span of its n-th request (HTTP/1 turns,
+//!   HTTP/2 stream ids, PostgreSQL statements), with or without a header.
+//! - **Headers**: a valid `traceparent` in the request, including the one the kernel injected.
+//!
+//! Ids are assigned when a request *begins* (its first bytes), so children made while it is
+//! served can reference it at once. A context whose parent is not known yet (the peer's write is
+//! reported a few microseconds after the server's read, or a parent is itself waiting) is
+//! *pending*; spans on pending contexts are held until it resolves or a deadline passes. All
+//! state is bounded in entries and age, and every drop is counted.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use super::{
+    context::HeaderContext,
+    span::{Span, SpanId, TraceId},
+};
+
+/// A request's context key: the socket and the timestamp of the I/O that began the request.
+pub type CtxKey = (u64, u64);
+
+/// Which request of a connection, counted the same way on both of its ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerDisc {
+    /// HTTP/1: the n-th turn (request bytes after response bytes) of the connection.
+    Turn(u64),
+    /// HTTP/2: the stream id.
+    Stream(u32),
+    /// PostgreSQL: the n-th statement.
+    Statement(u64),
+}
+
+/// One request as its *client* sees it: (client address, server address, which request).
+pub type PeerKey = (SocketAddr, SocketAddr, PeerDisc);
+
+/// Role of the traced side of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// What the connection layer reports as it sees I/O, in kernel order.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// The first bytes of a request on an HTTP/1 connection.
+    Http1Request {
+        key: CtxKey,
+        tid: u32,
+        side: Side,
+        local: SocketAddr,
+        peer: SocketAddr,
+        /// Both ends may be traced here and the connection was seen from its start.
+        peer_linkable: bool,
+        turn: u64,
+        /// `traceparent`/`tracestate` found in the request's first bytes.
+        header: Option<HeaderContext>,
+        /// Server: the trace id the kernel gave this request (used in headers it injects).
+        kernel_trace: Option<TraceId>,
+        /// Client: ids the kernel injected into this request's `traceparent`.
+        injected: Option<(TraceId, SpanId)>,
+    },
+    /// Request bytes written on a client connection of another protocol (HTTP/2, PostgreSQL).
+    ClientIo { key: CtxKey, tid: u32 },
+    /// Response bytes written on a server connection: the writing thread is no longer serving.
+    ServerResponse { sk: u64, tid: u32 },
+}
+
+/// What the connection layer knows about a finished exchange, for linking its span.
+#[derive(Clone, Copy, Debug)]
+pub struct ExchangeLink {
+    pub sk: u64,
+    /// Timestamp of the I/O that began the request.
+    pub start_ns: u64,
+    pub side: Side,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    pub http1: bool,
+    pub peer_linkable: bool,
+    pub disc: Option<PeerDisc>,
+}
+
+/// Bounds and waits. Times are kernel monotonic nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkConfig {
+    /// How long a request waits for its same-host client's context to be reported.
+    pub peer_wait_ns: u64,
+    /// How long a finished span may be held for its parent.
+    pub max_hold_ns: u64,
+    /// Most spans held at once; the oldest is released beyond it.
+    pub max_held: usize,
+    /// Most request contexts kept; the oldest is dropped beyond it.
+    pub max_contexts: usize,
+    /// Age after which a request context is forgotten (a request served longer than this loses
+    /// its children's links).
+    pub context_ttl_ns: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            peer_wait_ns: 200_000_000,
+            max_hold_ns: 10_000_000_000,
+            max_held: 16_384,
+            max_contexts: 65_536,
+            context_ttl_ns: 300_000_000_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Client spans made a child of the request their thread was serving.
+    pub thread_links: u64,
+    /// Server spans made a child of their same-host client span.
+    pub peer_links: u64,
+    /// Client spans whose ids came from a kernel-injected header.
+    pub injected: u64,
+    /// Spans held for a parent (at least once).
+    pub held: u64,
+    /// Held spans released without their parent (deadline or memory bound).
+    pub hold_released: u64,
+    /// Requests that waited in vain for a same-host client context.
+    pub peer_timeouts: u64,
+    /// Contexts dropped by the entry or age bound.
+    pub contexts_dropped: u64,
+    /// Injected trace id differed from the parent's trace (the header wins; parent kept).
+    pub conflicts: u64,
+}
+
+/// The ids a resolved context hands to its span and its children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Resolved {
+    trace_id: TraceId,
+    parent: Option<SpanId>,
+    trace_state: String,
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    Resolved(Resolved),
+    /// Child of another context, once that one is resolved.
+    AwaitCtx(CtxKey),
+    /// Child of a same-host client request not reported yet.
+    AwaitPeer(PeerKey, u64),
+}
+
+#[derive(Debug)]
+struct Ctx {
+    span_id: SpanId,
+    created_ns: u64,
+    state: State,
+    /// Used when the awaited parent never comes: header, else kernel trace, else a new trace.
+    fallback: Option<HeaderContext>,
+    kernel_trace: Option<TraceId>,
+    /// The trace id written into an injected header: it must stay the span's trace.
+    forced_trace: Option<TraceId>,
+    /// Already given to a span (a second exchange in the same turn gets its own ids).
+    claimed: bool,
+}
+
+/// Something that can resolve a peer: the client's context, or final ids.
+#[derive(Clone, Debug)]
+enum PeerRef {
+    Ctx(CtxKey),
+    Ids(TraceId, SpanId, String),
+}
+
+/// What a held span waits for.
+#[derive(Clone, Debug)]
+enum Wait {
+    Ctx(CtxKey),
+    Peer(PeerKey),
+}
+
+#[derive(Debug)]
+struct Held {
+    span: Span,
+    /// The span's own ids come from this context (HTTP/1 requests) or are its own.
+    own: Option<CtxKey>,
+    wait: Wait,
+    /// Registers the span's final ids for its same-host server once emitted.
+    register: Option<PeerKey>,
+    deadline_ns: u64,
+}
+
+/// Keeps the inferred relations and finishes spans with their final ids.
+pub struct Linker {
+    config: LinkConfig,
+    stats: LinkStats,
+    ctxs: HashMap<CtxKey, Ctx>,
+    /// Thread id -> the request it is serving.
+    serving: HashMap<u32, CtxKey>,
+    /// Client I/O of non-HTTP/1 connections made while serving: key -> the served request.
+    io_parents: HashMap<CtxKey, (CtxKey, u64)>,
+    peers: HashMap<PeerKey, (PeerRef, u64)>,
+    ctx_waiters: HashMap<CtxKey, Vec<CtxKey>>,
+    peer_waiters: HashMap<PeerKey, Vec<CtxKey>>,
+    /// Contexts waiting for a same-host peer, with their deadlines.
+    awaiting_peer: HashMap<CtxKey, u64>,
+    held: HashMap<u64, Held>,
+    held_by_ctx: HashMap<CtxKey, Vec<u64>>,
+    held_by_peer: HashMap<PeerKey, Vec<u64>>,
+    next_held: u64,
+    /// Finished spans, in the order they became final.
+    ready: Vec<Span>,
+}
+
+fn new_trace(fallback: Option<&HeaderContext>, kernel: Option<TraceId>) -> Resolved {
+    match (fallback, kernel) {
+        (Some(h), _) => Resolved {
+            trace_id: h.trace_id,
+            parent: Some(h.parent_id),
+            trace_state: h.trace_state.clone(),
+        },
+        (None, Some(t)) => Resolved {
+            trace_id: t,
+            parent: None,
+            trace_state: String::new(),
+        },
+        (None, None) => Resolved {
+            trace_id: TraceId::random(),
+            parent: None,
+            trace_state: String::new(),
+        },
+    }
+}
+
+fn apply(span: &mut Span, span_id: Option<SpanId>, r: &Resolved) {
+    if let Some(id) = span_id {
+        span.span_id = id;
+    }
+    span.trace_id = r.trace_id;
+    span.parent_span_id = r.parent;
+    span.trace_state = r.trace_state.clone();
+}
+
+/// The span's context as its builder derived it from headers (a parent means a valid header).
+fn span_header(span: &Span) -> Option<HeaderContext> {
+    span.parent_span_id.map(|p| HeaderContext {
+        trace_id: span.trace_id,
+        parent_id: p,
+        trace_state: span.trace_state.clone(),
+    })
+}
+
+impl Linker {
+    pub fn new(config: LinkConfig) -> Self {
+        Self {
+            config,
+            stats: LinkStats::default(),
+            ctxs: HashMap::new(),
+            serving: HashMap::new(),
+            io_parents: HashMap::new(),
+            peers: HashMap::new(),
+            ctx_waiters: HashMap::new(),
+            peer_waiters: HashMap::new(),
+            awaiting_peer: HashMap::new(),
+            held: HashMap::new(),
+            held_by_ctx: HashMap::new(),
+            held_by_peer: HashMap::new(),
+            next_held: 0,
+            ready: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> LinkStats {
+        self.stats.clone()
+    }
+
+    /// Spans held for a parent right now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Spans whose ids are final, in order.
+    pub fn take_ready(&mut self) -> Vec<Span> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// The resolved ids of a context, if it is resolved.
+    fn resolved(&self, key: &CtxKey) -> Option<(SpanId, Resolved)> {
+        let c = self.ctxs.get(key)?;
+        match &c.state {
+            State::Resolved(r) => Some((c.span_id, r.clone())),
+            _ => None,
+        }
+    }
+
+    pub fn on_event(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Http1Request {
+                key,
+                tid,
+                side,
+                local,
+                peer,
+                peer_linkable,
+                turn,
+                header,
+                kernel_trace,
+                injected,
+            } => {
+                let (now, span_id) = (key.1, injected.map(|i| i.1).unwrap_or_else(SpanId::random));
+                let mut own = new_trace(header.as_ref(), kernel_trace);
+                if let Some((forced, _)) = injected {
+                    own.trace_id = forced;
+                }
+                let mut ctx = Ctx {
+                    span_id,
+                    created_ns: now,
+                    state: State::Resolved(own),
+                    fallback: header.clone(),
+                    kernel_trace,
+                    forced_trace: injected.map(|i| i.0),
+                    claimed: false,
+                };
+                match side {
+                    Side::Server => {
+                        let pk = (peer, local, PeerDisc::Turn(turn));
+                        if peer_linkable {
+                            ctx.state = match self.peers.get(&pk).map(|p| p.0.clone()) {
+                                Some(PeerRef::Ctx(parent)) => State::AwaitCtx(parent),
+                                Some(PeerRef::Ids(t, s, st)) => State::Resolved(Resolved {
+                                    trace_id: t,
+                                    parent: Some(s),
+                                    trace_state: st,
+                                }),
+                                None => State::AwaitPeer(pk, now + self.config.peer_wait_ns),
+                            };
+                            if !matches!(ctx.state, State::AwaitPeer(..)) {
+                                self.stats.peer_links += 1;
+                            }
+                        }
+                        self.insert(key, ctx);
+                        self.serving.insert(tid, key);
+                    }
+                    Side::Client => {
+                        if injected.is_some() {
+                            self.stats.injected += 1;
+                        }
+                        if header.is_none()
+                            && let Some(parent) = self.serving.get(&tid).copied()
+                            && self.ctxs.contains_key(&parent)
+                        {
+                            self.stats.thread_links += 1;
+                            ctx.state = State::AwaitCtx(parent);
+                        }
+                        self.insert(key, ctx);
+                        let pk = (local, peer, PeerDisc::Turn(turn));
+                        self.peers.insert(pk, (PeerRef::Ctx(key), now));
+                        self.settle(key);
+                        for server in self.peer_waiters.remove(&pk).unwrap_or_default() {
+                            self.peer_arrived(server, &pk);
+                        }
+                        return;
+                    }
+                }
+                self.settle(key);
+            }
+            LinkEvent::ClientIo { key, tid } => {
+                if let Some(parent) = self.serving.get(&tid).copied() {
+                    self.io_parents.insert(key, (parent, key.1));
+                }
+            }
+            LinkEvent::ServerResponse { sk, tid } => {
+                if self.serving.get(&tid).is_some_and(|k| k.0 == sk) {
+                    self.serving.remove(&tid);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, key: CtxKey, ctx: Ctx) {
+        if self.ctxs.len() >= self.config.max_contexts {
+            // Full: forget the oldest tenth at once, so the scan is rare.
+            let mut by_age: Vec<(u64, CtxKey)> =
+                self.ctxs.iter().map(|(k, c)| (c.created_ns, *k)).collect();
+            by_age.sort_unstable();
+            for (_, k) in by_age.into_iter().take(self.config.max_contexts / 10 + 1) {
+                self.drop_ctx(k);
+            }
+        }
+        self.ctxs.insert(key, ctx);
+    }
+
+    /// Wires a fresh context to what it waits for, or resolves it at once.
+    fn settle(&mut self, key: CtxKey) {
+        let Some(state) = self.ctxs.get(&key).map(|c| c.state.clone()) else {
+            return;
+        };
+        match state {
+            State::Resolved(_) => self.on_resolved(key),
+            State::AwaitCtx(parent) => match self.resolved(&parent) {
+                Some((pspan, pr)) => self.resolve_from_parent(key, pspan, pr),
+                None if self.ctxs.contains_key(&parent) => {
+                    self.ctx_waiters.entry(parent).or_default().push(key)
+                }
+                None => self.fall_back(key),
+            },
+            State::AwaitPeer(pk, deadline) => {
+                self.awaiting_peer.insert(key, deadline);
+                self.peer_waiters.entry(pk).or_default().push(key)
+            }
+        }
+    }
+
+    fn resolve_from_parent(&mut self, key: CtxKey, parent_span: SpanId, parent: Resolved) {
+        let Some(c) = self.ctxs.get_mut(&key) else {
+            return;
+        };
+        let mut r = Resolved {
+            trace_id: parent.trace_id,
+            parent: Some(parent_span),
+            trace_state: parent.trace_state,
+        };
+        if let Some(forced) = c.forced_trace
+            && forced != r.trace_id
+        {
+            // The header already went out with this trace id: the span must carry it.
+            self.stats.conflicts += 1;
+            r.trace_id = forced;
+        }
+        c.state = State::Resolved(r);
+        self.on_resolved(key);
+    }
+
+    /// The context's parent cannot be had: header, kernel trace or a new trace.
+    fn fall_back(&mut self, key: CtxKey) {
+        let Some(c) = self.ctxs.get_mut(&key) else {
+            return;
+        };
+        let mut r = new_trace(c.fallback.as_ref(), c.kernel_trace);
+        if let Some(forced) = c.forced_trace {
+            r.trace_id = forced;
+        }
+        c.state = State::Resolved(r);
+        self.on_resolved(key);
+    }
+
+    /// Cascades a resolution to waiting contexts and held spans.
+    fn on_resolved(&mut self, key: CtxKey) {
+        let mut queue = vec![key];
+        while let Some(k) = queue.pop() {
+            self.awaiting_peer.remove(&k);
+            let Some((span_id, r)) = self.resolved(&k) else {
+                continue;
+            };
+            for child in self.ctx_waiters.remove(&k).unwrap_or_default() {
+                if let Some(c) = self.ctxs.get_mut(&child)
+                    && matches!(c.state, State::AwaitCtx(p) if p == k)
+                {
+                    let mut cr = Resolved {
+                        trace_id: r.trace_id,
+                        parent: Some(span_id),
+                        trace_state: r.trace_state.clone(),
+                    };
+                    if let Some(forced) = c.forced_trace
+                        && forced != cr.trace_id
+                    {
+                        self.stats.conflicts += 1;
+                        cr.trace_id = forced;
+                    }
+                    c.state = State::Resolved(cr);
+                    queue.push(child);
+                }
+            }
+            for id in self.held_by_ctx.remove(&k).unwrap_or_default() {
+                self.release(id, true);
+            }
+        }
+    }
+
+    fn drop_ctx(&mut self, key: CtxKey) {
+        if self.ctxs.contains_key(&key) {
+            self.stats.contexts_dropped += 1;
+            // Whatever waits on it gets its fallback now.
+            if !matches!(
+                self.ctxs.get(&key).map(|c| &c.state),
+                Some(State::Resolved(_))
+            ) {
+                self.fall_back(key);
+            }
+            for child in self.ctx_waiters.remove(&key).unwrap_or_default() {
+                self.fall_back(child);
+            }
+            for id in self.held_by_ctx.remove(&key).unwrap_or_default() {
+                self.release(id, false);
+            }
+            self.ctxs.remove(&key);
+        }
+    }
+
+    /// A finished exchange's span: give it its final ids now, or hold it until they are known.
+    pub fn on_span(&mut self, mut span: Span, link: ExchangeLink) {
+        let key = (link.sk, link.start_ns);
+        let register = (link.side == Side::Client && link.peer_linkable && !link.http1)
+            .then_some(())
+            .and(link.disc)
+            .map(|d| (link.local, link.peer, d));
+        if link.http1
+            && let Some(c) = self.ctxs.get_mut(&key)
+            && !c.claimed
+        {
+            c.claimed = true;
+            match self.resolved(&key) {
+                Some((span_id, r)) => {
+                    apply(&mut span, Some(span_id), &r);
+                    self.ready.push(span);
+                    self.forget_if_done(key);
+                }
+                None => self.hold(span, Some(key), Wait::Ctx(key), None),
+            }
+            return;
+        }
+        let header = span_header(&span);
+        match link.side {
+            Side::Client => {
+                if header.is_none()
+                    && let Some((parent, _)) = self.io_parents.remove(&key)
+                {
+                    self.stats.thread_links += 1;
+                    match self.resolved(&parent) {
+                        Some((pspan, r)) => {
+                            apply(
+                                &mut span,
+                                None,
+                                &Resolved {
+                                    parent: Some(pspan),
+                                    ..r
+                                },
+                            );
+                        }
+                        None if self.ctxs.contains_key(&parent) => {
+                            self.hold(span, None, Wait::Ctx(parent), register);
+                            return;
+                        }
+                        None => {}
+                    }
+                }
+                self.finish(span, register);
+            }
+            Side::Server => {
+                let pk = link.disc.map(|d| (link.peer, link.local, d));
+                match pk {
+                    Some(pk) if link.peer_linkable && !link.http1 => {
+                        match self.peers.get(&pk).map(|p| p.0.clone()) {
+                            Some(PeerRef::Ids(t, s, st)) => {
+                                self.stats.peer_links += 1;
+                                apply(
+                                    &mut span,
+                                    None,
+                                    &Resolved {
+                                        trace_id: t,
+                                        parent: Some(s),
+                                        trace_state: st,
+                                    },
+                                );
+                                self.ready.push(span);
+                            }
+                            _ => self.hold(span, None, Wait::Peer(pk), None),
+                        }
+                    }
+                    _ => self.ready.push(span),
+                }
+            }
+        }
+    }
+
+    /// Emits a span with final ids, and tells a waiting same-host server about it.
+    fn finish(&mut self, span: Span, register: Option<PeerKey>) {
+        if let Some(pk) = register {
+            let r = PeerRef::Ids(span.trace_id, span.span_id, span.trace_state.clone());
+            self.peers
+                .insert(pk, (r, crate::pipeline::Clock::monotonic_now()));
+            for id in self.held_by_peer.remove(&pk).unwrap_or_default() {
+                self.release(id, true);
+            }
+            for child in self.peer_waiters.remove(&pk).unwrap_or_default() {
+                self.peer_arrived(child, &pk);
+            }
+        }
+        self.ready.push(span);
+    }
+
+    fn peer_arrived(&mut self, key: CtxKey, pk: &PeerKey) {
+        let Some(c) = self.ctxs.get_mut(&key) else {
+            return;
+        };
+        if !matches!(&c.state, State::AwaitPeer(p, _) if p == pk) {
+            return;
+        }
+        match self.peers.get(pk).map(|p| p.0.clone()) {
+            Some(PeerRef::Ctx(parent)) => {
+                self.stats.peer_links += 1;
+                c.state = State::AwaitCtx(parent);
+                self.settle(key);
+            }
+            Some(PeerRef::Ids(t, s, st)) => {
+                self.stats.peer_links += 1;
+                c.state = State::Resolved(Resolved {
+                    trace_id: t,
+                    parent: Some(s),
+                    trace_state: st,
+                });
+                self.on_resolved(key);
+            }
+            None => {}
+        }
+    }
+
+    fn hold(&mut self, span: Span, own: Option<CtxKey>, wait: Wait, register: Option<PeerKey>) {
+        if self.held.len() >= self.config.max_held
+            && let Some(oldest) = self.held.keys().min().copied()
+        {
+            self.release(oldest, false);
+        }
+        self.stats.held += 1;
+        let id = self.next_held;
+        self.next_held += 1;
+        match &wait {
+            Wait::Ctx(k) => self.held_by_ctx.entry(*k).or_default().push(id),
+            Wait::Peer(pk) => self.held_by_peer.entry(*pk).or_default().push(id),
+        }
+        let deadline_ns = crate::pipeline::Clock::monotonic_now() + self.config.max_hold_ns;
+        self.held.insert(
+            id,
+            Held {
+                span,
+                own,
+                wait,
+                register,
+                deadline_ns,
+            },
+        );
+    }
+
+    /// A context whose span is out and that nothing waits on is no longer needed (children
+    /// created later copy resolved ids, they do not refer to it).
+    fn forget_if_done(&mut self, key: CtxKey) {
+        let done = self
+            .ctxs
+            .get(&key)
+            .is_some_and(|c| c.claimed && matches!(c.state, State::Resolved(_)));
+        if done && !self.ctx_waiters.contains_key(&key) && !self.serving.values().any(|k| *k == key)
+        {
+            self.ctxs.remove(&key);
+        }
+    }
+
+    /// Emits a held span: with its parent's ids when `linked`; otherwise its wait is over (the
+    /// context it waits on falls back to its own header or a new trace, releasing it linked to
+    /// whatever that gives), or, with nothing left to wait on, as it is.
+    fn release(&mut self, id: u64, linked: bool) {
+        let Some(h) = self.held.get(&id) else {
+            return;
+        };
+        if !linked {
+            self.stats.hold_released += 1;
+            if let Wait::Ctx(k) = h.wait
+                && self.ctxs.contains_key(&k)
+                && self.resolved(&k).is_none()
+            {
+                self.fall_back(k);
+                if !self.held.contains_key(&id) {
+                    return;
+                }
+            }
+        }
+        let Some(mut h) = self.held.remove(&id) else {
+            return;
+        };
+        match &h.wait {
+            Wait::Ctx(k) => {
+                if let Some((span_id, r)) = self.resolved(k) {
+                    if h.own == Some(*k) {
+                        apply(&mut h.span, Some(span_id), &r);
+                        self.finish(h.span, h.register);
+                        self.forget_if_done(*k);
+                        return;
+                    } else {
+                        apply(
+                            &mut h.span,
+                            None,
+                            &Resolved {
+                                parent: Some(span_id),
+                                ..r
+                            },
+                        );
+                    }
+                }
+            }
+            Wait::Peer(pk) => {
+                if let Some(PeerRef::Ids(t, s, st)) = self.peers.get(pk).map(|p| p.0.clone()) {
+                    self.stats.peer_links += 1;
+                    apply(
+                        &mut h.span,
+                        None,
+                        &Resolved {
+                            trace_id: t,
+                            parent: Some(s),
+                            trace_state: st,
+                        },
+                    );
+                }
+            }
+        }
+        self.finish(h.span, h.register);
+    }
+
+    /// Deadlines: cheap, for every poll; `now_ns` is kernel monotonic time.
+    pub fn tick_deadlines(&mut self, now_ns: u64) {
+        // Requests whose same-host client never showed up.
+        let expired: Vec<CtxKey> = self
+            .awaiting_peer
+            .iter()
+            .filter(|(_, d)| **d <= now_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            self.awaiting_peer.remove(&key);
+            if matches!(
+                self.ctxs.get(&key).map(|c| &c.state),
+                Some(State::AwaitPeer(..))
+            ) {
+                self.stats.peer_timeouts += 1;
+                self.fall_back(key);
+            }
+        }
+        let late: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.deadline_ns <= now_ns)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.release(id, false);
+        }
+    }
+
+    /// Releases every held span as it is (at shutdown).
+    pub fn release_all(&mut self) {
+        let mut ids: Vec<u64> = self.held.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.release(id, false);
+        }
+    }
+
+    /// Deadlines and the age bound of contexts; once a second is enough.
+    pub fn tick(&mut self, now_ns: u64) {
+        self.tick_deadlines(now_ns);
+        let ttl = self.config.context_ttl_ns;
+        let old: Vec<CtxKey> = self
+            .ctxs
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.created_ns) > ttl)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in old {
+            self.drop_ctx(key);
+        }
+        let alive = |k: &CtxKey, ctxs: &HashMap<CtxKey, Ctx>| ctxs.contains_key(k);
+        let ctxs = &self.ctxs;
+        self.serving.retain(|_, k| alive(k, ctxs));
+        self.io_parents.retain(|_, (k, _)| alive(k, ctxs));
+        let peer_ttl = self.config.max_hold_ns;
+        self.peers
+            .retain(|_, (_, at)| now_ns.saturating_sub(*at) <= peer_ttl || *at > now_ns);
+        self.peer_waiters.retain(|_, v| !v.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests;

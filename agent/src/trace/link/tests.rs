@@ -1,0 +1,403 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::trace::span::{Resource, SpanKind, Status};
+
+const MS: u64 = 1_000_000;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A span as a builder makes it: random ids, or the header's context when `header` is given.
+fn span(name: &str, kind: SpanKind, header: Option<&HeaderContext>) -> Span {
+    Span {
+        trace_id: header.map(|h| h.trace_id).unwrap_or_else(TraceId::random),
+        span_id: SpanId::random(),
+        parent_span_id: header.map(|h| h.parent_id),
+        trace_state: header.map(|h| h.trace_state.clone()).unwrap_or_default(),
+        name: name.to_owned(),
+        kind,
+        start_unix_nanos: 1,
+        end_unix_nanos: 2,
+        attributes: Vec::new(),
+        status: Status::Unset,
+        resource: Arc::new(Resource {
+            key: String::new(),
+            attributes: Vec::new(),
+        }),
+        scope: "test",
+    }
+}
+
+struct Conn {
+    sk: u64,
+    local: SocketAddr,
+    peer: SocketAddr,
+    side: Side,
+    http1: bool,
+    linkable: bool,
+}
+
+impl Conn {
+    fn new(sk: u64, local: &str, peer: &str, side: Side) -> Self {
+        Self {
+            sk,
+            local: addr(local),
+            peer: addr(peer),
+            side,
+            http1: true,
+            linkable: true,
+        }
+    }
+    fn other(mut self) -> Self {
+        self.http1 = false;
+        self
+    }
+    fn remote(mut self) -> Self {
+        self.linkable = false;
+        self
+    }
+    fn request(&self, l: &mut Linker, ts: u64, tid: u32, turn: u64) {
+        self.request_with(l, ts, tid, turn, None, None, None);
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn request_with(
+        &self,
+        l: &mut Linker,
+        ts: u64,
+        tid: u32,
+        turn: u64,
+        header: Option<HeaderContext>,
+        kernel_trace: Option<TraceId>,
+        injected: Option<(TraceId, SpanId)>,
+    ) {
+        if self.http1 {
+            l.on_event(LinkEvent::Http1Request {
+                key: (self.sk, ts),
+                tid,
+                side: self.side,
+                local: self.local,
+                peer: self.peer,
+                peer_linkable: self.linkable,
+                turn,
+                header,
+                kernel_trace,
+                injected,
+            });
+        } else if self.side == Side::Client {
+            l.on_event(LinkEvent::ClientIo {
+                key: (self.sk, ts),
+                tid,
+            });
+        }
+    }
+    fn response(&self, l: &mut Linker, tid: u32) {
+        if self.side == Side::Server {
+            l.on_event(LinkEvent::ServerResponse { sk: self.sk, tid });
+        }
+    }
+    fn done(&self, l: &mut Linker, start: u64, disc: Option<PeerDisc>, s: Span) {
+        l.on_span(
+            s,
+            ExchangeLink {
+                sk: self.sk,
+                start_ns: start,
+                side: self.side,
+                local: self.local,
+                peer: self.peer,
+                http1: self.http1,
+                peer_linkable: self.linkable,
+                disc,
+            },
+        );
+    }
+}
+
+fn ready(l: &mut Linker) -> Vec<Span> {
+    l.take_ready()
+}
+
+fn one(l: &mut Linker) -> Span {
+    let mut r = ready(l);
+    assert_eq!(r.len(), 1, "{r:?}");
+    r.pop().unwrap()
+}
+
+#[test]
+fn a_client_call_made_while_serving_is_a_child_of_the_request() {
+    let mut l = Linker::new(LinkConfig::default());
+    let server = Conn::new(1, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
+    let client = Conn::new(2, "10.0.0.1:6000", "10.0.0.7:80", Side::Client).remote();
+    let db = Conn::new(3, "10.0.0.1:6001", "10.0.0.8:5432", Side::Client)
+        .remote()
+        .other();
+    server.request(&mut l, 100, 7, 0);
+    client.request(&mut l, 110, 7, 0);
+    // Another thread's call is not a child.
+    client.request(&mut l, 111, 8, 0);
+    db.request(&mut l, 115, 7, 0);
+    client.done(&mut l, 110, None, span("call", SpanKind::Client, None));
+    let call = one(&mut l);
+    db.done(&mut l, 115, None, span("db", SpanKind::Client, None));
+    let q = one(&mut l);
+    client.done(&mut l, 111, None, span("other", SpanKind::Client, None));
+    let other = one(&mut l);
+    server.response(&mut l, 7);
+    server.done(&mut l, 100, None, span("srv", SpanKind::Server, None));
+    let srv = one(&mut l);
+    assert_eq!(srv.parent_span_id, None);
+    for child in [&call, &q] {
+        assert_eq!(child.parent_span_id, Some(srv.span_id));
+        assert_eq!(child.trace_id, srv.trace_id);
+    }
+    assert_eq!(other.parent_span_id, None);
+    assert_ne!(other.trace_id, srv.trace_id);
+    // After the response the thread serves nothing: its next call is a root.
+    client.request(&mut l, 200, 7, 1);
+    client.done(&mut l, 200, None, span("late", SpanKind::Client, None));
+    assert_eq!(one(&mut l).parent_span_id, None);
+    assert_eq!(l.stats().thread_links, 2);
+}
+
+#[test]
+fn an_incoming_header_is_the_parent_and_its_trace_state_carries_to_children() {
+    let mut l = Linker::new(LinkConfig::default());
+    let server = Conn::new(1, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
+    let client = Conn::new(2, "10.0.0.1:6000", "10.0.0.7:80", Side::Client).remote();
+    let h = HeaderContext {
+        trace_id: TraceId([7; 16]),
+        parent_id: SpanId([9; 8]),
+        trace_state: "k=v".into(),
+    };
+    server.request_with(
+        &mut l,
+        100,
+        7,
+        0,
+        Some(h.clone()),
+        Some(TraceId([7; 16])),
+        None,
+    );
+    client.request(&mut l, 110, 7, 0);
+    client.done(&mut l, 110, None, span("call", SpanKind::Client, None));
+    let call = one(&mut l);
+    server.done(&mut l, 100, None, span("srv", SpanKind::Server, Some(&h)));
+    let srv = one(&mut l);
+    assert_eq!(srv.trace_id, h.trace_id);
+    assert_eq!(srv.parent_span_id, Some(h.parent_id));
+    assert_eq!(call.trace_id, h.trace_id);
+    assert_eq!(call.parent_span_id, Some(srv.span_id));
+    assert_eq!(call.trace_state, "k=v");
+}
+
+#[test]
+fn a_kernel_trace_id_is_used_when_the_request_has_none() {
+    let mut l = Linker::new(LinkConfig::default());
+    let server = Conn::new(1, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
+    let client = Conn::new(2, "10.0.0.1:6000", "10.0.0.7:80", Side::Client).remote();
+    let kt = TraceId([3; 16]);
+    server.request_with(&mut l, 100, 7, 0, None, Some(kt), None);
+    // The kernel injected into the call with the same trace id: no conflict.
+    client.request_with(&mut l, 110, 7, 0, None, None, Some((kt, SpanId([5; 8]))));
+    client.done(&mut l, 110, None, span("call", SpanKind::Client, None));
+    let call = one(&mut l);
+    assert_eq!(call.trace_id, kt);
+    assert_eq!(call.span_id, SpanId([5; 8]));
+    server.done(&mut l, 100, None, span("srv", SpanKind::Server, None));
+    let srv = one(&mut l);
+    assert_eq!((srv.trace_id, srv.parent_span_id), (kt, None));
+    assert_eq!(call.parent_span_id, Some(srv.span_id));
+    assert_eq!(l.stats().conflicts, 0);
+    assert_eq!(l.stats().injected, 1);
+}
+
+#[test]
+fn injected_ids_win_over_a_disagreeing_parent_and_it_is_counted() {
+    let mut l = Linker::new(LinkConfig::default());
+    let server = Conn::new(1, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
+    let client = Conn::new(2, "10.0.0.1:6000", "10.0.0.7:80", Side::Client).remote();
+    server.request_with(&mut l, 100, 7, 0, None, Some(TraceId([3; 16])), None);
+    client.request_with(
+        &mut l,
+        110,
+        7,
+        0,
+        None,
+        None,
+        Some((TraceId([4; 16]), SpanId([5; 8]))),
+    );
+    client.done(&mut l, 110, None, span("call", SpanKind::Client, None));
+    let call = one(&mut l);
+    assert_eq!(
+        (call.trace_id, call.span_id),
+        (TraceId([4; 16]), SpanId([5; 8]))
+    );
+    assert_eq!(l.stats().conflicts, 1);
+}
+
+/// curl -> A (HTTP/1) -> B (HTTP/1) -> PostgreSQL, all on one host, finishing inside out, and
+/// each server's read reported *before* its client's write (the race the wait is for).
+#[test]
+fn a_same_host_chain_becomes_one_trace_with_the_exact_parents() {
+    let mut l = Linker::new(LinkConfig::default());
+    let curl = Conn::new(1, "127.0.0.1:40000", "127.0.0.1:8001", Side::Client);
+    let a_srv = Conn::new(2, "127.0.0.1:8001", "127.0.0.1:40000", Side::Server);
+    let a_cli = Conn::new(3, "127.0.0.1:40001", "127.0.0.1:8002", Side::Client);
+    let b_srv = Conn::new(4, "127.0.0.1:8002", "127.0.0.1:40001", Side::Server);
+    let b_db = Conn::new(5, "127.0.0.1:40002", "127.0.0.1:5432", Side::Client).other();
+    let pg = Conn::new(6, "127.0.0.1:5432", "127.0.0.1:40002", Side::Server).other();
+
+    a_srv.request(&mut l, 101, 20, 0); // A's read reported before curl's write
+    curl.request(&mut l, 100, 10, 0);
+    a_cli.request(&mut l, 110, 20, 0);
+    b_srv.request(&mut l, 111, 30, 0);
+    b_db.request(&mut l, 120, 30, 0);
+    pg.done(
+        &mut l,
+        121,
+        Some(PeerDisc::Statement(0)),
+        span("pg", SpanKind::Server, None),
+    );
+    assert!(
+        ready(&mut l).is_empty(),
+        "the PostgreSQL server span waits for its client"
+    );
+    b_db.done(
+        &mut l,
+        120,
+        Some(PeerDisc::Statement(0)),
+        span("db", SpanKind::Client, None),
+    );
+    let mut got = ready(&mut l);
+    b_srv.response(&mut l, 30);
+    b_srv.done(&mut l, 111, None, span("B", SpanKind::Server, None));
+    a_cli.done(&mut l, 110, None, span("A->B", SpanKind::Client, None));
+    a_srv.response(&mut l, 20);
+    a_srv.done(&mut l, 101, None, span("A", SpanKind::Server, None));
+    curl.done(&mut l, 100, None, span("curl", SpanKind::Client, None));
+    got.extend(ready(&mut l));
+    assert_eq!(got.len(), 6, "{got:?}");
+    let by = |n: &str| got.iter().find(|s| s.name == n).unwrap().clone();
+    let chain = ["curl", "A", "A->B", "B", "db", "pg"].map(by);
+    assert_eq!(chain[0].parent_span_id, None);
+    for w in chain.windows(2) {
+        assert_eq!(
+            w[1].parent_span_id,
+            Some(w[0].span_id),
+            "{} -> {}",
+            w[0].name,
+            w[1].name
+        );
+        assert_eq!(w[1].trace_id, w[0].trace_id);
+    }
+    let st = l.stats();
+    assert_eq!(
+        (st.thread_links, st.peer_links, st.peer_timeouts),
+        (2, 3, 0)
+    );
+    assert_eq!(l.held(), 0);
+}
+
+#[test]
+fn a_same_host_server_whose_client_is_not_traced_gives_up_after_the_wait() {
+    let mut l = Linker::new(LinkConfig::default());
+    let srv = Conn::new(1, "127.0.0.1:80", "127.0.0.1:5000", Side::Server);
+    let cli = Conn::new(2, "127.0.0.1:6000", "10.0.0.7:80", Side::Client).remote();
+    srv.request(&mut l, 100, 7, 0);
+    cli.request(&mut l, 110, 7, 0);
+    cli.done(&mut l, 110, None, span("call", SpanKind::Client, None));
+    assert!(
+        ready(&mut l).is_empty(),
+        "held: its parent's trace is not known yet"
+    );
+    assert_eq!(l.held(), 1);
+    l.tick_deadlines(100 + LinkConfig::default().peer_wait_ns + 1);
+    let call = one(&mut l);
+    srv.done(&mut l, 100, None, span("srv", SpanKind::Server, None));
+    let s = one(&mut l);
+    assert_eq!(s.parent_span_id, None);
+    assert_eq!(call.parent_span_id, Some(s.span_id));
+    assert_eq!(call.trace_id, s.trace_id);
+    assert_eq!(l.stats().peer_timeouts, 1);
+}
+
+#[test]
+fn http2_streams_pair_by_stream_id_and_an_unanswered_server_is_released_at_shutdown() {
+    let mut l = Linker::new(LinkConfig::default());
+    let cli = Conn::new(1, "127.0.0.1:40000", "127.0.0.1:50051", Side::Client).other();
+    let srv = Conn::new(2, "127.0.0.1:50051", "127.0.0.1:40000", Side::Server).other();
+    srv.done(
+        &mut l,
+        5,
+        Some(PeerDisc::Stream(3)),
+        span("s3", SpanKind::Server, None),
+    );
+    srv.done(
+        &mut l,
+        6,
+        Some(PeerDisc::Stream(1)),
+        span("s1", SpanKind::Server, None),
+    );
+    srv.done(
+        &mut l,
+        7,
+        Some(PeerDisc::Stream(5)),
+        span("s5", SpanKind::Server, None),
+    );
+    assert!(ready(&mut l).is_empty());
+    cli.done(
+        &mut l,
+        1,
+        Some(PeerDisc::Stream(1)),
+        span("c1", SpanKind::Client, None),
+    );
+    cli.done(
+        &mut l,
+        2,
+        Some(PeerDisc::Stream(3)),
+        span("c3", SpanKind::Client, None),
+    );
+    let got = ready(&mut l);
+    let by = |n: &str| got.iter().find(|s| s.name == n).unwrap();
+    assert_eq!(got.len(), 4);
+    assert_eq!(by("s1").parent_span_id, Some(by("c1").span_id));
+    assert_eq!(by("s3").parent_span_id, Some(by("c3").span_id));
+    assert_eq!(by("s3").trace_id, by("c3").trace_id);
+    l.release_all();
+    let s5 = one(&mut l);
+    assert_eq!((s5.name.as_str(), s5.parent_span_id), ("s5", None));
+    assert_eq!(l.stats().hold_released, 1);
+}
+
+#[test]
+fn held_spans_and_contexts_stay_within_their_bounds() {
+    let config = LinkConfig {
+        max_held: 3,
+        max_contexts: 10,
+        ..LinkConfig::default()
+    };
+    let mut l = Linker::new(config);
+    for i in 0..5u64 {
+        let srv = Conn::new(100 + i, "127.0.0.1:80", "127.0.0.1:5000", Side::Server).other();
+        srv.done(
+            &mut l,
+            i,
+            Some(PeerDisc::Stream(1)),
+            span("s", SpanKind::Server, None),
+        );
+    }
+    assert_eq!(l.held(), 3);
+    assert_eq!(ready(&mut l).len(), 2);
+    assert_eq!(l.stats().hold_released, 2);
+    for i in 0..25u64 {
+        let srv = Conn::new(i, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
+        srv.request(&mut l, i * MS, i as u32, 0);
+    }
+    assert!(l.ctxs.len() <= 10, "{}", l.ctxs.len());
+    assert!(l.stats().contexts_dropped >= 15);
+    // Age: everything older than the TTL goes.
+    l.tick(25 * MS + LinkConfig::default().context_ttl_ns + 1);
+    assert_eq!(l.ctxs.len(), 0);
+    assert!(l.serving.is_empty());
+}
