@@ -85,7 +85,7 @@ fn keepalive_requests_give_one_server_and_one_client_span_each_grpc() {
         ),
     ];
     let client_port = int_attr(&s[0], "client.port");
-    for (span, (name, path, route, query, status, body)) in s.iter().zip(expect) {
+    for (i, (span, (name, path, route, query, status, body))) in s.iter().zip(expect).enumerate() {
         assert_eq!(span.name(), name);
         assert_eq!(str_attr(span, "http.request.method"), "GET");
         assert_eq!(str_attr(span, "url.path"), path);
@@ -106,7 +106,11 @@ fn keepalive_requests_give_one_server_and_one_client_span_each_grpc() {
             span.resource_int("process.pid"),
             Some(i64::from(server.pid()))
         );
-        assert_eq!(span.parent_span_id(), None);
+        // curl is traced too: each server span is the child of the client span of the same
+        // request on the keep-alive connection (paired by order), in its trace.
+        assert_eq!(c[i].parent_span_id(), None);
+        assert_eq!(span.parent_span_id(), Some(c[i].span_id()), "{span}");
+        assert_eq!(span.trace_id(), c[i].trace_id());
         assert!(span.span.end_time_unix_nano >= span.span.start_time_unix_nano);
         if status >= 500 {
             assert_eq!(span.status_code(), StatusCode::Error, "{span}");
@@ -389,14 +393,22 @@ fn incoming_traceparent_makes_the_server_span_a_child_of_the_caller() {
         "traceparent: 00-zzzz-not-valid-01",
         &server.url("/hello"),
     ]);
-    let (s, _c) = exact(&receiver, 2, 2);
+    let (s, c) = exact(&receiver, 2, 2);
+    // curl's span continues the caller's context; the server span (curl is traced on this host
+    // too) is the child of curl's span, in the same trace with the same tracestate.
+    assert_eq!(c[0].trace_id(), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(c[0].parent_span_id().as_deref(), Some("b7ad6b7169203331"));
     assert_eq!(s[0].trace_id(), "0af7651916cd43dd8448eb211c80319c");
-    assert_eq!(s[0].parent_span_id().as_deref(), Some("b7ad6b7169203331"));
-    assert_eq!(s[0].span.trace_state, "congo=t61rcWkgMzE");
-    // A malformed header is ignored: a new trace, no parent.
-    assert_ne!(s[1].trace_id(), "0af7651916cd43dd8448eb211c80319c");
-    assert_eq!(s[1].trace_id().len(), 32);
-    assert_eq!(s[1].parent_span_id(), None);
+    assert_eq!(s[0].parent_span_id(), Some(c[0].span_id()));
+    for span in [&s[0], &c[0]] {
+        assert_eq!(span.span.trace_state, "congo=t61rcWkgMzE");
+    }
+    // A malformed header is ignored: a new trace for curl's span, the server span its child.
+    assert_ne!(c[1].trace_id(), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(c[1].trace_id().len(), 32);
+    assert_eq!(c[1].parent_span_id(), None);
+    assert_eq!(s[1].trace_id(), c[1].trace_id());
+    assert_eq!(s[1].parent_span_id(), Some(c[1].span_id()));
 }
 
 #[test]
