@@ -276,7 +276,7 @@ impl Pipeline {
         let e = self.exporter.stats();
         let l = self.linker.stats();
         format!(
-            "kernel: {k} | pipeline: records={} decode_errors={} spans={} resource_filtered={} invalid_traceparent={} | conns: live={} opened={} closed={} expired={} evicted={} unresolved={} undetected={} port_filtered={} mid_stream_skipped={} encrypted={} injections_unmatched={} | links: thread={} peer={} injected={} held={} held_now={} released_unlinked={} peer_timeouts={} contexts_dropped={} conflicts={} | http1: resyncs={} bytes_skipped={} invalid_heads={} unanswered_dropped={} | http2: frames={} resyncs={} bytes_skipped={} hpack_errors={} undecoded_fields={} streams_evicted={} mid_stream_joins={} h2c_upgrades={} joined_connections={} | export: exported={} queue_dropped={} failed={} retries={}",
+            "kernel: {k} | pipeline: records={} decode_errors={} spans={} resource_filtered={} invalid_traceparent={} | conns: live={} opened={} closed={} expired={} evicted={} unresolved={} undetected={} port_filtered={} mid_stream_skipped={} encrypted={} injections_unmatched={} | links: thread={} peer={} injected={} held={} held_now={} released_unlinked={} peer_timeouts={} contexts_dropped={} conflicts={} multiplexing_threads={} | http1: resyncs={} bytes_skipped={} invalid_heads={} unanswered_dropped={} | http2: frames={} resyncs={} bytes_skipped={} hpack_errors={} undecoded_fields={} streams_evicted={} mid_stream_joins={} h2c_upgrades={} joined_connections={} | export: exported={} queue_dropped={} failed={} retries={}",
             self.stats.records,
             self.stats.decode_errors,
             self.stats.spans,
@@ -302,6 +302,7 @@ impl Pipeline {
             l.peer_timeouts,
             l.contexts_dropped,
             l.conflicts,
+            l.multiplexing_threads,
             h.resyncs,
             h.bytes_skipped,
             h.invalid_heads,

@@ -25,6 +25,9 @@ use super::{
     span::{Span, SpanId, TraceId},
 };
 
+/// How long a thread seen multiplexing requests stays unlinked after it last did so.
+const MULTIPLEXING_TTL_NS: u64 = 60_000_000_000;
+
 /// A request's context key: the socket and the timestamp of the I/O that began the request.
 pub type CtxKey = (u64, u64);
 
@@ -135,6 +138,8 @@ pub struct LinkStats {
     pub contexts_dropped: u64,
     /// Injected trace id differed from the parent's trace (the header wins; parent kept).
     pub conflicts: u64,
+    /// Times a thread read a request while another was unanswered: its calls are not linked.
+    pub multiplexing_threads: u64,
 }
 
 /// The ids a resolved context hands to its span and its children.
@@ -200,6 +205,9 @@ pub struct Linker {
     ctxs: HashMap<CtxKey, Ctx>,
     /// Thread id -> the request it is serving.
     serving: HashMap<u32, CtxKey>,
+    /// Threads seen reading a request while another was unanswered (event loops), with when:
+    /// which request their calls belong to cannot be told, so they are not linked.
+    multiplexing: HashMap<u32, u64>,
     /// Client I/O of non-HTTP/1 connections made while serving: key -> the served request.
     io_parents: HashMap<CtxKey, (CtxKey, u64)>,
     peers: HashMap<PeerKey, (PeerRef, u64)>,
@@ -260,6 +268,7 @@ impl Linker {
             stats: LinkStats::default(),
             ctxs: HashMap::new(),
             serving: HashMap::new(),
+            multiplexing: HashMap::new(),
             io_parents: HashMap::new(),
             peers: HashMap::new(),
             ctx_waiters: HashMap::new(),
@@ -342,7 +351,19 @@ impl Linker {
                             }
                         }
                         self.insert(key, ctx);
-                        self.serving.insert(tid, key);
+                        let busy = self
+                            .serving
+                            .get(&tid)
+                            .is_some_and(|k| k.0 != key.0 && self.ctxs.contains_key(k));
+                        if busy || self.multiplexing.contains_key(&tid) {
+                            if busy {
+                                self.stats.multiplexing_threads += 1;
+                            }
+                            self.serving.remove(&tid);
+                            self.multiplexing.insert(tid, now);
+                        } else {
+                            self.serving.insert(tid, key);
+                        }
                     }
                     Side::Client => {
                         if injected.is_some() {
@@ -760,6 +781,8 @@ impl Linker {
     pub fn tick(&mut self, now_ns: u64) {
         self.tick_deadlines(now_ns);
         let ttl = self.config.context_ttl_ns;
+        self.multiplexing
+            .retain(|_, at| now_ns.saturating_sub(*at) <= MULTIPLEXING_TTL_NS);
         let old: Vec<CtxKey> = self
             .ctxs
             .iter()

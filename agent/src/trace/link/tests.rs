@@ -161,6 +161,35 @@ fn a_client_call_made_while_serving_is_a_child_of_the_request() {
 }
 
 #[test]
+fn a_thread_that_reads_a_second_request_before_answering_the_first_is_not_linked() {
+    let mut l = Linker::new(LinkConfig::default());
+    let s1 = Conn::new(1, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
+    let s2 = Conn::new(2, "10.0.0.1:80", "10.0.0.9:5001", Side::Server).remote();
+    let client = Conn::new(3, "10.0.0.1:6000", "10.0.0.7:80", Side::Client).remote();
+    // An event loop: reads request 1, starts its call, reads request 2, starts another call.
+    s1.request(&mut l, 100, 7, 0);
+    client.request(&mut l, 101, 7, 0);
+    s2.request(&mut l, 102, 7, 0);
+    client.request(&mut l, 103, 7, 1);
+    client.done(&mut l, 101, None, span("first", SpanKind::Client, None));
+    client.done(&mut l, 103, None, span("second", SpanKind::Client, None));
+    let got = ready(&mut l);
+    s1.response(&mut l, 7);
+    s1.done(&mut l, 100, None, span("s1", SpanKind::Server, None));
+    let srv1 = one(&mut l);
+    // The call made before the overlap belongs to request 1; the one after is not guessed.
+    assert_eq!(got[0].parent_span_id, Some(srv1.span_id));
+    assert_eq!(got[1].parent_span_id, None);
+    assert_eq!(l.stats().multiplexing_threads, 1);
+    // Even after both are answered, the thread stays unlinked for a while.
+    s2.response(&mut l, 7);
+    s1.request(&mut l, 200, 7, 1);
+    client.request(&mut l, 201, 7, 2);
+    client.done(&mut l, 201, None, span("third", SpanKind::Client, None));
+    assert_eq!(one(&mut l).parent_span_id, None);
+}
+
+#[test]
 fn an_incoming_header_is_the_parent_and_its_trace_state_carries_to_children() {
     let mut l = Linker::new(LinkConfig::default());
     let server = Conn::new(1, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
