@@ -207,6 +207,8 @@ pub struct ConnTable {
     stats: ConnStats,
     /// HTTP/2 parser counters of connections already gone.
     h2_retired: http2::Http2Stats,
+    /// HTTP/1 parser counters of connections already gone (or upgraded away from HTTP/1).
+    h1_retired: http1::Http1Stats,
     /// Sockets that turned out to be HTTP/2 since the last `take_full_capture`.
     full_capture: Vec<u64>,
     /// What linking learns from I/O, in order; taken by the pipeline after each event.
@@ -223,6 +225,16 @@ fn add_h2_stats(total: &mut http2::Http2Stats, s: &http2::Http2Stats) {
     total.undecoded_fields = total.undecoded_fields.saturating_add(s.undecoded_fields);
     total.streams_evicted = total.streams_evicted.saturating_add(s.streams_evicted);
     total.mid_stream_joins = total.mid_stream_joins.saturating_add(s.mid_stream_joins);
+}
+
+fn add_h1_stats(total: &mut http1::Http1Stats, h: &http1::Http1Stats) {
+    // Parser counters saturate (a huge claimed gap can), so the sum must too.
+    total.resyncs = total.resyncs.saturating_add(h.resyncs);
+    total.bytes_skipped = total.bytes_skipped.saturating_add(h.bytes_skipped);
+    total.invalid_heads = total.invalid_heads.saturating_add(h.invalid_heads);
+    total.unanswered_requests_dropped = total
+        .unanswered_requests_dropped
+        .saturating_add(h.unanswered_requests_dropped);
 }
 
 fn tuple_addrs(t: &ConnTuple) -> Option<(SocketAddr, SocketAddr)> {
@@ -252,6 +264,7 @@ impl ConnTable {
             conns: HashMap::new(),
             stats: ConnStats::default(),
             h2_retired: http2::Http2Stats::default(),
+            h1_retired: http1::Http1Stats::default(),
             full_capture: Vec::new(),
             links: Vec::new(),
             injections: HashMap::new(),
@@ -276,18 +289,12 @@ impl ConnTable {
     }
 
     /// Parser counters summed over live HTTP/1 connections.
+    /// HTTP/1 parser counters since start (live and finished connections).
     pub fn http1_stats(&self) -> http1::Http1Stats {
-        let mut s = http1::Http1Stats::default();
+        let mut s = self.h1_retired;
         for c in self.conns.values() {
             if let State::Http1(h) = &c.state {
-                let h = h.stats();
-                // Parser counters saturate (a huge claimed gap can), so the sum must too.
-                s.resyncs = s.resyncs.saturating_add(h.resyncs);
-                s.bytes_skipped = s.bytes_skipped.saturating_add(h.bytes_skipped);
-                s.invalid_heads = s.invalid_heads.saturating_add(h.invalid_heads);
-                s.unanswered_requests_dropped = s
-                    .unanswered_requests_dropped
-                    .saturating_add(h.unanswered_requests_dropped);
+                add_h1_stats(&mut s, &h.stats());
             }
         }
         s
@@ -437,6 +444,11 @@ impl ConnTable {
             State::Detecting { .. } | State::Ignored => return,
         };
         let upgrade = Self::drain(conn, self.config.protocols, out);
+        if (upgrade.is_some() || done)
+            && let State::Http1(h) = &conn.state
+        {
+            add_h1_stats(&mut self.h1_retired, &h.stats());
+        }
         if let Some(h2) = upgrade {
             self.stats.h2c_upgrades += 1;
             self.full_capture.push(ev.sk);
@@ -561,6 +573,7 @@ impl ConnTable {
                 &mut conn,
                 self.config.protocols,
                 &mut self.h2_retired,
+                &mut self.h1_retired,
                 ts_ns,
                 out,
             );
@@ -584,6 +597,7 @@ impl ConnTable {
                     &mut conn,
                     self.config.protocols,
                     &mut self.h2_retired,
+                    &mut self.h1_retired,
                     ts,
                     out,
                 );
@@ -607,6 +621,7 @@ impl ConnTable {
                 &mut conn,
                 self.config.protocols,
                 &mut self.h2_retired,
+                &mut self.h1_retired,
                 ts,
                 out,
             );
@@ -617,11 +632,15 @@ impl ConnTable {
         conn: &mut Conn,
         protocols: Protocols,
         h2_retired: &mut http2::Http2Stats,
+        h1_retired: &mut http1::Http1Stats,
         ts_ns: u64,
         out: &mut Vec<ConnExchange>,
     ) {
         match &mut conn.state {
-            State::Http1(h) => h.close(ts_ns),
+            State::Http1(h) => {
+                h.close(ts_ns);
+                add_h1_stats(h1_retired, &h.stats());
+            }
             State::Http2(h) => {
                 h.close(ts_ns);
                 add_h2_stats(h2_retired, &h.stats());
@@ -835,5 +854,214 @@ impl Resolver for ProcfsResolver {
                 Role::Client
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use socktrace_common::{DIR_EGRESS, EVENT_DATA, EVENT_INJECT};
+
+    use super::*;
+
+    struct NoResolver;
+    impl Resolver for NoResolver {
+        fn resolve(&mut self, _: u32, _: u32) -> Option<Resolved> {
+            None
+        }
+    }
+
+    fn tuple(local: [u8; 4], lport: u16, peer: [u8; 4], pport: u16) -> ConnTuple {
+        let mut t = ConnTuple {
+            sport: lport,
+            dport: pport,
+            family: AF_INET,
+            ..Default::default()
+        };
+        t.saddr[..4].copy_from_slice(&local);
+        t.daddr[..4].copy_from_slice(&peer);
+        t
+    }
+
+    fn event(
+        sk: u64,
+        ts: u64,
+        tid: u32,
+        dir: u32,
+        role: u32,
+        t: ConnTuple,
+        len: usize,
+    ) -> DataEvent {
+        DataEvent {
+            kind: EVENT_DATA,
+            direction: dir,
+            ts_ns: ts,
+            sk,
+            pid: 1,
+            tid,
+            fd: 3,
+            role,
+            len: len as u64,
+            captured: len as u32,
+            tuple_known: 1,
+            tuple: t,
+            comm: [0; 16],
+            tail: 0,
+            ctx_flags: 0,
+            trace_id: [0; 16],
+        }
+    }
+
+    fn table() -> ConnTable {
+        ConnTable::new(ConnConfig {
+            protocols: Protocols::all(),
+            ..ConnConfig::default()
+        })
+    }
+
+    #[test]
+    fn an_injection_gives_its_ids_to_the_request_written_next_on_that_socket() {
+        let mut t = table();
+        let (mut out, mut r) = (Vec::new(), NoResolver);
+        let tp = tuple([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80);
+        let inject = InjectEvent {
+            kind: EVENT_INJECT,
+            pid: 1,
+            tid: 9,
+            offset: 16,
+            ts_ns: 99,
+            sk: 5,
+            trace_id: [1; 16],
+            span_id: [2; 8],
+        };
+        t.on_inject(&inject);
+        let req = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
+        let ev = event(5, 100, 9, DIR_EGRESS, ROLE_CLIENT, tp, req.len());
+        t.on_data(&ev, req, &[], &mut r, &mut out);
+        // Pipelined second request in its own write, also injected.
+        t.on_inject(&InjectEvent {
+            ts_ns: 101,
+            span_id: [3; 8],
+            ..inject
+        });
+        let ev2 = event(5, 102, 9, DIR_EGRESS, ROLE_CLIENT, tp, req.len());
+        t.on_data(&ev2, req, &[], &mut r, &mut out);
+        let links = t.take_links();
+        let injected: Vec<_> = links
+            .iter()
+            .map(|l| match l {
+                LinkEvent::Http1Request {
+                    key,
+                    injected,
+                    side,
+                    turn,
+                    ..
+                } => (*key, *injected, *side, *turn),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            injected,
+            vec![
+                (
+                    (5, 100),
+                    Some((TraceId([1; 16]), SpanId([2; 8]))),
+                    Side::Client,
+                    0
+                ),
+                (
+                    (5, 102),
+                    Some((TraceId([1; 16]), SpanId([3; 8]))),
+                    Side::Client,
+                    0
+                ),
+            ]
+        );
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let ev3 = event(5, 110, 9, DIR_INGRESS, ROLE_CLIENT, tp, resp.len() * 2);
+        let both = [&resp[..], &resp[..]].concat();
+        t.on_data(&ev3, &both, &[], &mut r, &mut out);
+        let starts: Vec<u64> = out.iter().map(|x| x.link.start_ns).collect();
+        assert_eq!(starts, vec![100, 102]);
+        assert!(out.iter().all(|x| x.link.http1 && !x.link.peer_linkable));
+        // Another thread's write does not take an injection meant for thread 9.
+        t.on_inject(&InjectEvent {
+            ts_ns: 120,
+            ..inject
+        });
+        let ev4 = event(5, 121, 10, DIR_EGRESS, ROLE_CLIENT, tp, req.len());
+        t.on_data(&ev4, req, &[], &mut r, &mut out);
+        assert!(matches!(
+            t.take_links()[..],
+            [LinkEvent::Http1Request {
+                injected: None,
+                turn: 1,
+                ..
+            }]
+        ));
+        t.expire_injections(120 + INJECTION_TTL_NS + 1);
+        assert_eq!(t.stats().injections_unmatched, 1);
+    }
+
+    #[test]
+    fn server_turns_carry_the_kernel_trace_and_end_at_the_response() {
+        let mut t = table();
+        let (mut out, mut r) = (Vec::new(), NoResolver);
+        let tp = tuple([127, 0, 0, 1], 80, [127, 0, 0, 1], 40000);
+        let req = b"GET /a HTTP/1.1\r\nHost: b\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+        let mut ev = event(7, 100, 3, DIR_INGRESS, ROLE_SERVER, tp, req.len());
+        ev.ctx_flags = CTX_SERVER_REQUEST | socktrace_common::CTX_FROM_HEADER;
+        ev.trace_id = [0x4b; 16];
+        t.on_data(&ev, req, &[], &mut r, &mut out);
+        let resp = b"HTTP/1.1 204 No Content\r\n\r\n";
+        let ev2 = event(7, 110, 3, DIR_EGRESS, ROLE_SERVER, tp, resp.len());
+        t.on_data(&ev2, resp, &[], &mut r, &mut out);
+        let links = t.take_links();
+        match &links[..] {
+            [
+                LinkEvent::Http1Request {
+                    side: Side::Server,
+                    peer_linkable: true,
+                    kernel_trace: Some(k),
+                    header: Some(h),
+                    turn: 0,
+                    ..
+                },
+                LinkEvent::ServerResponse { sk: 7, tid: 3 },
+            ] => {
+                assert_eq!(*k, TraceId([0x4b; 16]));
+                assert_eq!(h.parent_id.to_string(), "00f067aa0ba902b7");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].link.start_ns, 100);
+    }
+
+    #[test]
+    fn http1_parser_counters_outlive_their_connections() {
+        let mut t = table();
+        let (mut out, mut r) = (Vec::new(), NoResolver);
+        let tp = tuple([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000);
+        let req = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
+        t.on_data(
+            &event(7, 100, 3, DIR_INGRESS, ROLE_SERVER, tp, req.len()),
+            req,
+            &[],
+            &mut r,
+            &mut out,
+        );
+        let junk = b"\x00\x01 not a response head at all\r\n\r\n";
+        t.on_data(
+            &event(7, 110, 3, DIR_EGRESS, ROLE_SERVER, tp, junk.len()),
+            junk,
+            &[],
+            &mut r,
+            &mut out,
+        );
+        let live = t.http1_stats();
+        assert!(live.invalid_heads + live.resyncs > 0, "{live:?}");
+        t.on_close(7, TCP_CLOSE as u32, 200, &mut out);
+        assert!(t.is_empty());
+        assert_eq!(t.http1_stats(), live);
     }
 }
