@@ -64,7 +64,6 @@ const APT_TEST: &[&str] = &[
     "util-linux",
     "postgresql",
     "postgresql-client",
-    "nghttp2-server",
 ];
 /// Load generator and server for `bench`.
 const APT_BENCH: &[&str] = &["nginx", "wrk"];

@@ -2,7 +2,7 @@
 
 use super::{
     http::{ConnMeta, ip_string},
-    span::{KeyValue, Span, SpanId, SpanKind, Status, TraceId},
+    span::{ExchangeSpan, KeyValue, Span, SpanKind, Status},
 };
 use crate::protocol::postgres::{self, Statement};
 
@@ -102,20 +102,16 @@ pub fn build_pg_span(
         (Some(op), None) => op.clone(),
         _ => "postgresql".to_owned(),
     };
-    let start = to_unix(st.start_ns);
-    let end = to_unix(st.end_ns).max(start);
-    Span {
-        trace_id: TraceId::random(),
-        span_id: SpanId::random(),
-        parent_span_id: None,
-        trace_state: String::new(),
-        name,
-        kind: conn.kind,
-        start_unix_nanos: start,
-        end_unix_nanos: end,
-        attributes: attrs,
-        status,
-        resource: conn.resource.clone(),
-        scope: "socktrace.postgresql",
-    }
+    Span::of_exchange(
+        conn,
+        ExchangeSpan {
+            name,
+            scope: "socktrace.postgresql",
+            start_unix_nanos: to_unix(st.start_ns),
+            end_unix_nanos: to_unix(st.end_ns),
+            attributes: attrs,
+            status,
+            header: None,
+        },
+    )
 }

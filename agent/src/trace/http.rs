@@ -9,8 +9,8 @@ use std::{
 };
 
 use super::{
-    context::parse_traceparent,
-    span::{KeyValue, Resource, Span, SpanId, SpanKind, Status, TraceId},
+    context::{HeaderContext, parse_traceparent},
+    span::{ExchangeSpan, KeyValue, Resource, Span, SpanKind, Status},
 };
 use crate::protocol::http1::{Exchange, Header};
 
@@ -190,10 +190,7 @@ fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
 
 /// Trace context of an incoming request: its valid `traceparent` (with `tracestate`), or a new
 /// trace. Shared by every protocol whose requests carry headers (HTTP/1, HTTP/2, gRPC).
-pub(crate) fn trace_context(
-    headers: &[Header],
-    stats: &HttpSpanStats,
-) -> (TraceId, Option<SpanId>, String) {
+pub(crate) fn trace_context(headers: &[Header], stats: &HttpSpanStats) -> Option<HeaderContext> {
     let mut values = headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("traceparent"));
@@ -209,14 +206,18 @@ pub(crate) fn trace_context(
                     .map(|h| h.value.as_str())
                     .collect::<Vec<_>>()
                     .join(",");
-                return (tp.trace_id, Some(tp.parent_id), state);
+                return Some(HeaderContext {
+                    trace_id: tp.trace_id,
+                    parent_id: tp.parent_id,
+                    trace_state: state,
+                });
             }
             _ => {
                 stats.invalid_traceparent.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
-    (TraceId::random(), None, String::new())
+    None
 }
 
 /// One HTTP request and its outcome, whatever the wire version: what a span is built from.
@@ -412,23 +413,18 @@ pub fn build_http_span(
         (SpanKind::Server, Some(r)) => format!("{method_for_name} {r}"),
         _ => method_for_name.to_owned(),
     };
-    let (trace_id, parent_span_id, trace_state) = trace_context(msg.headers, stats);
-    let start = to_unix(msg.start_ns);
-    let end = to_unix(msg.end_ns).max(start);
-    Span {
-        trace_id,
-        span_id: SpanId::random(),
-        parent_span_id,
-        trace_state,
-        name,
-        kind: conn.kind,
-        start_unix_nanos: start,
-        end_unix_nanos: end,
-        attributes: attrs,
-        status,
-        resource: conn.resource.clone(),
-        scope: "socktrace.http",
-    }
+    Span::of_exchange(
+        conn,
+        ExchangeSpan {
+            name,
+            scope: "socktrace.http",
+            start_unix_nanos: to_unix(msg.start_ns),
+            end_unix_nanos: to_unix(msg.end_ns),
+            attributes: attrs,
+            status,
+            header: trace_context(msg.headers, stats),
+        },
+    )
 }
 
 #[cfg(test)]

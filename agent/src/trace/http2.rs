@@ -3,7 +3,7 @@
 
 use super::{
     http::{ConnMeta, HttpMessage, HttpSpanConfig, HttpSpanStats, build_http_span, ip_string},
-    span::{KeyValue, Span, SpanId, SpanKind, Status},
+    span::{ExchangeSpan, KeyValue, Span, SpanKind, Status},
 };
 use crate::{
     protocol::http2::{H2Stream, StreamEnd},
@@ -300,24 +300,18 @@ fn build_grpc_span(
         (Some(s), Some(m)) => format!("{s}/{m}"),
         _ => "grpc".to_owned(),
     };
-    let (trace_id, parent_span_id, trace_state) =
-        super::http::trace_context(&stream.request_headers, stats);
-    let start = to_unix(stream.request_start_ns);
-    let end = to_unix(end_ns(stream)).max(start);
-    Span {
-        trace_id,
-        span_id: SpanId::random(),
-        parent_span_id,
-        trace_state,
-        name,
-        kind: conn.kind,
-        start_unix_nanos: start,
-        end_unix_nanos: end,
-        attributes: attrs,
-        status,
-        resource: conn.resource.clone(),
-        scope: "socktrace.grpc",
-    }
+    Span::of_exchange(
+        conn,
+        ExchangeSpan {
+            name,
+            scope: "socktrace.grpc",
+            start_unix_nanos: to_unix(stream.request_start_ns),
+            end_unix_nanos: to_unix(end_ns(stream)),
+            attributes: attrs,
+            status,
+            header: super::http::trace_context(&stream.request_headers, stats),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -169,7 +169,43 @@ pub struct Span {
     pub scope: &'static str,
 }
 
+/// What every span of one exchange is made of; see [`Span::of_exchange`].
+pub struct ExchangeSpan {
+    pub name: String,
+    pub scope: &'static str,
+    /// Wall-clock start and end (end is raised to start if the clocks disagree).
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    pub attributes: Vec<KeyValue>,
+    pub status: Status,
+    /// The parent context the request carried in its headers, if any.
+    pub header: Option<super::context::HeaderContext>,
+}
+
 impl Span {
+    /// A span of one exchange on a connection: the header's context or a new trace, and a new
+    /// span id (the linker may replace all three with the ones it inferred).
+    pub fn of_exchange(conn: &super::http::ConnMeta, e: ExchangeSpan) -> Self {
+        let (trace_id, parent_span_id, trace_state) = match e.header {
+            Some(h) => (h.trace_id, Some(h.parent_id), h.trace_state),
+            None => (TraceId::random(), None, String::new()),
+        };
+        Span {
+            trace_id,
+            span_id: SpanId::random(),
+            parent_span_id,
+            trace_state,
+            name: e.name,
+            kind: conn.kind,
+            start_unix_nanos: e.start_unix_nanos,
+            end_unix_nanos: e.end_unix_nanos.max(e.start_unix_nanos),
+            attributes: e.attributes,
+            status: e.status,
+            resource: conn.resource.clone(),
+            scope: e.scope,
+        }
+    }
+
     pub fn attr(&self, key: &str) -> Option<&Value> {
         self.attributes
             .iter()
