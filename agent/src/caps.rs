@@ -8,6 +8,7 @@
 //! | mount tracefs when the host has not | `CAP_SYS_ADMIN` |
 //! | read tracefs (root-only) as another user than uid 0 | `CAP_DAC_READ_SEARCH` |
 //! | `/proc/PID/environ`, `exe`, `fd` of processes of other users (service name from the environment, executable path, connections open before start) | `CAP_SYS_PTRACE` + `CAP_DAC_READ_SEARCH` |
+//! | `traceparent` injection into outgoing HTTP/1 requests (`sock_ops` + `sk_msg` programs) | `CAP_NET_ADMIN` (or `CAP_SYS_ADMIN`) |
 
 /// A capability number, as in `<linux/capability.h>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +139,21 @@ pub fn check(caps: CapSet, tracefs: &Tracefs) -> CapReport {
     report
 }
 
+/// What `traceparent` injection lacks, as one warning line; `None` when it can be attached.
+/// The kernel loads and attaches `sock_ops` and `sk_msg` programs only for `CAP_NET_ADMIN`
+/// (or `CAP_SYS_ADMIN`).
+pub fn inject_missing(caps: CapSet) -> Option<String> {
+    if caps.has(Cap::NET_ADMIN) || caps.has(Cap::SYS_ADMIN) {
+        return None;
+    }
+    Some(
+        "missing CAP_NET_ADMIN: traceparent headers are not injected into outgoing HTTP/1 \
+         requests (the kernel requires it for sock_ops and sk_msg programs); grant it, or pass \
+         --no-inject"
+            .to_owned(),
+    )
+}
+
 /// The state of tracefs where the probes look for it (`/sys/kernel/tracing`, else debugfs's
 /// `/sys/kernel/debug/tracing`), telling "not mounted" from "not readable" through
 /// `/proc/self/mounts`.
@@ -189,6 +205,7 @@ mod tests {
             Cap::PERFMON,
             Cap::SYS_PTRACE,
             Cap::DAC_READ_SEARCH,
+            Cap::NET_ADMIN,
         ])
     }
 
@@ -286,6 +303,17 @@ mod tests {
             }),
             Tracefs::Ready
         );
+    }
+
+    #[test]
+    fn injection_names_net_admin() {
+        assert_eq!(inject_missing(ROOT), None);
+        assert_eq!(inject_missing(CapSet::of(&[Cap::NET_ADMIN])), None);
+        assert_eq!(inject_missing(CapSet::of(&[Cap::SYS_ADMIN])), None);
+        assert_eq!(inject_missing(daemonset()), None);
+        let without = CapSet::of(&[Cap::BPF, Cap::PERFMON, Cap::SYS_PTRACE]);
+        let w = inject_missing(without).expect("no CAP_NET_ADMIN in the set");
+        assert!(w.starts_with("missing CAP_NET_ADMIN: traceparent"), "{w}");
     }
 
     #[test]

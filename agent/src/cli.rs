@@ -114,6 +114,12 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "sanitized")]
     pub db_query_text: QueryTextMode,
 
+    /// Do not insert W3C `traceparent` headers into outgoing HTTP/1 requests of traced
+    /// processes. Injection (on by default) carries the trace to the next host; it needs
+    /// CAP_NET_ADMIN and a cgroup v2 hierarchy, and turns itself off with a warning without them.
+    #[arg(long)]
+    pub no_inject: bool,
+
     /// Kernel ring buffer size in bytes (power of two, at least 65536).
     #[arg(long, value_name = "BYTES", default_value = "8388608", value_parser = parse_ringbuf_size)]
     pub ringbuf_size: u32,

@@ -14,7 +14,7 @@ use socktrace::{
     conn::{ConnConfig, Protocols},
     export::{self, ExportCli},
     health::{self, Health},
-    k8s,
+    inject, k8s,
     pipeline::{self, Pipeline},
     probes::{ProbeConfig, Probes},
     resource::{ProcRoot, ResourceCache},
@@ -114,12 +114,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .with_k8s(k8s)
         .with_filter(resource_filter.clone());
 
+    // traceparent injection: only where HTTP/1 client spans are made to carry the same ids.
+    let mut inject_state = "off".to_owned();
+    let inject_root = if cli.no_inject {
+        inject_state = "off (--no-inject)".to_owned();
+        None
+    } else if !cli.protocols.contains(&ProtocolName::Http) {
+        inject_state = "off (--protocols without http)".to_owned();
+        None
+    } else {
+        inject::precheck(caps::CapSet::effective())
+            .map_err(|e| eprintln!("socktrace: warning: {}", e.warning()))
+            .ok()
+    };
     let selector = Selector::new(cli.pid.clone(), cli.exe.clone());
     let mut probes = Probes::load(&ProbeConfig {
         capture_bytes: cli.capture_bytes,
         ringbuf_bytes: cli.ringbuf_size,
         filter_pids: selector.is_filtering(),
         wakeup_bytes: 64 * 1024,
+        inject: inject_root.is_some(),
     })?;
     if !probes.fallbacks().is_empty() {
         eprintln!(
@@ -151,6 +165,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None
     };
 
+    if let Some(root) = &inject_root {
+        match probes.attach_injection(root) {
+            Ok(()) => inject_state = format!("on (sock_ops on {})", root.name),
+            Err(e) => eprintln!("socktrace: warning: {}", e.warning()),
+        }
+    }
+
     let protocols = Protocols {
         http: cli.protocols.contains(&ProtocolName::Http),
         http2: cli.protocols.contains(&ProtocolName::Http2),
@@ -177,7 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
     eprintln!(
-        "socktrace {}: {} tracepoints attached; protocols: {}; tracing {}; capture {} bytes per I/O; exporter: {}{}",
+        "socktrace {}: {} tracepoints attached; protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; exporter: {}{}",
         env!("CARGO_PKG_VERSION"),
         probes.attached(),
         cli.protocols
@@ -187,6 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .join(","),
         selection.join(", "),
         cli.capture_bytes,
+        inject_state,
         exporter_desc,
         cli.health_listen
             .map(|a| format!("; health: http://{a}/healthz and /readyz"))

@@ -16,7 +16,8 @@ use aya::{
     programs::TracePoint,
 };
 use socktrace_common::{
-    GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS, GLOBAL_WAKEUP_BYTES, stats,
+    GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS, GLOBAL_INJECT_ENABLED,
+    GLOBAL_WAKEUP_BYTES, stats,
 };
 
 /// The kernel programs, built by `build.rs` and embedded in the binary.
@@ -84,6 +85,8 @@ pub enum ProbeError {
     },
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] aya::EbpfError),
+    #[error("the embedded eBPF object is not as expected: {0}")]
+    Object(String),
     #[error(
         "the kernel rejected program {name}: {source}; socktrace needs BPF tracepoint programs and BPF ring buffers (Linux 5.8 or later)"
     )]
@@ -113,6 +116,9 @@ pub struct ProbeConfig {
     pub filter_pids: bool,
     /// Wake user space once this many bytes are waiting; it also polls on a timer.
     pub wakeup_bytes: u32,
+    /// Insert `traceparent` into outgoing HTTP/1 requests once [`Probes::attach_injection`]
+    /// attaches the programs that do it.
+    pub inject: bool,
 }
 
 /// The loaded and attached kernel programs.
@@ -136,13 +142,29 @@ fn load_attach(
         })?
         .try_into()
         .map_err(|source| ProbeError::Program { name, source })?;
+    let started = std::time::Instant::now();
     program
         .load()
         .map_err(|source| ProbeError::Program { name, source })?;
+    log_verified(name, program.info().ok(), started);
     program
         .attach(category, tracepoint)
         .map_err(|source| ProbeError::Program { name, source })?;
     Ok(())
+}
+
+/// Debug log of what the verifier spent on a program (its load time is the agent's start time).
+pub(crate) fn log_verified(
+    name: &str,
+    info: Option<aya::programs::ProgramInfo>,
+    started: std::time::Instant,
+) {
+    tracing::debug!(
+        "loaded {name}: {} instructions verified in {:?}",
+        info.and_then(|i| i.verified_instruction_count())
+            .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+        started.elapsed()
+    );
 }
 
 /// Makes sure tracefs is mounted where aya looks for it. Returns true if this call mounted it.
@@ -196,13 +218,22 @@ impl Probes {
 
         let tgid = std::process::id();
         let filter = u32::from(config.filter_pids);
+        let inject = u32::from(config.inject);
+        // Without injection, a copy whose socket map needs no CAP_NET_ADMIN.
+        let patched = if config.inject {
+            None
+        } else {
+            Some(crate::inject::without_socket_map(EBPF_OBJECT).map_err(ProbeError::Object)?)
+        };
+        let object = patched.as_ref().map_or(EBPF_OBJECT, |p| p.bytes());
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_AGENT_TGID, &tgid, true)
             .override_global(GLOBAL_CAPTURE_BYTES, &config.capture_bytes, true)
             .override_global(GLOBAL_FILTER_PIDS, &filter, true)
             .override_global(GLOBAL_WAKEUP_BYTES, &config.wakeup_bytes, true)
+            .override_global(GLOBAL_INJECT_ENABLED, &inject, true)
             .map_max_entries("EVENTS", config.ringbuf_bytes)
-            .load(EBPF_OBJECT)
+            .load(object)
             .map_err(ProbeError::Load)?;
 
         let mut attached = 0;
@@ -232,6 +263,15 @@ impl Probes {
             attached,
             fallbacks,
         })
+    }
+
+    /// Attaches the `traceparent` injection (`sock_ops` on the cgroup v2 root, `sk_msg` on its
+    /// socket map); see [`crate::inject`]. On error the agent goes on without it.
+    pub fn attach_injection(
+        &mut self,
+        root: &crate::inject::Cgroup2Root,
+    ) -> Result<(), crate::inject::InjectError> {
+        crate::inject::attach(&mut self.ebpf, root)
     }
 
     /// Number of attached tracepoints.

@@ -136,7 +136,7 @@ impl Limited {
 }
 
 /// The capabilities of the DaemonSet, as the only ones root may hold.
-const DAEMONSET: &str = "-all,+bpf,+perfmon,+sys_ptrace,+dac_read_search";
+const DAEMONSET: &str = "-all,+bpf,+perfmon,+sys_ptrace,+dac_read_search,+net_admin";
 
 #[test]
 fn the_daemonset_capabilities_are_enough() {

@@ -59,6 +59,7 @@ fn version_and_help_document_every_flag() {
         "--k8s-node-name",
         "--k8s-cluster-name",
         "--health-listen",
+        "--no-inject",
         "NODE_NAME",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {

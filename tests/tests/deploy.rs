@@ -195,7 +195,13 @@ fn daemonset_is_least_privilege_and_probes_the_agent_endpoint() {
     assert_eq!(caps("drop"), ["ALL"]);
     assert_eq!(
         caps("add"),
-        ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"],
+        [
+            "BPF",
+            "PERFMON",
+            "SYS_PTRACE",
+            "DAC_READ_SEARCH",
+            "NET_ADMIN"
+        ],
         "exactly the capabilities the agent's start-up check wants (agent/src/caps.rs)"
     );
     // The node name for the Kubernetes watch, from the downward API.

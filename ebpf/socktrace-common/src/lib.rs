@@ -20,6 +20,19 @@ pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
 pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
 pub const GLOBAL_FILTER_PIDS: &str = "FILTER_PIDS";
 pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+/// Non-zero: the `sk_msg` program inserts `traceparent` headers (set when it is attached).
+pub const GLOBAL_INJECT_ENABLED: &str = "INJECT_ENABLED";
+
+/// The line the kernel inserts after the request line of an outgoing HTTP/1 request:
+/// `traceparent: 00-<32 hex trace id>-<16 hex span id>-01\r\n`.
+pub const TRACEPARENT_LINE_LEN: u32 = 70;
+/// Most bytes of an outgoing message the `sk_msg` program reads to find the end of a request
+/// head: a request whose header block is longer is sent unchanged, and the socket is left alone
+/// from then on (its framing is unknown).
+pub const INJECT_HEAD_WINDOW: usize = 4096;
+/// Most bytes at the start of a server read in which the kernel looks for an incoming
+/// `traceparent` header (within the captured prefix).
+pub const CTX_HEADER_WINDOW: usize = 2048;
 
 /// Record kinds written to the ring buffer; the first `u32` of every record.
 pub const EVENT_DATA: u32 = 1;
@@ -185,7 +198,39 @@ pub mod stats {
     pub const TRUNCATED: u32 = 6;
     /// Calls that began before the agent attached, recovered from the task's saved registers.
     pub const RECOVERED_ENTRY: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Requests that received a `traceparent` line from the `sk_msg` program.
+    pub const INJECTED: u32 = 8;
+    /// Requests sent unchanged because they already carry `traceparent`.
+    pub const INJECT_SKIP_HAS_TRACEPARENT: u32 = 9;
+    /// Requests whose header block did not end inside the message (written in pieces, or longer
+    /// than `INJECT_HEAD_WINDOW`): sent unchanged, and the connection is left alone.
+    pub const INJECT_SKIP_INCOMPLETE: u32 = 10;
+    /// Requests that began in the middle of a write (pipelined behind another one): unchanged.
+    pub const INJECT_SKIP_MID_MESSAGE: u32 = 11;
+    /// Requests whose body length the kernel cannot follow (chunked, invalid `Content-Length`,
+    /// `Upgrade`, `CONNECT`): the connection is left alone after them.
+    pub const INJECT_SKIP_UNKNOWN_FRAMING: u32 = 12;
+    /// `bpf_msg_push_data` / `bpf_msg_pull_data` failures (the message is sent unchanged).
+    pub const INJECT_PUSH_FAILED: u32 = 13;
+    /// Client connections whose first bytes are not an HTTP/1 request: left alone.
+    pub const INJECT_NOT_HTTP: u32 = 14;
+    /// Requests not injected because the writer is not traced or its write is not seen
+    /// (no client span would carry the ids).
+    pub const INJECT_SKIP_UNTRACED: u32 = 15;
+    /// Client sockets that could not be added to the injection socket map.
+    pub const INJECT_SOCK_ADD_FAILED: u32 = 16;
+    /// Header scans abandoned because another task reused this CPU's scratch buffer meanwhile
+    /// (the connection is left alone).
+    pub const INJECT_SCRATCH_RACE: u32 = 17;
+    /// Server reads that began an HTTP/1 request and set the thread's trace context.
+    pub const SERVER_CTX_SET: u32 = 18;
+    /// Of those, contexts whose trace id came from the request's `traceparent`.
+    pub const SERVER_CTX_FROM_HEADER: u32 = 19;
+    /// Writes on followed client sockets that the kernel could not send whole (full send
+    /// buffer of a non-blocking socket, a signal): the rest passes unseen, so the connection is
+    /// left alone from then on.
+    pub const INJECT_PARTIAL_SEND: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Human-readable names, indexed like the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -197,6 +242,19 @@ pub mod stats {
         "self_traffic_skipped",
         "payload_truncated",
         "recovered_syscall_entry",
+        "injected",
+        "inject_skipped_has_traceparent",
+        "inject_skipped_incomplete_headers",
+        "inject_skipped_mid_message",
+        "inject_skipped_unknown_framing",
+        "inject_push_failed",
+        "inject_not_http",
+        "inject_skipped_untraced",
+        "inject_sock_add_failed",
+        "inject_scratch_race",
+        "server_ctx_set",
+        "server_ctx_from_header",
+        "inject_partial_send",
     ];
 }
 

@@ -1,8 +1,15 @@
-//! socktrace kernel programs. Tracepoints only: this must load on kernels without kprobes,
-//! fentry or `bpf_probe_write_user` (see the README's "Kernel hooks" section).
+//! socktrace kernel programs. Tracepoints, plus `sock_ops`/`sk_msg` for header injection: this
+//! must load on kernels without kprobes, fentry or `bpf_probe_write_user` (see the README's
+//! "Kernel hooks" section).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod context;
+#[cfg(target_arch = "bpf")]
+mod http;
+#[cfg(target_arch = "bpf")]
+mod inject;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

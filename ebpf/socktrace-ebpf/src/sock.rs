@@ -16,6 +16,7 @@ use socktrace_common::{
 };
 
 use crate::{
+    inject,
     maps::{
         EVENTS, SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCKS, TRACKED_SOCKS, agent_tgid, count,
         current_is_traced, wakeup_flags,
@@ -189,7 +190,7 @@ fn recover_from_regs(tid: u32, sk: u64, recv: bool, peek: bool) -> bool {
         fd: di as u32,
         direction: if recv { DIR_INGRESS } else { DIR_EGRESS },
         flags: if peek { IO_PEEK } else { 0 },
-        _pad: 0,
+        msg_sent: 0,
     };
     if ACTIVE_IO.insert(tid, io, 0).is_err() {
         count(stats::MAP_UPDATE_FAILED);
@@ -232,6 +233,12 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         let sk: u64 = ctx.read_at(ST_SKADDR)?;
         let oldstate: i32 = ctx.read_at(ST_OLDSTATE)?;
         let newstate: i32 = ctx.read_at(ST_NEWSTATE)?;
+
+        if newstate == TCP_SYN_SENT {
+            // Inside connect(), in the connecting task.
+            inject::on_syn_sent(sk);
+            return Ok(());
+        }
 
         if newstate == TCP_ESTABLISHED {
             let role = match oldstate {
@@ -306,6 +313,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 let _ = TRACKED_SOCKS.remove(&sk);
                 let _ = SOCK_CAPTURE.remove(&sk);
                 let _ = SOCKS.remove(&sk);
+                inject::on_close(sk);
             }
         }
     }

@@ -17,12 +17,16 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use socktrace_common::{
-    DIR_EGRESS, DIR_INGRESS, DataEvent, EVENT_DATA, MAX_CAPTURE, ROLE_UNKNOWN, TAIL_CAPTURE, stats,
+    DIR_EGRESS, DIR_INGRESS, DataEvent, DataEventBuf, EVENT_DATA, MAX_CAPTURE, ROLE_SERVER,
+    ROLE_UNKNOWN, TAIL_CAPTURE, stats,
 };
 
-use crate::maps::{
-    EVENTS, SCRATCH, SELF_PEERS, SOCK_CAPTURE, SOCKS, TRACKED_SOCKS, capture_bytes, count,
-    current_is_traced, wakeup_flags,
+use crate::{
+    context, inject,
+    maps::{
+        EVENTS, SCRATCH, SELF_PEERS, SOCK_CAPTURE, SOCKS, TRACKED_SOCKS, capture_bytes, count,
+        current_is_traced, wakeup_flags,
+    },
 };
 
 /// The peer side of a read was only peeked (`MSG_PEEK`): the bytes will be read again.
@@ -44,7 +48,9 @@ pub struct ActiveIo {
     pub fd: u32,
     pub direction: u32,
     pub flags: u32,
-    pub _pad: u32,
+    /// Bytes of this call the `sk_msg` program (`inject.rs`) has already passed on: 0 while
+    /// the next byte it sees is the first of the call.
+    pub msg_sent: u32,
 }
 
 /// Thread id -> syscall in flight. LRU so a thread killed mid-call cannot leak an entry forever.
@@ -64,7 +70,7 @@ fn enter(fd: u64, buf: u64, iovcnt: u64, direction: u32) {
         fd: fd as u32,
         direction,
         flags: 0,
-        _pad: 0,
+        msg_sent: 0,
     };
     if ACTIVE_IO.insert(tid, io, 0).is_err() {
         count(stats::MAP_UPDATE_FAILED);
@@ -179,8 +185,9 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
 }
 
 /// Shared `sys_exit_*` body: `ret` (bytes transferred) is at offset 16 for every syscall.
+/// `SERVER_CTX`: plain reads, which may begin a request a server thread then serves.
 #[inline(always)]
-fn exit<const VECTORED: bool>(ctx: &TracePointContext) -> u32 {
+fn exit<const VECTORED: bool, const SERVER_CTX: bool>(ctx: &TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: the value is copied out before the entry is removed.
     let Some(io) = (unsafe { ACTIVE_IO.get(&tid) }).copied() else {
@@ -194,48 +201,56 @@ fn exit<const VECTORED: bool>(ctx: &TracePointContext) -> u32 {
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else {
         return 0;
     };
+    if io.direction == DIR_EGRESS && inject::inject_enabled() {
+        if io.msg_sent != 0 {
+            inject::after_send(io.sk, io.msg_sent, ret);
+        }
+        if ret > 0 {
+            context::server_write(tid, io.sk);
+        }
+    }
     if ret <= 0 {
         return 0;
     }
-    emit_data::<VECTORED>(&io, ret as u64);
+    emit_data::<VECTORED, SERVER_CTX>(&io, ret as u64);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
-    exit::<false>(&ctx)
+    exit::<false, true>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    exit::<false>(&ctx)
+    exit::<false, true>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
-    exit::<false>(&ctx)
+    exit::<false, false>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    exit::<false>(&ctx)
+    exit::<false, false>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
-    exit::<true>(&ctx)
+    exit::<true, false>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
-    exit::<true>(&ctx)
+    exit::<true, false>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
-    exit::<true>(&ctx)
+    exit::<true, false>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
-    exit::<true>(&ctx)
+    exit::<true, false>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
-    exit::<false>(&ctx)
+    exit::<false, false>(&ctx)
 }
 
 const MASK: usize = MAX_CAPTURE - 1;
@@ -245,8 +260,10 @@ const MASK: usize = MAX_CAPTURE - 1;
 /// Not inlined: one BPF subprogram per variant, shared by the exit hooks, with its own 512-byte
 /// stack frame (inlined into each hook it exceeded the stack limit). Only the four vectored
 /// calls get the iovec walk, which is what the verifier spends its time on.
+/// With `SERVER_CTX`, a server read that begins an HTTP/1 request also sets the thread's trace
+/// context (`context.rs`), and the record says so.
 #[inline(never)]
-fn emit_data<const VECTORED: bool>(io: &ActiveIo, len: u64) {
+fn emit_data<const VECTORED: bool, const SERVER_CTX: bool>(io: &ActiveIo, len: u64) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -452,12 +469,34 @@ fn emit_data<const VECTORED: bool>(io: &ActiveIo, len: u64) {
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let _ = TRACKED_SOCKS.insert(io.sk, 1u8, 0);
 
-    let size = core::mem::size_of::<DataEvent>() + captured + tail;
+    let mut size = core::mem::size_of::<DataEvent>() + captured + tail;
+    if SERVER_CTX
+        && inject::inject_enabled()
+        && io.direction == DIR_INGRESS
+        && header.role == ROLE_SERVER
+    {
+        let scratch: *mut DataEventBuf = scratch;
+        context::server_read(scratch);
+        // The verifier checks the call once per distinct state that reaches it, and the paths
+        // above leave many (each with its own precise sizes): only the pointer is live across
+        // it, and the sizes come back from memory, bounded again.
+        // SAFETY: the per-CPU scratch value.
+        let (c, t) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*scratch).header.captured) as usize,
+                core::ptr::read_volatile(&raw const (*scratch).header.tail) as usize,
+            )
+        };
+        if c > MAX_CAPTURE || t > 2 * TAIL_CAPTURE {
+            return;
+        }
+        size = core::mem::size_of::<DataEvent>() + c + t;
+    }
     // SAFETY: `scratch` is a map value of size_of::<DataEventBuf>() >= `size`.
     let rc = unsafe {
         bpf_ringbuf_output(
             core::ptr::addr_of!(EVENTS).cast_mut().cast(),
-            (scratch as *mut socktrace_common::DataEventBuf).cast(),
+            (&raw mut *scratch).cast(),
             size as u64,
             wakeup_flags(),
         )

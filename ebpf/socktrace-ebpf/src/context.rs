@@ -1,0 +1,131 @@
+//! Per-thread server context: which trace the request a thread is serving belongs to, so that
+//! the `traceparent` the injection program (`inject.rs`) puts into the requests that thread
+//! sends continues that trace.
+//!
+//! Set by plain reads (`read`, `recvfrom`) on server sockets that begin an HTTP/1 request
+//! (method token and space), from the request's own `traceparent` when it has one within the
+//! first `CTX_HEADER_WINDOW` captured bytes, else a random trace id; cleared when the same
+//! thread writes on that socket (the response). User space learns the decision from the read's
+//! `DataEvent` (`ctx_flags`, `trace_id`).
+
+use aya_ebpf::{
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use socktrace_common::{
+    CTX_FROM_HEADER, CTX_HEADER_WINDOW, CTX_SERVER_REQUEST, DataEventBuf, stats,
+};
+
+use crate::{
+    http::{self, HAS_TP, HeadScan},
+    maps::count,
+};
+
+/// The request a thread is serving.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThreadCtx {
+    pub trace_id: [u8; 16],
+    /// The server socket the request came in on: a write there by the thread ends the context.
+    pub sk: u64,
+    pub ts_ns: u64,
+}
+
+/// Thread id -> the request it is serving. LRU: threads that exit mid-request are forgotten.
+#[map]
+pub static THREAD_CTX: LruHashMap<u32, ThreadCtx> = LruHashMap::with_max_entries(16384, 0);
+
+/// Scan state for incoming request heads (the bytes are the data record's own payload).
+#[map]
+static CTX_SCAN: PerCpuArray<HeadScan> = PerCpuArray::with_max_entries(1, 0);
+
+/// A random, valid (non-zero) trace id.
+#[inline(always)]
+pub fn random_trace_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    let mut k = 0;
+    while k < 4 {
+        // SAFETY: helper without arguments.
+        let r = unsafe { bpf_get_prandom_u32() };
+        id[4 * k..4 * k + 4].copy_from_slice(&r.to_le_bytes());
+        k += 1;
+    }
+    if id == [0; 16] {
+        id[15] = 1;
+    }
+    id
+}
+
+/// A server socket read, as staged in `scratch` (header filled, `captured` payload bytes in
+/// `data`): if it begins an HTTP/1 request, makes it the thread's server context and says so
+/// in the header.
+///
+/// Not inlined: its own stack frame, and one copy shared by the two read hooks. Everything
+/// comes from the scratch value (see the caller).
+#[inline(never)]
+pub fn server_read(scratch: *mut DataEventBuf) {
+    const W: usize = CTX_HEADER_WINDOW;
+    // SAFETY: the caller's per-CPU scratch value.
+    let header = unsafe { &mut (*scratch).header };
+    let data = unsafe { (&raw const (*scratch).data).cast::<u8>() };
+    let captured = unsafe { core::ptr::read_volatile(&raw const header.captured) } as usize;
+    if captured < 16 {
+        return;
+    }
+    // SAFETY: `data` has at least 16 valid bytes; read unaligned.
+    let head = unsafe { core::ptr::read_unaligned(data.cast::<u64>()) };
+    if http::method_len(head) == 0 {
+        return;
+    }
+    let Some(st) = CTX_SCAN.get_ptr_mut(0) else {
+        return;
+    };
+    let n = if captured > W { W } else { captured };
+    // SAFETY: per-CPU map value.
+    unsafe { core::ptr::write_volatile(&raw mut (*st).n, n as u32) };
+    http::find_lines::<W>(data, st);
+    http::match_names::<W, false>(data, st);
+
+    let mut flags = CTX_SERVER_REQUEST;
+    let mut trace_id = [0u8; 16];
+    // SAFETY: per-CPU map value.
+    let (found, tp_at, n) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*st).flags) & HAS_TP != 0,
+            core::ptr::read_volatile(&raw const (*st).tp_at) as usize,
+            core::ptr::read_volatile(&raw const (*st).n) as usize,
+        )
+    };
+    // The value (at most 2 spaces, 55 characters and its line end) must lie in the copied bytes.
+    if found && tp_at + 58 <= n && http::traceparent_trace_id::<W>(data, tp_at, &mut trace_id) {
+        flags |= CTX_FROM_HEADER;
+        count(stats::SERVER_CTX_FROM_HEADER);
+    } else {
+        trace_id = random_trace_id();
+    }
+    header.ctx_flags = flags;
+    header.trace_id = trace_id;
+    let ctx = ThreadCtx {
+        trace_id,
+        sk: header.sk,
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if THREAD_CTX.insert(header.tid, ctx, 0).is_err() {
+        count(stats::MAP_UPDATE_FAILED);
+    }
+    count(stats::SERVER_CTX_SET);
+}
+
+/// A write by `tid` on socket `sk` (egress exit path): the response to the request the thread
+/// was serving on that socket ends its server context.
+#[inline(always)]
+pub fn server_write(tid: u32, sk: u64) {
+    // SAFETY: the value is read in place, once.
+    if let Some(ctx) = unsafe { THREAD_CTX.get(tid) }
+        && ctx.sk == sk
+    {
+        let _ = THREAD_CTX.remove(tid);
+    }
+}

@@ -1,0 +1,715 @@
+//! Cross-host trace propagation: a W3C `traceparent` line inserted into outgoing HTTP/1
+//! requests, in the kernel.
+//!
+//! - `sys_enter_connect` / `sys_exit_connect` mark the threads of traced processes that are
+//!   inside `connect()`; `inet_sock_set_state` (`sock.rs`) remembers the sockets they move to
+//!   SYN_SENT (`INJECT_CONNECTING`), so kernel sockets and untraced processes are never touched.
+//! - `inject_sockops` (cgroup v2 root) adds those sockets to `INJECT_SOCKHASH` when they become
+//!   ESTABLISHED, with fresh framing state in `INJECT_SOCKS`. The kernel drops a socket from the
+//!   socket map by itself when it closes; `sock.rs` forgets its state at TCP_CLOSE.
+//! - `inject_http` (`sk_msg`, attached to that map) runs in the writing task for every message
+//!   sent on those sockets and always returns SK_PASS. It follows the request framing of the
+//!   byte stream: at a request boundary it parses the request head (which must be complete in
+//!   the message, within `INJECT_HEAD_WINDOW` bytes), inserts the line after the request line
+//!   when allowed, and tells the kernel with `bpf_msg_apply_bytes` how many bytes that request
+//!   covers in this message. When a request ends inside a message, the kernel runs the program
+//!   again on the rest (which begins the next request); body bytes in later messages are
+//!   counted down in `InjectState::skip`, never parsed; a chunked body is followed chunk by
+//!   chunk the same way (each chunk-size line must begin a message or follow the previous
+//!   chunk in it). Whatever it cannot follow (other transfer codings, trailers, unparseable or
+//!   split heads or chunk lines, upgrades, other protocols) makes it leave the socket alone for
+//!   good: nothing is ever inserted where a request might not begin.
+//!
+//! `bpf_msg_cork_bytes` (wait for the rest of a head split over several writes) is not used: a
+//! corked message is sent only once the promised bytes arrive, so a client that writes part of
+//! a request and then waits (or shuts down its side) would stall or lose those bytes.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action::SK_PASS, sk_msg_md},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{
+            bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_msg_apply_bytes, bpf_msg_pop_data,
+            bpf_msg_pull_data, bpf_msg_push_data, bpf_probe_read_kernel,
+        },
+    },
+    macros::{map, sk_msg, sock_ops, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
+    programs::{SkMsgContext, SockOpsContext, TracePointContext},
+};
+use socktrace_common::{
+    EVENT_INJECT, INJECT_HEAD_WINDOW, InjectEvent, TRACEPARENT_LINE_LEN, stats,
+};
+
+use crate::{
+    context::{THREAD_CTX, random_trace_id},
+    http::{self, DUP_CL, HAS_CHUNKED, HAS_CL, HAS_TE, HAS_TP, HAS_UPGRADE, HeadScan},
+    maps::{EVENTS, count, current_is_traced, wakeup_flags},
+    syscalls::{ACTIVE_IO, ActiveIo},
+};
+
+/// Set by user space before load: non-zero once the programs are to be attached.
+#[unsafe(no_mangle)]
+static INJECT_ENABLED: u32 = 0;
+
+/// Whether injection is on: the header scans elsewhere (the server context of
+/// `context.rs`) are skipped when it is not. A read-only global, so the verifier sees the value
+/// and does not even walk the code it guards.
+#[inline(always)]
+pub fn inject_enabled() -> bool {
+    // SAFETY: a read of a global that the loader rewrites before load.
+    unsafe { core::ptr::read_volatile(&INJECT_ENABLED) != 0 }
+}
+
+/// Most client sockets followed at once.
+const MAX_SOCKS: u32 = 65536;
+const W: usize = INJECT_HEAD_WINDOW;
+const LINE: u32 = TRACEPARENT_LINE_LEN;
+/// `bpf_msg_apply_bytes` value that lets the kernel pass the next 4 GiB without running the
+/// program: how a socket is left alone.
+const ALL: u32 = u32::MAX;
+
+/// Threads of traced processes inside `connect()`.
+#[map]
+static CONNECT_TIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Sockets a traced process is connecting (SYN_SENT), until ESTABLISHED.
+#[map]
+pub static INJECT_CONNECTING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// The socket map the `sk_msg` program is attached to, keyed by socket pointer.
+#[map]
+static INJECT_SOCKHASH: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKS, 0);
+
+/// Where the next request starts on each socket of `INJECT_SOCKHASH`. Not an LRU: an evicted
+/// entry would lose the framing of a live connection.
+#[map]
+pub static INJECT_SOCKS: HashMap<u64, InjectState> = HashMap::with_max_entries(MAX_SOCKS, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InjectState {
+    /// Body bytes (as the application wrote them) still to pass before the next request.
+    skip: u64,
+    /// When the last run stopped short of the end of its message (a request ended inside it),
+    /// the bytes left: the kernel runs the program again on exactly those.
+    rerun: u32,
+    /// Non-zero: the framing of this socket is lost; it is left alone.
+    stopped: u32,
+    /// Non-zero while handling a request that does not begin its write (see `request`).
+    mid: u32,
+    /// Non-zero inside a chunked body: once `skip` is done, a chunk-size line begins.
+    chunked: u32,
+    _pad: u32,
+}
+
+/// Per-CPU copy of a message's first bytes and their scan.
+#[repr(C)]
+pub struct InjectScratch {
+    /// Bumped by every run on this CPU: a run that finds it changed after scanning was
+    /// preempted by another one that reused the buffer, and discards its scan.
+    seq: u64,
+    /// Results of `parse_head`.
+    rl_len: u32,
+    head_len: u32,
+    body: u64,
+    flags: u32,
+    connect: u32,
+    method: u32,
+    _pad: u32,
+    scan: HeadScan,
+    buf: [u8; W + 64],
+}
+
+#[map]
+static INJECT_SCRATCH: PerCpuArray<InjectScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// `sys_enter_connect`: the thread may be about to create a client connection.
+#[tracepoint]
+pub fn inject_enter_connect(_ctx: TracePointContext) -> u32 {
+    if inject_enabled() && current_is_traced() {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        if CONNECT_TIDS.insert(tid, 1u8, 0).is_err() {
+            count(stats::MAP_UPDATE_FAILED);
+        }
+    }
+    0
+}
+
+/// `sys_exit_connect`.
+#[tracepoint]
+pub fn inject_exit_connect(_ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = CONNECT_TIDS.remove(tid);
+    0
+}
+
+/// From `inet_sock_set_state` at SYN_SENT (in the connecting task): remember the socket if a
+/// traced process is connecting it with `connect()`.
+#[inline(always)]
+pub fn on_syn_sent(sk: u64) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if CONNECT_TIDS.get_ptr(tid).is_some() && INJECT_CONNECTING.insert(sk, 1u8, 0).is_err() {
+        count(stats::MAP_UPDATE_FAILED);
+    }
+}
+
+/// From `inet_sock_set_state` at TCP_CLOSE.
+#[inline(always)]
+pub fn on_close(sk: u64) {
+    let _ = INJECT_CONNECTING.remove(sk);
+    let _ = INJECT_SOCKS.remove(sk);
+}
+
+/// cgroup v2 root `sock_ops`: a client connection of a traced process is established.
+#[sock_ops]
+pub fn inject_sockops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        return 1;
+    }
+    // SAFETY: context field; the socket pointer is only compared and used as a key.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk } as u64;
+    if sk == 0 || INJECT_CONNECTING.get_ptr(sk).is_none() {
+        return 1;
+    }
+    let _ = INJECT_CONNECTING.remove(sk);
+    // Data sent with the SYN (TCP Fast Open) never passed the sk_msg program: where the next
+    // request starts is unknown.
+    // SAFETY: context field.
+    if unsafe { (*ctx.ops).data_segs_out } != 0 {
+        count(stats::INJECT_NOT_HTTP);
+        return 1;
+    }
+    let state = InjectState {
+        skip: 0,
+        rerun: 0,
+        stopped: 0,
+        mid: 0,
+        chunked: 0,
+        _pad: 0,
+    };
+    if INJECT_SOCKS.insert(sk, state, 0).is_err() {
+        count(stats::INJECT_SOCK_ADD_FAILED);
+        return 1;
+    }
+    // SAFETY: the context is the `bpf_sock_ops` the helper expects.
+    if INJECT_SOCKHASH
+        .update(sk, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        let _ = INJECT_SOCKS.remove(sk);
+        count(stats::INJECT_SOCK_ADD_FAILED);
+    }
+    1
+}
+
+/// `sk_msg` on `INJECT_SOCKHASH`: every message written on a followed client socket.
+#[sk_msg]
+pub fn inject_http(ctx: SkMsgContext) -> u32 {
+    on_msg(&ctx);
+    SK_PASS
+}
+
+/// How many bytes of the message this run decides for (see `bpf_msg_apply_bytes`). The kernel
+/// keeps the last value when it runs the program again on the rest of a message, so every run
+/// sets it.
+#[inline(always)]
+fn apply(ctx: &SkMsgContext, bytes: u32) {
+    // SAFETY: the program's own context.
+    unsafe { bpf_msg_apply_bytes(ctx.msg, bytes) };
+}
+
+/// Counts `bytes` of the current call as passed on.
+#[inline(always)]
+fn advance(io: Option<*mut ActiveIo>, bytes: u32) {
+    if let Some(io) = io {
+        // SAFETY: this thread's own in-flight entry.
+        unsafe { (*io).msg_sent = (*io).msg_sent.wrapping_add(bytes) };
+    }
+}
+
+/// `parse_head` results.
+const NOT_HTTP: u32 = 1;
+const INCOMPLETE: u32 = 2;
+const FAILED: u32 = 3;
+/// A request head whose body length is known.
+const HEAD: u32 = 4;
+/// A request head followed by a chunked body.
+const HEAD_CHUNKED: u32 = 6;
+/// A request head after which the framing is unknown (chunked or otherwise encoded body,
+/// invalid or duplicate `Content-Length`, `Upgrade`, `CONNECT`).
+const HEAD_LAST: u32 = 5;
+
+#[inline(always)]
+fn on_msg(ctx: &SkMsgContext) {
+    // SAFETY: context field; the socket pointer is only used as a key and reported.
+    let sk = unsafe { (*ctx.msg).__bindgen_anon_3.sk } as u64;
+    let size = ctx.size();
+    let Some(state) = INJECT_SOCKS.get_ptr_mut(sk) else {
+        apply(ctx, ALL);
+        return;
+    };
+    // SAFETY: the socket's entry; its sender holds the socket lock, so no other run uses it.
+    let state = unsafe { &mut *state };
+    if state.stopped != 0 {
+        apply(ctx, ALL);
+        return;
+    }
+    let io = ACTIVE_IO.get_ptr_mut(bpf_get_current_pid_tgid() as u32);
+    if io.is_none() {
+        // A write the agent does not see (io_uring, sendmmsg, an untraced process): whether
+        // the kernel sends it whole could not be checked (`after_send`).
+        count(stats::INJECT_SKIP_UNTRACED);
+        state.stopped = 1;
+        apply(ctx, ALL);
+        return;
+    }
+    // A run on the rest of a message whose first part ended a request.
+    let rerun = state.rerun != 0 && state.rerun == size;
+    state.rerun = 0;
+    if state.skip != 0 {
+        if state.skip >= u64::from(size) {
+            state.skip -= u64::from(size);
+            advance(io, size);
+            apply(ctx, size);
+        } else {
+            // The body ends inside this message: the next request begins right after it.
+            let body = state.skip as u32;
+            state.skip = 0;
+            state.rerun = size - body;
+            advance(io, body);
+            apply(ctx, body);
+        }
+        return;
+    }
+    if state.chunked != 0 {
+        chunk(ctx.msg);
+        return;
+    }
+    // SAFETY: this thread's own in-flight entry.
+    let sent = io.map_or(0, |io| unsafe { (*io).msg_sent });
+    state.mid = u32::from(rerun || sent != 0);
+    request(ctx.msg);
+}
+
+/// A request begins at the start of the message (`state.mid`: the message is not the start
+/// of the write).
+///
+/// Not inlined, and everything it needs is looked up again or read from memory: the verifier
+/// then checks it (and the scan in it) once, not once per path that leads here.
+#[inline(never)]
+fn request(msg: *mut sk_msg_md) {
+    let ctx = SkMsgContext::new(msg);
+    // SAFETY: context field; the socket pointer is only used as a key and reported.
+    let sk = unsafe { (*msg).__bindgen_anon_3.sk } as u64;
+    let size = ctx.size();
+    let Some(state) = INJECT_SOCKS.get_ptr_mut(sk) else {
+        apply(&ctx, ALL);
+        return;
+    };
+    // SAFETY: as in `on_msg`.
+    let state = unsafe { &mut *state };
+    let Some(scratch) = INJECT_SCRATCH.get_ptr_mut(0) else {
+        state.stopped = 1;
+        apply(&ctx, ALL);
+        return;
+    };
+    // SAFETY: per-CPU value; every access goes through raw pointers (see `seq`).
+    let seq = unsafe { core::ptr::read_volatile(&raw const (*scratch).seq) }.wrapping_add(1);
+    unsafe { core::ptr::write_volatile(&raw mut (*scratch).seq, seq) };
+    let kind = parse_head(msg, scratch, size);
+    // SAFETY: as above.
+    let (rl_len, head_len, body, flags, connect, now) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*scratch).rl_len),
+            core::ptr::read_volatile(&raw const (*scratch).head_len),
+            core::ptr::read_volatile(&raw const (*scratch).body),
+            core::ptr::read_volatile(&raw const (*scratch).flags),
+            core::ptr::read_volatile(&raw const (*scratch).connect),
+            core::ptr::read_volatile(&raw const (*scratch).seq),
+        )
+    };
+    if now != seq {
+        count(stats::INJECT_SCRATCH_RACE);
+        state.stopped = 1;
+        apply(&ctx, ALL);
+        return;
+    }
+    match kind {
+        HEAD | HEAD_LAST | HEAD_CHUNKED => {}
+        NOT_HTTP => {
+            count(stats::INJECT_NOT_HTTP);
+            state.stopped = 1;
+            apply(&ctx, ALL);
+            return;
+        }
+        FAILED => {
+            count(stats::INJECT_PUSH_FAILED);
+            state.stopped = 1;
+            apply(&ctx, ALL);
+            return;
+        }
+        _ => {
+            count(stats::INJECT_SKIP_INCOMPLETE);
+            state.stopped = 1;
+            apply(&ctx, ALL);
+            return;
+        }
+    }
+
+    let id = bpf_get_current_pid_tgid();
+    let io = ACTIVE_IO.get_ptr_mut(id as u32);
+    let mut added = 0u32;
+    if flags & HAS_TP != 0 {
+        count(stats::INJECT_SKIP_HAS_TRACEPARENT);
+    } else if connect != 0 {
+        // A tunnel follows: counted with the unknown framing below.
+    } else if state.mid != 0 {
+        count(stats::INJECT_SKIP_MID_MESSAGE);
+    } else if io.is_none() || !inject_enabled() || !current_is_traced() {
+        // No client span would carry the ids (the write is not seen by the agent).
+        count(stats::INJECT_SKIP_UNTRACED);
+    } else if insert_line(&ctx, rl_len, head_len, sk, id) {
+        added = LINE;
+        count(stats::INJECTED);
+    } else {
+        count(stats::INJECT_PUSH_FAILED);
+    }
+    if kind == HEAD_LAST {
+        count(stats::INJECT_SKIP_UNKNOWN_FRAMING);
+        state.stopped = 1;
+        apply(&ctx, ALL);
+        return;
+    }
+    if kind == HEAD_CHUNKED {
+        state.chunked = 1;
+    }
+    pass(&ctx, state, io, head_len, body, size, added);
+}
+
+/// Passes the next unit of the stream - a head (or chunk-size line) of `head` bytes and `body`
+/// bytes after it, as written; `added` more were inserted into this message: all of this
+/// message and `skip` more, or the part up to where the next unit begins, on which the kernel
+/// runs the program again.
+#[inline(always)]
+fn pass(
+    ctx: &SkMsgContext,
+    state: &mut InjectState,
+    io: Option<*mut ActiveIo>,
+    head: u32,
+    body: u64,
+    size: u32,
+    added: u32,
+) {
+    let total = u64::from(head) + body;
+    // (A message the kernel then fails to send whole is caught in `after_send`.)
+    if total < u64::from(size) {
+        let total = total as u32;
+        state.rerun = size - total;
+        advance(io, total);
+        apply(ctx, total + added);
+    } else {
+        state.skip = total - u64::from(size);
+        advance(io, size);
+        apply(ctx, size + added);
+    }
+}
+
+/// From the exit of a write by a traced thread on socket `sk`: the program passed `passed`
+/// bytes of it, the call returned `ret`. When the kernel cannot send a message whole (a full
+/// send buffer on a non-blocking socket, a signal), it drops the rest, the call returns less,
+/// and the verdict stays in force for as many bytes as it covered: the application's next
+/// writes (the dropped bytes again, then whatever follows) pass without the program, and a
+/// request may begin in them unseen. The framing is lost: the socket is left alone.
+#[inline(always)]
+pub fn after_send(sk: u64, passed: u32, ret: i64) {
+    let sent = if ret > 0 { ret as u64 } else { 0 };
+    if u64::from(passed) <= sent {
+        return;
+    }
+    let Some(state) = INJECT_SOCKS.get_ptr_mut(sk) else {
+        return;
+    };
+    // SAFETY: the socket's entry; the call that used it has returned.
+    let state = unsafe { &mut *state };
+    if state.stopped == 0 {
+        count(stats::INJECT_PARTIAL_SEND);
+        state.stopped = 1;
+    }
+}
+
+/// A chunk-size line begins here (inside a chunked request body): pass the chunk, or the last
+/// chunk and the end of the body. Trailers, and a line not complete in the message, leave the
+/// socket alone.
+///
+/// Not inlined, for the same reason as `request`.
+#[inline(never)]
+fn chunk(msg: *mut sk_msg_md) {
+    let ctx = SkMsgContext::new(msg);
+    // SAFETY: context field; the socket pointer is only used as a key.
+    let sk = unsafe { (*msg).__bindgen_anon_3.sk } as u64;
+    let size = ctx.size();
+    let Some(state) = INJECT_SOCKS.get_ptr_mut(sk) else {
+        apply(&ctx, ALL);
+        return;
+    };
+    // SAFETY: as in `on_msg`.
+    let state = unsafe { &mut *state };
+    let io = ACTIVE_IO.get_ptr_mut(bpf_get_current_pid_tgid() as u32);
+    let Some(scratch) = INJECT_SCRATCH.get_ptr_mut(0) else {
+        state.stopped = 1;
+        apply(&ctx, ALL);
+        return;
+    };
+    // SAFETY: per-CPU value; every access goes through raw pointers (see `seq`).
+    let seq = unsafe { core::ptr::read_volatile(&raw const (*scratch).seq) }.wrapping_add(1);
+    unsafe { core::ptr::write_volatile(&raw mut (*scratch).seq, seq) };
+    // SAFETY: as above.
+    let buf = unsafe { (&raw mut (*scratch).buf).cast::<u8>() };
+    let st = unsafe { &raw mut (*scratch).scan };
+    let n = if size > 64 { 64 } else { size };
+    let mut parsed = None;
+    // SAFETY: the program's own context.
+    if n >= 3 && unsafe { bpf_msg_pull_data(msg, 0, n, 0) } == 0 {
+        let data = ctx.data();
+        // Verifier: n is in [3, 64].
+        let len = n & 127;
+        if data + len as usize <= ctx.data_end()
+            && len <= 64
+            // SAFETY: copies `len` bytes of message memory into the scratch buffer.
+            && unsafe { bpf_probe_read_kernel(buf.cast(), len, data as *const _) } == 0
+        {
+            parsed = http::chunk_line::<W>(buf, len as usize, st);
+            if let Some((line, 0)) = parsed {
+                // The last chunk: the body ends with an empty trailer section.
+                // SAFETY: line <= 64 within the W + 64 byte buffer.
+                let crlf = unsafe { (*buf.add(line & 63), *buf.add((line & 63) + 1)) };
+                parsed =
+                    (line + 2 <= len as usize && crlf == (b'\r', b'\n')).then_some((line + 2, 0));
+            }
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { core::ptr::read_volatile(&raw const (*scratch).seq) } != seq {
+        count(stats::INJECT_SCRATCH_RACE);
+        parsed = None;
+    }
+    match parsed {
+        Some((line, 0)) => {
+            state.chunked = 0;
+            pass(&ctx, state, io, line as u32, 0, size, 0);
+        }
+        // Chunk data and its CRLF follow the line.
+        Some((line, len)) => pass(&ctx, state, io, line as u32, len + 2, size, 0),
+        None => {
+            count(stats::INJECT_SKIP_UNKNOWN_FRAMING);
+            state.stopped = 1;
+            apply(&ctx, ALL);
+        }
+    }
+}
+
+/// Copies up to `INJECT_HEAD_WINDOW` bytes from the start of the message into the scratch
+/// buffer and parses the request head there; results go to the scratch value.
+///
+/// Not inlined: its own stack frame.
+#[inline(never)]
+fn parse_head(msg: *mut sk_msg_md, scratch: *mut InjectScratch, size: u32) -> u32 {
+    let ctx = SkMsgContext::new(msg);
+    // Eight bytes tell whether a method begins the message.
+    if size < 8 {
+        return INCOMPLETE;
+    }
+    let mut n = size;
+    if n > W as u32 {
+        n = W as u32;
+    }
+    // The first `n` bytes may span several pages: make them one range.
+    // SAFETY: the program's own context.
+    if unsafe { bpf_msg_pull_data(msg, 0, n, 0) } != 0 {
+        return FAILED;
+    }
+    let data = ctx.data();
+    if data + n as usize > ctx.data_end() {
+        return FAILED;
+    }
+    // SAFETY: a per-CPU map value, accessed through raw pointers only.
+    let buf = unsafe { (&raw mut (*scratch).buf).cast::<u8>() };
+    let st = unsafe { &raw mut (*scratch).scan };
+    // Verifier: `n` is in [8, W] and the buffer has W + 64 bytes.
+    let len = n & (2 * W as u32 - 1);
+    if len > W as u32 {
+        return FAILED;
+    }
+    // SAFETY: copies `len <= W` bytes of message memory (checked above) into the buffer.
+    if unsafe { bpf_probe_read_kernel(buf.cast(), len, data as *const _) } != 0 {
+        return FAILED;
+    }
+    unsafe { core::ptr::write_volatile(&raw mut (*st).n, len) };
+    // SAFETY: 8 valid bytes at the start of the buffer.
+    let first = unsafe { core::ptr::read_unaligned(buf.cast::<u64>()) };
+    // Through memory: each method is a path of its own until here, and the verifier must not
+    // carry nine different lengths through the rest.
+    // SAFETY: per-CPU map value.
+    let method = unsafe {
+        core::ptr::write_volatile(&raw mut (*scratch).method, http::method_len(first));
+        core::ptr::read_volatile(&raw const (*scratch).method)
+    };
+    if method == 0 {
+        return NOT_HTTP;
+    }
+    // "GET / HTTP/1.0\r\n\r\n" is the shortest complete request.
+    if size < 18 {
+        return INCOMPLETE;
+    }
+    http::find_lines::<W>(buf, st);
+    // SAFETY: per-CPU map value.
+    let (head_len, nlines, rl_len) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*st).head_len),
+            core::ptr::read_volatile(&raw const (*st).nlines),
+            core::ptr::read_volatile((&raw const (*st).lines).cast::<u16>()),
+        )
+    };
+    if head_len == 0 || nlines == 0 {
+        return INCOMPLETE;
+    }
+    // The request line: method, target, ` HTTP/1.x\r\n`.
+    let rl_len = u32::from(rl_len);
+    if rl_len < method + 12 || !http::is_version_end::<W>(buf, (rl_len - 11) as usize) {
+        return NOT_HTTP;
+    }
+    http::match_names::<W, true>(buf, st);
+    // SAFETY: per-CPU map value.
+    let (flags, cl_at) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*st).flags),
+            core::ptr::read_volatile(&raw const (*st).cl_at),
+        )
+    };
+    let mut kind = HEAD;
+    let mut body = 0u64;
+    if flags & (HAS_TE | DUP_CL | HAS_UPGRADE) != 0 {
+        kind = HEAD_LAST;
+    } else if flags & HAS_CHUNKED != 0 {
+        // Both framings at once is how requests are smuggled: follow neither.
+        kind = if flags & HAS_CL != 0 {
+            HEAD_LAST
+        } else {
+            HEAD_CHUNKED
+        };
+    } else if flags & HAS_CL != 0 {
+        match http::content_length::<W>(buf, cl_at as usize, st) {
+            Some(v) => body = v,
+            None => kind = HEAD_LAST,
+        }
+    }
+    let connect = http::is_connect(first, method);
+    if connect {
+        kind = HEAD_LAST;
+    }
+    // SAFETY: per-CPU map value.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*scratch).rl_len, rl_len);
+        core::ptr::write_volatile(&raw mut (*scratch).head_len, head_len);
+        core::ptr::write_volatile(&raw mut (*scratch).body, body);
+        core::ptr::write_volatile(&raw mut (*scratch).flags, flags);
+        core::ptr::write_volatile(&raw mut (*scratch).connect, u32::from(connect));
+    }
+    kind
+}
+
+/// Inserts the `traceparent` line at offset `at` (just after the request line of a head of
+/// `head_len` bytes) and reports it. Returns false, with the message unchanged, if the kernel
+/// could not make room.
+#[inline(never)]
+fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> bool {
+    let msg = ctx.msg;
+    // SAFETY: the program's own context.
+    if unsafe { bpf_msg_push_data(msg, at, LINE, 0) } != 0 {
+        return false;
+    }
+    // Make the new (uninitialised) bytes writable through data/data_end.
+    // SAFETY: as above.
+    if unsafe { bpf_msg_pull_data(msg, at, at + LINE, 0) } != 0 {
+        // SAFETY: as above.
+        unsafe { bpf_msg_pop_data(msg, at, LINE, 0) };
+        return false;
+    }
+    let data = ctx.data();
+    if data + LINE as usize > ctx.data_end() {
+        // SAFETY: as above.
+        unsafe { bpf_msg_pop_data(msg, at, LINE, 0) };
+        return false;
+    }
+    let tid = id as u32;
+    // SAFETY: the value is copied out.
+    let trace_id = match unsafe { THREAD_CTX.get(tid) } {
+        Some(c) => c.trace_id,
+        None => random_trace_id(),
+    };
+    let mut span_id = [0u8; 8];
+    // SAFETY: helper without arguments.
+    let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    span_id[..4].copy_from_slice(&a.to_le_bytes());
+    span_id[4..].copy_from_slice(&b.to_le_bytes());
+    if span_id == [0; 8] {
+        span_id[7] = 1;
+    }
+
+    let p = data as *mut u8;
+    // SAFETY: `data + LINE <= data_end` was checked: every store below is inside the new bytes.
+    unsafe {
+        let prefix = b"traceparent: 00-";
+        let mut k = 0;
+        while k < prefix.len() {
+            *p.add(k) = prefix[k];
+            k += 1;
+        }
+        let mut k = 0;
+        while k < 16 {
+            *p.add(16 + 2 * k) = http::hex_digit(trace_id[k] >> 4);
+            *p.add(17 + 2 * k) = http::hex_digit(trace_id[k]);
+            k += 1;
+        }
+        *p.add(48) = b'-';
+        let mut k = 0;
+        while k < 8 {
+            *p.add(49 + 2 * k) = http::hex_digit(span_id[k] >> 4);
+            *p.add(50 + 2 * k) = http::hex_digit(span_id[k]);
+            k += 1;
+        }
+        let suffix = b"-01\r\n";
+        let mut k = 0;
+        while k < suffix.len() {
+            *p.add(65 + k) = suffix[k];
+            k += 1;
+        }
+    }
+
+    // The new bytes are a scatterlist element of their own, between the request line and the
+    // rest, and the kernel sends each element with its own call into TCP: the request line
+    // would leave alone in a segment, and a server woken by it would read the head in two
+    // pieces. Make the whole head one element again (one copy of it); if that fails the bytes
+    // are still right, only split.
+    // SAFETY: the program's own context.
+    unsafe { bpf_msg_pull_data(msg, 0, head_len + LINE, 0) };
+
+    let ev = InjectEvent {
+        kind: EVENT_INJECT,
+        pid: (id >> 32) as u32,
+        tid,
+        offset: at,
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        sk,
+        trace_id,
+        span_id,
+    };
+    if EVENTS.output(ev, wakeup_flags()).is_ok() {
+        count(stats::EVENTS_SENT);
+    } else {
+        count(stats::RINGBUF_FULL);
+    }
+    true
+}
