@@ -173,11 +173,12 @@ struct Ctx {
     claimed: bool,
 }
 
-/// Something that can resolve a peer: the client's context, or final ids.
+/// Something that can resolve a peer: the client's context, or, once the client span is final,
+/// the context its children (the server side) take.
 #[derive(Clone, Debug)]
 enum PeerRef {
     Ctx(CtxKey),
-    Ids(TraceId, SpanId, String),
+    Child(Resolved),
 }
 
 /// What a held span waits for.
@@ -221,6 +222,17 @@ pub struct Linker {
     next_held: u64,
     /// Finished spans, in the order they became final.
     ready: Vec<Span>,
+}
+
+impl Resolved {
+    /// The context of a child of the span with id `span_id` that has this context.
+    fn child(&self, span_id: SpanId) -> Resolved {
+        Resolved {
+            trace_id: self.trace_id,
+            parent: Some(span_id),
+            trace_state: self.trace_state.clone(),
+        }
+    }
 }
 
 fn new_trace(fallback: Option<&HeaderContext>, kernel: Option<TraceId>) -> Resolved {
@@ -339,11 +351,7 @@ impl Linker {
                         if peer_linkable {
                             ctx.state = match self.peers.get(&pk).map(|p| p.0.clone()) {
                                 Some(PeerRef::Ctx(parent)) => State::AwaitCtx(parent),
-                                Some(PeerRef::Ids(t, s, st)) => State::Resolved(Resolved {
-                                    trace_id: t,
-                                    parent: Some(s),
-                                    trace_state: st,
-                                }),
+                                Some(PeerRef::Child(r)) => State::Resolved(r),
                                 None => State::AwaitPeer(pk, now + self.config.peer_wait_ns),
                             };
                             if !matches!(ctx.state, State::AwaitPeer(..)) {
@@ -436,14 +444,17 @@ impl Linker {
     }
 
     fn resolve_from_parent(&mut self, key: CtxKey, parent_span: SpanId, parent: Resolved) {
+        if self.make_child(key, parent_span, &parent) {
+            self.on_resolved(key);
+        }
+    }
+
+    /// Resolves `key` as a child of `parent_span` (context `parent`); false if it is gone.
+    fn make_child(&mut self, key: CtxKey, parent_span: SpanId, parent: &Resolved) -> bool {
         let Some(c) = self.ctxs.get_mut(&key) else {
-            return;
+            return false;
         };
-        let mut r = Resolved {
-            trace_id: parent.trace_id,
-            parent: Some(parent_span),
-            trace_state: parent.trace_state,
-        };
+        let mut r = parent.child(parent_span);
         if let Some(forced) = c.forced_trace
             && forced != r.trace_id
         {
@@ -452,7 +463,7 @@ impl Linker {
             r.trace_id = forced;
         }
         c.state = State::Resolved(r);
-        self.on_resolved(key);
+        true
     }
 
     /// The context's parent cannot be had: header, kernel trace or a new trace.
@@ -477,21 +488,11 @@ impl Linker {
                 continue;
             };
             for child in self.ctx_waiters.remove(&k).unwrap_or_default() {
-                if let Some(c) = self.ctxs.get_mut(&child)
-                    && matches!(c.state, State::AwaitCtx(p) if p == k)
-                {
-                    let mut cr = Resolved {
-                        trace_id: r.trace_id,
-                        parent: Some(span_id),
-                        trace_state: r.trace_state.clone(),
-                    };
-                    if let Some(forced) = c.forced_trace
-                        && forced != cr.trace_id
-                    {
-                        self.stats.conflicts += 1;
-                        cr.trace_id = forced;
-                    }
-                    c.state = State::Resolved(cr);
+                let waits = self
+                    .ctxs
+                    .get(&child)
+                    .is_some_and(|c| matches!(c.state, State::AwaitCtx(p) if p == k));
+                if waits && self.make_child(child, span_id, &r) {
                     queue.push(child);
                 }
             }
@@ -551,16 +552,7 @@ impl Linker {
                 {
                     self.stats.thread_links += 1;
                     match self.resolved(&parent) {
-                        Some((pspan, r)) => {
-                            apply(
-                                &mut span,
-                                None,
-                                &Resolved {
-                                    parent: Some(pspan),
-                                    ..r
-                                },
-                            );
-                        }
+                        Some((pspan, r)) => apply(&mut span, None, &r.child(pspan)),
                         None if self.ctxs.contains_key(&parent) => {
                             self.hold(span, None, Wait::Ctx(parent), register);
                             return;
@@ -575,17 +567,9 @@ impl Linker {
                 match pk {
                     Some(pk) if link.peer_linkable && !link.http1 => {
                         match self.peers.get(&pk).map(|p| p.0.clone()) {
-                            Some(PeerRef::Ids(t, s, st)) => {
+                            Some(PeerRef::Child(r)) => {
                                 self.stats.peer_links += 1;
-                                apply(
-                                    &mut span,
-                                    None,
-                                    &Resolved {
-                                        trace_id: t,
-                                        parent: Some(s),
-                                        trace_state: st,
-                                    },
-                                );
+                                apply(&mut span, None, &r);
                                 self.ready.push(span);
                             }
                             _ => self.hold(span, None, Wait::Peer(pk), None),
@@ -600,7 +584,11 @@ impl Linker {
     /// Emits a span with final ids, and tells a waiting same-host server about it.
     fn finish(&mut self, span: Span, register: Option<PeerKey>) {
         if let Some(pk) = register {
-            let r = PeerRef::Ids(span.trace_id, span.span_id, span.trace_state.clone());
+            let r = PeerRef::Child(Resolved {
+                trace_id: span.trace_id,
+                parent: Some(span.span_id),
+                trace_state: span.trace_state.clone(),
+            });
             self.peers
                 .insert(pk, (r, crate::pipeline::Clock::monotonic_now()));
             for id in self.held_by_peer.remove(&pk).unwrap_or_default() {
@@ -626,13 +614,9 @@ impl Linker {
                 c.state = State::AwaitCtx(parent);
                 self.settle(key);
             }
-            Some(PeerRef::Ids(t, s, st)) => {
+            Some(PeerRef::Child(r)) => {
                 self.stats.peer_links += 1;
-                c.state = State::Resolved(Resolved {
-                    trace_id: t,
-                    parent: Some(s),
-                    trace_state: st,
-                });
+                c.state = State::Resolved(r);
                 self.on_resolved(key);
             }
             None => {}
@@ -709,29 +693,14 @@ impl Linker {
                         self.forget_if_done(*k);
                         return;
                     } else {
-                        apply(
-                            &mut h.span,
-                            None,
-                            &Resolved {
-                                parent: Some(span_id),
-                                ..r
-                            },
-                        );
+                        apply(&mut h.span, None, &r.child(span_id));
                     }
                 }
             }
             Wait::Peer(pk) => {
-                if let Some(PeerRef::Ids(t, s, st)) = self.peers.get(pk).map(|p| p.0.clone()) {
+                if let Some(PeerRef::Child(r)) = self.peers.get(pk).map(|p| p.0.clone()) {
                     self.stats.peer_links += 1;
-                    apply(
-                        &mut h.span,
-                        None,
-                        &Resolved {
-                            trace_id: t,
-                            parent: Some(s),
-                            trace_state: st,
-                        },
-                    );
+                    apply(&mut h.span, None, &r);
                 }
             }
         }
