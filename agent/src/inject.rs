@@ -350,25 +350,13 @@ fn open_cgroup2_root() -> Result<(File, String), String> {
 fn mount_private() -> Result<File, String> {
     let dir = std::env::temp_dir().join(format!("socktrace-cgroup2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let c = |s: &str| std::ffi::CString::new(s).map_err(|e| e.to_string());
-    let target = c(&dir.to_string_lossy())?;
-    let fstype = c("cgroup2")?;
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = crate::probes::mount_fs("cgroup2", &dir) {
         let _ = std::fs::remove_dir(&dir);
         return Err(format!("mount -t cgroup2 {}: {e}", dir.display()));
     }
     let file = File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()));
+    let target = std::ffi::CString::new(dir.to_string_lossy().as_bytes())
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     // SAFETY: a valid NUL-terminated path.
     unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     let _ = std::fs::remove_dir(&dir);

@@ -173,12 +173,19 @@ pub fn ensure_tracefs() -> Result<bool, ProbeError> {
     if events.exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
         return Ok(false);
     }
-    let c = |s: &str| std::ffi::CString::new(s).expect("static string without NUL");
-    let (src, target, fstype) = (c("tracefs"), c("/sys/kernel/tracing"), c("tracefs"));
+    mount_fs("tracefs", Path::new("/sys/kernel/tracing"))
+        .map_err(|e| ProbeError::Tracefs(e.to_string()))?;
+    Ok(true)
+}
+
+/// `mount -t FSTYPE FSTYPE TARGET` (pseudo file systems: the source is the type's name).
+pub(crate) fn mount_fs(fstype: &str, target: &Path) -> std::io::Result<()> {
+    let c = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
+    let (fstype, target) = (c(fstype)?, c(&target.to_string_lossy())?);
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
         libc::mount(
-            src.as_ptr(),
+            fstype.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
             0,
@@ -186,11 +193,9 @@ pub fn ensure_tracefs() -> Result<bool, ProbeError> {
         )
     };
     if rc != 0 {
-        return Err(ProbeError::Tracefs(
-            std::io::Error::last_os_error().to_string(),
-        ));
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(true)
+    Ok(())
 }
 
 impl Probes {
