@@ -8,12 +8,10 @@ connection ends it prints `CONN <every byte received on it, in hex>`. No tracing
 
 import socket
 import sys
-import threading
 
-from inject_sink import RESPONSE, Conn
+from inject_sink import RESPONSE, Conn, listen, report
 
 DOWN = b"GET /down HTTP/1.1\r\nHost: down\r\n\r\n"
-lock = threading.Lock()
 
 
 def serve(sock, down_port):
@@ -31,20 +29,8 @@ def serve(sock, down_port):
     finally:
         down.close()
         sock.close()
-        with lock:
-            print("CONN " + bytes(conn.seen).hex(), flush=True)
-
-
-def main():
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((sys.argv[1], 0))
-    srv.listen(16)
-    print(f"PORT {srv.getsockname()[1]}", flush=True)
-    while True:
-        sock, _ = srv.accept()
-        threading.Thread(target=serve, args=(sock, int(sys.argv[2])), daemon=True).start()
+        report(conn)
 
 
 if __name__ == "__main__":
-    main()
+    listen(sys.argv[1], serve, int(sys.argv[2]))

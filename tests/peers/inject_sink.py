@@ -62,6 +62,25 @@ class Conn:
             self.take(length)
 
 
+def report(conn):
+    """Prints the `CONN` line of a connection that ended."""
+    with lock:
+        print("CONN " + bytes(conn.seen).hex(), flush=True)
+
+
+def listen(address, serve, *args):
+    """Listens on `address`, prints `PORT <n>`, and runs `serve(sock, *args)` in a thread per
+    accepted connection, forever."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((address, 0))
+    srv.listen(16)
+    print(f"PORT {srv.getsockname()[1]}", flush=True)
+    while True:
+        sock, _ = srv.accept()
+        threading.Thread(target=serve, args=(sock, *args), daemon=True).start()
+
+
 def serve(sock):
     conn = Conn(sock)
     try:
@@ -72,20 +91,8 @@ def serve(sock):
         pass
     finally:
         sock.close()
-        with lock:
-            print("CONN " + bytes(conn.seen).hex(), flush=True)
-
-
-def main():
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((sys.argv[1], 0))
-    srv.listen(16)
-    print(f"PORT {srv.getsockname()[1]}", flush=True)
-    while True:
-        sock, _ = srv.accept()
-        threading.Thread(target=serve, args=(sock,), daemon=True).start()
+        report(conn)
 
 
 if __name__ == "__main__":
-    main()
+    listen(sys.argv[1], serve)
