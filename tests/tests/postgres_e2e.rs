@@ -131,7 +131,8 @@ fn psql_statements_errors_and_no_literal_leaves_the_host() {
         }
     }
     assert_eq!(c[2].attr_int("db.response.returned_rows"), Some(1));
-    assert_eq!(c[1].attr_int("db.response.returned_rows"), Some(1));
+    // Rows written are not rows returned.
+    assert_eq!(c[1].attr_int("db.response.returned_rows"), None, "{}", c[1]);
     assert!(
         c.iter()
             .all(|s| s.resource_str("service.name") == Some("psql"))
@@ -176,10 +177,12 @@ fn large_result_transaction_and_copy() {
             "COMMIT",
             "-c",
             "\\copy t from stdin",
+            "-c",
+            "BEGIN; INSERT INTO t VALUES (7) RETURNING v; COMMIT",
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (s, c) = exact(&receiver, 6, 6);
+    let (s, c) = exact(&receiver, 9, 9);
     // Server side: one span for the whole result, exact row count, clean.
     assert!(s[0].name().starts_with("SELECT"), "{}", s[0]);
     assert_eq!(
@@ -199,7 +202,32 @@ fn large_result_transaction_and_copy() {
     }
     for spans in [&s, &c] {
         let names: Vec<&str> = spans[1..].iter().map(ReceivedSpan::name).collect();
-        assert_eq!(names, ["CREATE t", "BEGIN", "INSERT t", "COMMIT", "COPY t"]);
+        assert_eq!(
+            names,
+            [
+                "CREATE t", "BEGIN", "INSERT t", "COMMIT", "COPY t", "BEGIN", "INSERT t", "COMMIT"
+            ]
+        );
+        // One query of three statements: each span carries its own statement, and only the
+        // INSERT ... RETURNING returned a row.
+        let multi: Vec<(String, Option<i64>)> = spans[6..]
+            .iter()
+            .map(|x| {
+                (
+                    text(x, "db.query.text"),
+                    x.attr_int("db.response.returned_rows"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            multi,
+            [
+                ("BEGIN".to_owned(), None),
+                ("INSERT INTO t VALUES (?) RETURNING v".to_owned(), Some(1)),
+                ("COMMIT".to_owned(), None),
+            ]
+        );
+        assert_eq!(spans[3].attr_int("db.response.returned_rows"), None);
         assert!(
             spans[1..]
                 .iter()
@@ -289,7 +317,7 @@ fn extended_protocol_prepared_statements_and_pipelining() {
                 "INSERT INTO items VALUES ($1, $2)"
             );
             assert_eq!(span.status_code(), StatusCode::Unset);
-            assert_eq!(span.attr_int("db.response.returned_rows"), Some(1));
+            assert_eq!(span.attr_int("db.response.returned_rows"), None);
         }
         // tokio-postgres sends the pipelined requests in the order they were first polled.
         let mut rest: Vec<&ReceivedSpan> = c[10..].iter().collect();
@@ -401,7 +429,7 @@ fn pgbench_mixed_load_with_prepared_statements() {
         );
         assert_eq!(text(span, "db.namespace"), "bench");
         assert_eq!(span.status_code(), StatusCode::Unset);
-        assert_eq!(span.attr_int("db.response.returned_rows"), Some(1));
+        assert_eq!(span.attr_int("db.response.returned_rows"), None);
     }
     assert!(
         spans

@@ -9,6 +9,7 @@
 //! backend messages that come while it is at the head, up to a ReadyForQuery.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::frame::{CODE_CANCEL, CODE_GSS, CODE_SSL, Msg, Side};
@@ -52,12 +53,33 @@ struct Target {
 #[derive(Debug)]
 struct QueryState {
     text: Option<Arc<str>>,
+    /// The statements of a multi-statement or cut text (byte ranges of `text`, see
+    /// [`sql::statement_ranges`]); empty for a single complete statement.
+    pieces: Vec<Range<usize>>,
+    /// The text was cut by the capture.
+    cut: bool,
     /// Start of the next statement of a multi-statement query: the end of the previous one.
     next_start: u64,
     /// CommandComplete / EmptyQueryResponse / ErrorResponse seen.
     results: u32,
     /// Backend messages since the last result (a statement in progress).
     activity: bool,
+}
+
+impl QueryState {
+    /// The text of the statement the next result answers: the n-th statement of the text for
+    /// the n-th result. Past the statements found, the whole text if it is complete (the lexer
+    /// disagreed with the server), else unknown.
+    fn current(&self) -> Option<&str> {
+        let text = self.text.as_deref()?;
+        if self.pieces.is_empty() && !self.cut {
+            return Some(text);
+        }
+        match self.pieces.get(self.results as usize) {
+            Some(r) => text.get(r.clone()),
+            None => (!self.cut).then_some(text),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -96,6 +118,9 @@ struct Entry {
     last: u64,
     /// Its request or response lost bytes.
     partial: bool,
+    /// The server sent rows for it (DataRow, CopyOutResponse): for a simple query, since its
+    /// last result.
+    returned: bool,
 }
 
 impl Entry {
@@ -105,6 +130,7 @@ impl Entry {
             start,
             last: start,
             partial,
+            returned: false,
         }
     }
 
@@ -347,8 +373,16 @@ impl Session {
                 if let Some(t) = &text {
                     self.sql_side_effects(t);
                 }
+                let pieces = text
+                    .as_deref()
+                    .filter(|t| partial || t.contains(';'))
+                    .map(sql::statement_ranges)
+                    .filter(|p| partial || p.len() > 1)
+                    .unwrap_or_default();
                 let q = QueryState {
                     text,
+                    pieces,
+                    cut: partial,
                     next_start: m.start_ts,
                     results: 0,
                     activity: false,
@@ -754,8 +788,9 @@ impl Session {
             Nothing,
             /// The head is answered.
             Pop,
-            /// A statement of the simple query at the head ended: (text, start, partial).
-            QueryResult(Option<Arc<str>>, u64, bool),
+            /// A statement of the simple query at the head ended: (its text, start, partial, rows
+            /// returned).
+            QueryResult(Option<String>, u64, bool, bool),
             ExecuteEnd,
             ExtendedError,
             LostEnd,
@@ -766,15 +801,18 @@ impl Session {
             return;
         };
         head.last = m.end_ts;
+        head.returned |= matches!(ty, b'D' | b'H');
         let act = match (&mut head.kind, ty) {
             (Kind::Startup, b'Z' | b'E') => Act::Pop,
             (Kind::Startup, _) => Act::Nothing,
             (Kind::Query(q), b'C' | b'I' | b'E') => {
                 let start = q.next_start;
+                let text = q.current().map(str::to_owned);
                 q.next_start = m.end_ts;
                 q.results += 1;
                 q.activity = false;
-                Act::QueryResult(q.text.clone(), start, head.partial)
+                let returned = std::mem::take(&mut head.returned);
+                Act::QueryResult(text, start, head.partial, returned)
             }
             (Kind::Query(_), b'Z') => Act::Pop,
             (Kind::Query(q), _) => {
@@ -805,25 +843,24 @@ impl Session {
                     self.clean_ready(m.start_ts);
                 }
             }
-            Act::QueryResult(text, start, partial) => {
-                self.emit(text.as_deref(), None, false, start, m, partial);
+            Act::QueryResult(text, start, partial, returned) => {
+                let seen = Seen { partial, returned };
+                self.emit(text.as_deref(), None, false, start, m, seen);
             }
             Act::ExecuteEnd => {
                 if let Some(Entry {
                     kind: Kind::Execute(t),
                     start,
                     partial,
+                    returned,
                     ..
                 }) = self.pop()
                 {
-                    self.emit(
-                        t.text.as_deref(),
-                        t.name,
-                        true,
-                        start,
-                        m,
-                        partial || t.partial,
-                    );
+                    let seen = Seen {
+                        partial: partial || t.partial,
+                        returned,
+                    };
+                    self.emit(t.text.as_deref(), t.name, true, start, m, seen);
                 }
                 if ty == b'E' {
                     self.skipping = true;
@@ -859,7 +896,14 @@ impl Session {
         }) = exec
         {
             let (t, start, partial) = (t.clone(), *start, *partial || t.partial);
-            self.emit(t.text.as_deref(), t.name, true, start, m, partial);
+            self.emit(
+                t.text.as_deref(),
+                t.name,
+                true,
+                start,
+                m,
+                Seen::lost(partial),
+            );
         } else if let Kind::Parse {
             name,
             text,
@@ -869,7 +913,7 @@ impl Session {
         {
             // A failed Parse with nothing executed after it: still the span of an error.
             let (name, text, partial) = (name.clone(), text.clone(), *partial || e.partial);
-            self.emit(text.as_deref(), name, true, e.start, m, partial);
+            self.emit(text.as_deref(), name, true, e.start, m, Seen::lost(partial));
         }
         self.undo_parse(e.kind);
     }
@@ -926,7 +970,7 @@ impl Session {
             }
             Kind::Query(q) if q.results == 0 || q.activity => {
                 self.done.push(Statement {
-                    query: q.text.as_deref().map(str::to_owned),
+                    query: q.current().map(str::to_owned),
                     prepared_name: None,
                     extended: false,
                     start_ns: q.next_start,
@@ -950,8 +994,9 @@ impl Session {
         extended: bool,
         start: u64,
         m: &Msg,
-        partial: bool,
+        seen: Seen,
     ) {
+        let partial = seen.partial;
         let mut st = Statement {
             query: text.map(str::to_owned),
             prepared_name,
@@ -968,7 +1013,7 @@ impl Session {
                 let (tag, cut) = cstr_text(m.body, m.complete);
                 if let Some(tag) = tag {
                     if !cut {
-                        st.rows = rows_of(&tag);
+                        st.rows = returned_rows(&tag, seen.returned);
                     }
                     st.command_tag = Some(tag.to_string());
                 }
@@ -1030,8 +1075,40 @@ fn cstr_text(b: &[u8], complete: bool) -> (Option<Arc<str>>, bool) {
     (Some(Arc::from(lossy(&b[..valid]))), cut)
 }
 
-/// Rows from a CommandComplete tag.
-pub(super) fn rows_of(tag: &str) -> Option<u64> {
+/// What was seen of a statement's exchange, besides the message that ended it.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    /// Its request or response lost bytes.
+    partial: bool,
+    /// The server sent it rows (DataRow, CopyOutResponse).
+    returned: bool,
+}
+
+impl Seen {
+    /// Ended by an error: no rows to count.
+    fn lost(partial: bool) -> Self {
+        Self {
+            partial,
+            returned: false,
+        }
+    }
+}
+
+/// `db.response.returned_rows` from a CommandComplete tag: the rows a SELECT or FETCH returned
+/// (also none), and the rows an INSERT/UPDATE/DELETE/MERGE ... RETURNING or a COPY ... TO STDOUT
+/// sent (`returned`: the server sent rows). Rows only written, copied in or skipped (MOVE) are
+/// not returned rows.
+pub(super) fn returned_rows(tag: &str, returned: bool) -> Option<u64> {
+    let rows = rows_of(tag)?;
+    match tag.split(' ').next()? {
+        "SELECT" | "FETCH" => Some(rows),
+        "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "COPY" if returned => Some(rows),
+        _ => None,
+    }
+}
+
+/// The row count of a CommandComplete tag.
+fn rows_of(tag: &str) -> Option<u64> {
     let words: Vec<&str> = tag.split(' ').collect();
     let n = match (words.first().copied()?, words.len()) {
         ("INSERT", 3) => words[2],

@@ -106,8 +106,9 @@ pub struct Statement {
     pub end_ns: u64,
     /// CommandComplete tag, e.g. "SELECT 5", "INSERT 0 1", "BEGIN", "COPY 3".
     pub command_tag: Option<String>,
-    /// Rows from the tag (SELECT n / INSERT 0 n / UPDATE n / DELETE n / MERGE n / COPY n /
-    /// FETCH n / MOVE n).
+    /// Rows returned, from the tag: SELECT n / FETCH n, and INSERT 0 n / UPDATE n / DELETE n /
+    /// MERGE n / COPY n when the server sent rows (`RETURNING`, `COPY ... TO STDOUT`). Rows only
+    /// written are not counted.
     pub rows: Option<u64>,
     pub error: Option<PgError>,
     /// Some framing was lost (a gap in a message header or in the text, joined mid-stream,

@@ -5,6 +5,8 @@
 //! Lexing follows PostgreSQL's rules with `standard_conforming_strings = on` (the default since
 //! 9.1): a backslash is an ordinary character in `'...'` and an escape only in `E'...'`.
 
+use std::ops::Range;
+
 /// Token kinds. Spans are byte ranges of the input, always on character boundaries (every
 /// boundary the lexer picks is next to an ASCII byte).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,6 +276,57 @@ pub fn sanitize(sql: &str) -> String {
     out
 }
 
+/// The statements of a simple-query text, as byte ranges, in the order the server runs them:
+/// split at every `;` outside strings, quoted identifiers and comments, each piece trimmed of
+/// surrounding whitespace, pieces holding nothing but whitespace and comments left out (the
+/// server skips them too). The server answers each piece with one result, so the n-th result
+/// of the query belongs to the n-th piece.
+///
+/// A text with a SQL-standard function body (`BEGIN ATOMIC ... END`, whose inner `;` do not
+/// end the statement) is not split: it is returned whole, as one piece.
+pub fn statement_ranges(sql: &str) -> Vec<Range<usize>> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut significant = false;
+    let mut last_word: Option<&str> = None;
+    let trimmed = |r: Range<usize>| {
+        let piece = &sql[r.clone()];
+        let lead = piece.len() - piece.trim_start().len();
+        r.start + lead..r.start + piece.trim_end().len()
+    };
+    for (tok, a, b) in Lexer::new(sql) {
+        match tok {
+            Tok::Punct if &sql[a..b] == ";" => {
+                if significant {
+                    pieces.push(trimmed(start..a));
+                }
+                start = b;
+                significant = false;
+                last_word = None;
+            }
+            Tok::Space | Tok::Comment => {}
+            Tok::Word => {
+                let word = &sql[a..b];
+                if word.eq_ignore_ascii_case("ATOMIC")
+                    && last_word.is_some_and(|w| w.eq_ignore_ascii_case("BEGIN"))
+                {
+                    return vec![trimmed(0..sql.len())];
+                }
+                last_word = Some(word);
+                significant = true;
+            }
+            _ => {
+                last_word = None;
+                significant = true;
+            }
+        }
+    }
+    if significant {
+        pieces.push(trimmed(start..sql.len()));
+    }
+    pieces
+}
+
 /// Significant tokens: no whitespace, no comments.
 fn tokens(sql: &str) -> impl Iterator<Item = (Tok, &str)> {
     Lexer::new(sql)
@@ -300,7 +353,7 @@ fn is_kw(tok: Option<&(Tok, &str)>, kw: &str) -> bool {
 /// tables (joins, `FROM a, b`, `DROP TABLE a, b`) the first one is reported. None when the
 /// table is not a plain name: a subquery, a function (`FROM generate_series(1, 3)`), a name
 /// defined by the statement's own `WITH`, or no table at all. Only the first statement of a
-/// multi-statement text is looked at.
+/// multi-statement text is looked at (see [`statement_ranges`]).
 pub fn operation_and_collection(sql: &str) -> (Option<String>, Option<String>) {
     // Leading parentheses are dropped before collecting, so that the bound on tokens looked at
     // applies to the statement itself.

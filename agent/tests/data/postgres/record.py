@@ -8,7 +8,9 @@ every recv() as one segment of its connection, per direction, with a monotonic t
 
 Expected statements come from the scenario: the SQL it ran, and the tags, row counts and SQLSTATEs
 its client reported (psycopg2's statusmessage/rowcount/pgcode, asyncpg's status strings, pg8000's
-row_count, psql's printed tags) or that the scenario's own data fix. Query texts and prepared
+row_count, psql's printed tags) or that the scenario's own data fix; each command of a
+multi-statement query is expected with its own statement text, and row counts only where the
+server returned rows (SELECT/FETCH, RETURNING, COPY TO STDOUT). Query texts and prepared
 statement names are cross-checked against the server's own statement log (csvlog with
 log_statement=all), never against the parser under test.
 
@@ -27,6 +29,7 @@ import json
 import glob
 import os
 import pwd
+import re
 import selectors
 import shutil
 import socket
@@ -333,6 +336,71 @@ def rows_of(tag):
 
 def tagged(query, tag, **kw):
     return simple(query, tag, rows_of(tag), **kw)
+
+
+STATEMENT_TOKEN = re.compile(
+    r"""(?P<skip>--[^\n]*|/\*.*?(?:\*/|$)|[Ee]'(?:[^'\\]|\\.|'')*(?:'|$)|'(?:[^']|'')*(?:'|$)"""
+    r"""|"(?:[^"]|"")*(?:"|$)|(?P<dq>\$[A-Za-z_]*\$).*?(?:(?P=dq)|$))"""
+    r"""|(?P<word>[A-Za-z_][A-Za-z_0-9$]*)|(?P<semi>;)|.""",
+    re.S)
+
+
+def statements(text):
+    """The statements of a simple-query text, as the server runs them: split at ';' outside
+    strings, quoted identifiers, dollar quotes and comments, trimmed, empty ones dropped; a
+    `BEGIN ATOMIC` function body keeps the whole text as one."""
+    pieces, start, words = [], 0, []
+    for m in STATEMENT_TOKEN.finditer(text):
+        if m.group("word"):
+            words.append(m.group("word").upper())
+            if words[-2:] == ["BEGIN", "ATOMIC"]:
+                return [text.strip()]
+        elif m.group("semi"):
+            pieces.append(text[start:m.start()])
+            start = m.end()
+            words = []
+    pieces.append(text[start:])
+    return [p.strip() for p in pieces if significant(p)]
+
+
+def significant(piece):
+    """Holds more than whitespace and comments."""
+    return any(not t.isspace() and not t.startswith(("--", "/*"))
+               for t in (m.group(0) for m in STATEMENT_TOKEN.finditer(piece)))
+
+
+def returned_rows(tag, query):
+    """db.response.returned_rows: SELECT/FETCH counts; INSERT/UPDATE/DELETE/MERGE only with
+    RETURNING and COPY only TO STDOUT (the server sends those rows); nothing else."""
+    n = rows_of(tag) if tag else None
+    word = tag.split(" ")[0] if tag else None
+    q = (query or "").upper()
+    if word in ("SELECT", "FETCH"):
+        return n
+    if word in ("INSERT", "UPDATE", "DELETE", "MERGE") and re.search(r"\bRETURNING\b", q):
+        return n
+    if word == "COPY" and re.search(r"\bTO\s+STDOUT\b", q):
+        return n
+    return None
+
+
+def finalize(stmts):
+    """What the parser reports from what the scenario ran: each command of a multi-statement
+    query carries its own statement (the n-th result answers the n-th statement), and row
+    counts are returned rows only."""
+    run = []
+    for s in stmts + [None]:
+        if s is None or not s.get("cont"):
+            pieces = statements(run[0]["query"]) if run and isinstance(run[0]["query"], str) else []
+            if len(pieces) > 1:
+                assert len(pieces) >= len(run), f"{len(run)} results for {pieces}"
+                for r, piece in zip(run, pieces):
+                    r["query"] = piece
+            run = []
+        if s is not None:
+            run.append(s)
+    for s in stmts:
+        s["rows"] = returned_rows(s.get("tag"), s.get("query"))
 
 
 def psql(port, cmds, user="postgres", db="test", stdin=None, password=None, conninfo=""):
@@ -760,6 +828,7 @@ def run_scenario(srv, name):
             "records: '> ts len' (client->server) or '< ts len', then len raw bytes, then a newline",
         ]
         write_recording(cname, conn["segs"], header)
+        finalize(w["stmts"])
         write_expected(cname, w["info"], w["stmts"])
         print(f"{cname}: {len(conn['segs'])} segments, {len(w['stmts'])} statements")
     return conns

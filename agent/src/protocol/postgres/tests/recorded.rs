@@ -86,6 +86,17 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
         .map(|p| p + from)
 }
 
+/// The text of a Query message starting at `i`, if one does.
+fn query_text_at(stream: &[u8], i: usize) -> Option<&[u8]> {
+    let rest = stream.get(i..)?;
+    if rest.first() != Some(&b'Q') {
+        return None;
+    }
+    let len = u32::from_be_bytes(rest.get(1..5)?.try_into().ok()?) as usize;
+    let text = rest.get(5..1 + len)?.strip_suffix(&[0])?;
+    (!text.contains(&0)).then_some(text)
+}
+
 fn be_len(n: usize) -> [u8; 4] {
     (n as u32).to_be_bytes()
 }
@@ -141,11 +152,13 @@ fn check_timestamps(name: &str, events: &[Event], xs: &[Statement]) {
                 _ => true,
             };
             if first_of_query {
+                // The Query whose text begins with this statement (the first of its text).
                 let text = s.query.as_deref().unwrap();
-                let mut pat = vec![b'Q'];
-                pat.extend(be_len(text.len() + 5));
-                pat.extend(cstr(text));
-                let at = find(&front, &pat, from_f)
+                let at = (from_f..front.len())
+                    .find(|&i| {
+                        query_text_at(&front, i)
+                            .is_some_and(|q| q.trim_ascii_start().starts_with(text.as_bytes()))
+                    })
                     .unwrap_or_else(|| panic!("{name} #{k}: Query not found"));
                 assert_eq!(s.start_ns, front_ts[at], "{name} #{k} start: {s:?}");
                 from_f = at + 1;

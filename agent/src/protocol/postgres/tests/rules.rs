@@ -92,31 +92,91 @@ fn database_defaults_to_user() {
 }
 
 #[test]
-fn rows_from_every_tag_kind() {
-    for (tag, rows) in [
-        ("SELECT 5", Some(5)),
-        ("INSERT 0 1", Some(1)),
-        ("INSERT 0 250", Some(250)),
-        ("UPDATE 7", Some(7)),
-        ("DELETE 0", Some(0)),
-        ("MERGE 3", Some(3)),
-        ("COPY 3", Some(3)),
-        ("FETCH 100", Some(100)),
-        ("MOVE 9", Some(9)),
-        ("BEGIN", None),
-        ("CREATE TABLE", None),
-        ("SELECT", None),
-        ("SELECT x", None),
-        ("INSERT 0", None),
-        ("SELECT 99999999999999999999999", None),
+fn returned_rows_from_every_tag_kind() {
+    // (tag, rows returned without rows sent, with rows sent before the tag)
+    for (tag, plain, with_rows) in [
+        ("SELECT 5", Some(5), Some(5)),
+        ("SELECT 0", Some(0), Some(0)),
+        ("FETCH 100", Some(100), Some(100)),
+        // Written rows are not returned rows, unless RETURNING / TO STDOUT sent them.
+        ("INSERT 0 1", None, Some(1)),
+        ("INSERT 0 250", None, Some(250)),
+        ("UPDATE 7", None, Some(7)),
+        ("DELETE 0", None, Some(0)),
+        ("MERGE 3", None, Some(3)),
+        ("COPY 3", None, Some(3)),
+        ("MOVE 9", None, None),
+        ("BEGIN", None, None),
+        ("CREATE TABLE", None, None),
+        ("SELECT", None, None),
+        ("SELECT x", None, None),
+        ("INSERT 0", None, None),
+        ("SELECT 99999999999999999999999", None, None),
     ] {
         let (xs, _) = run(&with_hello(&[
             fe(3, &query("X")),
             be(4, &cat(&[&complete(tag), &ready(b'I')])),
         ]));
         assert_eq!(xs[0].command_tag.as_deref(), Some(tag));
-        assert_eq!(xs[0].rows, rows, "{tag}");
+        assert_eq!(xs[0].rows, plain, "{tag}");
+        // Simple protocol: rows (or a COPY TO STDOUT) before the tag.
+        let sent = if tag.starts_with("COPY") {
+            cat(&[&copy_response(b'H', 1), &copy_data(b"1\n"), &copy_done()])
+        } else {
+            data_row(&[b"1"])
+        };
+        let (xs, _) = run(&with_hello(&[
+            fe(3, &query("X")),
+            be(4, &cat(&[&sent, &complete(tag), &ready(b'I')])),
+        ]));
+        assert_eq!(xs[0].rows, with_rows, "{tag} after rows");
+        // Extended protocol: DataRows answer the Execute.
+        let (xs, _) = run(&with_hello(&[
+            fe(
+                3,
+                &cat(&[
+                    &parse("", "X"),
+                    &bind("", "", &[]),
+                    &execute("", 0),
+                    &sync(),
+                ]),
+            ),
+            be(
+                4,
+                &cat(&[
+                    &parse_complete(),
+                    &bind_complete(),
+                    &sent,
+                    &complete(tag),
+                    &ready(b'I'),
+                ]),
+            ),
+        ]));
+        assert_eq!(xs[0].rows, with_rows, "{tag} extended, after rows");
     }
+}
+
+#[test]
+fn rows_sent_for_one_statement_of_a_query_do_not_count_for_the_next() {
+    let q = "SELECT 1; INSERT INTO t VALUES (1); INSERT INTO t VALUES (2) RETURNING id";
+    let (xs, _) = run(&with_hello(&[
+        fe(10, &query(q)),
+        be(
+            20,
+            &cat(&[
+                &row_desc(&["?column?"]),
+                &data_row(&[b"1"]),
+                &complete("SELECT 1"),
+                &complete("INSERT 0 1"),
+                &row_desc(&["id"]),
+                &data_row(&[b"2"]),
+                &complete("INSERT 0 1"),
+                &ready(b'I'),
+            ]),
+        ),
+    ]));
+    let rows: Vec<Option<u64>> = xs.iter().map(|s| s.rows).collect();
+    assert_eq!(rows, [Some(1), None, Some(1)]);
 }
 
 #[test]
@@ -128,13 +188,39 @@ fn multi_statement_query_gives_one_statement_per_command_with_sequential_timings
         be(30, &complete("INSERT 0 1")),
         be(40, &cat(&[&complete("COMMIT"), &ready(b'I')])),
     ]));
-    assert_eq!(texts(&xs), [Some(q); 3]);
+    // Each result carries its own statement of the text.
+    assert_eq!(
+        texts(&xs),
+        [
+            Some("BEGIN"),
+            Some("INSERT INTO t VALUES (1)"),
+            Some("COMMIT")
+        ]
+    );
     assert_eq!(
         tags(&xs),
         [Some("BEGIN"), Some("INSERT 0 1"), Some("COMMIT")]
     );
     assert_eq!(times(&xs), [(10, 20), (20, 30), (30, 40)]);
     assert_eq!(stats, PgStats::default());
+}
+
+#[test]
+fn a_cut_multi_statement_text_names_only_the_statements_it_holds() {
+    let q = "BEGIN; INSERT INTO t VALUES (1); COMMIT";
+    let msg = query(q);
+    // The capture ends inside the INSERT: the third result's statement is unknown.
+    let (xs, _) = run(&with_hello(&[
+        Event {
+            to: To::Server,
+            seg: cut(10, &msg[..5 + 20], msg.len() as u64),
+        },
+        be(20, &complete("BEGIN")),
+        be(30, &complete("INSERT 0 1")),
+        be(40, &cat(&[&complete("COMMIT"), &ready(b'I')])),
+    ]));
+    assert_eq!(texts(&xs), [Some("BEGIN"), Some("INSERT INTO t"), None]);
+    assert!(partials(&xs).iter().all(|&p| p), "{xs:?}");
 }
 
 #[test]
@@ -153,7 +239,14 @@ fn error_ends_a_simple_query() {
         fe(30, &query("ROLLBACK")),
         be(40, &cat(&[&complete("ROLLBACK"), &ready(b'I')])),
     ]));
-    assert_eq!(texts(&xs), [Some(q), Some(q), Some("ROLLBACK")]);
+    assert_eq!(
+        texts(&xs),
+        [
+            Some("BEGIN"),
+            Some("INSERT INTO t VALUES (1)"),
+            Some("ROLLBACK")
+        ]
+    );
     assert_eq!(sqlstates(&xs), [None, Some("23505"), None]);
     let e = xs[1].error.as_ref().unwrap();
     assert_eq!(
@@ -259,7 +352,8 @@ fn copy_from_stdin_is_one_statement() {
         be(14, &cat(&[&complete("COPY 3"), &ready(b'I')])),
     ]));
     assert_eq!(texts(&xs), [Some(q)]);
-    assert_eq!((tags(&xs), xs[0].rows), (vec![Some("COPY 3")], Some(3)));
+    // Rows copied in are not returned rows.
+    assert_eq!((tags(&xs), xs[0].rows), (vec![Some("COPY 3")], None));
     assert_eq!(times(&xs), [(10, 14)]);
     assert_eq!(stats, PgStats::default());
 }

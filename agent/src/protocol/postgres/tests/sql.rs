@@ -1,7 +1,7 @@
 //! `sanitize` and `operation_and_collection`: tables of inputs, and properties over generated
 //! queries.
 
-use super::super::sql::{Dealloc, deallocation};
+use super::super::sql::{Dealloc, deallocation, statement_ranges};
 use super::super::{operation_and_collection, sanitize};
 use super::Rng;
 
@@ -474,4 +474,78 @@ fn long_inputs_are_linear() {
     let deep = "(".repeat(200_000) + "SELECT 1 FROM t";
     assert_eq!(operation_and_collection(&deep).0.as_deref(), Some("SELECT"));
     assert!(t.elapsed().as_secs() < 10);
+}
+
+#[test]
+fn statements_of_a_simple_query_text() {
+    let pieces = |sql: &str| -> Vec<String> {
+        statement_ranges(sql)
+            .into_iter()
+            .map(|r| sql[r].to_owned())
+            .collect()
+    };
+    for (sql, want) in [
+        ("SELECT 1", vec!["SELECT 1"]),
+        ("  SELECT 1 ;  ", vec!["SELECT 1"]),
+        (
+            "BEGIN; INSERT INTO t VALUES (1);\nCOMMIT",
+            vec!["BEGIN", "INSERT INTO t VALUES (1)", "COMMIT"],
+        ),
+        // Empty statements and comment-only pieces are skipped, as the server does.
+        (";", vec![]),
+        ("", vec![]),
+        (";; SELECT 1;; -- done\n;", vec!["SELECT 1"]),
+        (
+            "/* a; b */ SELECT 1; SELECT 2",
+            vec!["/* a; b */ SELECT 1", "SELECT 2"],
+        ),
+        // Semicolons inside strings, identifiers, dollar quotes and comments.
+        (
+            "INSERT INTO t VALUES ('a;b', E'c\\';d'); SELECT \"x;y\" FROM t",
+            vec![
+                "INSERT INTO t VALUES ('a;b', E'c\\';d')",
+                "SELECT \"x;y\" FROM t",
+            ],
+        ),
+        (
+            "DO $body$BEGIN RAISE 'x'; END$body$; SELECT 1 -- ;\n",
+            vec!["DO $body$BEGIN RAISE 'x'; END$body$", "SELECT 1 -- ;"],
+        ),
+        // A SQL-standard function body is one statement with inner semicolons: not split.
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END; SELECT f()",
+            vec![
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END; SELECT f()",
+            ],
+        ),
+        // Unterminated string: runs to the end, one statement.
+        ("SELECT 'a; SELECT 2", vec!["SELECT 'a; SELECT 2"]),
+    ] {
+        assert_eq!(pieces(sql), want, "{sql:?}");
+    }
+}
+
+#[test]
+fn statement_ranges_never_panic_and_stay_in_bounds() {
+    let mut rng = Rng(0x5717_0000_0000_0007);
+    let alphabet: &[&str] = &[
+        ";", "'", "\"", "$$", "$a$", "--", "\n", "/*", "*/", "E'", "\\", " ", "SELECT", "é",
+        "BEGIN", "ATOMIC", "x",
+    ];
+    for _ in 0..20_000 {
+        let n = rng.below(12);
+        let sql: String = (0..n)
+            .map(|_| alphabet[rng.below(alphabet.len())])
+            .collect();
+        let mut last = 0;
+        for r in statement_ranges(&sql) {
+            assert!(
+                r.start >= last && r.start < r.end && r.end <= sql.len(),
+                "{sql:?}"
+            );
+            let piece = &sql[r.clone()];
+            assert_eq!(piece, piece.trim(), "{sql:?}");
+            last = r.end;
+        }
+    }
 }
