@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use socktrace_common::{
-    AF_INET, AF_INET6, CTX_SERVER_REQUEST, ConnTuple, DIR_INGRESS, DataEvent, InjectEvent,
+    AF_INET, AF_INET6, CTX_SERVER_REQUEST, ConnTuple, ConnectEvent, DIR_INGRESS, DataEvent, InjectEvent,
     ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
 };
 
@@ -107,6 +107,10 @@ pub struct ConnStats {
     pub skipped_mid_stream: u64,
     /// Kernel injections never matched to a request write (expired or bound reached).
     pub injections_unmatched: u64,
+    /// Connections established by traced clients (`EVENT_CONNECT`), and those not remembered
+    /// because `MAX_TRACED_CLIENTS` were open.
+    pub traced_connects: u64,
+    pub traced_connects_dropped: u64,
 }
 
 /// Identity of a connection resolved outside the kernel (connections older than the agent).
@@ -165,6 +169,9 @@ struct Conn {
     last_seen_ns: u64,
     /// The kernel saw the connection established, so both ends count requests from the start.
     tuple_known: bool,
+    /// The other end may be traced: a client, or a server whose client connected from a traced
+    /// process (an `EVENT_CONNECT` for the mirrored tuple came first).
+    peer_traced: bool,
     /// Request bytes seen since the last response bytes.
     turn_active: bool,
     /// Turns begun so far (request bytes after response bytes, or the first).
@@ -181,7 +188,7 @@ impl Conn {
             self.local.ip().to_canonical(),
             self.peer.ip().to_canonical(),
         );
-        self.tuple_known && (p.is_loopback() || p == l)
+        self.tuple_known && self.peer_traced && (p.is_loopback() || p == l)
     }
 }
 
@@ -197,6 +204,9 @@ struct Injection {
     trace_id: TraceId,
     span_id: SpanId,
 }
+
+/// Most open connections of traced clients remembered (for same-host linking).
+const MAX_TRACED_CLIENTS: usize = 65536;
 
 /// Events in the request direction tried before a connection is declared not ours.
 const DETECT_TRIES: u8 = 4;
@@ -215,6 +225,10 @@ pub struct ConnTable {
     links: Vec<LinkEvent>,
     /// Kernel injections whose request write has not been seen yet, by socket.
     injections: HashMap<u64, Injection>,
+    /// Open connections of traced clients: (client address, server address) -> socket, and
+    /// the reverse, so that a server on this host knows its client is traced.
+    traced_clients: HashMap<(SocketAddr, SocketAddr), u64>,
+    traced_client_socks: HashMap<u64, (SocketAddr, SocketAddr)>,
 }
 
 fn add_h2_stats(total: &mut http2::Http2Stats, s: &http2::Http2Stats) {
@@ -268,7 +282,30 @@ impl ConnTable {
             full_capture: Vec::new(),
             links: Vec::new(),
             injections: HashMap::new(),
+            traced_clients: HashMap::new(),
+            traced_client_socks: HashMap::new(),
         }
+    }
+
+    /// A traced process's `connect()` established a connection: a server on this host reading
+    /// from it will get its client's request contexts, so it may wait for them.
+    pub fn on_connect(&mut self, ev: &ConnectEvent) {
+        let Some(addrs) = tuple_addrs(&ev.tuple) else {
+            return;
+        };
+        self.stats.traced_connects += 1;
+        if self.traced_client_socks.len() >= MAX_TRACED_CLIENTS
+            && !self.traced_client_socks.contains_key(&ev.sk)
+        {
+            self.stats.traced_connects_dropped += 1;
+            return;
+        }
+        if let Some(old) = self.traced_client_socks.insert(ev.sk, addrs)
+            && self.traced_clients.get(&old) == Some(&ev.sk)
+        {
+            self.traced_clients.remove(&old);
+        }
+        self.traced_clients.insert(addrs, ev.sk);
     }
 
     /// What linking learned from the I/O handled since the last call, in order.
@@ -567,6 +604,11 @@ impl ConnTable {
         if new_state as i32 != TCP_CLOSE {
             return;
         }
+        if let Some(addrs) = self.traced_client_socks.remove(&sk)
+            && self.traced_clients.get(&addrs) == Some(&sk)
+        {
+            self.traced_clients.remove(&addrs);
+        }
         if let Some(mut conn) = self.conns.remove(&sk) {
             self.stats.closed += 1;
             Self::finish(
@@ -763,9 +805,14 @@ impl ConnTable {
             } else {
                 State::Detecting { tries: 0 }
             };
+        let peer_traced = match role {
+            Some(Role::Server) => self.traced_clients.contains_key(&(peer, local)),
+            _ => true,
+        };
         Some(Conn {
             sk: ev.sk,
             tuple_known: ev.tuple_known != 0,
+            peer_traced,
             turn_active: false,
             turns: 0,
             statements: 0,
@@ -1002,11 +1049,56 @@ mod tests {
         assert_eq!(t.stats().injections_unmatched, 1);
     }
 
+    fn connect(sk: u64, t: ConnTuple) -> ConnectEvent {
+        ConnectEvent {
+            kind: socktrace_common::EVENT_CONNECT,
+            _pad: 0,
+            ts_ns: 1,
+            sk,
+            tuple: t,
+        }
+    }
+
+    /// Whether the first request of a server connection on `server` may wait for its client.
+    fn server_peer_linkable(t: &mut ConnTable, sk: u64, server: ConnTuple) -> bool {
+        let (mut out, mut r) = (Vec::new(), NoResolver);
+        let req = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+        let ev = event(sk, 100, 3, DIR_INGRESS, ROLE_SERVER, server, req.len());
+        t.on_data(&ev, req, &[], &mut r, &mut out);
+        match &t.take_links()[..] {
+            [LinkEvent::Http1Request { peer_linkable, .. }] => *peer_linkable,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_servers_whose_client_connected_traced_wait_for_a_peer() {
+        let mut t = table();
+        let server = tuple([127, 0, 0, 1], 80, [127, 0, 0, 1], 40000);
+        let client = tuple([127, 0, 0, 1], 40000, [127, 0, 0, 1], 80);
+        // An untraced client (a load generator, a health checker): nothing to wait for.
+        assert!(!server_peer_linkable(&mut t, 7, server));
+        t.on_close(7, TCP_CLOSE as u32, 150, &mut Vec::new());
+        // The same tuple again, now connected by a traced process.
+        t.on_connect(&connect(20, client));
+        assert!(server_peer_linkable(&mut t, 8, server));
+        t.on_close(8, TCP_CLOSE as u32, 160, &mut Vec::new());
+        // Another host's client on the same ports is not that client.
+        let remote = tuple([127, 0, 0, 1], 80, [10, 0, 0, 9], 40000);
+        assert!(!server_peer_linkable(&mut t, 9, remote));
+        // The client closed: a later connection on the same tuple is not its.
+        t.on_close(20, TCP_CLOSE as u32, 170, &mut Vec::new());
+        assert!(!server_peer_linkable(&mut t, 10, server));
+        assert_eq!(t.stats().traced_connects, 1);
+        assert!(t.traced_clients.is_empty() && t.traced_client_socks.is_empty());
+    }
+
     #[test]
     fn server_turns_carry_the_kernel_trace_and_end_at_the_response() {
         let mut t = table();
         let (mut out, mut r) = (Vec::new(), NoResolver);
         let tp = tuple([127, 0, 0, 1], 80, [127, 0, 0, 1], 40000);
+        t.on_connect(&connect(6, tuple([127, 0, 0, 1], 40000, [127, 0, 0, 1], 80)));
         let req = b"GET /a HTTP/1.1\r\nHost: b\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
         let mut ev = event(7, 100, 3, DIR_INGRESS, ROLE_SERVER, tp, req.len());
         ev.ctx_flags = CTX_SERVER_REQUEST | socktrace_common::CTX_FROM_HEADER;

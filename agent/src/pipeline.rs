@@ -174,6 +174,7 @@ impl Pipeline {
             }
             Ok(Event::Exit { pid }) => self.resources.exited(pid),
             Ok(Event::Inject(ev)) => self.conns.on_inject(&ev),
+            Ok(Event::Connect(ev)) => self.conns.on_connect(&ev),
             Err(e) => {
                 self.stats.decode_errors += 1;
                 tracing::debug!("dropped a malformed kernel record: {e}");
@@ -276,7 +277,7 @@ impl Pipeline {
         let e = self.exporter.stats();
         let l = self.linker.stats();
         format!(
-            "kernel: {k} | pipeline: records={} decode_errors={} spans={} resource_filtered={} invalid_traceparent={} | conns: live={} opened={} closed={} expired={} evicted={} unresolved={} undetected={} port_filtered={} mid_stream_skipped={} encrypted={} injections_unmatched={} | links: thread={} peer={} injected={} held={} held_now={} released_unlinked={} peer_timeouts={} contexts_dropped={} conflicts={} multiplexing_threads={} | http1: resyncs={} bytes_skipped={} invalid_heads={} unanswered_dropped={} | http2: frames={} resyncs={} bytes_skipped={} hpack_errors={} undecoded_fields={} streams_evicted={} mid_stream_joins={} h2c_upgrades={} joined_connections={} | export: exported={} queue_dropped={} failed={} retries={}",
+            "kernel: {k} | pipeline: records={} decode_errors={} spans={} resource_filtered={} invalid_traceparent={} | conns: live={} opened={} closed={} expired={} evicted={} unresolved={} undetected={} port_filtered={} mid_stream_skipped={} encrypted={} injections_unmatched={} traced_connects={} traced_connects_dropped={} | links: thread={} peer={} injected={} held={} held_now={} released_unlinked={} peer_timeouts={} contexts_dropped={} conflicts={} multiplexing_threads={} | http1: resyncs={} bytes_skipped={} invalid_heads={} unanswered_dropped={} | http2: frames={} resyncs={} bytes_skipped={} hpack_errors={} undecoded_fields={} streams_evicted={} mid_stream_joins={} h2c_upgrades={} joined_connections={} | export: exported={} queue_dropped={} failed={} retries={}",
             self.stats.records,
             self.stats.decode_errors,
             self.stats.spans,
@@ -293,6 +294,8 @@ impl Pipeline {
             c.skipped_mid_stream,
             c.encrypted,
             c.injections_unmatched,
+            c.traced_connects,
+            c.traced_connects_dropped,
             l.thread_links,
             l.peer_links,
             l.injected,

@@ -467,6 +467,8 @@ pub enum Event<'a> {
     },
     /// The kernel inserted a `traceparent` line into an outgoing request.
     Inject(socktrace_common::InjectEvent),
+    /// A traced process's `connect()` established a connection.
+    Connect(socktrace_common::ConnectEvent),
 }
 
 /// Why a record could not be decoded (counted, never fatal).
@@ -498,8 +500,8 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
 /// Decodes one ring-buffer record without trusting its contents.
 pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     use socktrace_common::{
-        CloseEvent, DataEvent, EVENT_CONN_CLOSE, EVENT_DATA, EVENT_EXEC, EVENT_EXIT, EVENT_INJECT,
-        InjectEvent, ProcEvent,
+        CloseEvent, ConnectEvent, DataEvent, EVENT_CONN_CLOSE, EVENT_CONNECT, EVENT_DATA,
+        EVENT_EXEC, EVENT_EXIT, EVENT_INJECT, InjectEvent, ProcEvent,
     };
     let kind: u32 = read_pod(bytes)?;
     match kind {
@@ -530,6 +532,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             pid: read_pod::<ProcEvent>(bytes)?.pid,
         }),
         EVENT_INJECT => Ok(Event::Inject(read_pod::<InjectEvent>(bytes)?)),
+        EVENT_CONNECT => Ok(Event::Connect(read_pod::<ConnectEvent>(bytes)?)),
         other => Err(DecodeError::Kind(other)),
     }
 }

@@ -40,6 +40,7 @@ pub const EVENT_CONN_CLOSE: u32 = 2;
 pub const EVENT_EXEC: u32 = 3;
 pub const EVENT_EXIT: u32 = 4;
 pub const EVENT_INJECT: u32 = 5;
+pub const EVENT_CONNECT: u32 = 6;
 
 /// `DataEvent::ctx_flags`: this read began an HTTP/1 request on a server socket and the kernel
 /// made it the calling thread's current server context (`DataEvent::trace_id` is its trace).
@@ -149,6 +150,22 @@ pub struct CloseEvent {
     pub new_state: u32,
     pub ts_ns: u64,
     pub sk: u64,
+}
+
+/// `EVENT_CONNECT`: a traced process's `connect()` established a TCP connection.
+///
+/// Emitted when the handshake completes, before either end can send data, so it precedes every
+/// record of both ends of the connection: a server on this host reading from it knows at once
+/// that its client is traced (and its request context will come).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectEvent {
+    pub kind: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    pub sk: u64,
+    /// The client's view: `saddr`/`sport` its own end, `daddr`/`dport` the server.
+    pub tuple: ConnTuple,
 }
 
 /// `EVENT_EXEC` / `EVENT_EXIT`: a process image changed or a process ended.

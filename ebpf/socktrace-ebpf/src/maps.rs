@@ -72,6 +72,11 @@ pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536
 #[map]
 pub static TRACKED_SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// Client sockets a traced process is connecting (SYN sent, handshake not complete yet), by
+/// kernel socket pointer: at ESTABLISHED they are announced with an `EVENT_CONNECT`.
+#[map]
+pub static TRACED_CONNECTING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
 /// Per-socket payload prefix size overriding `CAPTURE_BYTES`, set by user space for connections
 /// whose protocol packs many messages into one read (HTTP/2: the headers of many streams).
 #[map]

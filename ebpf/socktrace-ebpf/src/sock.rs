@@ -10,16 +10,16 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use socktrace_common::{
-    AF_INET, AF_INET6, CloseEvent, ConnTuple, DIR_EGRESS, DIR_INGRESS, EVENT_CONN_CLOSE,
-    ROLE_CLIENT, ROLE_SERVER, SockInfo, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1,
+    AF_INET, AF_INET6, CloseEvent, ConnTuple, ConnectEvent, DIR_EGRESS, DIR_INGRESS,
+    EVENT_CONN_CLOSE, EVENT_CONNECT, ROLE_CLIENT, ROLE_SERVER, SockInfo, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1,
     TCP_SYN_RECV, TCP_SYN_SENT, stats,
 };
 
 use crate::{
     inject,
     maps::{
-        EVENTS, SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCKS, TRACKED_SOCKS, agent_tgid, count,
-        current_is_traced, wakeup_flags,
+        EVENTS, SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCKS, TRACED_CONNECTING, TRACKED_SOCKS,
+        agent_tgid, count, current_is_traced, wakeup_flags,
     },
     syscalls::{ACTIVE_IO, ActiveIo, IO_PEEK},
 };
@@ -236,6 +236,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
 
         if newstate == TCP_SYN_SENT {
             // Inside connect(), in the connecting task.
+            if current_is_traced() && TRACED_CONNECTING.insert(sk, 1u8, 0).is_err() {
+                count(stats::MAP_UPDATE_FAILED);
+            }
             inject::on_syn_sent(sk);
             return Ok(());
         }
@@ -292,6 +295,23 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             if SOCKS.insert(sk, info, 0).is_err() {
                 count(stats::MAP_UPDATE_FAILED);
             }
+            if role == ROLE_CLIENT && TRACED_CONNECTING.get_ptr(&sk).is_some() {
+                let _ = TRACED_CONNECTING.remove(&sk);
+                // Its close is reported too, so user space forgets it.
+                let _ = TRACKED_SOCKS.insert(sk, 1u8, 0);
+                let ev = ConnectEvent {
+                    kind: EVENT_CONNECT,
+                    _pad: 0,
+                    ts_ns: bpf_ktime_get_ns(),
+                    sk,
+                    tuple,
+                };
+                if EVENTS.output(ev, wakeup_flags()).is_ok() {
+                    count(stats::EVENTS_SENT);
+                } else {
+                    count(stats::RINGBUF_FULL);
+                }
+            }
             return Ok(());
         }
 
@@ -313,6 +333,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 let _ = TRACKED_SOCKS.remove(&sk);
                 let _ = SOCK_CAPTURE.remove(&sk);
                 let _ = SOCKS.remove(&sk);
+                let _ = TRACED_CONNECTING.remove(&sk);
                 inject::on_close(sk);
             }
         }
