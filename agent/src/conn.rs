@@ -13,8 +13,8 @@ use std::{
 
 use bytes::Bytes;
 use socktrace_common::{
-    AF_INET, AF_INET6, CTX_SERVER_REQUEST, ConnTuple, ConnectEvent, DIR_INGRESS, DataEvent, InjectEvent,
-    ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
+    AF_INET, AF_INET6, CTX_SERVER_REQUEST, ConnTuple, ConnectEvent, DIR_INGRESS, DataEvent,
+    InjectEvent, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
 };
 
 use crate::protocol::{
@@ -1098,7 +1098,10 @@ mod tests {
         let mut t = table();
         let (mut out, mut r) = (Vec::new(), NoResolver);
         let tp = tuple([127, 0, 0, 1], 80, [127, 0, 0, 1], 40000);
-        t.on_connect(&connect(6, tuple([127, 0, 0, 1], 40000, [127, 0, 0, 1], 80)));
+        t.on_connect(&connect(
+            6,
+            tuple([127, 0, 0, 1], 40000, [127, 0, 0, 1], 80),
+        ));
         let req = b"GET /a HTTP/1.1\r\nHost: b\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
         let mut ev = event(7, 100, 3, DIR_INGRESS, ROLE_SERVER, tp, req.len());
         ev.ctx_flags = CTX_SERVER_REQUEST | socktrace_common::CTX_FROM_HEADER;

@@ -258,8 +258,8 @@ impl Pipeline {
 
     /// Hands the spans built so far to the exporter.
     pub fn flush(&mut self) {
-        for span in self.pending.drain(..) {
-            self.exporter.submit(span);
+        if !self.pending.is_empty() {
+            self.exporter.submit_all(std::mem::take(&mut self.pending));
         }
     }
 

@@ -1,7 +1,9 @@
 //! Exporters: OTLP (gRPC, HTTP/protobuf) and the console.
 //!
 //! [`start`] spawns one task per exporter (OTLP and/or console), each fed by its own bounded
-//! queue. [`ExporterHandle::submit`] never blocks: a full queue drops the span and counts it.
+//! queue. [`ExporterHandle::submit_all`] never blocks: what does not fit in a full queue is
+//! dropped and counted. Spans travel in chunks (one per capture poll), so the exporter task is
+//! woken once per chunk, not once per span.
 //! Each task batches spans (up to `max_batch`, or whatever arrived within `batch_timeout`) and
 //! sends one batch at a time; OTLP failures are retried per the OTLP specification (see
 //! [`otlp`]). [`ExporterHandle::shutdown`] flushes what is queued within a deadline.
@@ -14,7 +16,7 @@ mod pipeline;
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -72,7 +74,10 @@ pub struct ExportStats {
 }
 
 struct Lane {
-    tx: mpsc::Sender<Span>,
+    tx: mpsc::UnboundedSender<Vec<Span>>,
+    /// Spans sent and not yet taken by the task; at most `max_queue`.
+    in_queue: Arc<AtomicUsize>,
+    max_queue: usize,
     counters: Arc<Counters>,
     done: watch::Receiver<bool>,
     abort: AbortHandle,
@@ -131,7 +136,9 @@ pub fn start(config: ExportConfig) -> Result<ExporterHandle, ExportError> {
     let lanes = sinks
         .into_iter()
         .map(|(sink, counters)| {
-            let (tx, rx) = mpsc::channel(config.max_queue.max(1));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let in_queue = Arc::new(AtomicUsize::new(0));
+            let queue = pipeline::Queue::new(rx, in_queue.clone());
             let (done_tx, done) = watch::channel(false);
             let batch = BatchConfig {
                 max_batch: config.max_batch,
@@ -140,11 +147,13 @@ pub fn start(config: ExportConfig) -> Result<ExporterHandle, ExportError> {
             let shutdown = Shutdown::new(shutdown_rx.clone());
             let task_counters = counters.clone();
             let task = runtime.spawn(async move {
-                pipeline::run(rx, sink, batch, shutdown, task_counters).await;
+                pipeline::run(queue, sink, batch, shutdown, task_counters).await;
                 let _ = done_tx.send(true);
             });
             Lane {
                 tx,
+                in_queue,
+                max_queue: config.max_queue.max(1),
                 counters,
                 done,
                 abort: task.abort_handle(),
@@ -164,28 +173,56 @@ pub fn start(config: ExportConfig) -> Result<ExporterHandle, ExportError> {
 }
 
 impl ExporterHandle {
-    /// Queues a span for every configured exporter. Never blocks and never awaits: if a queue is
-    /// full (or the exporter has shut down) the span is dropped there and counted.
+    /// Queues a span for every configured exporter; see [`Self::submit_all`].
     pub fn submit(&self, span: Span) {
+        self.submit_all(vec![span]);
+    }
+
+    /// Queues spans for every configured exporter, as one chunk (one wake-up of each exporter
+    /// task). Never blocks and never awaits: the spans that do not fit in a full queue (or all,
+    /// once the exporter has shut down) are dropped there and counted.
+    pub fn submit_all(&self, spans: Vec<Span>) {
+        if spans.is_empty() {
+            return;
+        }
         let inner = &*self.inner;
         if inner.closed.load(Ordering::Relaxed) {
             for lane in &inner.lanes {
-                lane.counters.add_dropped(1);
+                lane.counters.add_dropped(spans.len() as u64);
             }
             return;
         }
-        let mut span = Some(span);
+        let mut spans = Some(spans);
         let last = inner.lanes.len() - 1;
         for (i, lane) in inner.lanes.iter().enumerate() {
-            let s = if i == last { span.take() } else { span.clone() };
-            let Some(s) = s else { break };
-            match lane.tx.try_send(s) {
-                Ok(()) => lane.counters.add_queued(1),
-                Err(e) => {
-                    lane.counters.add_dropped(1);
-                    if i == 0 && matches!(e, mpsc::error::TrySendError::Full(_)) {
-                        self.warn_dropped();
-                    }
+            let chunk = if i == last {
+                spans.take()
+            } else {
+                spans.clone()
+            };
+            let Some(mut chunk) = chunk else { break };
+            // Checked without a lock: spans come from the capture thread, and a concurrent
+            // submitter could overshoot the bound by one chunk at most.
+            let room = lane
+                .max_queue
+                .saturating_sub(lane.in_queue.load(Ordering::Acquire));
+            if chunk.len() > room {
+                lane.counters.add_dropped((chunk.len() - room) as u64);
+                chunk.truncate(room);
+                if i == 0 {
+                    self.warn_dropped();
+                }
+            }
+            let n = chunk.len();
+            if n == 0 {
+                continue;
+            }
+            lane.in_queue.fetch_add(n, Ordering::AcqRel);
+            match lane.tx.send(chunk) {
+                Ok(()) => lane.counters.add_queued(n as u64),
+                Err(_) => {
+                    lane.in_queue.fetch_sub(n, Ordering::AcqRel);
+                    lane.counters.add_dropped(n as u64);
                 }
             }
         }
@@ -205,7 +242,7 @@ impl ExporterHandle {
             let dropped = inner.lanes[0].counters.snapshot().dropped_queue_full;
             tracing::warn!(
                 "export queue full (capacity {}): dropping spans ({dropped} dropped so far)",
-                inner.lanes[0].tx.max_capacity()
+                inner.lanes[0].max_queue
             );
         }
     }
@@ -309,6 +346,36 @@ mod tests {
                 queued: 3,
                 exported: 3,
                 dropped_queue_full: 1,
+                failed: 0,
+                retries: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn chunks_beyond_the_queue_bound_are_cut_and_counted() {
+        // Current-thread runtime: the exporter task cannot run (and take spans) until we await.
+        let handle = start(ExportConfig {
+            max_queue: 3,
+            batch_timeout: Duration::from_millis(10),
+            ..ExportConfig::default()
+        })
+        .unwrap();
+        handle.submit_all((1..=5).map(span).collect());
+        handle.submit_all(vec![span(6)]);
+        handle.submit_all(Vec::new());
+        let stats = handle.stats();
+        assert_eq!((stats.queued, stats.dropped_queue_full), (3, 3));
+        // Once the task took them, there is room again.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle.submit_all(vec![span(7), span(8)]);
+        handle.shutdown().await;
+        assert_eq!(
+            handle.stats(),
+            ExportStats {
+                queued: 5,
+                exported: 5,
+                dropped_queue_full: 3,
                 failed: 0,
                 retries: 0
             }

@@ -50,65 +50,74 @@ pub const USER_AGENT: &str = concat!("socktrace/", env!("CARGO_PKG_VERSION"));
 
 /// Converts spans into one OTLP request: one `ResourceSpans` per distinct resource (by
 /// `Resource::key`), one `ScopeSpans` per scope inside it, in order of first appearance; spans
-/// keep their relative order.
-pub fn to_otlp_request(spans: &[Span]) -> ExportTraceServiceRequest {
+/// keep their relative order. The spans' strings move into the request (no copies).
+pub fn to_otlp_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
     let mut resource_spans: Vec<ResourceSpans> = Vec::new();
-    // resource key -> (index in resource_spans, scope name -> index in scope_spans)
-    let mut index: HashMap<&str, (usize, HashMap<&'static str, usize>)> = HashMap::new();
-    for span in spans {
-        let (ri, scopes) = index.entry(span.resource.key.as_str()).or_insert_with(|| {
-            resource_spans.push(ResourceSpans {
-                resource: Some(ProtoResource {
-                    attributes: span.resource.attributes.iter().map(to_key_value).collect(),
-                    ..Default::default()
-                }),
-                scope_spans: Vec::new(),
-                schema_url: String::new(),
+    // Where each span goes: (index in resource_spans, index in its scope_spans).
+    let mut places = Vec::with_capacity(spans.len());
+    {
+        // resource key -> (index in resource_spans, scope name -> index in scope_spans)
+        let mut index: HashMap<&str, (usize, HashMap<&'static str, usize>)> = HashMap::new();
+        for span in &spans {
+            let (ri, scopes) = index.entry(span.resource.key.as_str()).or_insert_with(|| {
+                resource_spans.push(ResourceSpans {
+                    resource: Some(ProtoResource {
+                        attributes: span.resource.attributes.iter().map(to_key_value).collect(),
+                        ..Default::default()
+                    }),
+                    scope_spans: Vec::new(),
+                    schema_url: String::new(),
+                });
+                (resource_spans.len() - 1, HashMap::new())
             });
-            (resource_spans.len() - 1, HashMap::new())
-        });
-        let rs = &mut resource_spans[*ri];
-        let si = *scopes.entry(span.scope).or_insert_with(|| {
-            rs.scope_spans.push(ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: span.scope.to_owned(),
-                    version: SCOPE_VERSION.to_owned(),
-                    ..Default::default()
-                }),
-                spans: Vec::new(),
-                schema_url: String::new(),
+            let rs = &mut resource_spans[*ri];
+            let si = *scopes.entry(span.scope).or_insert_with(|| {
+                rs.scope_spans.push(ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: span.scope.to_owned(),
+                        version: SCOPE_VERSION.to_owned(),
+                        ..Default::default()
+                    }),
+                    spans: Vec::new(),
+                    schema_url: String::new(),
+                });
+                rs.scope_spans.len() - 1
             });
-            rs.scope_spans.len() - 1
-        });
-        rs.scope_spans[si].spans.push(to_proto_span(span));
+            places.push((*ri, si));
+        }
+    }
+    for (span, (ri, si)) in spans.into_iter().zip(places) {
+        resource_spans[ri].scope_spans[si]
+            .spans
+            .push(to_proto_span(span));
     }
     ExportTraceServiceRequest { resource_spans }
 }
 
-fn to_proto_span(span: &Span) -> ProtoSpan {
-    let (code, message) = match &span.status {
+fn to_proto_span(span: Span) -> ProtoSpan {
+    let (code, message) = match span.status {
         Status::Unset => (StatusCode::Unset, String::new()),
         Status::Ok => (StatusCode::Ok, String::new()),
-        Status::Error { message } => (StatusCode::Error, message.clone()),
+        Status::Error { message } => (StatusCode::Error, message),
     };
     ProtoSpan {
         trace_id: span.trace_id.0.to_vec(),
         span_id: span.span_id.0.to_vec(),
-        trace_state: span.trace_state.clone(),
+        trace_state: span.trace_state,
         parent_span_id: span
             .parent_span_id
             .map(|p| p.0.to_vec())
             .unwrap_or_default(),
         // The model carries no W3C trace flags; zero means "unknown" in OTLP.
         flags: 0,
-        name: span.name.clone(),
+        name: span.name,
         kind: match span.kind {
             SpanKind::Server => ProtoKind::Server,
             SpanKind::Client => ProtoKind::Client,
         } as i32,
         start_time_unix_nano: span.start_unix_nanos,
         end_time_unix_nano: span.end_unix_nanos,
-        attributes: span.attributes.iter().map(to_key_value).collect(),
+        attributes: span.attributes.into_iter().map(into_key_value).collect(),
         status: Some(ProtoStatus {
             message,
             code: code as i32,
@@ -118,14 +127,18 @@ fn to_proto_span(span: &Span) -> ProtoSpan {
 }
 
 fn to_key_value(kv: &KeyValue) -> ProtoKeyValue {
-    let value = match &kv.value {
-        Value::Str(s) => any_value::Value::StringValue(s.clone()),
-        Value::Int(i) => any_value::Value::IntValue(*i),
-        Value::Bool(b) => any_value::Value::BoolValue(*b),
-        Value::Double(d) => any_value::Value::DoubleValue(*d),
+    into_key_value(kv.clone())
+}
+
+fn into_key_value(kv: KeyValue) -> ProtoKeyValue {
+    let value = match kv.value {
+        Value::Str(s) => any_value::Value::StringValue(s),
+        Value::Int(i) => any_value::Value::IntValue(i),
+        Value::Bool(b) => any_value::Value::BoolValue(b),
+        Value::Double(d) => any_value::Value::DoubleValue(d),
     };
     ProtoKeyValue {
-        key: kv.key.clone(),
+        key: kv.key,
         value: Some(AnyValue { value: Some(value) }),
         ..Default::default()
     }
@@ -543,8 +556,7 @@ impl OtlpSink {
         if n == 0 {
             return;
         }
-        let payload = self.transport.payload(to_otlp_request(&spans));
-        drop(spans);
+        let payload = self.transport.payload(to_otlp_request(spans));
         let started = Instant::now();
         let mut attempt: u32 = 1;
         loop {
@@ -700,7 +712,7 @@ mod tests {
             span(4, &b, "socktrace.http"),
             span(5, &a, "socktrace.http"),
         ];
-        let req = to_otlp_request(&spans);
+        let req = to_otlp_request(spans.clone());
         assert_eq!(req.resource_spans.len(), 2);
 
         let ra = &req.resource_spans[0];
@@ -757,7 +769,7 @@ mod tests {
                 value: Value::Double(1.5),
             },
         ];
-        let req = to_otlp_request(std::slice::from_ref(&s));
+        let req = to_otlp_request(vec![s.clone()]);
         let p = &req.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(p.trace_id, s.trace_id.0.to_vec());
         assert_eq!(p.span_id, vec![0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
@@ -795,12 +807,12 @@ mod tests {
         s.parent_span_id = None;
         s.kind = SpanKind::Server;
         s.status = Status::Ok;
-        let req = to_otlp_request(&[s]);
+        let req = to_otlp_request(vec![s]);
         let p = &req.resource_spans[0].scope_spans[0].spans[0];
         assert!(p.parent_span_id.is_empty());
         assert_eq!(p.kind, 2);
         assert_eq!(p.status.as_ref().unwrap().code, StatusCode::Ok as i32);
-        assert_eq!(to_otlp_request(&[]).resource_spans.len(), 0);
+        assert_eq!(to_otlp_request(Vec::new()).resource_spans.len(), 0);
     }
 
     fn status_with_retry_info(delay: Option<ProtoDuration>) -> Vec<u8> {

@@ -1,10 +1,11 @@
 //! The machinery shared by exporters: counters, the shutdown signal and the batching loop.
 
 use std::{
+    collections::VecDeque,
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -123,10 +124,81 @@ pub(crate) struct BatchConfig {
     pub(crate) batch_timeout: Duration,
 }
 
+/// The receiving end of an exporter's queue: chunks of spans, taken span by span.
+pub(crate) struct Queue {
+    rx: mpsc::UnboundedReceiver<Vec<Span>>,
+    /// Spans sent and not yet received (shared with the senders, who bound it).
+    in_queue: Arc<AtomicUsize>,
+    /// The rest of the last chunk received.
+    carry: VecDeque<Span>,
+}
+
+impl Queue {
+    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Vec<Span>>, in_queue: Arc<AtomicUsize>) -> Self {
+        Self {
+            rx,
+            in_queue,
+            carry: VecDeque::new(),
+        }
+    }
+
+    fn received(&mut self, chunk: Vec<Span>) {
+        self.in_queue.fetch_sub(chunk.len(), AcqRel);
+        self.carry.extend(chunk);
+    }
+
+    /// Moves spans into `batch` until it holds `max` or nothing is left at hand.
+    fn take(&mut self, batch: &mut Vec<Span>, max: usize) {
+        let n = max.saturating_sub(batch.len()).min(self.carry.len());
+        batch.extend(self.carry.drain(..n));
+    }
+
+    /// Waits for spans and moves some into `batch` (up to `max`); false once the queue is
+    /// closed and empty. Cancel-safe: the only await is the channel's.
+    async fn fill(&mut self, batch: &mut Vec<Span>, max: usize) -> bool {
+        if self.carry.is_empty() {
+            match self.rx.recv().await {
+                Some(chunk) => self.received(chunk),
+                None => return false,
+            }
+        }
+        self.take(batch, max);
+        true
+    }
+
+    /// Like `fill` without waiting: false when nothing is queued.
+    fn try_fill(&mut self, batch: &mut Vec<Span>, max: usize) -> bool {
+        if self.carry.is_empty() {
+            match self.rx.try_recv() {
+                Ok(chunk) => self.received(chunk),
+                Err(_) => return false,
+            }
+        }
+        self.take(batch, max);
+        true
+    }
+
+    /// Stops accepting chunks; what was sent stays to be taken.
+    fn close(&mut self) {
+        self.rx.close();
+    }
+
+    /// Drops everything still queued, returning how many spans that was.
+    fn discard(&mut self) -> u64 {
+        let mut n = self.carry.len() as u64;
+        self.carry.clear();
+        while let Ok(chunk) = self.rx.try_recv() {
+            self.in_queue.fetch_sub(chunk.len(), AcqRel);
+            n += chunk.len() as u64;
+        }
+        n
+    }
+}
+
 /// The single task of one exporter: collects batches (full, or after `batch_timeout`), hands
 /// them to the sink one at a time, and flushes what is queued on shutdown until the deadline.
 pub(crate) async fn run(
-    mut rx: mpsc::Receiver<Span>,
+    mut queue: Queue,
     mut sink: Sink,
     cfg: BatchConfig,
     mut shutdown: Shutdown,
@@ -137,15 +209,14 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             biased;
-            n = rx.recv_many(&mut batch, max_batch) => if n == 0 { break },
+            more = queue.fill(&mut batch, max_batch) => if !more { break },
             () = shutdown.requested() => break,
         }
         let flush_at = Instant::now() + cfg.batch_timeout;
         while batch.len() < max_batch {
-            let room = max_batch - batch.len();
             tokio::select! {
                 biased;
-                n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                more = queue.fill(&mut batch, max_batch) => if !more { break },
                 () = sleep_until(flush_at) => break,
                 () = shutdown.requested() => break,
             }
@@ -157,24 +228,16 @@ pub(crate) async fn run(
         }
     }
 
-    // Final flush. Closing first makes later `submit`s fail (and count as dropped) instead of
+    // Final flush. Closing first makes later submissions fail (and count as dropped) instead of
     // landing in a queue nobody reads.
-    rx.close();
+    queue.close();
     loop {
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(span) => batch.push(span),
-                Err(_) => break,
-            }
-        }
+        while batch.len() < max_batch && queue.try_fill(&mut batch, max_batch) {}
         if batch.is_empty() {
             break;
         }
         if shutdown.deadline_passed() {
-            let mut left = batch.len() as u64;
-            while rx.try_recv().is_ok() {
-                left += 1;
-            }
+            let left = batch.len() as u64 + queue.discard();
             counters.add_failed(left);
             tracing::warn!("exporter shutdown deadline reached; dropping {left} queued spans");
             break;
