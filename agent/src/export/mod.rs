@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod console;
+mod encode;
 pub mod otlp;
 mod pipeline;
 
@@ -32,7 +33,7 @@ pub use self::{
         ConfigError, ExportCli, ExportConfig, OtlpConfig, OtlpProtocol, RetryConfig, resolve_config,
     },
     console::format_span,
-    otlp::to_otlp_request,
+    encode::encode_request,
 };
 use self::{
     console::ConsoleSink,

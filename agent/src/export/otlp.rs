@@ -11,138 +11,35 @@
 //!
 //! Between attempts the delay grows exponentially (with jitter) up to [`RetryConfig`]'s bounds.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_client::TraceServiceClient,
-    },
-    common::v1::{AnyValue, InstrumentationScope, KeyValue as ProtoKeyValue, any_value},
-    resource::v1::Resource as ProtoResource,
-    trace::v1::{
-        ResourceSpans, ScopeSpans, Span as ProtoSpan, Status as ProtoStatus,
-        span::SpanKind as ProtoKind, status::StatusCode,
-    },
-};
+use bytes::{BufMut as _, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
 use rand::Rng as _;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 use tonic::{
     Code,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::uri::PathAndQuery,
     metadata::MetadataMap,
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
+use super::encode::encode_request;
 use super::{
     ExportError,
     config::{OtlpConfig, OtlpProtocol, RetryConfig},
     console::sanitize,
     pipeline::{Counters, Shutdown},
 };
-use crate::trace::span::{KeyValue, Span, SpanKind, Status, Value};
+use crate::trace::span::Span;
 
 /// Instrumentation scope version reported with every span.
 pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// `User-Agent` of both transports.
 pub const USER_AGENT: &str = concat!("socktrace/", env!("CARGO_PKG_VERSION"));
-
-/// Converts spans into one OTLP request: one `ResourceSpans` per distinct resource (by
-/// `Resource::key`), one `ScopeSpans` per scope inside it, in order of first appearance; spans
-/// keep their relative order. The spans' strings move into the request (no copies).
-pub fn to_otlp_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    let mut resource_spans: Vec<ResourceSpans> = Vec::new();
-    // Where each span goes: (index in resource_spans, index in its scope_spans).
-    let mut places = Vec::with_capacity(spans.len());
-    {
-        // resource key -> (index in resource_spans, scope name -> index in scope_spans)
-        let mut index: HashMap<&str, (usize, HashMap<&'static str, usize>)> = HashMap::new();
-        for span in &spans {
-            let (ri, scopes) = index.entry(span.resource.key.as_str()).or_insert_with(|| {
-                resource_spans.push(ResourceSpans {
-                    resource: Some(ProtoResource {
-                        attributes: span.resource.attributes.iter().map(to_key_value).collect(),
-                        ..Default::default()
-                    }),
-                    scope_spans: Vec::new(),
-                    schema_url: String::new(),
-                });
-                (resource_spans.len() - 1, HashMap::new())
-            });
-            let rs = &mut resource_spans[*ri];
-            let si = *scopes.entry(span.scope).or_insert_with(|| {
-                rs.scope_spans.push(ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: span.scope.to_owned(),
-                        version: SCOPE_VERSION.to_owned(),
-                        ..Default::default()
-                    }),
-                    spans: Vec::new(),
-                    schema_url: String::new(),
-                });
-                rs.scope_spans.len() - 1
-            });
-            places.push((*ri, si));
-        }
-    }
-    for (span, (ri, si)) in spans.into_iter().zip(places) {
-        resource_spans[ri].scope_spans[si]
-            .spans
-            .push(to_proto_span(span));
-    }
-    ExportTraceServiceRequest { resource_spans }
-}
-
-fn to_proto_span(span: Span) -> ProtoSpan {
-    let (code, message) = match span.status {
-        Status::Unset => (StatusCode::Unset, String::new()),
-        Status::Ok => (StatusCode::Ok, String::new()),
-        Status::Error { message } => (StatusCode::Error, message),
-    };
-    ProtoSpan {
-        trace_id: span.trace_id.0.to_vec(),
-        span_id: span.span_id.0.to_vec(),
-        trace_state: span.trace_state,
-        parent_span_id: span
-            .parent_span_id
-            .map(|p| p.0.to_vec())
-            .unwrap_or_default(),
-        // The model carries no W3C trace flags; zero means "unknown" in OTLP.
-        flags: 0,
-        name: span.name,
-        kind: match span.kind {
-            SpanKind::Server => ProtoKind::Server,
-            SpanKind::Client => ProtoKind::Client,
-        } as i32,
-        start_time_unix_nano: span.start_unix_nanos,
-        end_time_unix_nano: span.end_unix_nanos,
-        attributes: span.attributes.into_iter().map(into_key_value).collect(),
-        status: Some(ProtoStatus {
-            message,
-            code: code as i32,
-        }),
-        ..Default::default()
-    }
-}
-
-fn to_key_value(kv: &KeyValue) -> ProtoKeyValue {
-    into_key_value(kv.clone())
-}
-
-fn into_key_value(kv: KeyValue) -> ProtoKeyValue {
-    let value = match kv.value {
-        Value::Str(s) => any_value::Value::StringValue(s),
-        Value::Int(i) => any_value::Value::IntValue(i),
-        Value::Bool(b) => any_value::Value::BoolValue(b),
-        Value::Double(d) => any_value::Value::DoubleValue(d),
-    };
-    ProtoKeyValue {
-        key: kv.key,
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
 
 // ---- google.rpc.Status / RetryInfo, decoded by hand to avoid another dependency ----
 
@@ -217,7 +114,7 @@ struct Accepted {
 #[allow(clippy::large_enum_variant)]
 enum Transport {
     Grpc {
-        client: TraceServiceClient<Channel>,
+        client: tonic::client::Grpc<Channel>,
         metadata: MetadataMap,
     },
     Http {
@@ -225,9 +122,51 @@ enum Transport {
     },
 }
 
-enum Payload {
-    Grpc(ExportTraceServiceRequest),
-    Http(bytes::Bytes),
+/// The OTLP/gRPC method.
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// gRPC codec sending an already encoded `ExportTraceServiceRequest` (see
+/// [`encode_request`]) and decoding the response.
+#[derive(Clone, Copy, Debug, Default)]
+struct PreEncoded;
+
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = PreEncoded;
+    type Decoder = PreEncoded;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        PreEncoded
+    }
+}
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for PreEncoded {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable export response: {e}")))
+    }
 }
 
 impl Transport {
@@ -255,7 +194,7 @@ impl Transport {
                         .map_err(|e| client_error(&e))?;
                 }
                 Ok(Transport::Grpc {
-                    client: TraceServiceClient::new(endpoint.connect_lazy()),
+                    client: tonic::client::Grpc::new(endpoint.connect_lazy()),
                     metadata: MetadataMap::from_headers(headers),
                 })
             }
@@ -272,24 +211,31 @@ impl Transport {
         }
     }
 
-    fn payload(&self, request: ExportTraceServiceRequest) -> Payload {
+    /// Sends one encoded `ExportTraceServiceRequest`.
+    async fn send(&self, url: &str, payload: &Bytes) -> Result<Accepted, Failure> {
         match self {
-            Transport::Grpc { .. } => Payload::Grpc(request),
-            Transport::Http { .. } => Payload::Http(request.encode_to_vec().into()),
-        }
-    }
-
-    async fn send(&self, url: &str, payload: &Payload) -> Result<Accepted, Failure> {
-        match (self, payload) {
-            (Transport::Grpc { client, metadata }, Payload::Grpc(request)) => {
-                let mut req = tonic::Request::new(request.clone());
+            Transport::Grpc { client, metadata } => {
+                let mut req = tonic::Request::new(payload.clone());
                 *req.metadata_mut() = metadata.clone();
-                match client.clone().export(req).await {
+                let mut client = client.clone();
+                let sent = match client.ready().await {
+                    Ok(()) => {
+                        client
+                            .unary(req, PathAndQuery::from_static(GRPC_EXPORT_PATH), PreEncoded)
+                            .await
+                    }
+                    Err(e) => Err(tonic::Status::unavailable(format!(
+                        "connection not ready: {}",
+                        error_chain(&e)
+                    ))),
+                };
+                match sent {
                     Ok(resp) => Ok(accepted(resp.into_inner())),
                     Err(status) => Err(grpc_failure(&status)),
                 }
             }
-            (Transport::Http { client }, Payload::Http(body)) => {
+            Transport::Http { client } => {
+                let body = payload;
                 let resp = client
                     .post(url)
                     .header(CONTENT_TYPE, "application/x-protobuf")
@@ -326,7 +272,6 @@ impl Transport {
                     },
                 })
             }
-            _ => unreachable!("payload built by the same transport"),
         }
     }
 }
@@ -556,7 +501,8 @@ impl OtlpSink {
         if n == 0 {
             return;
         }
-        let payload = self.transport.payload(to_otlp_request(spans));
+        let payload = Bytes::from(encode_request(&spans));
+        drop(spans);
         let started = Instant::now();
         let mut attempt: u32 = 1;
         loop {
@@ -657,8 +603,21 @@ impl OtlpSink {
 mod tests {
     use std::sync::Arc;
 
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        common::v1::{KeyValue as ProtoKeyValue, any_value},
+        trace::v1::{
+            ScopeSpans, Status as ProtoStatus, span::SpanKind as ProtoKind, status::StatusCode,
+        },
+    };
+
     use super::*;
-    use crate::trace::span::{Resource, SpanId, TraceId};
+    use crate::trace::span::{KeyValue, Resource, SpanId, SpanKind, Status, TraceId, Value};
+
+    /// What the exporter sends for `spans`, decoded with the generated messages.
+    fn to_otlp_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest::decode(encode_request(&spans).as_slice()).expect("decodes")
+    }
 
     fn resource(pid: u32, service: &str) -> Arc<Resource> {
         Arc::new(Resource {
