@@ -178,8 +178,8 @@ pub fn build_resource(
     for (k, v) in &proc.env_attributes {
         if k != "service.name" && !attrs.iter().any(|kv| kv.key == *k) {
             attrs.push(KeyValue {
-                key: k.clone(),
-                value: Value::Str(v.clone()),
+                key: k.clone().into(),
+                value: Value::from(v.clone()),
             });
         }
     }

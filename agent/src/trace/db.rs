@@ -2,7 +2,7 @@
 
 use super::{
     http::{ConnMeta, ip_string},
-    span::{ExchangeSpan, KeyValue, Span, SpanKind, Status},
+    span::{ExchangeSpan, KeyValue, Span, SpanKind, Status, Value},
 };
 use crate::protocol::postgres::{self, Statement};
 
@@ -32,7 +32,7 @@ pub fn build_pg_span(
     to_unix: &dyn Fn(u64) -> u64,
 ) -> Span {
     let mut attrs = Vec::with_capacity(12);
-    attrs.push(KeyValue::new("db.system.name", "postgresql"));
+    attrs.push(KeyValue::new("db.system.name", Value::text("postgresql")));
     if let Some(db) = database {
         attrs.push(KeyValue::new("db.namespace", db));
     }

@@ -10,7 +10,7 @@ use std::{
 
 use super::{
     context::{HeaderContext, parse_traceparent},
-    span::{ExchangeSpan, KeyValue, Resource, Span, SpanKind, Status},
+    span::{ExchangeSpan, KeyValue, Resource, Span, SpanKind, Status, Value},
 };
 use crate::protocol::http1::{Exchange, Header};
 
@@ -287,11 +287,12 @@ pub fn build_http_span(
 ) -> Span {
     let mut attrs = Vec::with_capacity(16);
     let method_upper = msg.method;
-    let known = KNOWN_METHODS.contains(&method_upper);
-    if known {
-        attrs.push(KeyValue::new("http.request.method", method_upper));
+    let known_method = KNOWN_METHODS.iter().find(|m| **m == method_upper);
+    let known = known_method.is_some();
+    if let Some(m) = known_method {
+        attrs.push(KeyValue::new("http.request.method", Value::text(m)));
     } else {
-        attrs.push(KeyValue::new("http.request.method", "_OTHER"));
+        attrs.push(KeyValue::new("http.request.method", Value::text("_OTHER")));
         attrs.push(KeyValue::new("http.request.method_original", method_upper));
     }
     let (authority, path, query) = split_target(msg.target);
@@ -311,7 +312,7 @@ pub fn build_http_span(
             if let Some(q) = query {
                 attrs.push(KeyValue::new("url.query", redact_query(q)));
             }
-            attrs.push(KeyValue::new("url.scheme", "http"));
+            attrs.push(KeyValue::new("url.scheme", Value::text("http")));
             if config.route_heuristic {
                 let r = route_from_path(path);
                 attrs.push(KeyValue::new("http.route", r.clone()));
@@ -364,7 +365,10 @@ pub fn build_http_span(
             ));
         }
     }
-    attrs.push(KeyValue::new("network.protocol.version", msg.version));
+    attrs.push(KeyValue::new(
+        "network.protocol.version",
+        Value::text(msg.version),
+    ));
     if let Some(ua) = header(msg.headers, "user-agent") {
         attrs.push(KeyValue::new("user_agent.original", ua));
     }
@@ -398,7 +402,7 @@ pub fn build_http_span(
             }
         }
         None => {
-            attrs.push(KeyValue::new("error.type", "_OTHER"));
+            attrs.push(KeyValue::new("error.type", Value::text("_OTHER")));
             status = Status::Error {
                 message: msg.no_response.to_owned(),
             };

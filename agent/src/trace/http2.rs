@@ -3,7 +3,7 @@
 
 use super::{
     http::{ConnMeta, HttpMessage, HttpSpanConfig, HttpSpanStats, build_http_span, ip_string},
-    span::{ExchangeSpan, KeyValue, Span, SpanKind, Status},
+    span::{ExchangeSpan, KeyValue, Span, SpanKind, Status, Value},
 };
 use crate::{
     protocol::http2::{H2Stream, StreamEnd},
@@ -196,7 +196,7 @@ fn build_grpc_span(
     let path = stream.request_header(":path");
     let (service, method) = path.and_then(split_grpc_path).unzip();
     let mut attrs = Vec::with_capacity(14);
-    attrs.push(KeyValue::new("rpc.system", "grpc"));
+    attrs.push(KeyValue::new("rpc.system", Value::text("grpc")));
     if let (Some(service), Some(method)) = (service, method) {
         attrs.push(KeyValue::new("rpc.service", service));
         attrs.push(KeyValue::new("rpc.method", method));
@@ -230,9 +230,9 @@ fn build_grpc_span(
         "network.peer.port",
         i64::from(conn.peer.port()),
     ));
-    attrs.push(KeyValue::new("network.transport", "tcp"));
-    attrs.push(KeyValue::new("network.protocol.name", "http"));
-    attrs.push(KeyValue::new("network.protocol.version", "2"));
+    attrs.push(KeyValue::new("network.transport", Value::text("tcp")));
+    attrs.push(KeyValue::new("network.protocol.name", Value::text("http")));
+    attrs.push(KeyValue::new("network.protocol.version", Value::text("2")));
 
     // grpc-status lives in the trailers, or in the headers of a Trailers-Only response.
     let code = stream
@@ -267,7 +267,7 @@ fn build_grpc_span(
             // RST_STREAM CANCEL is how a call is cancelled (status CANCELLED, code 1).
             if error_code == 8 {
                 attrs.push(KeyValue::new("rpc.grpc.status_code", 1));
-                attrs.push(KeyValue::new("error.type", "CANCELLED"));
+                attrs.push(KeyValue::new("error.type", Value::text("CANCELLED")));
             } else {
                 attrs.push(KeyValue::new("error.type", h2_error_name(error_code)));
             }
@@ -282,7 +282,7 @@ fn build_grpc_span(
         (None, end) => {
             // The status was not seen: lost in capture, or the call never finished.
             partial = true;
-            attrs.push(KeyValue::new("error.type", "_OTHER"));
+            attrs.push(KeyValue::new("error.type", Value::text("_OTHER")));
             status = Status::Error {
                 message: match end {
                     StreamEnd::GoAway { .. } => "connection going away",

@@ -1,6 +1,6 @@
 //! The span the pipeline produces, independent of any export format.
 
-use std::{fmt, sync::Arc};
+use std::{borrow::Cow, fmt, sync::Arc};
 
 /// W3C trace id (16 bytes, never all zero when valid).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -65,21 +65,29 @@ pub enum SpanKind {
     Client,
 }
 
+/// An attribute value. Strings known at compile time (conventional values like `http`) are
+/// borrowed, not allocated for every span.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
-    Str(String),
+    Str(Cow<'static, str>),
     Int(i64),
     Bool(bool),
     Double(f64),
 }
+impl Value {
+    /// A string value known at compile time (no allocation).
+    pub const fn text(s: &'static str) -> Self {
+        Value::Str(Cow::Borrowed(s))
+    }
+}
 impl From<&str> for Value {
     fn from(v: &str) -> Self {
-        Value::Str(v.to_owned())
+        Value::Str(Cow::Owned(v.to_owned()))
     }
 }
 impl From<String> for Value {
     fn from(v: String) -> Self {
-        Value::Str(v)
+        Value::Str(Cow::Owned(v))
     }
 }
 impl From<i64> for Value {
@@ -103,14 +111,15 @@ impl fmt::Display for Value {
     }
 }
 
-/// One attribute. Keys are semantic-convention names, so mostly static strings.
+/// One attribute. Keys are semantic-convention names, so mostly static strings: those are
+/// borrowed, not allocated for every span.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyValue {
-    pub key: String,
+    pub key: Cow<'static, str>,
     pub value: Value,
 }
 impl KeyValue {
-    pub fn new(key: impl Into<String>, value: impl Into<Value>) -> Self {
+    pub fn new(key: impl Into<Cow<'static, str>>, value: impl Into<Value>) -> Self {
         Self {
             key: key.into(),
             value: value.into(),
@@ -143,7 +152,7 @@ impl Resource {
             .iter()
             .find(|kv| kv.key == "service.name")
             .and_then(|kv| match &kv.value {
-                Value::Str(s) => Some(s.as_str()),
+                Value::Str(s) => Some(s.as_ref()),
                 _ => None,
             })
             .unwrap_or("unknown_service")

@@ -103,13 +103,13 @@ fn to_key_value(kv: &KeyValue) -> ProtoKeyValue {
 
 fn into_key_value(kv: KeyValue) -> ProtoKeyValue {
     let value = match kv.value {
-        Value::Str(s) => any_value::Value::StringValue(s),
+        Value::Str(s) => any_value::Value::StringValue(s.into_owned()),
         Value::Int(i) => any_value::Value::IntValue(i),
         Value::Bool(b) => any_value::Value::BoolValue(b),
         Value::Double(d) => any_value::Value::DoubleValue(d),
     };
     ProtoKeyValue {
-        key: kv.key,
+        key: kv.key.into_owned(),
         value: Some(AnyValue { value: Some(value) }),
         ..Default::default()
     }
@@ -176,7 +176,7 @@ fn every_field_and_value_kind_encodes_as_the_generated_messages_do() {
         KeyValue::new("socktrace.partial", true),
         KeyValue::new("off", false),
         KeyValue {
-            key: "ratio".to_owned(),
+            key: "ratio".into(),
             value: Value::Double(0.25),
         },
         KeyValue::new("zero", 0i64),
@@ -235,7 +235,7 @@ fn random_batches_encode_as_the_generated_messages_do() {
                         1 => KeyValue::new(key, next() as i64),
                         2 => KeyValue::new(key, next() % 2 == 0),
                         _ => KeyValue {
-                            key,
+                            key: key.into(),
                             value: Value::Double(f64::from_bits(next())),
                         },
                     });
