@@ -467,7 +467,10 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool>(io: &ActiveIo, len: u
     header.captured = captured as u32;
     header.tail = tail as u32;
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    let _ = TRACKED_SOCKS.insert(io.sk, 1u8, 0);
+    // An LRU update takes the map's locks: only the first event of a socket pays it.
+    if TRACKED_SOCKS.get_ptr(&io.sk).is_none() {
+        let _ = TRACKED_SOCKS.insert(io.sk, 1u8, 0);
+    }
 
     let mut size = core::mem::size_of::<DataEvent>() + captured + tail;
     if SERVER_CTX
