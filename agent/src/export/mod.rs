@@ -288,26 +288,14 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::trace::span::{Resource, SpanId, SpanKind, Status, TraceId};
+    use crate::trace::span::Resource;
 
     fn span(n: u8) -> Span {
-        Span {
-            trace_id: TraceId([n; 16]),
-            span_id: SpanId([n; 8]),
-            parent_span_id: None,
-            trace_state: String::new(),
-            name: format!("span-{n}"),
-            kind: SpanKind::Server,
-            start_unix_nanos: 1,
-            end_unix_nanos: 2,
+        let resource = Arc::new(Resource {
+            key: "k".into(),
             attributes: vec![],
-            status: Status::Unset,
-            resource: Arc::new(Resource {
-                key: "k".into(),
-                attributes: vec![],
-            }),
-            scope: "socktrace.test",
-        }
+        });
+        Span::for_test(n, &resource, "socktrace.test")
     }
 
     #[test]

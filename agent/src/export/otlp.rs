@@ -630,20 +630,7 @@ mod tests {
     }
 
     fn span(n: u8, resource: &Arc<Resource>, scope: &'static str) -> Span {
-        Span {
-            trace_id: TraceId([n; 16]),
-            span_id: SpanId([n; 8]),
-            parent_span_id: None,
-            trace_state: String::new(),
-            name: format!("span-{n}"),
-            kind: SpanKind::Server,
-            start_unix_nanos: 1_000 + u64::from(n),
-            end_unix_nanos: 2_000 + u64::from(n),
-            attributes: vec![],
-            status: Status::Unset,
-            resource: resource.clone(),
-            scope,
-        }
+        Span::for_test(n, resource, scope)
     }
 
     fn names(ss: &ScopeSpans) -> Vec<&str> {

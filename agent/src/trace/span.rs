@@ -222,3 +222,24 @@ impl Span {
             .map(|kv| &kv.value)
     }
 }
+
+#[cfg(test)]
+impl Span {
+    /// A finished SERVER span for tests: ids filled with `n`, named `span-{n}`, no attributes.
+    pub fn for_test(n: u8, resource: &Arc<Resource>, scope: &'static str) -> Span {
+        Span {
+            trace_id: TraceId([n; 16]),
+            span_id: SpanId([n; 8]),
+            parent_span_id: None,
+            trace_state: String::new(),
+            name: format!("span-{n}"),
+            kind: SpanKind::Server,
+            start_unix_nanos: 1_000 + u64::from(n),
+            end_unix_nanos: 2_000 + u64::from(n),
+            attributes: Vec::new(),
+            status: Status::Unset,
+            resource: Arc::clone(resource),
+            scope,
+        }
+    }
+}

@@ -44,7 +44,7 @@ use socktrace_common::{
 use crate::{
     context::{THREAD_CTX, random_trace_id},
     http::{self, DUP_CL, HAS_CHUNKED, HAS_CL, HAS_TE, HAS_TP, HAS_UPGRADE, HeadScan},
-    maps::{EVENTS, count, current_is_traced, wakeup_flags},
+    maps::{count, current_is_traced, send_event},
     syscalls::{ACTIVE_IO, ActiveIo},
 };
 
@@ -706,10 +706,6 @@ fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> 
         trace_id,
         span_id,
     };
-    if EVENTS.output(ev, wakeup_flags()).is_ok() {
-        count(stats::EVENTS_SENT);
-    } else {
-        count(stats::RINGBUF_FULL);
-    }
+    send_event(ev);
     true
 }

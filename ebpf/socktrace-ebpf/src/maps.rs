@@ -101,6 +101,16 @@ pub fn count(index: u32) {
     }
 }
 
+/// Sends a fixed-size record to user space, counting it as sent or lost to a full buffer.
+#[inline(always)]
+pub fn send_event<T>(ev: T) {
+    if EVENTS.output::<T>(ev, wakeup_flags()).is_ok() {
+        count(stats::EVENTS_SENT);
+    } else {
+        count(stats::RINGBUF_FULL);
+    }
+}
+
 /// Whether the calling process is one we trace (and never the agent itself).
 #[inline(always)]
 pub fn current_is_traced() -> bool {

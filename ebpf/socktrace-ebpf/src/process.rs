@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use socktrace_common::{EVENT_EXEC, EVENT_EXIT, ProcEvent, stats};
 
-use crate::maps::{EVENTS, EXE_NAMES, TRACED_PIDS, count, filter_pids, wakeup_flags};
+use crate::maps::{EXE_NAMES, TRACED_PIDS, count, filter_pids, send_event};
 
 #[inline(always)]
 fn send(kind: u32, pid: u32) {
@@ -18,11 +18,7 @@ fn send(kind: u32, pid: u32) {
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if EVENTS.output(ev, wakeup_flags()).is_ok() {
-        count(stats::EVENTS_SENT);
-    } else {
-        count(stats::RINGBUF_FULL);
-    }
+    send_event(ev);
 }
 
 /// `sched_process_fork`: `child_pid` at offset 20. Runs in the parent's context.

@@ -18,8 +18,8 @@ use socktrace_common::{
 use crate::{
     inject,
     maps::{
-        EVENTS, SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCKS, TRACED_CONNECTING, TRACKED_SOCKS,
-        agent_tgid, count, current_is_traced, wakeup_flags,
+        SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCKS, TRACED_CONNECTING, TRACKED_SOCKS, agent_tgid,
+        count, current_is_traced, send_event,
     },
     syscalls::{ACTIVE_IO, ActiveIo, IO_PEEK},
 };
@@ -306,11 +306,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                     sk,
                     tuple,
                 };
-                if EVENTS.output(ev, wakeup_flags()).is_ok() {
-                    count(stats::EVENTS_SENT);
-                } else {
-                    count(stats::RINGBUF_FULL);
-                }
+                send_event(ev);
             }
             return Ok(());
         }
@@ -323,11 +319,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                     ts_ns: bpf_ktime_get_ns(),
                     sk,
                 };
-                if EVENTS.output(ev, wakeup_flags()).is_ok() {
-                    count(stats::EVENTS_SENT);
-                } else {
-                    count(stats::RINGBUF_FULL);
-                }
+                send_event(ev);
             }
             if newstate == TCP_CLOSE {
                 let _ = TRACKED_SOCKS.remove(&sk);

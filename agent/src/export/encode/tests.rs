@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::{
 use prost::Message as _;
 
 use super::{super::otlp::SCOPE_VERSION, encode_request};
-use crate::trace::span::{KeyValue, Resource, Span, SpanId, SpanKind, Status, TraceId, Value};
+use crate::trace::span::{KeyValue, Resource, Span, SpanId, SpanKind, Status, Value};
 
 /// The reference: one `ResourceSpans` per resource key, one `ScopeSpans` per scope, in order of
 /// first appearance, every field set as the OTLP conventions say.
@@ -123,20 +123,7 @@ fn resource(key: &str, attrs: Vec<KeyValue>) -> Arc<Resource> {
 }
 
 fn span(n: u8, resource: &Arc<Resource>, scope: &'static str) -> Span {
-    Span {
-        trace_id: TraceId([n; 16]),
-        span_id: SpanId([n.wrapping_add(1); 8]),
-        parent_span_id: None,
-        trace_state: String::new(),
-        name: format!("span {n}"),
-        kind: SpanKind::Server,
-        start_unix_nanos: 1_700_000_000_000_000_000 + u64::from(n),
-        end_unix_nanos: 1_700_000_000_000_500_000 + u64::from(n),
-        attributes: Vec::new(),
-        status: Status::Unset,
-        resource: Arc::clone(resource),
-        scope,
-    }
+    Span::for_test(n, resource, scope)
 }
 
 fn assert_same(spans: &[Span]) {
@@ -254,47 +241,4 @@ fn random_batches_encode_as_the_generated_messages_do() {
             .collect();
         assert_same(&spans);
     }
-}
-
-#[test]
-fn spans_keep_their_order_within_resource_and_scope_groups() {
-    let a = resource("a", Vec::new());
-    let b = resource("b", Vec::new());
-    // Equal keys are one resource even from different allocations.
-    let a2 = resource("a", Vec::new());
-    let spans = vec![
-        span(1, &a, "socktrace.http"),
-        span(2, &b, "socktrace.http"),
-        span(3, &a2, "socktrace.grpc"),
-        span(4, &b, "socktrace.http"),
-        span(5, &a, "socktrace.http"),
-    ];
-    let req = ExportTraceServiceRequest::decode(encode_request(&spans).as_slice()).unwrap();
-    let layout: Vec<Vec<(String, Vec<String>)>> = req
-        .resource_spans
-        .iter()
-        .map(|rs| {
-            rs.scope_spans
-                .iter()
-                .map(|ss| {
-                    (
-                        ss.scope.as_ref().unwrap().name.clone(),
-                        ss.spans.iter().map(|s| s.name.clone()).collect(),
-                    )
-                })
-                .collect()
-        })
-        .collect();
-    let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    assert_eq!(
-        layout,
-        vec![
-            vec![
-                ("socktrace.http".to_owned(), names(&["span 1", "span 5"])),
-                ("socktrace.grpc".to_owned(), names(&["span 3"])),
-            ],
-            vec![("socktrace.http".to_owned(), names(&["span 2", "span 4"]))],
-        ]
-    );
-    assert_same(&spans);
 }
