@@ -1,5 +1,5 @@
 //! Drives one `PgConn` with arbitrary segments in both directions, in the format of
-//! `segments.rs` (large gaps `next byte << 20`, no tails). `close()` is always called at the
+//! `segments.rs` (large gaps `next byte << 20`, copied tails). `close()` is always called at the
 //! end. Besides "no panic, no hang", the target checks the invariants the parser promises
 //! whatever the input: counters within what was fed, timestamps from the segments, texts from
 //! the client's own bytes, and bounded text sizes.
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let mut back = 0u64;
     let mut front_bytes = Vec::new();
     let mut out: Vec<Statement> = Vec::new();
-    let mut steps = Segments::new(data, 0, 20, false);
+    let mut steps = Segments::new(data, 0, 20, true);
     for step in steps.by_ref() {
         match step {
             Step::Close { ts } => conn.close(ts),
@@ -35,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
                     back += seg.len;
                     conn.push_backend(seg);
                 } else {
+                    // Every copied client byte, prefix then tail.
                     front_bytes.extend_from_slice(&seg.data);
+                    front_bytes.extend_from_slice(&seg.tail);
                     conn.push_frontend(seg);
                 }
             }

@@ -68,8 +68,6 @@ mod sql;
 #[cfg(test)]
 mod tests;
 
-use bytes::Bytes;
-
 pub use super::{Detect, Segment};
 pub use conn::{MAX_PENDING, MAX_PREPARED};
 pub use frame::MAX_KEEP;
@@ -218,14 +216,12 @@ impl PgConn {
 
     /// Bytes client -> server.
     pub fn push_frontend(&mut self, seg: Segment) {
-        let (data, gap) = split_segment(&seg.data, seg.len);
-        self.front.push(&mut self.sess, data, gap, seg.ts_ns);
+        push_segment(&mut self.front, &mut self.sess, &seg);
     }
 
     /// Bytes server -> client.
     pub fn push_backend(&mut self, seg: Segment) {
-        let (data, gap) = split_segment(&seg.data, seg.len);
-        self.back.push(&mut self.sess, data, gap, seg.ts_ns);
+        push_segment(&mut self.back, &mut self.sess, &seg);
     }
 
     /// The connection closed at `ts_ns`: messages cut by the close are dropped, and statements
@@ -272,6 +268,18 @@ impl PgConn {
 
 /// Captured bytes and gap length. A segment claiming fewer bytes than it carries is trusted for
 /// its data.
-fn split_segment(data: &Bytes, len: u64) -> (&[u8], u64) {
-    (&data[..], len.saturating_sub(data.len() as u64))
+/// One segment into a direction: its copied prefix, the uncopied middle as a gap, then its
+/// copied tail. The tail holds the end of a large I/O - the CommandComplete and ReadyForQuery
+/// after a big result - where framing is picked up again (counted through the gap, or found by
+/// the resynchronising search) instead of at the next I/O.
+fn push_segment(framer: &mut Framer, sess: &mut Session, seg: &Segment) {
+    let gap = seg.len.saturating_sub(seg.data.len() as u64);
+    let tail = &seg.tail[..];
+    let middle = gap.saturating_sub(tail.len() as u64);
+    if tail.is_empty() {
+        framer.push(sess, &seg.data, gap, seg.ts_ns);
+        return;
+    }
+    framer.push(sess, &seg.data, middle, seg.ts_ns);
+    framer.push(sess, tail, 0, seg.ts_ns);
 }

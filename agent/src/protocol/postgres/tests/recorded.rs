@@ -57,15 +57,23 @@ fn all_in_one(events: &[Event]) -> Vec<Event> {
 
 /// Each segment's capture limited to its first `cap` bytes; lengths unchanged.
 pub(super) fn capped(events: &[Event], cap: usize) -> Vec<Event> {
+    capped_with_tail(events, cap, 0)
+}
+
+/// As the kernel copies: the first `cap` bytes of each segment and, of a longer one, its last
+/// `tail` bytes.
+pub(super) fn capped_with_tail(events: &[Event], cap: usize, tail: usize) -> Vec<Event> {
     events
         .iter()
-        .map(|e| Event {
-            to: e.to,
-            seg: Segment::prefix(
-                e.seg.ts_ns,
-                e.seg.data.slice(..e.seg.data.len().min(cap)),
-                e.seg.len,
-            ),
+        .map(|e| {
+            let d = &e.seg.data;
+            let n = d.len().min(cap);
+            let t = (d.len() - n).min(tail);
+            Event {
+                to: e.to,
+                seg: Segment::prefix(e.seg.ts_ns, d.slice(..n), e.seg.len)
+                    .with_tail(d.slice(d.len() - t..)),
+            }
         })
         .collect()
 }
@@ -347,6 +355,32 @@ fn large_result_with_256_byte_capture() {
     assert!(!xs[1].partial, "{:?}", xs[1]);
 }
 
+#[test]
+fn the_tail_of_a_large_read_gives_the_row_count() {
+    // The whole result in one read, as a client reading far more than the capture sees its last
+    // read: the CommandComplete is in the read's last bytes, long past the copied prefix.
+    let events = merged_runs(&load_rec("psql_large"));
+    let exp = load_expected("psql_large");
+    let big = events
+        .iter()
+        .map(|e| e.seg.data.len())
+        .max()
+        .unwrap_or_default();
+    assert!(
+        big > 1_000_000,
+        "one read of the whole result ({big} bytes)"
+    );
+    let (without, _) = replay(&capped(&events, 256));
+    assert_eq!(without.len(), 1);
+    assert_eq!((without[0].rows, without[0].partial), (None, true));
+    let (with, conn) = replay(&capped_with_tail(&events, 256, 256));
+    assert_eq!(summaries(&with), exp.stmts);
+    assert_eq!(with[0].rows, Some(100_020));
+    // The rows between prefix and tail were never seen: still marked partial.
+    assert!(with[0].partial);
+    assert_eq!(conn.stats().invalid_messages, 0);
+}
+
 /// With capture truncated, statements may become partial but a clean one must never be wrong:
 /// the clean statements are expected ones, in order, and every text is a prefix of an expected
 /// one.
@@ -355,8 +389,12 @@ fn recordings_with_truncated_capture_never_report_wrong_clean_statements() {
     for name in recordings() {
         let exp = load_expected(&name);
         let events = load_rec(&name);
-        for cap in [0, 1, 5, 6, 16, 64, 100, 256, 1024] {
-            let (xs, conn) = replay(&capped(&events, cap));
+        // With and without the copied tail of each read (as the kernel copies it).
+        for (cap, tail) in [0, 1, 5, 6, 16, 64, 100, 256, 1024]
+            .into_iter()
+            .flat_map(|c| [(c, 0), (c, 16), (c, 256)])
+        {
+            let (xs, conn) = replay(&capped_with_tail(&events, cap, tail));
             let mut next = 0;
             for s in xs.iter() {
                 if let Some(q) = &s.query {
@@ -365,7 +403,7 @@ fn recordings_with_truncated_capture_never_report_wrong_clean_statements() {
                             .query
                             .as_deref()
                             .is_some_and(|t| t.starts_with(q.as_str()))),
-                        "{name} cap {cap}: text {q:?} not expected"
+                        "{name} cap {cap} tail {tail}: text {q:?} not expected"
                     );
                 }
                 if s.partial {
@@ -373,13 +411,18 @@ fn recordings_with_truncated_capture_never_report_wrong_clean_statements() {
                 }
                 let got = summary(s);
                 let Some(i) = exp.stmts[next..].iter().position(|e| *e == got) else {
-                    panic!("{name} cap {cap}: clean {got:?} not expected after #{next}\n{xs:#?}");
+                    panic!(
+                        "{name} cap {cap} tail {tail}: clean {got:?} not expected after #{next}\n{xs:#?}"
+                    );
                 };
                 next += i + 1;
             }
             let total: u64 = events.iter().map(|e| e.seg.len).sum();
-            assert!(conn.stats().bytes_skipped <= total, "{name} cap {cap}");
-            assert_eq!(conn.buffered(), 0, "{name} cap {cap}");
+            assert!(
+                conn.stats().bytes_skipped <= total,
+                "{name} cap {cap} tail {tail}"
+            );
+            assert_eq!(conn.buffered(), 0, "{name} cap {cap} tail {tail}");
         }
     }
 }
