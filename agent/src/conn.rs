@@ -205,8 +205,11 @@ struct Injection {
     span_id: SpanId,
 }
 
-/// Most open connections of traced clients remembered (for same-host linking).
+/// Most connections of traced clients remembered (for same-host linking).
 const MAX_TRACED_CLIENTS: usize = 65536;
+/// How long a traced client's connection is remembered: the server side only asks when its
+/// first bytes arrive, right after the connection is established.
+const TRACED_CLIENT_TTL_NS: u64 = 60_000_000_000;
 
 /// Events in the request direction tried before a connection is declared not ours.
 const DETECT_TRIES: u8 = 4;
@@ -228,7 +231,8 @@ pub struct ConnTable {
     /// Open connections of traced clients: (client address, server address) -> socket, and
     /// the reverse, so that a server on this host knows its client is traced.
     traced_clients: HashMap<(SocketAddr, SocketAddr), u64>,
-    traced_client_socks: HashMap<u64, (SocketAddr, SocketAddr)>,
+    /// Socket -> its addresses and when it connected.
+    traced_client_socks: HashMap<u64, ((SocketAddr, SocketAddr), u64)>,
 }
 
 fn add_h2_stats(total: &mut http2::Http2Stats, s: &http2::Http2Stats) {
@@ -300,12 +304,25 @@ impl ConnTable {
             self.stats.traced_connects_dropped += 1;
             return;
         }
-        if let Some(old) = self.traced_client_socks.insert(ev.sk, addrs)
+        if let Some((old, _)) = self.traced_client_socks.insert(ev.sk, (addrs, ev.ts_ns))
             && self.traced_clients.get(&old) == Some(&ev.sk)
         {
             self.traced_clients.remove(&old);
         }
         self.traced_clients.insert(addrs, ev.sk);
+    }
+
+    /// Forgets traced clients' connections older than `TRACED_CLIENT_TTL_NS` (their servers
+    /// have long asked) - also those whose close was never reported.
+    pub fn expire_traced_clients(&mut self, now_ns: u64) {
+        let clients = &mut self.traced_clients;
+        self.traced_client_socks.retain(|sk, (addrs, at)| {
+            let keep = now_ns.saturating_sub(*at) <= TRACED_CLIENT_TTL_NS;
+            if !keep && clients.get(addrs) == Some(sk) {
+                clients.remove(addrs);
+            }
+            keep
+        });
     }
 
     /// What linking learned from the I/O handled since the last call, in order.
@@ -604,7 +621,7 @@ impl ConnTable {
         if new_state as i32 != TCP_CLOSE {
             return;
         }
-        if let Some(addrs) = self.traced_client_socks.remove(&sk)
+        if let Some((addrs, _)) = self.traced_client_socks.remove(&sk)
             && self.traced_clients.get(&addrs) == Some(&sk)
         {
             self.traced_clients.remove(&addrs);
@@ -1090,6 +1107,12 @@ mod tests {
         t.on_close(20, TCP_CLOSE as u32, 170, &mut Vec::new());
         assert!(!server_peer_linkable(&mut t, 10, server));
         assert_eq!(t.stats().traced_connects, 1);
+        assert!(t.traced_clients.is_empty() && t.traced_client_socks.is_empty());
+        // A client whose close never came is forgotten after a while all the same.
+        t.on_connect(&connect(21, client));
+        t.expire_traced_clients(1 + TRACED_CLIENT_TTL_NS);
+        assert_eq!(t.traced_client_socks.len(), 1);
+        t.expire_traced_clients(2 + TRACED_CLIENT_TTL_NS);
         assert!(t.traced_clients.is_empty() && t.traced_client_socks.is_empty());
     }
 

@@ -189,6 +189,7 @@ impl Pipeline {
         let now = Clock::monotonic_now();
         self.conns.expire(now, &mut self.out);
         self.conns.expire_injections(now);
+        self.conns.expire_traced_clients(now);
         self.emit();
         self.linker.tick(now);
         self.take_linked();

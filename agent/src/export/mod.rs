@@ -76,7 +76,8 @@ pub struct ExportStats {
 
 struct Lane {
     tx: mpsc::UnboundedSender<Vec<Span>>,
-    /// Spans sent and not yet taken by the task; at most `max_queue`.
+    /// Spans sent and not yet taken by the task: checked against `max_queue` at submission
+    /// (the task itself holds at most one more chunk and the batch it is building).
     in_queue: Arc<AtomicUsize>,
     max_queue: usize,
     counters: Arc<Counters>,

@@ -297,6 +297,10 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             }
             if role == ROLE_CLIENT && TRACED_CONNECTING.get_ptr(&sk).is_some() {
                 let _ = TRACED_CONNECTING.remove(&sk);
+                // Only a server on this host can use it: loopback, or to this host's own address.
+                if !is_local(&tuple) {
+                    return Ok(());
+                }
                 // Its close is reported too, so user space forgets it.
                 let _ = TRACKED_SOCKS.insert(sk, 1u8, 0);
                 let ev = ConnectEvent {
@@ -334,6 +338,20 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 #[inline(always)]
+/// A connection to this host: the destination is a loopback address or the source address.
+#[inline(always)]
+fn is_local(t: &ConnTuple) -> bool {
+    if t.saddr == t.daddr {
+        return true;
+    }
+    if t.family == AF_INET {
+        return t.daddr[0] == 127;
+    }
+    let mut loopback = [0u8; 16];
+    loopback[15] = 1;
+    t.daddr == loopback
+}
+
 fn is_v4_mapped(a: &[u8; 16]) -> bool {
     a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
 }

@@ -58,6 +58,9 @@ struct QueryState {
     pieces: Vec<Range<usize>>,
     /// The text was cut by the capture.
     cut: bool,
+    /// Backend framing was lost while it ran: a result may have gone unseen, so the n-th result
+    /// seen need not answer the n-th statement.
+    lost: bool,
     /// Start of the next statement of a multi-statement query: the end of the previous one.
     next_start: u64,
     /// CommandComplete / EmptyQueryResponse / ErrorResponse seen.
@@ -70,10 +73,15 @@ impl QueryState {
     /// The text of the statement the next result answers: the n-th statement of the text for
     /// the n-th result. Past the statements found, the whole text if it is complete (the lexer
     /// disagreed with the server), else unknown.
+    /// After lost results, which statement a result answers is unknown unless the text is one
+    /// complete statement.
     fn current(&self) -> Option<&str> {
         let text = self.text.as_deref()?;
         if self.pieces.is_empty() && !self.cut {
             return Some(text);
+        }
+        if self.lost {
+            return None;
         }
         match self.pieces.get(self.results as usize) {
             Some(r) => text.get(r.clone()),
@@ -301,6 +309,9 @@ impl Session {
                 self.resume = Some(ts);
                 if let Some(e) = self.queue.front_mut() {
                     e.partial = true;
+                    if let Kind::Query(q) = &mut e.kind {
+                        q.lost = true;
+                    }
                 }
             }
         }
@@ -383,6 +394,7 @@ impl Session {
                     text,
                     pieces,
                     cut: partial,
+                    lost: false,
                     next_start: m.start_ts,
                     results: 0,
                     activity: false,
@@ -1013,7 +1025,8 @@ impl Session {
                 let (tag, cut) = cstr_text(m.body, m.complete);
                 if let Some(tag) = tag {
                     if !cut {
-                        st.rows = returned_rows(&tag, seen.returned);
+                        // Rows may have gone by unseen in a partial exchange.
+                        st.rows = returned_rows(&tag, seen.returned || st.partial);
                     }
                     st.command_tag = Some(tag.to_string());
                 }
@@ -1094,14 +1107,15 @@ impl Seen {
     }
 }
 
-/// `db.response.returned_rows` from a CommandComplete tag: the rows a SELECT or FETCH returned
-/// (also none), and the rows an INSERT/UPDATE/DELETE/MERGE ... RETURNING or a COPY ... TO STDOUT
-/// sent (`returned`: the server sent rows). Rows only written, copied in or skipped (MOVE) are
-/// not returned rows.
+/// `db.response.returned_rows` from a CommandComplete tag: the rows the server sent back
+/// (`returned`: DataRow or CopyOutResponse seen) for a SELECT or FETCH, an INSERT/UPDATE/
+/// DELETE/MERGE ... RETURNING or a COPY ... TO STDOUT; a SELECT or FETCH of no rows returned
+/// zero. Rows only written (`CREATE TABLE AS` and `SELECT INTO` are tagged SELECT too), copied
+/// in or skipped (MOVE) are not returned rows.
 pub(super) fn returned_rows(tag: &str, returned: bool) -> Option<u64> {
     let rows = rows_of(tag)?;
     match tag.split(' ').next()? {
-        "SELECT" | "FETCH" => Some(rows),
+        "SELECT" | "FETCH" if returned || rows == 0 => Some(rows),
         "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "COPY" if returned => Some(rows),
         _ => None,
     }

@@ -277,10 +277,11 @@ pub fn sanitize(sql: &str) -> String {
 }
 
 /// The statements of a simple-query text, as byte ranges, in the order the server runs them:
-/// split at every `;` outside strings, quoted identifiers and comments, each piece trimmed of
-/// surrounding whitespace, pieces holding nothing but whitespace and comments left out (the
-/// server skips them too). The server answers each piece with one result, so the n-th result
-/// of the query belongs to the n-th piece.
+/// split at every `;` outside strings, quoted identifiers, comments and parentheses (`CREATE
+/// RULE ... DO (INSERT ...; INSERT ...)` is one statement), each piece trimmed of surrounding
+/// whitespace, pieces holding nothing but whitespace and comments left out (the server skips
+/// them too). The server answers each piece with one result, so the n-th result of the query
+/// belongs to the n-th piece.
 ///
 /// A text with a SQL-standard function body (`BEGIN ATOMIC ... END`, whose inner `;` do not
 /// end the statement) is not split: it is returned whole, as one piece.
@@ -289,14 +290,29 @@ pub fn statement_ranges(sql: &str) -> Vec<Range<usize>> {
     let mut start = 0;
     let mut significant = false;
     let mut last_word: Option<&str> = None;
+    let mut depth = 0usize;
+    // The lexer's whitespace (ASCII only), so that a trimmed piece keeps its first and last
+    // tokens and its bounds stay on character boundaries.
+    let space = |c: &&u8| matches!(**c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
     let trimmed = |r: Range<usize>| {
-        let piece = &sql[r.clone()];
-        let lead = piece.len() - piece.trim_start().len();
-        r.start + lead..r.start + piece.trim_end().len()
+        let piece = &sql.as_bytes()[r.clone()];
+        let lead = piece.iter().take_while(space).count();
+        let trail = piece[lead..].iter().rev().take_while(space).count();
+        r.start + lead..r.end - trail
     };
     for (tok, a, b) in Lexer::new(sql) {
         match tok {
-            Tok::Punct if &sql[a..b] == ";" => {
+            Tok::Punct if &sql[a..b] == "(" => {
+                depth += 1;
+                last_word = None;
+                significant = true;
+            }
+            Tok::Punct if &sql[a..b] == ")" => {
+                depth = depth.saturating_sub(1);
+                last_word = None;
+                significant = true;
+            }
+            Tok::Punct if depth == 0 && &sql[a..b] == ";" => {
                 if significant {
                     pieces.push(trimmed(start..a));
                 }

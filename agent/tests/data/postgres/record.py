@@ -347,15 +347,19 @@ STATEMENT_TOKEN = re.compile(
 
 def statements(text):
     """The statements of a simple-query text, as the server runs them: split at ';' outside
-    strings, quoted identifiers, dollar quotes and comments, trimmed, empty ones dropped; a
-    `BEGIN ATOMIC` function body keeps the whole text as one."""
-    pieces, start, words = [], 0, []
+    strings, quoted identifiers, dollar quotes, comments and parentheses, trimmed, empty ones
+    dropped; a `BEGIN ATOMIC` function body keeps the whole text as one."""
+    pieces, start, words, depth = [], 0, [], 0
     for m in STATEMENT_TOKEN.finditer(text):
         if m.group("word"):
             words.append(m.group("word").upper())
             if words[-2:] == ["BEGIN", "ATOMIC"]:
                 return [text.strip()]
-        elif m.group("semi"):
+        elif m.group(0) == "(":
+            depth += 1
+        elif m.group(0) == ")":
+            depth = max(depth - 1, 0)
+        elif m.group("semi") and depth == 0:
             pieces.append(text[start:m.start()])
             start = m.end()
             words = []
@@ -370,13 +374,15 @@ def significant(piece):
 
 
 def returned_rows(tag, query):
-    """db.response.returned_rows: SELECT/FETCH counts; INSERT/UPDATE/DELETE/MERGE only with
-    RETURNING and COPY only TO STDOUT (the server sends those rows); nothing else."""
+    """db.response.returned_rows: SELECT/FETCH counts (not CREATE TABLE AS / SELECT INTO, which
+    write their rows); INSERT/UPDATE/DELETE/MERGE only with RETURNING and COPY only TO STDOUT
+    (the server sends those rows); nothing else."""
     n = rows_of(tag) if tag else None
     word = tag.split(" ")[0] if tag else None
     q = (query or "").upper()
     if word in ("SELECT", "FETCH"):
-        return n
+        writes = re.match(r"\s*CREATE\b", q) or re.search(r"\bINTO\b", q)
+        return None if writes and n else n
     if word in ("INSERT", "UPDATE", "DELETE", "MERGE") and re.search(r"\bRETURNING\b", q):
         return n
     if word == "COPY" and re.search(r"\bTO\s+STDOUT\b", q):

@@ -520,6 +520,17 @@ fn statements_of_a_simple_query_text() {
         ),
         // Unterminated string: runs to the end, one statement.
         ("SELECT 'a; SELECT 2", vec!["SELECT 'a; SELECT 2"]),
+        // Semicolons inside parentheses belong to the statement.
+        (
+            "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2)); SELECT 1",
+            vec![
+                "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2))",
+                "SELECT 1",
+            ],
+        ),
+        // Non-ASCII spaces are not the lexer's whitespace: kept, never an inverted range.
+        ("\u{3000};SELECT 1", vec!["\u{3000}", "SELECT 1"]),
+        ("\u{a0}\u{a0}; \u{a0}", vec!["\u{a0}\u{a0}", "\u{a0}"]),
     ] {
         assert_eq!(pieces(sql), want, "{sql:?}");
     }
@@ -530,7 +541,7 @@ fn statement_ranges_never_panic_and_stay_in_bounds() {
     let mut rng = Rng(0x5717_0000_0000_0007);
     let alphabet: &[&str] = &[
         ";", "'", "\"", "$$", "$a$", "--", "\n", "/*", "*/", "E'", "\\", " ", "SELECT", "é",
-        "BEGIN", "ATOMIC", "x",
+        "BEGIN", "ATOMIC", "x", "(", ")", "\u{3000}", "\u{a0}", "\u{b}",
     ];
     for _ in 0..20_000 {
         let n = rng.below(12);
@@ -544,7 +555,9 @@ fn statement_ranges_never_panic_and_stay_in_bounds() {
                 "{sql:?}"
             );
             let piece = &sql[r.clone()];
-            assert_eq!(piece, piece.trim(), "{sql:?}");
+            let lexer_space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\u{b}' | '\u{c}');
+            assert_eq!(piece, piece.trim_matches(lexer_space), "{sql:?}");
+            assert!(!piece.is_empty(), "{sql:?}");
             last = r.end;
         }
     }
