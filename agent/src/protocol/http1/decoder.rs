@@ -95,6 +95,11 @@ impl Decoder {
         self.side == Side::Request
     }
 
+    /// Knows where it is in the stream (not searching for a head after losing its place).
+    pub(super) fn in_step(&self) -> bool {
+        self.synced && !matches!(self.state, State::Resync)
+    }
+
     /// One segment: `data` captured, then `gap` unknown bytes.
     pub(super) fn push(&mut self, p: &mut Pairing, data: &[u8], gap: u64, ts: u64) {
         if p.upgraded {

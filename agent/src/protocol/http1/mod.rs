@@ -248,14 +248,12 @@ impl Http1Conn {
 
     /// Bytes client -> server.
     pub fn push_request(&mut self, seg: Segment) {
-        let (data, gap) = split_segment(&seg);
-        self.req.push(&mut self.pairing, data, gap, seg.ts_ns);
+        push_segment(&mut self.req, &mut self.pairing, &seg);
     }
 
     /// Bytes server -> client.
     pub fn push_response(&mut self, seg: Segment) {
-        let (data, gap) = split_segment(&seg);
-        self.resp.push(&mut self.pairing, data, gap, seg.ts_ns);
+        push_segment(&mut self.resp, &mut self.pairing, &seg);
     }
 
     /// The connection closed (or half-closed) at `ts_ns`: finish a read-until-close response body,
@@ -293,6 +291,35 @@ impl Http1Conn {
 
     pub fn stats(&self) -> Http1Stats {
         self.pairing.stats
+    }
+}
+
+/// One segment into a direction: its copied prefix, the uncopied middle as a gap, then its
+/// copied tail - parsed only if the decoder is still in step after the middle (it counted a
+/// body through it), so the end of a large body (the CRLF and `0` chunk after one big chunk,
+/// the next head of a keep-alive connection) is read exactly. A decoder that lost its place
+/// counts the tail as unknown too: searching body bytes for a head could find a false one.
+fn push_segment(dec: &mut Decoder, p: &mut Pairing, seg: &Segment) {
+    let (data, gap) = split_segment(seg);
+    let tail = &seg.tail[..];
+    let tail_len = tail.len() as u64;
+    if tail.is_empty() || tail_len > gap {
+        dec.push(p, data, gap, seg.ts_ns);
+        return;
+    }
+    let was_upgraded = p.upgraded;
+    dec.push(p, data, gap - tail_len, seg.ts_ns);
+    if p.upgraded {
+        if !was_upgraded {
+            // The rest of the segment belongs to the new protocol: counted there, not parsed.
+            p.after_upgrade_gap += tail_len;
+        }
+        return;
+    }
+    if dec.in_step() {
+        dec.push(p, tail, 0, seg.ts_ns);
+    } else {
+        dec.push(p, &[], tail_len, seg.ts_ns);
     }
 }
 

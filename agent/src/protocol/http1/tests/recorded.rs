@@ -51,15 +51,23 @@ fn all_in_one(events: &[Event]) -> Vec<Event> {
 
 /// Each segment's capture limited to its first `cap` bytes; lengths unchanged.
 fn capped(events: &[Event], cap: usize) -> Vec<Event> {
+    capped_with_tail(events, cap, 0)
+}
+
+/// As the kernel copies: the first `cap` bytes of each segment and, of a longer one, its last
+/// `tail` bytes.
+fn capped_with_tail(events: &[Event], cap: usize, tail: usize) -> Vec<Event> {
     events
         .iter()
-        .map(|e| Event {
-            to: e.to,
-            seg: Segment::prefix(
-                e.seg.ts_ns,
-                e.seg.data.slice(..e.seg.data.len().min(cap)),
-                e.seg.len,
-            ),
+        .map(|e| {
+            let d = &e.seg.data;
+            let n = d.len().min(cap);
+            let t = (d.len() - n).min(tail);
+            Event {
+                to: e.to,
+                seg: Segment::prefix(e.seg.ts_ns, d.slice(..n), e.seg.len)
+                    .with_tail(d.slice(d.len() - t..)),
+            }
         })
         .collect()
 }
@@ -268,21 +276,28 @@ fn recordings_with_truncated_capture_never_report_wrong_clean_exchanges() {
     for name in recordings() {
         let (expected, _) = load_expected(&name);
         let events = load_rec(&name);
-        for cap in [0, 1, 16, 64, 100, 256, 1024, 4096] {
-            let (xs, conn) = replay(&capped(&events, cap));
+        // With and without the copied tail of each read (as the kernel copies it).
+        for (cap, tail) in [0, 1, 16, 64, 100, 256, 1024, 4096]
+            .into_iter()
+            .flat_map(|c| [(c, 0), (c, 16), (c, 256)])
+        {
+            let (xs, conn) = replay(&capped_with_tail(&events, cap, tail));
             let mut next = 0;
             for x in xs.iter().filter(|x| !x.partial) {
                 let s = summary(x);
                 let found = expected[next..].iter().position(|e| *e == s);
                 let Some(i) = found else {
                     panic!(
-                        "{name} cap {cap}: clean exchange {s:?} not expected after #{next}\n{xs:#?}"
+                        "{name} cap {cap} tail {tail}: clean exchange {s:?} not expected after #{next}\n{xs:#?}"
                     );
                 };
                 next += i + 1;
             }
             let total: u64 = events.iter().map(|e| e.seg.len).sum();
-            assert!(conn.stats().bytes_skipped <= total, "{name} cap {cap}");
+            assert!(
+                conn.stats().bytes_skipped <= total,
+                "{name} cap {cap} tail {tail}"
+            );
         }
     }
 }

@@ -717,6 +717,69 @@ fn one_mib_body_with_2k_captured_per_64k_segment() {
     assert_eq!(conn.stats(), Http1Stats::default());
 }
 
+/// As the kernel copies a large read: its first `prefix` and last `tail` bytes.
+fn resp_with_tail(ts: u64, wire: &[u8], prefix: usize, tail: usize) -> Event {
+    Event {
+        to: To::Client,
+        seg: cut(ts, &wire[..prefix], wire.len() as u64)
+            .with_tail(wire[wire.len() - tail..].to_vec()),
+    }
+}
+
+/// One big chunk read in one go: the chunk's CRLF, the last chunk and the next response are in
+/// the copied tail, so the body size is exact and the next exchange is read too.
+#[test]
+fn the_tail_of_a_large_read_ends_a_chunked_body_exactly() {
+    const CHUNK: usize = 1 << 20;
+    let mut wire =
+        format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{CHUNK:x}\r\n").into_bytes();
+    wire.extend((0..CHUNK).map(|i| b'a' + (i % 26) as u8));
+    wire.extend_from_slice(b"\r\n0\r\n\r\n");
+    wire.extend_from_slice(NOT_FOUND);
+    let events = [
+        req(1, &cat(&[GET_A, GET_B])),
+        resp_with_tail(2, &wire, 2048, 256),
+    ];
+    let (xs, conn) = replay(&events);
+    assert_eq!(
+        summaries(&xs),
+        [
+            clean("GET", "/a", 200, 0, CHUNK as u64),
+            clean("GET", "/b?x=1", 404, 0, 3)
+        ]
+    );
+    assert_eq!(conn.stats(), Http1Stats::default());
+    // Without the tail the end of the body is unknown: partial, and the 404 is lost.
+    let mut no_tail = events.clone();
+    no_tail[1] = resp_cut(2, &wire[..2048], wire.len() as u64);
+    let (xs, _) = replay(&no_tail);
+    assert!(
+        xs.iter().all(|x| x.partial || x.response.is_none()),
+        "{xs:#?}"
+    );
+}
+
+/// Chunk-size lines in the uncopied middle lose the place; the tail is then not searched for
+/// heads (body bytes can look like one) but counted as unknown.
+#[test]
+fn a_tail_after_lost_framing_is_not_searched() {
+    let mut wire =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n".to_vec();
+    for _ in 0..2000 {
+        wire.extend_from_slice(b"10\r\n0123456789abcdef\r\n");
+    }
+    // Body bytes that read like a response head, right in the tail.
+    wire.extend_from_slice(
+        b"40\r\nHTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n\r\n0\r\n\r\n",
+    );
+    let (xs, _) = replay(&[req(1, GET_A), resp_with_tail(2, &wire, 200, 256)]);
+    assert!(
+        xs.iter()
+            .all(|x| x.response.as_ref().map(|r| r.status) != Some(500)),
+        "{xs:#?}"
+    );
+}
+
 #[test]
 fn body_ending_exactly_at_the_end_of_a_gap() {
     let (xs, conn) = replay(&[
