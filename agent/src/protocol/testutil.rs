@@ -144,3 +144,21 @@ pub(crate) fn capture(events: &[RecEvent], prefix: usize, tail: usize) -> Vec<Re
 fn is_full(seg: &Segment) -> bool {
     seg.data.len() as u64 == seg.len
 }
+
+/// As the kernel copies: the first `cap` bytes of each segment and, of a longer one, its last
+/// `tail` bytes; lengths unchanged.
+pub(crate) fn capped_with_tail(events: &[RecEvent], cap: usize, tail: usize) -> Vec<RecEvent> {
+    events
+        .iter()
+        .map(|e| {
+            let d = &e.seg.data;
+            let n = d.len().min(cap);
+            let t = (d.len() - n).min(tail);
+            RecEvent {
+                to: e.to,
+                seg: Segment::prefix(e.seg.ts_ns, d.slice(..n), e.seg.len)
+                    .with_tail(d.slice(d.len() - t..)),
+            }
+        })
+        .collect()
+}

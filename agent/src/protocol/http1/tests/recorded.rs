@@ -51,25 +51,7 @@ fn all_in_one(events: &[Event]) -> Vec<Event> {
 
 /// Each segment's capture limited to its first `cap` bytes; lengths unchanged.
 fn capped(events: &[Event], cap: usize) -> Vec<Event> {
-    capped_with_tail(events, cap, 0)
-}
-
-/// As the kernel copies: the first `cap` bytes of each segment and, of a longer one, its last
-/// `tail` bytes.
-fn capped_with_tail(events: &[Event], cap: usize, tail: usize) -> Vec<Event> {
-    events
-        .iter()
-        .map(|e| {
-            let d = &e.seg.data;
-            let n = d.len().min(cap);
-            let t = (d.len() - n).min(tail);
-            Event {
-                to: e.to,
-                seg: Segment::prefix(e.seg.ts_ns, d.slice(..n), e.seg.len)
-                    .with_tail(d.slice(d.len() - t..)),
-            }
-        })
-        .collect()
+    testutil::capped_with_tail(events, cap, 0)
 }
 
 /// Everything of an exchange, for comparing two replays exactly.
@@ -281,7 +263,7 @@ fn recordings_with_truncated_capture_never_report_wrong_clean_exchanges() {
             .into_iter()
             .flat_map(|c| [(c, 0), (c, 16), (c, 256)])
         {
-            let (xs, conn) = replay(&capped_with_tail(&events, cap, tail));
+            let (xs, conn) = replay(&testutil::capped_with_tail(&events, cap, tail));
             let mut next = 0;
             for x in xs.iter().filter(|x| !x.partial) {
                 let s = summary(x);

@@ -57,25 +57,7 @@ fn all_in_one(events: &[Event]) -> Vec<Event> {
 
 /// Each segment's capture limited to its first `cap` bytes; lengths unchanged.
 pub(super) fn capped(events: &[Event], cap: usize) -> Vec<Event> {
-    capped_with_tail(events, cap, 0)
-}
-
-/// As the kernel copies: the first `cap` bytes of each segment and, of a longer one, its last
-/// `tail` bytes.
-pub(super) fn capped_with_tail(events: &[Event], cap: usize, tail: usize) -> Vec<Event> {
-    events
-        .iter()
-        .map(|e| {
-            let d = &e.seg.data;
-            let n = d.len().min(cap);
-            let t = (d.len() - n).min(tail);
-            Event {
-                to: e.to,
-                seg: Segment::prefix(e.seg.ts_ns, d.slice(..n), e.seg.len)
-                    .with_tail(d.slice(d.len() - t..)),
-            }
-        })
-        .collect()
+    testutil::capped_with_tail(events, cap, 0)
 }
 
 /// Everything of a statement, for comparing two replays exactly.
@@ -373,7 +355,7 @@ fn the_tail_of_a_large_read_gives_the_row_count() {
     let (without, _) = replay(&capped(&events, 256));
     assert_eq!(without.len(), 1);
     assert_eq!((without[0].rows, without[0].partial), (None, true));
-    let (with, conn) = replay(&capped_with_tail(&events, 256, 256));
+    let (with, conn) = replay(&testutil::capped_with_tail(&events, 256, 256));
     assert_eq!(summaries(&with), exp.stmts);
     assert_eq!(with[0].rows, Some(100_020));
     // The rows between prefix and tail were never seen: still marked partial.
@@ -394,7 +376,7 @@ fn recordings_with_truncated_capture_never_report_wrong_clean_statements() {
             .into_iter()
             .flat_map(|c| [(c, 0), (c, 16), (c, 256)])
         {
-            let (xs, conn) = replay(&capped_with_tail(&events, cap, tail));
+            let (xs, conn) = replay(&testutil::capped_with_tail(&events, cap, tail));
             let mut next = 0;
             for s in xs.iter() {
                 if let Some(q) = &s.query {
