@@ -857,7 +857,7 @@ impl Session {
             }
             Act::QueryResult(text, start, partial, returned) => {
                 let seen = Seen { partial, returned };
-                self.emit(text.as_deref(), None, false, start, m, seen);
+                self.emit(text, None, false, start, m, seen);
             }
             Act::ExecuteEnd => {
                 if let Some(Entry {
@@ -872,7 +872,7 @@ impl Session {
                         partial: partial || t.partial,
                         returned,
                     };
-                    self.emit(t.text.as_deref(), t.name, true, start, m, seen);
+                    self.emit(owned(&t.text), t.name, true, start, m, seen);
                 }
                 if ty == b'E' {
                     self.skipping = true;
@@ -908,14 +908,7 @@ impl Session {
         }) = exec
         {
             let (t, start, partial) = (t.clone(), *start, *partial || t.partial);
-            self.emit(
-                t.text.as_deref(),
-                t.name,
-                true,
-                start,
-                m,
-                Seen::lost(partial),
-            );
+            self.emit(owned(&t.text), t.name, true, start, m, Seen::lost(partial));
         } else if let Kind::Parse {
             name,
             text,
@@ -925,7 +918,7 @@ impl Session {
         {
             // A failed Parse with nothing executed after it: still the span of an error.
             let (name, text, partial) = (name.clone(), text.clone(), *partial || e.partial);
-            self.emit(text.as_deref(), name, true, e.start, m, Seen::lost(partial));
+            self.emit(owned(&text), name, true, e.start, m, Seen::lost(partial));
         }
         self.undo_parse(e.kind);
     }
@@ -968,7 +961,7 @@ impl Session {
         match e.kind {
             Kind::Execute(t) => {
                 let partial = Statement {
-                    query: t.text.as_deref().map(str::to_owned),
+                    query: owned(&t.text),
                     prepared_name: t.name,
                     extended: true,
                     start_ns: e.start,
@@ -998,10 +991,10 @@ impl Session {
     }
 
     /// A statement ended by `m` (CommandComplete, EmptyQueryResponse, PortalSuspended or
-    /// ErrorResponse).
+    /// ErrorResponse); `text` becomes its query text as is.
     fn emit(
         &mut self,
-        text: Option<&str>,
+        text: Option<String>,
         prepared_name: Option<String>,
         extended: bool,
         start: u64,
@@ -1010,7 +1003,7 @@ impl Session {
     ) {
         let partial = seen.partial;
         let mut st = Statement {
-            query: text.map(str::to_owned),
+            query: text,
             prepared_name,
             extended,
             start_ns: start,
@@ -1058,6 +1051,11 @@ impl Session {
         self.resume = None;
         self.answers.clear();
     }
+}
+
+/// A statement's own copy of a shared text.
+fn owned(text: &Option<Arc<str>>) -> Option<String> {
+    text.as_deref().map(str::to_owned)
 }
 
 /// NUL-terminated string at the start of `b` and what follows it.
