@@ -28,6 +28,8 @@ const SK_MSG: &str = "inject_http";
 const ENTER_CONNECT: &str = "inject_enter_connect";
 const EXIT_CONNECT: &str = "inject_exit_connect";
 const SOCKHASH: &str = "INJECT_SOCKHASH";
+/// The programs loaded only with injection.
+pub const PROGRAMS: [&str; 4] = [SOCK_OPS, SK_MSG, ENTER_CONNECT, EXIT_CONNECT];
 
 /// Why injection is off.
 #[derive(Debug, thiserror::Error)]

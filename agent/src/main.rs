@@ -128,17 +128,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .ok()
     };
     let selector = Selector::new(cli.pid.clone(), cli.exe.clone());
+    let loading = std::time::Instant::now();
     let mut probes = Probes::load(&ProbeConfig {
         capture_bytes: cli.capture_bytes,
         ringbuf_bytes: cli.ringbuf_size,
         filter_pids: selector.is_filtering(),
-        wakeup_bytes: 64 * 1024,
+        wakeup_bytes: socktrace::probes::WAKEUP_BYTES,
         inject: inject_root.is_some(),
     })?;
-    if !probes.fallbacks().is_empty() {
+    // Once per missing feature: what is off, and why.
+    let mut notes: Vec<(&str, Vec<&str>)> = Vec::new();
+    for program in probes.fallbacks() {
+        let note = socktrace::probes::fallback_note(program);
+        match notes.iter_mut().find(|(n, _)| *n == note) {
+            Some((_, programs)) => programs.push(program),
+            None => notes.push((note, vec![program])),
+        }
+    }
+    for (note, programs) in notes {
         eprintln!(
-            "socktrace: kernel without BTF task helpers: socket calls already in progress at start are not captured ({})",
-            probes.fallbacks().join(", ")
+            "socktrace: degraded: {note} (fallback programs: {})",
+            programs.join(", ")
         );
     }
     if let Some(port) = health_port {
@@ -171,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Err(e) => eprintln!("socktrace: warning: {}", e.warning()),
         }
     }
+    let loaded_in = loading.elapsed();
 
     let protocols = Protocols {
         http: cli.protocols.contains(&ProtocolName::Http),
@@ -198,9 +209,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
     eprintln!(
-        "socktrace {}: {} tracepoints attached; protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; exporter: {}{}",
+        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; exporter: {}{}",
         env!("CARGO_PKG_VERSION"),
         probes.attached(),
+        loaded_in.as_secs_f64(),
         cli.protocols
             .iter()
             .map(|p| format!("{p:?}").to_lowercase())

@@ -10,6 +10,8 @@ use std::{
     path::Path,
 };
 
+pub mod budget;
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -48,17 +50,33 @@ const TRACEPOINTS: &[Hook] = &[
     ("syscalls", "sys_enter_write", &["sys_enter_write"]),
     ("syscalls", "sys_exit_write", &["sys_exit_write"]),
     ("syscalls", "sys_enter_readv", &["sys_enter_readv"]),
-    ("syscalls", "sys_exit_readv", &["sys_exit_readv"]),
+    (
+        "syscalls",
+        "sys_exit_readv",
+        &["sys_exit_readv", "sys_exit_readv_noloop"],
+    ),
     ("syscalls", "sys_enter_writev", &["sys_enter_writev"]),
-    ("syscalls", "sys_exit_writev", &["sys_exit_writev"]),
+    (
+        "syscalls",
+        "sys_exit_writev",
+        &["sys_exit_writev", "sys_exit_writev_noloop"],
+    ),
     ("syscalls", "sys_enter_recvfrom", &["sys_enter_recvfrom"]),
     ("syscalls", "sys_exit_recvfrom", &["sys_exit_recvfrom"]),
     ("syscalls", "sys_enter_sendto", &["sys_enter_sendto"]),
     ("syscalls", "sys_exit_sendto", &["sys_exit_sendto"]),
     ("syscalls", "sys_enter_recvmsg", &["sys_enter_recvmsg"]),
-    ("syscalls", "sys_exit_recvmsg", &["sys_exit_recvmsg"]),
+    (
+        "syscalls",
+        "sys_exit_recvmsg",
+        &["sys_exit_recvmsg", "sys_exit_recvmsg_noloop"],
+    ),
     ("syscalls", "sys_enter_sendmsg", &["sys_enter_sendmsg"]),
-    ("syscalls", "sys_exit_sendmsg", &["sys_exit_sendmsg"]),
+    (
+        "syscalls",
+        "sys_exit_sendmsg",
+        &["sys_exit_sendmsg", "sys_exit_sendmsg_noloop"],
+    ),
     (
         "syscalls",
         "sys_enter_sendfile64",
@@ -95,6 +113,16 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "the kernel rejected program {name} (configuration: {config}): {reason}. The verifier's last words: {tail}. Try: {hint}"
+    )]
+    Rejected {
+        name: &'static str,
+        config: String,
+        reason: String,
+        tail: String,
+        hint: String,
+    },
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
@@ -121,6 +149,76 @@ pub struct ProbeConfig {
     pub inject: bool,
 }
 
+/// Bytes waiting in the ring buffer before the kernel wakes the reader (it also polls).
+pub const WAKEUP_BYTES: u32 = 64 * 1024;
+
+/// The values of the object's read-only globals for `config`, by name.
+pub(crate) fn loader_globals(config: &ProbeConfig) -> Vec<(&'static str, Vec<u8>)> {
+    let word = |v: u32| v.to_ne_bytes().to_vec();
+    vec![
+        (GLOBAL_AGENT_TGID, word(std::process::id())),
+        (GLOBAL_CAPTURE_BYTES, word(config.capture_bytes)),
+        (GLOBAL_FILTER_PIDS, word(u32::from(config.filter_pids))),
+        (GLOBAL_WAKEUP_BYTES, word(config.wakeup_bytes)),
+        (GLOBAL_INJECT_ENABLED, word(u32::from(config.inject))),
+    ]
+}
+
+/// The object to load for `config`: without injection, a copy whose socket map needs no
+/// `CAP_NET_ADMIN` (`None`: the embedded object as it is).
+pub(crate) fn object_for(
+    config: &ProbeConfig,
+) -> Result<Option<crate::inject::AlignedObject>, ProbeError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(ProbeError::NoObject);
+    }
+    if config.inject {
+        return Ok(None);
+    }
+    crate::inject::without_socket_map(EBPF_OBJECT)
+        .map(Some)
+        .map_err(ProbeError::Object)
+}
+
+impl ProbeConfig {
+    /// The settings the kernel programs see, in words (for error messages).
+    pub fn describe(&self) -> String {
+        format!(
+            "injection {}, capture {} bytes, {}",
+            if self.inject { "on" } else { "off" },
+            self.capture_bytes,
+            if self.filter_pids {
+                "selected processes"
+            } else {
+                "all processes"
+            }
+        )
+    }
+}
+
+/// Fallbacks to use even where the kernel has what the first choice needs
+/// (`SOCKTRACE_FORCE_FALLBACK=noloop,nobtf`): how the degraded modes of older kernels are tested
+/// on a new one.
+fn forced_fallbacks() -> Vec<String> {
+    std::env::var("SOCKTRACE_FORCE_FALLBACK")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// What a kernel loses when a fallback program is attached instead of the first choice.
+pub fn fallback_note(program: &str) -> &'static str {
+    if program.ends_with("_nobtf") {
+        "the kernel has no BTF task helpers (bpf_get_current_task_btf, bpf_task_pt_regs): socket calls already in progress when the agent starts are not captured"
+    } else if program.ends_with("_noloop") {
+        "the kernel has no bpf_loop (Linux 5.17): readv, writev, recvmsg and sendmsg copy payload from their first 64 iovecs only, not 256"
+    } else {
+        "a kernel feature is missing"
+    }
+}
+
 /// The loaded and attached kernel programs.
 pub struct Probes {
     ebpf: Ebpf,
@@ -133,6 +231,7 @@ fn load_attach(
     name: &'static str,
     category: &str,
     tracepoint: &str,
+    config: &ProbeConfig,
 ) -> Result<(), ProbeError> {
     let program: &mut TracePoint = ebpf
         .program_mut(name)
@@ -143,14 +242,48 @@ fn load_attach(
         .try_into()
         .map_err(|source| ProbeError::Program { name, source })?;
     let started = std::time::Instant::now();
-    program
-        .load()
-        .map_err(|source| ProbeError::Program { name, source })?;
+    program.load().map_err(|e| rejected(name, config, e))?;
     log_verified(name, program.info().ok(), started);
     program
         .attach(category, tracepoint)
         .map_err(|source| ProbeError::Program { name, source })?;
     Ok(())
+}
+
+/// A load error as the user should see it: which program, in which configuration, the end of
+/// the verifier's log (not all of it), and what to try.
+fn rejected(
+    name: &'static str,
+    config: &ProbeConfig,
+    error: aya::programs::ProgramError,
+) -> ProbeError {
+    let aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &error
+    else {
+        return ProbeError::Program {
+            name,
+            source: error,
+        };
+    };
+    let mut hint = Vec::new();
+    if config.inject {
+        hint.push("`--no-inject` (the header injection adds the largest programs)");
+    }
+    if config.capture_bytes != socktrace_common::DEFAULT_CAPTURE {
+        hint.push("the default `--capture-bytes`");
+    }
+    hint.push(
+        "`cargo xtask verifier` on this kernel for every program's budget; please report it with this message",
+    );
+    ProbeError::Rejected {
+        name,
+        config: config.describe(),
+        reason: io_error.to_string(),
+        tail: budget::log_tail(&verifier_log.to_string(), 4),
+        hint: hint.join(", or "),
+    }
 }
 
 /// Debug log of what the verifier spent on a program (its load time is the agent's start time).
@@ -221,32 +354,32 @@ impl Probes {
             }
         }
 
-        let tgid = std::process::id();
-        let filter = u32::from(config.filter_pids);
-        let inject = u32::from(config.inject);
-        // Without injection, a copy whose socket map needs no CAP_NET_ADMIN.
-        let patched = if config.inject {
-            None
-        } else {
-            Some(crate::inject::without_socket_map(EBPF_OBJECT).map_err(ProbeError::Object)?)
-        };
+        let patched = object_for(config)?;
         let object = patched.as_ref().map_or(EBPF_OBJECT, |p| p.bytes());
-        let mut ebpf = EbpfLoader::new()
-            .override_global(GLOBAL_AGENT_TGID, &tgid, true)
-            .override_global(GLOBAL_CAPTURE_BYTES, &config.capture_bytes, true)
-            .override_global(GLOBAL_FILTER_PIDS, &filter, true)
-            .override_global(GLOBAL_WAKEUP_BYTES, &config.wakeup_bytes, true)
-            .override_global(GLOBAL_INJECT_ENABLED, &inject, true)
+        let mut loader = EbpfLoader::new();
+        let globals = loader_globals(config);
+        for (name, value) in &globals {
+            loader.override_global(name, value.as_slice(), true);
+        }
+        let mut ebpf = loader
             .map_max_entries("EVENTS", config.ringbuf_bytes)
             .load(object)
             .map_err(ProbeError::Load)?;
 
         let mut attached = 0;
         let mut fallbacks = Vec::new();
+        let forced = forced_fallbacks();
         for (category, tracepoint, candidates) in TRACEPOINTS {
             let mut last_error = None;
             for (i, name) in candidates.iter().enumerate() {
-                match load_attach(&mut ebpf, name, category, tracepoint) {
+                let fallback_wanted = candidates[i + 1..]
+                    .iter()
+                    .any(|f| forced.iter().any(|s| f.ends_with(&format!("_{s}"))));
+                if fallback_wanted {
+                    tracing::debug!("{tracepoint}: skipping {name} (SOCKTRACE_FORCE_FALLBACK)");
+                    continue;
+                }
+                match load_attach(&mut ebpf, name, category, tracepoint, config) {
                     Ok(()) => {
                         if i > 0 {
                             tracing::debug!("{tracepoint}: using fallback {name}: {last_error:?}");

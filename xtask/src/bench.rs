@@ -144,6 +144,8 @@ struct AgentRun {
     peak_rss_kib: u64,
     requests: f64,
     exported: u64,
+    /// What the agent reported for verifying and attaching its programs.
+    load_s: f64,
 }
 
 fn run_with_agent(bin: &Path, port: u16, sink: u16, seconds: u64) -> anyhow::Result<AgentRun> {
@@ -175,6 +177,12 @@ fn run_with_agent(bin: &Path, port: u16, sink: u16, seconds: u64) -> anyhow::Res
             break;
         }
     }
+    let load_s = line
+        .split("attached in ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no load time in the agent's summary line")?;
     let cpu0 = cpu_ticks(pid);
     let (rps, p99_us) = wrk(port, seconds)?;
     // Let the pipeline drain what the kernel buffered during the run before reading its cost.
@@ -198,6 +206,7 @@ fn run_with_agent(bin: &Path, port: u16, sink: u16, seconds: u64) -> anyhow::Res
         peak_rss_kib: rss,
         requests: rps * seconds as f64,
         exported,
+        load_s,
     })
 }
 
@@ -245,6 +254,8 @@ pub fn bench(root: &Path, bin: &Path, rounds: usize, seconds: u64) -> anyhow::Re
             .collect(),
     );
     let rss = runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
+    let load_median = median(runs.iter().map(|r| r.load_s).collect());
+    let load_max = runs.iter().map(|r| r.load_s).fold(0.0, f64::max);
     let exported: u64 = runs.iter().map(|r| r.exported).sum();
     let requests: f64 = runs.iter().map(|r| r.requests).sum();
     let (b_rps, b_p99) = (median(base_rps), median(base_p99));
@@ -256,10 +267,13 @@ pub fn bench(root: &Path, bin: &Path, rounds: usize, seconds: u64) -> anyhow::Re
          | throughput (req/s) | {b_rps:.0} | {agent_rps:.0} | {:.3} |\n\
          | p99 latency (us) | {b_p99:.0} | {agent_p99:.0} | {:.3} |\n\n\
          agent CPU: {cpu_per_k:.1} ms per 1000 requests traced; agent peak RSS: {:.1} MiB; \
-         spans exported: {exported} for about {requests:.0} requests.\n",
+         spans exported: {exported} for about {requests:.0} requests.\n\n\
+         Start-up (every kernel program verified and attached, default configuration with \
+         `--exe nginx`): median {load_median:.2} s, worst {load_max:.2} s (budget 2 s: {}).\n",
         agent_rps / b_rps,
         agent_p99 / b_p99,
         rss as f64 / 1024.0,
+        if load_max <= 2.0 { "within" } else { "OVER" },
     );
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;

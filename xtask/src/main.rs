@@ -11,6 +11,9 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod kernels;
+#[path = "../../ebpf/toolchain.rs"]
+mod toolchain;
 
 #[derive(Parser)]
 #[command(about = "socktrace build and development tasks")]
@@ -21,7 +24,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the eBPF toolchain (LLVM 22, rust-src for nightly, bpf-linker) if missing.
+    /// Install the pinned eBPF toolchain (`ebpf/toolchain.toml`: a dated nightly with rust-src,
+    /// Debian's LLVM of one version, bpf-linker built against it) where anything differs.
     Setup,
     /// Set up, build the release binary, and run it with the given arguments (default: print
     /// spans of every process to the terminal).
@@ -46,6 +50,20 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Load every kernel program in every configuration and print the verifier's budget
+    /// (stack bytes, processed instructions); fail when one is rejected or over its margin, or
+    /// when the kernel object differs from `ebpf/object.sha256`. Needs root.
+    Verifier {
+        /// Record the kernel object's hash in `ebpf/object.sha256` and the table in the README
+        /// (after a change to the kernel programs or the pinned toolchain).
+        #[arg(long)]
+        record: bool,
+    },
+    /// Boot the built agent under qemu on each supported kernel (Debian's 6.1 and 6.12 kernel
+    /// packages and this machine's), load every program, run a smoke test (curl against a
+    /// python http.server) and check its spans; print one table and write
+    /// target/kernels/report.md. Slow (qemu without hardware virtualisation): not part of `test`.
+    Kernels,
     /// Fuzz the parsers (cargo-fuzz with libFuzzer) for the given time per target.
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -55,7 +73,6 @@ enum Task {
     },
 }
 
-const APT_BUILD: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
 /// Real peers the integration tests drive.
 const APT_TEST: &[&str] = &[
     "curl",
@@ -67,7 +84,6 @@ const APT_TEST: &[&str] = &[
 ];
 /// Load generator and server for `bench`.
 const APT_BENCH: &[&str] = &["nginx", "wrk"];
-const BPF_LINKER_VERSION: &str = "0.13.0";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -124,39 +140,96 @@ fn cargo_bin(name: &str) -> PathBuf {
     home.join("bin").join(name)
 }
 
-fn setup() -> anyhow::Result<()> {
-    apt_install(APT_BUILD)?;
+fn pinned(root: &Path) -> anyhow::Result<toolchain::Pinned> {
+    toolchain::Pinned::load(&root.join("ebpf/toolchain.toml")).map_err(anyhow::Error::msg)
+}
 
-    let nightly = output_ok(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
-    if !nightly.lines().any(|l| l.starts_with("nightly")) {
-        bail!(
-            "no nightly Rust toolchain: the eBPF programs are built with `-Z build-std=core`, which needs nightly (`rustup toolchain install nightly`)"
-        );
+fn dpkg_version(package: &str) -> Option<String> {
+    output_ok(Command::new("dpkg-query").args(["-W", "-f=${Status} ${Version}", package])).and_then(
+        |s| {
+            s.strip_prefix("install ok installed ")
+                .map(|v| v.trim().to_owned())
+        },
+    )
+}
+
+/// Installs exactly the toolchain of `ebpf/toolchain.toml`; does nothing where it is there.
+fn setup(root: &Path) -> anyhow::Result<()> {
+    let pin = pinned(root)?;
+    // Debian's LLVM at the pinned version: bpf-linker links it dynamically, so its point release
+    // is part of the code generator.
+    let llvm = [
+        format!("libllvm{}", pin.llvm),
+        format!("llvm-{}", pin.llvm),
+        format!("llvm-{}-dev", pin.llvm),
+        format!("llvm-{}-tools", pin.llvm),
+        format!("llvm-{}-runtime", pin.llvm),
+        format!("llvm-{}-linker-tools", pin.llvm),
+        format!("libpolly-{}-dev", pin.llvm),
+    ];
+    let wrong: Vec<&String> = llvm
+        .iter()
+        .filter(|p| dpkg_version(p).as_deref() != Some(pin.llvm_debian.as_str()))
+        .collect();
+    if !wrong.is_empty() {
+        eprintln!("xtask: installing LLVM {} ({})", pin.llvm, pin.llvm_debian);
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        let status = Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "--allow-downgrades",
+            ])
+            .args(llvm.iter().map(|p| format!("{p}={}", pin.llvm_debian)))
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        if !status.success() {
+            bail!(
+                "could not install Debian's LLVM {} at the pinned version {} (ebpf/toolchain.toml): the package archive may no longer carry it. Pin the version it has, rebuild, and record the new object with `cargo xtask verifier --record`.",
+                pin.llvm,
+                pin.llvm_debian
+            );
+        }
     }
+    apt_install(&["libzstd-dev"])?;
+
+    let have_nightly =
+        output_ok(Command::new("rustup").args(["run", &pin.nightly, "rustc", "-V"])).is_some();
     let components = output_ok(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
         "--toolchain",
-        "nightly",
+        &pin.nightly,
     ]))
     .unwrap_or_default();
-    if !components.lines().any(|l| l.starts_with("rust-src")) {
+    if !have_nightly || !components.lines().any(|l| l.starts_with("rust-src")) {
         run(Command::new("rustup").args([
-            "component",
-            "add",
+            "toolchain",
+            "install",
+            &pin.nightly,
+            "--profile",
+            "minimal",
+            "--component",
             "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        ]))
+        .with_context(|| {
+            format!(
+                "installing the pinned Rust toolchain {} (ebpf/toolchain.toml)",
+                pin.nightly
+            )
+        })?;
     }
 
     let linker = cargo_bin("bpf-linker");
     let have = output_ok(Command::new(&linker).arg("--version")).unwrap_or_default();
-    if !have.contains(BPF_LINKER_VERSION) {
-        // Built against Debian's LLVM 22: the crate's default feature wants LLVM 23.
+    if have.split_whitespace().last() != Some(pin.bpf_linker.as_str()) {
+        // Built against Debian's LLVM: the crate's default feature wants a newer one.
         let path = format!(
-            "/usr/lib/llvm-22/bin:{}",
+            "/usr/lib/llvm-{}/bin:{}",
+            pin.llvm,
             std::env::var("PATH").unwrap_or_default()
         );
         run(Command::new("cargo")
@@ -164,13 +237,54 @@ fn setup() -> anyhow::Result<()> {
                 "install",
                 "bpf-linker",
                 "--locked",
+                "--force",
                 "--version",
-                BPF_LINKER_VERSION,
+                &pin.bpf_linker,
                 "--no-default-features",
                 "--features",
-                "llvm-22",
             ])
+            .arg(format!("llvm-{}", pin.llvm))
             .env("PATH", path))?;
+    }
+    Ok(())
+}
+
+/// Runs the verifier budget (`tests/src/bin/verifier.rs`); with `record`, stores the object
+/// hash and writes the table into the README.
+fn verifier(root: &Path, record: bool) -> anyhow::Result<()> {
+    run(cargo(root).args([
+        "build",
+        "--release",
+        "-p",
+        "socktrace-tests",
+        "--bin",
+        "verifier",
+    ]))?;
+    let table = root.join("target/verifier.md");
+    let mut cmd = Command::new(root.join("target/release/verifier"));
+    cmd.arg("--markdown")
+        .arg(&table)
+        .arg("--object-hash")
+        .arg(root.join("ebpf/object.sha256"));
+    if record {
+        cmd.arg("--record");
+    }
+    run(&mut cmd)?;
+    if record {
+        let readme = root.join("README.md");
+        let text = std::fs::read_to_string(&readme)?;
+        let (begin, end) = ("<!-- verifier-table -->", "<!-- /verifier-table -->");
+        let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
+            bail!("README.md has no {begin} ... {end} section");
+        };
+        let new = format!(
+            "{}{begin}\n{}{}",
+            &text[..a],
+            std::fs::read_to_string(&table)?,
+            &text[b..]
+        );
+        std::fs::write(&readme, new)?;
+        eprintln!("xtask: recorded the object hash and the README table");
     }
     Ok(())
 }
@@ -238,9 +352,13 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let root = root();
     match args.task {
-        Task::Setup => setup(),
+        Task::Setup => setup(&root),
+        Task::Verifier { record } => {
+            setup(&root)?;
+            verifier(&root, record)
+        }
         Task::Run { args } => {
-            setup()?;
+            setup(&root)?;
             let bin = build_release(&root)?;
             let status = Command::new(&bin)
                 .args(&args)
@@ -249,7 +367,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { fuzz_seconds } => {
-            setup()?;
+            setup(&root)?;
             apt_install(APT_TEST)?;
             let python = python_env(&root)?;
             run(cargo(&root).args(["fmt", "--all", "--check"]))?;
@@ -262,6 +380,9 @@ fn main() -> anyhow::Result<()> {
                 "warnings",
             ]))?;
             let bin = build_release(&root)?;
+            // Every kernel program in every configuration within its verifier margin, and the
+            // object the one recorded: before anything runs on it.
+            verifier(&root, false)?;
             if fuzz_seconds > 0 {
                 fuzz(&root, fuzz_seconds, None)?;
             }
@@ -273,10 +394,15 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Bench { rounds, seconds } => {
-            setup()?;
+            setup(&root)?;
             apt_install(APT_BENCH)?;
             let bin = build_release(&root)?;
             bench::bench(&root, &bin, rounds.max(1), seconds.max(1))
+        }
+        Task::Kernels => {
+            setup(&root)?;
+            let bin = build_release(&root)?;
+            kernels::kernels(&root, &bin)
         }
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
     }

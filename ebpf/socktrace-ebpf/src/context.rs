@@ -40,21 +40,23 @@ pub static THREAD_CTX: LruHashMap<u32, ThreadCtx> = LruHashMap::with_max_entries
 #[map]
 static CTX_SCAN: PerCpuArray<HeadScan> = PerCpuArray::with_max_entries(1, 0);
 
-/// A random, valid (non-zero) trace id.
+/// Stores a random, valid (non-zero) trace id in `out` (four words).
 #[inline(always)]
-pub fn random_trace_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
+pub fn random_trace_id(out: *mut u32) {
+    let mut any = 0u32;
     let mut k = 0;
     while k < 4 {
         // SAFETY: helper without arguments.
         let r = unsafe { bpf_get_prandom_u32() };
-        id[4 * k..4 * k + 4].copy_from_slice(&r.to_le_bytes());
+        any |= r;
+        // SAFETY: `out` has room for four words.
+        unsafe { core::ptr::write_volatile(out.add(k), r) };
         k += 1;
     }
-    if id == [0; 16] {
-        id[15] = 1;
+    if any == 0 {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(out.add(3), 1 << 24) };
     }
-    id
 }
 
 /// A server socket read, as staged in `scratch` (header filled, `captured` payload bytes in
@@ -88,7 +90,10 @@ pub fn server_read(scratch: *mut DataEventBuf) {
     http::match_names::<W, false>(data, st);
 
     let mut flags = CTX_SERVER_REQUEST;
-    let mut trace_id = [0u8; 16];
+    // The decision goes straight into the record (map memory): 16 bytes on the stack, and the
+    // words the decoder keeps live, are what pushed this frame over the verifier's stack limit.
+    // SAFETY: `trace_id` is 16 bytes at an 8-byte aligned offset of the header.
+    let trace_id = (&raw mut header.trace_id).cast::<u32>();
     // SAFETY: per-CPU map value.
     let (found, tp_at, n) = unsafe {
         (
@@ -98,16 +103,15 @@ pub fn server_read(scratch: *mut DataEventBuf) {
         )
     };
     // The value (at most 2 spaces, 55 characters and its line end) must lie in the copied bytes.
-    if found && tp_at + 58 <= n && http::traceparent_trace_id::<W>(data, tp_at, &mut trace_id) {
+    if found && tp_at + 58 <= n && http::traceparent_trace_id::<W>(data, tp_at, trace_id) {
         flags |= CTX_FROM_HEADER;
         count(stats::SERVER_CTX_FROM_HEADER);
     } else {
-        trace_id = random_trace_id();
+        random_trace_id(trace_id);
     }
     header.ctx_flags = flags;
-    header.trace_id = trace_id;
     let ctx = ThreadCtx {
-        trace_id,
+        trace_id: header.trace_id,
         sk: header.sk,
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },

@@ -625,6 +625,57 @@ fn parse_head(msg: *mut sk_msg_md, scratch: *mut InjectScratch, size: u32) -> u3
 #[inline(never)]
 fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> bool {
     let msg = ctx.msg;
+    // On the stack (72 bytes), not in the per-CPU scratch value: another run preempting this
+    // one on the same CPU cannot change it between composing and copying.
+    let mut words = [0u64; 9];
+    let line = words.as_mut_ptr();
+    let tid = id as u32;
+    let mut trace = [0u32; 4];
+    // SAFETY: the value is read in place: the trace id is at offset 0 of an 8-aligned value.
+    match unsafe { THREAD_CTX.get(tid) } {
+        Some(c) => {
+            let words = c.trace_id.as_ptr().cast::<u32>();
+            let mut k = 0;
+            while k < 4 {
+                // SAFETY: four aligned words of the map value.
+                trace[k] = unsafe { core::ptr::read_volatile(words.add(k)) };
+                k += 1;
+            }
+        }
+        None => random_trace_id(trace.as_mut_ptr()),
+    }
+    // SAFETY: helper without arguments.
+    let (a, mut b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    if a | b == 0 {
+        b = 1 << 24;
+    }
+    // "traceparent: 00-" + 32 + "-" + 16 + "-01\r\n", built a word at a time: hex digits from
+    // word arithmetic, not a byte at a time (that kept dozens of values live and took a
+    // 320-byte frame).
+    let word = |s: &[u8]| {
+        let mut w = 0u64;
+        let mut i = 0;
+        while i < s.len() {
+            w |= u64::from(s[i]) << (8 * i);
+            i += 1;
+        }
+        w
+    };
+    let (span0, span1) = (http::hex8(a), http::hex8(b));
+    // SAFETY: `line` has nine words.
+    unsafe {
+        core::ptr::write_volatile(line, word(b"tracepar"));
+        core::ptr::write_volatile(line.add(1), word(b"ent: 00-"));
+        let mut k = 0;
+        while k < 4 {
+            core::ptr::write_volatile(line.add(2 + k), http::hex8(trace[k]));
+            k += 1;
+        }
+        core::ptr::write_volatile(line.add(6), u64::from(b'-') | (span0 << 8));
+        core::ptr::write_volatile(line.add(7), (span0 >> 56) | (span1 << 8));
+        core::ptr::write_volatile(line.add(8), (span1 >> 56) | (word(b"-01\r\n") << 8));
+    }
+
     // SAFETY: the program's own context.
     if unsafe { bpf_msg_push_data(msg, at, LINE, 0) } != 0 {
         return false;
@@ -642,49 +693,22 @@ fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> 
         unsafe { bpf_msg_pop_data(msg, at, LINE, 0) };
         return false;
     }
-    let tid = id as u32;
-    // SAFETY: the value is copied out.
-    let trace_id = match unsafe { THREAD_CTX.get(tid) } {
-        Some(c) => c.trace_id,
-        None => random_trace_id(),
-    };
-    let mut span_id = [0u8; 8];
-    // SAFETY: helper without arguments.
-    let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-    span_id[..4].copy_from_slice(&a.to_le_bytes());
-    span_id[4..].copy_from_slice(&b.to_le_bytes());
-    if span_id == [0; 8] {
-        span_id[7] = 1;
-    }
-
     let p = data as *mut u8;
-    // SAFETY: `data + LINE <= data_end` was checked: every store below is inside the new bytes.
-    unsafe {
-        let prefix = b"traceparent: 00-";
-        let mut k = 0;
-        while k < prefix.len() {
-            *p.add(k) = prefix[k];
-            k += 1;
-        }
-        let mut k = 0;
-        while k < 16 {
-            *p.add(16 + 2 * k) = http::hex_digit(trace_id[k] >> 4);
-            *p.add(17 + 2 * k) = http::hex_digit(trace_id[k]);
-            k += 1;
-        }
-        *p.add(48) = b'-';
-        let mut k = 0;
+    // Message memory is written with stores only (no helper may write it): a word of the line
+    // at a time, byte by byte.
+    let mut w = 0usize;
+    while w < 9 {
+        // SAFETY: `line` has nine words.
+        let v = unsafe { core::ptr::read_volatile(line.add(w)) };
+        let mut k = 0usize;
         while k < 8 {
-            *p.add(49 + 2 * k) = http::hex_digit(span_id[k] >> 4);
-            *p.add(50 + 2 * k) = http::hex_digit(span_id[k]);
+            if 8 * w + k < LINE as usize {
+                // SAFETY: `data + LINE <= data_end` was checked.
+                unsafe { *p.add(8 * w + k) = (v >> (8 * k)) as u8 };
+            }
             k += 1;
         }
-        let suffix = b"-01\r\n";
-        let mut k = 0;
-        while k < suffix.len() {
-            *p.add(65 + k) = suffix[k];
-            k += 1;
-        }
+        w += 1;
     }
 
     // The new bytes are a scatterlist element of their own, between the request line and the
@@ -695,6 +719,15 @@ fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> 
     // SAFETY: the program's own context.
     unsafe { bpf_msg_pull_data(msg, 0, head_len + LINE, 0) };
 
+    let mut trace_id = [0u8; 16];
+    let mut k = 0;
+    while k < 4 {
+        trace_id[4 * k..4 * k + 4].copy_from_slice(&trace[k].to_le_bytes());
+        k += 1;
+    }
+    let mut span_id = [0u8; 8];
+    span_id[..4].copy_from_slice(&a.to_le_bytes());
+    span_id[4..].copy_from_slice(&b.to_le_bytes());
     let ev = InjectEvent {
         kind: EVENT_INJECT,
         pid: (id >> 32) as u32,

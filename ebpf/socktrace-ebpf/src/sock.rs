@@ -337,7 +337,6 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-#[inline(always)]
 /// A connection to this host: the destination is a loopback address or the source address.
 #[inline(always)]
 fn is_local(t: &ConnTuple) -> bool {
