@@ -711,6 +711,58 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_program_is_named_with_its_configuration_the_log_end_and_what_to_try() {
+        let log = "0: (b7) r1 = 0\n1: (85) call bpf_loop#181\nunknown func bpf_loop#181\nverification time 12 usec\nstack depth 56\nprocessed 2 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n";
+        let error = aya::programs::ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EINVAL),
+            verifier_log: aya_obj::VerifierLog::new(log.to_owned()),
+        };
+        let config = ProbeConfig {
+            capture_bytes: 8192,
+            ringbuf_bytes: 1 << 23,
+            filter_pids: true,
+            wakeup_bytes: WAKEUP_BYTES,
+            inject: true,
+        };
+        let message = rejected("sys_exit_readv", &config, error).to_string();
+        for part in [
+            "program sys_exit_readv",
+            "injection on, capture 8192 bytes, selected processes",
+            "Invalid argument",
+            "unknown func bpf_loop#181 | verification time 12 usec | stack depth 56 | processed 2 insns",
+            "`--no-inject`",
+            "the default `--capture-bytes`",
+            "cargo xtask verifier",
+        ] {
+            assert!(message.contains(part), "{part:?} missing from: {message}");
+        }
+        // Only the end of the log, not the instruction trace.
+        assert!(!message.contains("(b7) r1 = 0"), "{message}");
+        // Without injection and at the default capture, those are not suggested.
+        let plain = ProbeConfig {
+            capture_bytes: socktrace_common::DEFAULT_CAPTURE,
+            inject: false,
+            ..config
+        };
+        let error = aya::programs::ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EINVAL),
+            verifier_log: aya_obj::VerifierLog::new(log.to_owned()),
+        };
+        let message = rejected("sys_exit_readv", &plain, error).to_string();
+        assert!(!message.contains("--no-inject") && !message.contains("--capture-bytes"));
+        assert!(
+            message.contains("injection off, capture 2048 bytes"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn fallbacks_say_what_is_lost() {
+        assert!(fallback_note("sys_exit_writev_noloop").contains("bpf_loop"));
+        assert!(fallback_note("sock_send_length_nobtf").contains("BTF"));
+    }
+
+    #[test]
     fn decodes_data_record_with_payload() {
         let rec = data_record(3, 10, b"GETxx");
         match decode(&rec).unwrap() {

@@ -83,15 +83,14 @@ fn check(servers: &[ReceivedSpan], clients: &[ReceivedSpan]) {
             Some(200),
             "{span}"
         );
-        assert_eq!(
-            span.attr_int("http.response.body.size"),
-            Some(42),
-            "{span}"
-        );
+        assert_eq!(span.attr_int("http.response.body.size"), Some(42), "{span}");
     }
     assert_eq!(servers[0].attr_str("url.path").as_deref(), Some("/item/41"));
     assert_eq!(
-        clients[0].attr_str("url.full").as_deref().map(|u| u.ends_with("/item/41")),
+        clients[0]
+            .attr_str("url.full")
+            .as_deref()
+            .map(|u| u.ends_with("/item/41")),
         Some(true),
         "{}",
         clients[0]

@@ -278,6 +278,8 @@ pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
 }
 
 const MASK: usize = MAX_CAPTURE - 1;
+/// Above the size of any data record (see the ring buffer write).
+const RECORD_MASK: usize = 0x7fff;
 
 /// Build the record in the per-CPU scratch buffer and copy it to the ring buffer.
 ///
@@ -480,6 +482,14 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
             return;
         }
         size = core::mem::size_of::<DataEvent>() + c + t;
+    }
+    // Verifier (Linux 6.1): "R3 min value is negative, either use unsigned or 'var &= const'".
+    // Older verifiers keep the size's signed bounds apart from its unsigned ones and lose them
+    // on the paths above; a mask bounds both (every record is smaller than the mask).
+    const _: () = assert!(core::mem::size_of::<DataEventBuf>() <= RECORD_MASK);
+    let size = size & RECORD_MASK;
+    if size > core::mem::size_of::<DataEventBuf>() {
+        return;
     }
     // SAFETY: `scratch` is a map value of size_of::<DataEventBuf>() >= `size`.
     let rc = unsafe {
