@@ -249,6 +249,19 @@ fn setup(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Replaces what the README holds between `<!-- NAME -->` and `<!-- /NAME -->`.
+fn replace_marked(root: &Path, name: &str, content: &str) -> anyhow::Result<()> {
+    let readme = root.join("README.md");
+    let text = std::fs::read_to_string(&readme)?;
+    let (begin, end) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
+    let (Some(a), Some(b)) = (text.find(&begin), text.find(&end)) else {
+        bail!("README.md has no {begin} ... {end} section");
+    };
+    let new = format!("{}{begin}\n{content}{}", &text[..a], &text[b..]);
+    std::fs::write(&readme, new)?;
+    Ok(())
+}
+
 /// Runs the verifier budget (`tests/src/bin/verifier.rs`); with `record`, stores the object
 /// hash and writes the table into the README.
 fn verifier(root: &Path, record: bool) -> anyhow::Result<()> {
@@ -271,19 +284,7 @@ fn verifier(root: &Path, record: bool) -> anyhow::Result<()> {
     }
     run(&mut cmd)?;
     if record {
-        let readme = root.join("README.md");
-        let text = std::fs::read_to_string(&readme)?;
-        let (begin, end) = ("<!-- verifier-table -->", "<!-- /verifier-table -->");
-        let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
-            bail!("README.md has no {begin} ... {end} section");
-        };
-        let new = format!(
-            "{}{begin}\n{}{}",
-            &text[..a],
-            std::fs::read_to_string(&table)?,
-            &text[b..]
-        );
-        std::fs::write(&readme, new)?;
+        replace_marked(root, "verifier-table", &std::fs::read_to_string(&table)?)?;
         eprintln!("xtask: recorded the object hash and the README table");
     }
     Ok(())
@@ -402,7 +403,9 @@ fn main() -> anyhow::Result<()> {
         Task::Kernels => {
             setup(&root)?;
             let bin = build_release(&root)?;
-            kernels::kernels(&root, &bin)
+            kernels::kernels(&root, &bin, |table| {
+                replace_marked(&root, "kernel-table", table)
+            })
         }
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),
     }

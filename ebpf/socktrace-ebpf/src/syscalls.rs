@@ -278,8 +278,6 @@ pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
 }
 
 const MASK: usize = MAX_CAPTURE - 1;
-/// Above the size of any data record (see the ring buffer write).
-const RECORD_MASK: usize = 0x7fff;
 
 /// Build the record in the per-CPU scratch buffer and copy it to the ring buffer.
 ///
@@ -396,7 +394,10 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
             };
         } else {
             // Kernels without `bpf_loop`: a bounded loop over fewer iovecs, which the verifier
-            // walks iteration by iteration (~3 400 instructions each).
+            // walks iteration by iteration. Known gap: the 6.1 verifier rejects this variant
+            // ("The sequence of 8193 jumps is too complex"; 16 iterations fail the same way),
+            // 6.12 and later accept it; every kernel with the `sock` tracepoints the agent
+            // needs has `bpf_loop`, so it is not used on a supported kernel today.
             let mut i = 0u64;
             while i < MAX_IOV_NO_LOOP {
                 if step(i, &walk) != 0 {
@@ -460,42 +461,34 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
         let _ = TRACKED_SOCKS.insert(io.sk, 1u8, 0);
     }
 
-    let mut size = core::mem::size_of::<DataEvent>() + captured + tail;
-    if SERVER_CTX
-        && inject::inject_enabled()
-        && io.direction == DIR_INGRESS
-        && header.role == ROLE_SERVER
-    {
-        let scratch: *mut DataEventBuf = scratch;
-        context::server_read(scratch);
+    let server_read = header.role == ROLE_SERVER;
+    let scratch: *mut DataEventBuf = scratch;
+    if SERVER_CTX && inject::inject_enabled() && io.direction == DIR_INGRESS && server_read {
         // The verifier checks the call once per distinct state that reaches it, and the paths
         // above leave many (each with its own precise sizes): only the pointer is live across
-        // it, and the sizes come back from memory, bounded again.
-        // SAFETY: the per-CPU scratch value.
-        let (c, t) = unsafe {
-            (
-                core::ptr::read_volatile(&raw const (*scratch).header.captured) as usize,
-                core::ptr::read_volatile(&raw const (*scratch).header.tail) as usize,
-            )
-        };
-        if c > MAX_CAPTURE || t > 2 * TAIL_CAPTURE {
-            return;
-        }
-        size = core::mem::size_of::<DataEvent>() + c + t;
+        // it.
+        context::server_read(scratch);
     }
-    // Verifier (Linux 6.1): "R3 min value is negative, either use unsigned or 'var &= const'".
-    // Older verifiers keep the size's signed bounds apart from its unsigned ones and lose them
-    // on the paths above; a mask bounds both (every record is smaller than the mask).
-    const _: () = assert!(core::mem::size_of::<DataEventBuf>() <= RECORD_MASK);
-    let size = size & RECORD_MASK;
-    if size > core::mem::size_of::<DataEventBuf>() {
+    // The sizes come back from the record, each bounded again. Verifier (Linux 6.1): "R3 min
+    // value is negative, either use unsigned or 'var &= const'" - older verifiers lost the
+    // signed bounds of the size summed along the paths above (a mask on the sum was optimised
+    // away by LLVM, which knows the bounds); two 32-bit loads give fresh non-negative ones.
+    // SAFETY: the per-CPU scratch value.
+    let (c, t) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*scratch).header.captured) as usize,
+            core::ptr::read_volatile(&raw const (*scratch).header.tail) as usize,
+        )
+    };
+    if c > MAX_CAPTURE || t > 2 * TAIL_CAPTURE {
         return;
     }
+    let size = core::mem::size_of::<DataEvent>() + c + t;
     // SAFETY: `scratch` is a map value of size_of::<DataEventBuf>() >= `size`.
     let rc = unsafe {
         bpf_ringbuf_output(
             core::ptr::addr_of!(EVENTS).cast_mut().cast(),
-            (&raw mut *scratch).cast(),
+            scratch.cast(),
             size as u64,
             wakeup_flags(),
         )
