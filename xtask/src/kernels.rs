@@ -377,8 +377,11 @@ fn boot(out: &Path, kernel: &Kernel, bin: &Path, verifier: Option<&Path>) -> any
         let path = dir.join("verifier.md");
         fs::write(&path, table.join("\n") + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
-        row.loaded
-            .push_str(&format!(" (verifier table: {})", path.display()));
+        // Relative to the workspace: the table also goes into the README.
+        row.loaded.push_str(&format!(
+            " (verifier table: target/kernels/{}/verifier.md)",
+            kernel.version
+        ));
     }
     if row.smoke.is_empty() {
         let why = if timed_out {
