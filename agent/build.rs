@@ -31,19 +31,22 @@ fn output(cmd: &mut Command) -> Option<String> {
 /// Differences between the installed toolchain and the pinned one.
 fn check_toolchain(pinned: &toolchain::Pinned) -> Vec<String> {
     let mut wrong = Vec::new();
-    if output(Command::new("rustup").args(["run", &pinned.nightly, "rustc", "-V"])).is_none() {
+    if !pinned.nightly_installed() {
         wrong.push(format!(
             "Rust toolchain {} is not installed",
             pinned.nightly
         ));
     }
-    match output(Command::new("bpf-linker").arg("--version")) {
-        Some(v) if v.split_whitespace().last() == Some(pinned.bpf_linker.as_str()) => {}
-        Some(v) => wrong.push(format!("{v} is installed, not {}", pinned.bpf_linker)),
+    match toolchain::linker_version(Path::new("bpf-linker")) {
+        Some(v) if v == pinned.bpf_linker => {}
+        Some(v) => wrong.push(format!(
+            "bpf-linker {v} is installed, not {}",
+            pinned.bpf_linker
+        )),
         None => wrong.push("bpf-linker is not installed".to_owned()),
     }
     let package = format!("libllvm{}", pinned.llvm);
-    match output(Command::new("dpkg-query").args(["-W", "-f=${Version}", &package])) {
+    match toolchain::debian_version(&package) {
         Some(v) if v == pinned.llvm_debian => {}
         Some(v) => wrong.push(format!(
             "{package} {v} is installed, not {}",

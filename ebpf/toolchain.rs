@@ -1,7 +1,7 @@
 //! The pinned toolchain of the kernel programs (`ebpf/toolchain.toml`). Included as a module by
 //! `agent/build.rs` (which builds with it) and by `xtask` (which installs it).
 
-use std::path::Path;
+use std::{path::Path, process::Command};
 
 /// The pinned versions.
 pub struct Pinned {
@@ -41,4 +41,35 @@ impl Pinned {
             llvm_debian: get("llvm-debian")?,
         })
     }
+}
+
+/// Standard output of a command that ran and succeeded, trimmed.
+fn stdout_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl Pinned {
+    /// Whether rustup has the pinned nightly.
+    pub fn nightly_installed(&self) -> bool {
+        stdout_of(Command::new("rustup").args(["run", &self.nightly, "rustc", "-V"])).is_some()
+    }
+}
+
+/// The version a bpf-linker binary reports (`bpf-linker 0.13.0` -> `0.13.0`), if it runs.
+pub fn linker_version(linker: &Path) -> Option<String> {
+    stdout_of(Command::new(linker).arg("--version"))
+        .and_then(|v| v.split_whitespace().last().map(str::to_owned))
+}
+
+/// The version of an installed Debian package (`None` when it is not installed).
+pub fn debian_version(package: &str) -> Option<String> {
+    stdout_of(Command::new("dpkg-query").args(["-W", "-f=${Status} ${Version}", package])).and_then(
+        |s| {
+            s.strip_prefix("install ok installed ")
+                .map(|v| v.trim().to_owned())
+        },
+    )
 }

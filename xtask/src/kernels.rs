@@ -18,9 +18,9 @@
 //!   configuration (spans to stdout, traceparent injection on), waits for its start-up summary,
 //!   makes two requests with curl, stops the agent with SIGINT and counts the spans: exactly two
 //!   SERVER `GET /` and two curl CLIENT spans with status 200 (and, informational, how many
-//!   SERVER spans are children of curl's: injection at work). When the agent does not start, the
-//!   guest runs the `verifier` binary of `cargo xtask verifier` to tell whether the kernel
-//!   programs themselves load there. It prints the agent's stderr and one `SMOKE key=value ...`
+//!   SERVER spans are children of curl's: injection at work). Then the guest runs the
+//!   `verifier` binary of `cargo xtask verifier`: every program's budget on that kernel (below
+//!   the minimum kernel, whether the programs themselves would load). It prints the agent's stderr and one `SMOKE key=value ...`
 //!   line on the serial console and powers the guest off.
 //! - Here the serial console is captured to `target/kernels/<version>/serial.log` with a
 //!   deadline per kernel, the `SMOKE` line and the agent's `degraded:`/`warning:` lines are
@@ -37,7 +37,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{apt_missing, cargo, output_ok, run};
+use super::{apt_missing, output_ok, run};
 
 /// The guest's PID 1 (busybox sh).
 const INIT: &str = include_str!("../kernels/init.sh");
@@ -302,20 +302,12 @@ fn find_deb(dir: &Path, package: &str) -> anyhow::Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Builds the `verifier` binary of `cargo xtask verifier`: the guest runs it when the agent does
-/// not start, to tell whether the kernel programs themselves load there. Optional: without it
-/// the report only has the agent's own error.
+/// The `verifier` binary of `cargo xtask verifier`, which each guest runs after the agent for
+/// every program's budget on its kernel. Optional: without it the report has the agent's
+/// results only.
 fn build_verifier(root: &Path) -> Option<PathBuf> {
-    let built = run(cargo(root).args([
-        "build",
-        "--release",
-        "-p",
-        "socktrace-tests",
-        "--bin",
-        "verifier",
-    ]));
-    match built {
-        Ok(()) => Some(root.join("target/release/verifier")),
+    match crate::build_verifier(root) {
+        Ok(bin) => Some(bin),
         Err(e) => {
             eprintln!("xtask: warning: no verifier diagnosis in the guests: {e:#}");
             None

@@ -111,10 +111,7 @@ fn output_ok(cmd: &mut Command) -> Option<String> {
 fn apt_missing(packages: &[&str]) -> Vec<String> {
     packages
         .iter()
-        .filter(|p| {
-            output_ok(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_none_or(|s| !s.contains("install ok installed"))
-        })
+        .filter(|p| toolchain::debian_version(p).is_none())
         .map(|p| (*p).to_owned())
         .collect()
 }
@@ -144,15 +141,6 @@ fn pinned(root: &Path) -> anyhow::Result<toolchain::Pinned> {
     toolchain::Pinned::load(&root.join("ebpf/toolchain.toml")).map_err(anyhow::Error::msg)
 }
 
-fn dpkg_version(package: &str) -> Option<String> {
-    output_ok(Command::new("dpkg-query").args(["-W", "-f=${Status} ${Version}", package])).and_then(
-        |s| {
-            s.strip_prefix("install ok installed ")
-                .map(|v| v.trim().to_owned())
-        },
-    )
-}
-
 /// Installs exactly the toolchain of `ebpf/toolchain.toml`; does nothing where it is there.
 fn setup(root: &Path) -> anyhow::Result<()> {
     let pin = pinned(root)?;
@@ -169,7 +157,7 @@ fn setup(root: &Path) -> anyhow::Result<()> {
     ];
     let wrong: Vec<&String> = llvm
         .iter()
-        .filter(|p| dpkg_version(p).as_deref() != Some(pin.llvm_debian.as_str()))
+        .filter(|p| toolchain::debian_version(p).as_deref() != Some(pin.llvm_debian.as_str()))
         .collect();
     if !wrong.is_empty() {
         eprintln!("xtask: installing LLVM {} ({})", pin.llvm, pin.llvm_debian);
@@ -195,8 +183,7 @@ fn setup(root: &Path) -> anyhow::Result<()> {
     }
     apt_install(&["libzstd-dev"])?;
 
-    let have_nightly =
-        output_ok(Command::new("rustup").args(["run", &pin.nightly, "rustc", "-V"])).is_some();
+    let have_nightly = pin.nightly_installed();
     let components = output_ok(Command::new("rustup").args([
         "component",
         "list",
@@ -224,8 +211,7 @@ fn setup(root: &Path) -> anyhow::Result<()> {
     }
 
     let linker = cargo_bin("bpf-linker");
-    let have = output_ok(Command::new(&linker).arg("--version")).unwrap_or_default();
-    if have.split_whitespace().last() != Some(pin.bpf_linker.as_str()) {
+    if toolchain::linker_version(&linker).as_deref() != Some(pin.bpf_linker.as_str()) {
         // Built against Debian's LLVM: the crate's default feature wants a newer one.
         let path = format!(
             "/usr/lib/llvm-{}/bin:{}",
@@ -262,9 +248,8 @@ fn replace_marked(root: &Path, name: &str, content: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Runs the verifier budget (`tests/src/bin/verifier.rs`); with `record`, stores the object
-/// hash and writes the table into the README.
-fn verifier(root: &Path, record: bool) -> anyhow::Result<()> {
+/// Builds the verifier budget binary (`tests/src/bin/verifier.rs`) and returns its path.
+fn build_verifier(root: &Path) -> anyhow::Result<PathBuf> {
     run(cargo(root).args([
         "build",
         "--release",
@@ -273,8 +258,15 @@ fn verifier(root: &Path, record: bool) -> anyhow::Result<()> {
         "--bin",
         "verifier",
     ]))?;
+    Ok(root.join("target/release/verifier"))
+}
+
+/// Runs the verifier budget (`tests/src/bin/verifier.rs`); with `record`, stores the object
+/// hash and writes the table into the README.
+fn verifier(root: &Path, record: bool) -> anyhow::Result<()> {
+    let bin = build_verifier(root)?;
     let table = root.join("target/verifier.md");
-    let mut cmd = Command::new(root.join("target/release/verifier"));
+    let mut cmd = Command::new(bin);
     cmd.arg("--markdown")
         .arg(&table)
         .arg("--object-hash")

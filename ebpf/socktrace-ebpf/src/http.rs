@@ -64,19 +64,22 @@ fn vstore(p: *mut u32, v: u32) {
     unsafe { core::ptr::write_volatile(p, v) }
 }
 
+/// Up to eight bytes of text as a little-endian word (the first byte in the low bits), as
+/// loaded from memory holding that text.
+pub const fn text_word(s: &[u8]) -> u64 {
+    let mut w = 0u64;
+    let mut i = 0;
+    while i < s.len() {
+        w |= (s[i] as u64) << (8 * i);
+        i += 1;
+    }
+    w
+}
+
 /// Length of the method token plus its space when `head` (the first 8 bytes of a message, as
 /// a little-endian word) begins with one of the HTTP/1.1 methods; 0 otherwise.
 #[inline(always)]
 pub fn method_len(head: u64) -> u32 {
-    const fn word(s: &[u8]) -> u64 {
-        let mut w = 0u64;
-        let mut i = 0;
-        while i < s.len() {
-            w |= (s[i] as u64) << (8 * i);
-            i += 1;
-        }
-        w
-    }
     const fn mask(n: usize) -> u64 {
         if n >= 8 {
             u64::MAX
@@ -85,15 +88,15 @@ pub fn method_len(head: u64) -> u32 {
         }
     }
     const METHODS: [(u64, u64, u32); 9] = [
-        (word(b"GET "), mask(4), 4),
-        (word(b"PUT "), mask(4), 4),
-        (word(b"POST "), mask(5), 5),
-        (word(b"HEAD "), mask(5), 5),
-        (word(b"PATCH "), mask(6), 6),
-        (word(b"TRACE "), mask(6), 6),
-        (word(b"DELETE "), mask(7), 7),
-        (word(b"OPTIONS "), mask(8), 8),
-        (word(b"CONNECT "), mask(8), 8),
+        (text_word(b"GET "), mask(4), 4),
+        (text_word(b"PUT "), mask(4), 4),
+        (text_word(b"POST "), mask(5), 5),
+        (text_word(b"HEAD "), mask(5), 5),
+        (text_word(b"PATCH "), mask(6), 6),
+        (text_word(b"TRACE "), mask(6), 6),
+        (text_word(b"DELETE "), mask(7), 7),
+        (text_word(b"OPTIONS "), mask(8), 8),
+        (text_word(b"CONNECT "), mask(8), 8),
     ];
     let mut i = 0;
     while i < METHODS.len() {

@@ -652,15 +652,7 @@ fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> 
     // "traceparent: 00-" + 32 + "-" + 16 + "-01\r\n", built a word at a time: hex digits from
     // word arithmetic, not a byte at a time (that kept dozens of values live and took a
     // 320-byte frame).
-    let word = |s: &[u8]| {
-        let mut w = 0u64;
-        let mut i = 0;
-        while i < s.len() {
-            w |= u64::from(s[i]) << (8 * i);
-            i += 1;
-        }
-        w
-    };
+    let word = http::text_word;
     let (span0, span1) = (http::hex8(a), http::hex8(b));
     // SAFETY: `line` has nine words.
     unsafe {
