@@ -1,21 +1,28 @@
 //! Command line. Exporter flags fall back to the standard `OTEL_*` variables (resolved in
 //! `export::resolve_config`, which knows the spec's precedence rules).
 
-use clap::{Parser, ValueEnum};
+use std::sync::LazyLock;
 
-/// Application protocols socktrace can parse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ProtocolName {
-    /// HTTP/1.0 and HTTP/1.1.
-    Http,
-    /// HTTP/2 requests that are not gRPC (prior knowledge, or `Upgrade: h2c`).
-    Http2,
-    /// gRPC calls (over HTTP/2).
-    Grpc,
-    /// PostgreSQL frontend/backend protocol v3.
-    #[value(alias = "postgresql")]
-    Postgres,
+use clap::{
+    Parser, ValueEnum,
+    builder::{PossibleValue, PossibleValuesParser},
+};
+
+use crate::protocol;
+
+/// `--protocols` offers every kind of every registered protocol, all enabled by default.
+fn protocol_values() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        protocol::kinds().map(|k| PossibleValue::new(k.name).aliases(k.aliases).help(k.help)),
+    )
 }
+
+static ALL_PROTOCOLS: LazyLock<String> = LazyLock::new(|| {
+    protocol::kinds()
+        .map(|k| k.name)
+        .collect::<Vec<_>>()
+        .join(",")
+});
 
 /// What `db.query.text` carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -80,11 +87,11 @@ pub struct Cli {
     /// Protocols to trace (comma-separated).
     #[arg(
         long,
-        value_enum,
+        value_parser = protocol_values(),
         value_delimiter = ',',
-        default_value = "http,http2,grpc,postgres"
+        default_value = ALL_PROTOCOLS.as_str()
     )]
-    pub protocols: Vec<ProtocolName>,
+    pub protocols: Vec<String>,
 
     /// Trace only these processes (and their children). Comma-separated or repeated.
     #[arg(long, value_name = "PID", value_delimiter = ',')]
@@ -163,7 +170,7 @@ pub struct Cli {
     /// pod, or `--kubeconfig` when given; `on` refuses to start without either; `off` never
     /// contacts the API server.
     #[arg(long = "k8s", value_enum, value_name = "MODE", default_value = "auto")]
-    pub k8s_mode: crate::k8s::K8sMode,
+    pub k8s_mode: crate::resource::k8s::K8sMode,
 
     /// Kubeconfig file for the Kubernetes API (current context; token or client certificate
     /// credentials). Takes precedence over the in-cluster service account.

@@ -1,21 +1,20 @@
 //! socktrace: socket-layer capture (eBPF) to OpenTelemetry spans.
 //!
-//! Modules follow the data: `probes` (load, attach, read the ring buffer) -> `conn` (connections
-//! and stream reassembly) -> `protocol` (pure parsers) -> `trace` (spans and context) ->
-//! `resource` (who made the span) -> `export` (OTLP and console). `pipeline` runs the chain on
-//! one thread; `select` decides which processes are traced; `cli` is the command line; `caps`
-//! checks capabilities at start; `health` serves the Kubernetes probes; `inject` attaches the
-//! kernel's `traceparent` injection into outgoing HTTP/1 requests.
-pub mod caps;
+//! The folders follow the data, and every dependency points against its flow (a test keeps it
+//! so: `tests/tests/layering.rs`):
+//!
+//! `capture` (kernel programs: load, attach, read the ring buffer) -> `conn` (connections,
+//! protocol detection, turns) -> `protocol` (one folder per protocol behind one contract) ->
+//! `trace` (spans, context, linking) -> `resource` (who made the span, which processes are
+//! traced) -> `export` (OTLP and console). `pipeline` runs the chain on one thread;
+//! `telemetry` holds the agent's own counters and the health endpoint; `cli` is the command
+//! line.
+pub mod capture;
 pub mod cli;
 pub mod conn;
 pub mod export;
-pub mod health;
-pub mod inject;
-pub mod k8s;
 pub mod pipeline;
-pub mod probes;
 pub mod protocol;
 pub mod resource;
-pub mod select;
+pub mod telemetry;
 pub mod trace;

@@ -9,16 +9,21 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser as _;
 use socktrace::{
-    caps,
-    cli::{Cli, ProtocolName, QueryTextMode, RouteMode},
-    conn::{ConnConfig, Protocols},
+    capture::{
+        caps, inject,
+        probes::{self, ProbeConfig, Probes},
+    },
+    cli::{Cli, QueryTextMode, RouteMode},
+    conn::ConnConfig,
     export::{self, ExportCli},
-    health::{self, Health},
-    inject, k8s,
     pipeline::{self, Pipeline},
-    probes::{ProbeConfig, Probes},
-    resource::{ProcRoot, ResourceCache},
-    select::{ResourceFilter, Selector},
+    protocol::{Enabled, SpanConfig, http1::Http1},
+    resource::{
+        k8s,
+        process::{ProcRoot, ResourceCache},
+        select::{ResourceFilter, Selector},
+    },
+    telemetry::health::{self, Health},
     trace::{
         db::{DbSpanConfig, QueryText},
         http::HttpSpanConfig,
@@ -114,12 +119,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .with_k8s(k8s)
         .with_filter(resource_filter.clone());
 
+    let enabled = Enabled::from_names(&cli.protocols).map_err(anyhow::Error::msg)?;
     // traceparent injection: only where HTTP/1 client spans are made to carry the same ids.
     let mut inject_state = "off".to_owned();
     let inject_root = if cli.no_inject {
         inject_state = "off (--no-inject)".to_owned();
         None
-    } else if !cli.protocols.contains(&ProtocolName::Http) {
+    } else if !enabled.any_of(&Http1) {
         inject_state = "off (--protocols without http)".to_owned();
         None
     } else {
@@ -133,13 +139,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         capture_bytes: cli.capture_bytes,
         ringbuf_bytes: cli.ringbuf_size,
         filter_pids: selector.is_filtering(),
-        wakeup_bytes: socktrace::probes::WAKEUP_BYTES,
+        wakeup_bytes: probes::WAKEUP_BYTES,
         inject: inject_root.is_some(),
     })?;
     // Once per missing feature: what is off, and why.
     let mut notes: Vec<(&str, Vec<&str>)> = Vec::new();
     for program in probes.fallbacks() {
-        let note = socktrace::probes::fallback_note(program);
+        let note = probes::fallback_note(program);
         match notes.iter_mut().find(|(n, _)| *n == note) {
             Some((_, programs)) => programs.push(program),
             None => notes.push((note, vec![program])),
@@ -183,12 +189,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let loaded_in = loading.elapsed();
 
-    let protocols = Protocols {
-        http: cli.protocols.contains(&ProtocolName::Http),
-        http2: cli.protocols.contains(&ProtocolName::Http2),
-        grpc: cli.protocols.contains(&ProtocolName::Grpc),
-        postgres: cli.protocols.contains(&ProtocolName::Postgres),
-    };
     let mut selection = Vec::new();
     if !cli.pid.is_empty() {
         selection.push(format!("pids {:?}", cli.pid));
@@ -213,35 +213,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         probes.attached(),
         loaded_in.as_secs_f64(),
-        cli.protocols
-            .iter()
-            .map(|p| format!("{p:?}").to_lowercase())
-            .collect::<Vec<_>>()
-            .join(","),
+        enabled.names().join(","),
         selection.join(", "),
         cli.capture_bytes,
         inject_state,
         exporter_desc,
         cli.health_listen
-            .map(|a| format!("; health: http://{a}/healthz and /readyz"))
+            .map(|a| format!("; health: http://{a}/healthz, /readyz and /metrics"))
             .unwrap_or_default(),
     );
 
     let pipeline = Pipeline::new(
         ConnConfig {
-            protocols,
+            enabled: enabled.clone(),
             ports: cli.port.clone(),
             ..ConnConfig::default()
         },
-        HttpSpanConfig {
-            route_heuristic: cli.http_route == RouteMode::Heuristic,
-        },
-        DbSpanConfig {
-            query_text: match cli.db_query_text {
-                QueryTextMode::Sanitized => QueryText::Sanitized,
-                QueryTextMode::Raw => QueryText::Raw,
-                QueryTextMode::Off => QueryText::Off,
+        SpanConfig {
+            enabled,
+            http: HttpSpanConfig {
+                route_heuristic: cli.http_route == RouteMode::Heuristic,
             },
+            db: DbSpanConfig {
+                query_text: match cli.db_query_text {
+                    QueryTextMode::Sanitized => QueryText::Sanitized,
+                    QueryTextMode::Raw => QueryText::Raw,
+                    QueryTextMode::Off => QueryText::Off,
+                },
+            },
+            http_stats: Default::default(),
         },
         exporter.clone(),
         selector,
@@ -257,7 +257,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("socktrace-capture".into())
             .spawn(move || {
-                pipeline::run(reader, pipeline, kernel_stats, stop, stats_interval, health)
+                let published = health.metrics().clone();
+                pipeline::run(
+                    reader,
+                    pipeline,
+                    kernel_stats,
+                    stop,
+                    stats_interval,
+                    health,
+                    published,
+                )
             })
             .context("starting the capture thread")?
     };

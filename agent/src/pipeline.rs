@@ -15,104 +15,67 @@ use std::{
 use socktrace_common::stats as kstats;
 
 use crate::{
-    conn::{ConnConfig, ConnExchange, ConnTable, Payload, ProcfsResolver, Role},
+    capture::probes::{Event, EventReader, KernelStats, PidFilter, SockCapture, decode},
+    conn::{ConnConfig, ConnExchange, ConnTable, ProcfsResolver, Role, resolve::comm_of},
     export::ExporterHandle,
-    probes::{Event, EventReader, KernelStats, PidFilter, decode},
-    resource::{ProcRoot, ResourceCache},
-    select::Selector,
+    protocol::SpanConfig,
+    resource::{
+        process::{ProcRoot, ResourceCache},
+        select::Selector,
+    },
+    telemetry::{Published, Snapshot, health::Health},
     trace::{
-        db::{DbSpanConfig, build_pg_span},
-        http::{ConnMeta, HttpSpanConfig, HttpSpanStats, build_span},
-        http2::{H2Kinds, build_h2_span},
+        clock::Clock,
         link::{LinkConfig, Linker},
-        span::SpanKind,
+        span::{ConnMeta, Span, SpanKind},
     },
 };
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
-}
-
-/// Converts kernel `CLOCK_MONOTONIC` timestamps to Unix time.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    offset: i128,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let mono = clock_ns(libc::CLOCK_MONOTONIC);
-        let real = clock_ns(libc::CLOCK_REALTIME);
-        Self {
-            offset: i128::from(real) - i128::from(mono),
-        }
+crate::counters! {
+    /// Counters of this stage.
+    pub struct PipelineStats {
+        /// Kernel records read from the ring buffer.
+        records,
+        /// Kernel records that could not be decoded (dropped).
+        decode_errors,
+        /// Spans handed to the exporter.
+        spans,
+        /// Sockets whose capture size could not be raised (kernel map full or failing).
+        capture_override_failed,
     }
-    pub fn to_unix(&self, mono_ns: u64) -> u64 {
-        (i128::from(mono_ns) + self.offset).clamp(0, i128::from(u64::MAX)) as u64
-    }
-    pub fn monotonic_now() -> u64 {
-        clock_ns(libc::CLOCK_MONOTONIC)
-    }
-}
-
-/// Counters of this stage.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PipelineStats {
-    pub records: u64,
-    pub decode_errors: u64,
-    pub spans: u64,
-    /// HTTP/2 sockets whose capture size could not be raised (kernel map full or failing).
-    pub capture_override_failed: u64,
 }
 
 pub struct Pipeline {
     conns: ConnTable,
     resources: ResourceCache,
-    http: HttpSpanConfig,
-    http_stats: Arc<HttpSpanStats>,
-    h2_kinds: H2Kinds,
-    db: DbSpanConfig,
+    spans: SpanConfig,
     exporter: ExporterHandle,
     clock: Clock,
     selector: Selector,
     pid_filter: Option<PidFilter>,
     /// Per-socket capture sizes in the kernel; None in tests without a kernel.
-    pub sock_capture: Option<crate::probes::SockCapture>,
+    pub sock_capture: Option<SockCapture>,
     resolver: ProcfsResolver,
     stats: PipelineStats,
     out: Vec<ConnExchange>,
     /// Spans built since the last flush: handed to the exporter in one burst per poll cycle,
     /// which wakes its task once instead of once per span.
-    pending: Vec<crate::trace::span::Span>,
+    pending: Vec<Span>,
     linker: Linker,
 }
 
 impl Pipeline {
     pub fn new(
         conn: ConnConfig,
-        http: HttpSpanConfig,
-        db: DbSpanConfig,
+        spans: SpanConfig,
         exporter: ExporterHandle,
         selector: Selector,
         pid_filter: Option<PidFilter>,
     ) -> Self {
-        let h2_kinds = H2Kinds {
-            grpc: conn.protocols.grpc,
-            http: conn.protocols.http2,
-        };
         Self {
             conns: ConnTable::new(conn),
             resources: ResourceCache::new(ProcRoot::default()),
-            http,
-            http_stats: Arc::new(HttpSpanStats::default()),
-            h2_kinds,
-            db,
+            spans,
             exporter,
             clock: Clock::now(),
             selector,
@@ -143,7 +106,7 @@ impl Pipeline {
             }) => {
                 // Read the process while it is alive, even if its spans complete later.
                 if !self.resources.contains(header.pid) {
-                    let comm = crate::conn::comm_of(&header.comm);
+                    let comm = comm_of(&header.comm);
                     let _ = self.resources.get(header.pid, Some(&comm));
                 }
                 self.conns
@@ -230,27 +193,9 @@ impl Pipeline {
             };
             let clock = self.clock;
             let to_unix = |t| clock.to_unix(t);
-            let span = match &cx.payload {
-                Payload::Http(exchange) => {
-                    build_span(exchange, &meta, &self.http, &self.http_stats, &to_unix)
-                }
-                Payload::Http2(stream) => {
-                    let Some(span) = build_h2_span(
-                        stream,
-                        &meta,
-                        self.h2_kinds,
-                        &self.http,
-                        &self.http_stats,
-                        &to_unix,
-                    ) else {
-                        continue;
-                    };
-                    span
-                }
-                Payload::Postgres {
-                    statement,
-                    database,
-                } => build_pg_span(statement, database.as_deref(), &meta, &self.db, &to_unix),
+            // None: a kind of the protocol that is not enabled (a gRPC call with only http2).
+            let Some(span) = cx.exchange.build(&meta, &self.spans, &to_unix) else {
+                continue;
             };
             self.linker.on_span(span, cx.link);
         }
@@ -264,67 +209,38 @@ impl Pipeline {
         }
     }
 
-    /// One line of self-telemetry for every stage.
-    pub fn report(&self, kernel: &[u64; kstats::COUNT as usize]) -> String {
-        let k = kstats::NAMES
-            .iter()
-            .zip(kernel)
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let c = self.conns.stats();
-        let h = self.conns.http1_stats();
-        let h2 = self.conns.http2_stats();
-        let e = self.exporter.stats();
-        let l = self.linker.stats();
-        format!(
-            "kernel: {k} | pipeline: records={} decode_errors={} spans={} resource_filtered={} invalid_traceparent={} | conns: live={} opened={} closed={} expired={} evicted={} unresolved={} undetected={} port_filtered={} mid_stream_skipped={} encrypted={} injections_unmatched={} traced_connects={} traced_connects_dropped={} | links: thread={} peer={} injected={} held={} held_now={} released_unlinked={} peer_timeouts={} contexts_dropped={} conflicts={} multiplexing_threads={} | http1: resyncs={} bytes_skipped={} invalid_heads={} unanswered_dropped={} | http2: frames={} resyncs={} bytes_skipped={} hpack_errors={} undecoded_fields={} streams_evicted={} mid_stream_joins={} h2c_upgrades={} joined_connections={} | export: exported={} queue_dropped={} failed={} retries={}",
-            self.stats.records,
-            self.stats.decode_errors,
-            self.stats.spans,
+    /// Every counter of every stage, the kernel's included.
+    pub fn snapshot(&self, kernel: &[u64; kstats::COUNT as usize]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for ((name, help), value) in kstats::NAMES.iter().zip(kstats::HELP).zip(kernel) {
+            s.counter("kernel", name, help.trim_ascii(), *value);
+        }
+        self.stats.collect("pipeline", &mut s);
+        s.counter(
+            "pipeline",
+            "resource_filtered",
+            "Spans of processes that --k8s-namespace, --container or --service-name exclude.",
             self.resources.filtered(),
-            self.http_stats.invalid_traceparent.load(Ordering::Relaxed),
-            self.conns.len(),
-            c.opened,
-            c.closed,
-            c.expired,
-            c.evicted,
-            c.unresolved,
-            c.undetected,
-            c.filtered_port,
-            c.skipped_mid_stream,
-            c.encrypted,
-            c.injections_unmatched,
-            c.traced_connects,
-            c.traced_connects_dropped,
-            l.thread_links,
-            l.peer_links,
-            l.injected,
-            l.held,
-            self.linker.held(),
-            l.hold_released,
-            l.peer_timeouts,
-            l.contexts_dropped,
-            l.conflicts,
-            l.multiplexing_threads,
-            h.resyncs,
-            h.bytes_skipped,
-            h.invalid_heads,
-            h.unanswered_requests_dropped,
-            h2.frames,
-            h2.resyncs,
-            h2.bytes_skipped,
-            h2.hpack_errors,
-            h2.undecoded_fields,
-            h2.streams_evicted,
-            h2.mid_stream_joins,
-            c.h2c_upgrades,
-            c.h2_mid_stream,
-            e.exported,
-            e.dropped_queue_full,
-            e.failed,
-            e.retries,
-        )
+        );
+        s.counter(
+            "pipeline",
+            "invalid_traceparent",
+            "Requests whose traceparent header was malformed (ignored: a new trace began).",
+            self.spans
+                .http_stats
+                .invalid_traceparent
+                .load(Ordering::Relaxed),
+        );
+        self.conns.collect(&mut s);
+        self.linker.stats().collect("links", &mut s);
+        s.gauge(
+            "links",
+            "held_now",
+            "Spans held for their parent now.",
+            self.linker.held() as u64,
+        );
+        self.exporter.stats().collect("export", &mut s);
+        s
     }
 }
 
@@ -336,11 +252,13 @@ pub fn run(
     kernel: KernelStats,
     stop: Arc<AtomicBool>,
     stats_interval: Option<Duration>,
-    health: crate::health::Health,
+    health: Health,
+    published: Published,
 ) {
     const POLL_MS: i32 = 20;
     let mut last_tick = Instant::now();
     let mut last_report = Instant::now();
+    let mut last_published = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         health.beat();
         if let Err(e) = reader.poll(POLL_MS, |record| pipeline.handle(record)) {
@@ -354,10 +272,14 @@ pub fn run(
             pipeline.flush();
             last_tick = Instant::now();
         }
+        if last_published.elapsed() >= Duration::from_secs(1) {
+            published.publish(pipeline.snapshot(&kernel.read()));
+            last_published = Instant::now();
+        }
         if let Some(every) = stats_interval
             && last_report.elapsed() >= every
         {
-            tracing::info!("{}", pipeline.report(&kernel.read()));
+            tracing::info!("{}", pipeline.snapshot(&kernel.read()).line());
             last_report = Instant::now();
         }
     }
@@ -366,5 +288,7 @@ pub fn run(
     pipeline.tick();
     pipeline.release_held();
     pipeline.flush();
-    tracing::info!("final counters: {}", pipeline.report(&kernel.read()));
+    let last = pipeline.snapshot(&kernel.read());
+    tracing::info!("final counters: {}", last.line());
+    published.publish(last);
 }

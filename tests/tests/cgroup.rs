@@ -143,7 +143,7 @@ fn process_in_a_cri_cgroup_gets_container_id_and_its_own_service_name() {
     );
     // curl stayed in the test's own cgroup: its CLIENT span has the test's container, if any.
     let mine = fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
-    let mine = socktrace::resource::container_id_from_cgroup(&mine);
+    let mine = socktrace::resource::process::container_id_from_cgroup(&mine);
     for client in of_kind(&spans, SpanKind::Client) {
         assert_eq!(
             client.resource_str("container.id"),

@@ -13,7 +13,10 @@ use std::{
     sync::Arc,
 };
 
-use super::pipeline::Counters;
+use super::{
+    pipeline::{Counters, Shutdown, Sink},
+    text::sanitize,
+};
 use crate::trace::span::{Span, SpanKind, Status, Value};
 
 /// Formats one span as a single line (no trailing newline).
@@ -79,23 +82,6 @@ fn sanitize_value(v: &Value) -> String {
     }
 }
 
-/// Escapes control characters (and only those), so the text stays on one line and cannot drive
-/// the terminal.
-pub(crate) fn sanitize(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_owned();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for nanoseconds since the Unix epoch (UTC).
 pub fn format_rfc3339_millis(unix_nanos: u64) -> String {
     let secs = unix_nanos / 1_000_000_000;
@@ -138,7 +124,7 @@ impl ConsoleSink {
         }
     }
 
-    pub(crate) async fn export(&mut self, spans: Vec<Span>) {
+    async fn write(&mut self, spans: Vec<Span>) {
         let n = spans.len() as u64;
         if self.broken {
             self.counters.add_failed(n);
@@ -167,6 +153,16 @@ impl ConsoleSink {
                 self.counters.add_failed(n);
             }
         }
+    }
+}
+
+impl Sink for ConsoleSink {
+    fn export(
+        &mut self,
+        batch: Vec<Span>,
+        _shutdown: &mut Shutdown,
+    ) -> impl Future<Output = ()> + Send {
+        self.write(batch)
     }
 }
 

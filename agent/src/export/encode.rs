@@ -10,8 +10,10 @@ use std::collections::HashMap;
 
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-use super::otlp::SCOPE_VERSION;
 use crate::trace::span::{KeyValue, Resource, Span, SpanKind, Status, Value};
+
+/// Instrumentation scope version reported with every span.
+pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 const LEN: u64 = 2;
 const FIXED64: u64 = 1;

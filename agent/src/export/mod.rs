@@ -13,6 +13,7 @@ pub mod console;
 mod encode;
 pub mod otlp;
 mod pipeline;
+mod text;
 
 use std::{
     sync::{
@@ -55,23 +56,24 @@ pub enum ExportError {
     NothingToDo,
 }
 
-/// Counters of the primary exporter: OTLP when configured, otherwise the console.
-///
-/// All values are cumulative. Once the exporter is idle (e.g. after shutdown)
-/// `queued == exported + failed`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExportStats {
-    /// Spans accepted into the queue.
-    pub queued: u64,
-    /// Spans the backend accepted (or the console printed).
-    pub exported: u64,
-    /// Spans dropped at `submit` because the queue was full or the exporter had shut down.
-    pub dropped_queue_full: u64,
-    /// Spans given up on: non-retryable errors, retries exhausted, rejected in a partial
-    /// success, or still queued at the shutdown deadline.
-    pub failed: u64,
-    /// Retry attempts made (each retry of a batch counts once).
-    pub retries: u64,
+crate::counters! {
+    /// Counters of the primary exporter: OTLP when configured, otherwise the console.
+    ///
+    /// All values are cumulative. Once the exporter is idle (e.g. after shutdown)
+    /// `queued == exported + failed`.
+    pub struct ExportStats {
+        /// Spans accepted into the queue.
+        queued,
+        /// Spans the backend accepted (or the console printed).
+        exported,
+        /// Spans dropped at `submit` because the queue was full or the exporter had shut down.
+        dropped_queue_full,
+        /// Spans given up on: non-retryable errors, retries exhausted, rejected in a partial
+        /// success, or still queued at the shutdown deadline.
+        failed,
+        /// Retry attempts made (each retry of a batch counts once).
+        retries,
+    }
 }
 
 struct Lane {
@@ -83,6 +85,37 @@ struct Lane {
     counters: Arc<Counters>,
     done: watch::Receiver<bool>,
     abort: AbortHandle,
+}
+
+impl Lane {
+    /// Spawns the task that batches this lane's queue into `sink`.
+    fn start<S: Sink>(
+        runtime: &tokio::runtime::Handle,
+        sink: S,
+        counters: Arc<Counters>,
+        batch: BatchConfig,
+        shutdown_rx: &watch::Receiver<Option<Instant>>,
+        max_queue: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let in_queue = Arc::new(AtomicUsize::new(0));
+        let queue = pipeline::Queue::new(rx, in_queue.clone());
+        let (done_tx, done) = watch::channel(false);
+        let shutdown = Shutdown::new(shutdown_rx.clone());
+        let task_counters = counters.clone();
+        let task = runtime.spawn(async move {
+            pipeline::run(queue, sink, batch, shutdown, task_counters).await;
+            let _ = done_tx.send(true);
+        });
+        Lane {
+            tx,
+            in_queue,
+            max_queue: max_queue.max(1),
+            counters,
+            done,
+            abort: task.abort_handle(),
+        }
+    }
 }
 
 struct Inner {
@@ -117,11 +150,22 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
 pub fn start(config: ExportConfig) -> Result<ExporterHandle, ExportError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
-    let mut sinks = Vec::new();
+    let mut lanes = Vec::new();
+    let batch = || BatchConfig {
+        max_batch: config.max_batch,
+        batch_timeout: config.batch_timeout,
+    };
     if let Some(otlp) = &config.otlp {
         let counters = Arc::new(Counters::default());
         let sink = OtlpSink::new(otlp, config.retry, counters.clone())?;
-        sinks.push((Sink::Otlp(Box::new(sink)), counters));
+        lanes.push(Lane::start(
+            &runtime,
+            sink,
+            counters,
+            batch(),
+            &shutdown_rx,
+            config.max_queue,
+        ));
         tracing::info!(
             "exporting spans with OTLP {} to {}",
             otlp.protocol,
@@ -130,38 +174,19 @@ pub fn start(config: ExportConfig) -> Result<ExporterHandle, ExportError> {
     }
     if config.console {
         let counters = Arc::new(Counters::default());
-        sinks.push((Sink::Console(ConsoleSink::new(counters.clone())), counters));
+        let sink = ConsoleSink::new(counters.clone());
+        lanes.push(Lane::start(
+            &runtime,
+            sink,
+            counters,
+            batch(),
+            &shutdown_rx,
+            config.max_queue,
+        ));
     }
-    if sinks.is_empty() {
+    if lanes.is_empty() {
         return Err(ExportError::NothingToDo);
     }
-    let lanes = sinks
-        .into_iter()
-        .map(|(sink, counters)| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let in_queue = Arc::new(AtomicUsize::new(0));
-            let queue = pipeline::Queue::new(rx, in_queue.clone());
-            let (done_tx, done) = watch::channel(false);
-            let batch = BatchConfig {
-                max_batch: config.max_batch,
-                batch_timeout: config.batch_timeout,
-            };
-            let shutdown = Shutdown::new(shutdown_rx.clone());
-            let task_counters = counters.clone();
-            let task = runtime.spawn(async move {
-                pipeline::run(queue, sink, batch, shutdown, task_counters).await;
-                let _ = done_tx.send(true);
-            });
-            Lane {
-                tx,
-                in_queue,
-                max_queue: config.max_queue.max(1),
-                counters,
-                done,
-                abort: task.abort_handle(),
-            }
-        })
-        .collect();
     Ok(ExporterHandle {
         inner: Arc::new(Inner {
             lanes,

@@ -31,13 +31,11 @@ use super::encode::encode_request;
 use super::{
     ExportError,
     config::{OtlpConfig, OtlpProtocol, RetryConfig},
-    console::sanitize,
-    pipeline::{Counters, Shutdown},
+    pipeline::{Counters, Shutdown, Sink},
+    text::sanitize,
 };
 use crate::trace::span::Span;
 
-/// Instrumentation scope version reported with every span.
-pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// `User-Agent` of both transports.
 pub const USER_AGENT: &str = concat!("socktrace/", env!("CARGO_PKG_VERSION"));
 
@@ -496,7 +494,7 @@ impl OtlpSink {
 
     /// Sends one batch, retrying as the policy allows; every span ends up counted as exported
     /// or failed.
-    pub(crate) async fn export(&mut self, spans: Vec<Span>, shutdown: &mut Shutdown) {
+    async fn send(&mut self, spans: Vec<Span>, shutdown: &mut Shutdown) {
         let n = spans.len() as u64;
         if n == 0 {
             return;
@@ -596,6 +594,16 @@ impl OtlpSink {
             }
             attempt += 1;
         }
+    }
+}
+
+impl Sink for OtlpSink {
+    fn export(
+        &mut self,
+        batch: Vec<Span>,
+        shutdown: &mut Shutdown,
+    ) -> impl Future<Output = ()> + Send {
+        self.send(batch, shutdown)
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::{
     time::{Instant, sleep_until, timeout_at},
 };
 
-use super::{ExportStats, console::ConsoleSink, otlp::OtlpSink};
+use super::ExportStats;
 use crate::trace::span::Span;
 
 /// Monotonic counters of one exporter.
@@ -104,19 +104,14 @@ impl Shutdown {
     }
 }
 
-/// Where a pipeline delivers its batches.
-pub(crate) enum Sink {
-    Otlp(Box<OtlpSink>),
-    Console(ConsoleSink),
-}
-
-impl Sink {
-    async fn export(&mut self, batch: Vec<Span>, shutdown: &mut Shutdown) {
-        match self {
-            Sink::Otlp(s) => s.export(batch, shutdown).await,
-            Sink::Console(s) => s.export(batch).await,
-        }
-    }
+/// Where a pipeline delivers its batches (the console, an OTLP endpoint). `export` returns once
+/// every span of the batch is counted as exported or failed.
+pub(crate) trait Sink: Send + 'static {
+    fn export(
+        &mut self,
+        batch: Vec<Span>,
+        shutdown: &mut Shutdown,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 pub(crate) struct BatchConfig {
@@ -197,9 +192,9 @@ impl Queue {
 
 /// The single task of one exporter: collects batches (full, or after `batch_timeout`), hands
 /// them to the sink one at a time, and flushes what is queued on shutdown until the deadline.
-pub(crate) async fn run(
+pub(crate) async fn run<S: Sink>(
     mut queue: Queue,
-    mut sink: Sink,
+    mut sink: S,
     cfg: BatchConfig,
     mut shutdown: Shutdown,
     counters: Arc<Counters>,

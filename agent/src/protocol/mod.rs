@@ -1,11 +1,212 @@
-//! Pure protocol parsers: bytes in, messages out, no I/O.
+//! Protocols: one folder each, all behind one contract.
+//!
+//! A protocol is a pure parser (bytes in, messages out, no I/O, no clock) plus the three small
+//! adapters of this contract: [`Protocol`] detects it on the first bytes of a connection and
+//! opens a [`Session`]; the session consumes each direction's segments and hands over every
+//! finished [`Exchange`]; an exchange builds its span. [`REGISTRY`] lists them all: the
+//! connection layer detects in its order, `--protocols` offers their [`Kind`]s, and the
+//! self-telemetry reports their counters. Adding a protocol is its folder and one line there.
+
 pub mod http1;
 pub mod http2;
 pub mod postgres;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+use std::{fmt, sync::Arc};
+
 use bytes::Bytes;
+
+use crate::trace::{
+    db::DbSpanConfig,
+    http::{HttpSpanConfig, HttpSpanStats},
+    span::{ConnMeta, Span},
+};
+
+/// Every protocol, in detection order: a protocol whose first bytes could also start a later
+/// one comes first (the HTTP/2 preface is a valid HTTP/1 request line).
+pub static REGISTRY: &[&dyn Protocol] = &[&http2::Http2, &http1::Http1, &postgres::Postgres];
+
+/// Who wrote bytes on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    Client,
+    Server,
+}
+
+/// What users enable with `--protocols`: one protocol may carry several (HTTP/2 carries plain
+/// HTTP/2 requests and gRPC calls).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kind {
+    pub name: &'static str,
+    /// Other names accepted on the command line.
+    pub aliases: &'static [&'static str],
+    pub help: &'static str,
+}
+
+/// Every kind of every registered protocol, in registry order.
+pub fn kinds() -> impl Iterator<Item = &'static Kind> {
+    REGISTRY.iter().flat_map(|p| p.kinds().iter())
+}
+
+/// The kinds the user enabled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Enabled(Vec<&'static str>);
+
+impl Enabled {
+    /// Every kind of every protocol.
+    pub fn all() -> Self {
+        Self(kinds().map(|k| k.name).collect())
+    }
+
+    /// The kinds named (by name or alias); an unknown name is an error naming the known ones.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for name in names {
+            let name = name.as_ref();
+            let kind = kinds()
+                .find(|k| k.name == name || k.aliases.contains(&name))
+                .ok_or_else(|| {
+                    let known: Vec<_> = kinds().map(|k| k.name).collect();
+                    format!("unknown protocol {name:?} (known: {})", known.join(", "))
+                })?;
+            if !out.contains(&kind.name) {
+                out.push(kind.name);
+            }
+        }
+        Ok(Self(out))
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains(&name)
+    }
+
+    pub fn names(&self) -> &[&'static str] {
+        &self.0
+    }
+
+    /// Whether any kind of `protocol` is enabled.
+    pub fn any_of<P: Protocol + ?Sized>(&self, protocol: &P) -> bool {
+        protocol.kinds().iter().any(|k| self.has(k.name))
+    }
+}
+
+/// A protocol recognised on a connection: who sent the bytes that showed it, and the session
+/// that parses the connection from those bytes on.
+pub struct Detected {
+    pub sender: Sender,
+    pub session: Box<dyn Session>,
+}
+
+/// One protocol socktrace can parse.
+pub trait Protocol: Sync {
+    /// Short name, used for its counters and in logs (`http1`, `postgres`).
+    fn name(&self) -> &'static str;
+
+    /// What `--protocols` can enable of it.
+    fn kinds(&self) -> &'static [Kind];
+
+    /// Whether connections are parsed with it for what the user enabled. By default: any of its
+    /// kinds. (HTTP/1 is also parsed for HTTP/2, which may start as an HTTP/1 `Upgrade: h2c`.)
+    fn wanted(&self, enabled: &Enabled) -> bool {
+        enabled.any_of(self)
+    }
+
+    /// The first captured bytes one side wrote on a connection (`first` is the start of that
+    /// side's stream as far as the agent knows it): is this the protocol? Must be strict:
+    /// other protocols' first bytes and random data must not match.
+    fn detect(&self, first: &[u8], enabled: &Enabled) -> Option<Detected>;
+
+    /// Weaker detection, tried only after every protocol's [`Protocol::detect`] said no:
+    /// connections the agent joined mid-stream.
+    fn detect_mid_stream(&self, _first: &[u8], _enabled: &Enabled) -> Option<Detected> {
+        None
+    }
+
+    /// Whether its connections should be copied up to the kernel's maximum per I/O (HTTP/2
+    /// packs the headers of many streams into one read).
+    fn full_capture(&self) -> bool {
+        false
+    }
+
+    /// Names and descriptions of the session counters ([`Session::counters`], same order).
+    fn counters(&self) -> &'static [(&'static str, &'static str)];
+}
+
+/// How a session's connection goes on after its latest input.
+pub enum Next {
+    Continue,
+    /// Parsing ends: the rest of the connection is not this protocol (or not readable).
+    End(End),
+    /// The connection switched protocol (HTTP/1.1 upgraded to h2c): parse on with this.
+    Switch(&'static dyn Protocol, Box<dyn Session>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Upgraded to something not parsed (101 Switching Protocols, a CONNECT tunnel).
+    Upgraded,
+    /// Switched to TLS or GSS encryption.
+    Encrypted,
+}
+
+/// The parser state of one connection.
+pub trait Session: Send {
+    /// One segment written by `from`.
+    fn push(&mut self, from: Sender, seg: Segment);
+
+    /// The connection is gone: finish what is open (as partial or unanswered).
+    fn close(&mut self, ts_ns: u64);
+
+    /// Moves finished exchanges to `out`, in the order their requests began.
+    fn drain(&mut self, enabled: &Enabled, out: &mut Vec<Box<dyn Exchange>>) -> Next;
+
+    /// Adds the parser's counters to `into` (in [`Protocol::counters`] order).
+    fn counters(&self, into: &mut [u64]);
+
+    /// Requests carry their trace context in-band, one request per turn of the connection
+    /// (HTTP/1): the connection layer then reports each turn to span linking.
+    fn context_in_turns(&self) -> bool {
+        false
+    }
+}
+
+/// How the two ends of one connection on this host name the same exchange, so that a server
+/// span can be paired with its client span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pairing {
+    /// By the turn of the connection it began in (HTTP/1; see [`Session::context_in_turns`]).
+    Turn,
+    /// By a stream id both ends see (HTTP/2).
+    Stream(u32),
+    /// By its position among the connection's exchanges (one request at a time, in order).
+    Sequence,
+}
+
+/// What the span builders of every protocol share.
+#[derive(Clone, Debug)]
+pub struct SpanConfig {
+    pub enabled: Enabled,
+    pub http: HttpSpanConfig,
+    pub db: DbSpanConfig,
+    pub http_stats: Arc<HttpSpanStats>,
+}
+
+/// One finished request and its answer: one span.
+pub trait Exchange: Send + fmt::Debug {
+    /// Kernel time of the first request byte.
+    fn start_ns(&self) -> u64;
+
+    fn pairing(&self) -> Pairing;
+
+    /// The span, or None when it is not wanted (a kind not enabled) or not meaningful.
+    fn build(
+        &self,
+        meta: &ConnMeta,
+        config: &SpanConfig,
+        to_unix: &dyn Fn(u64) -> u64,
+    ) -> Option<Span>;
+}
 
 /// One socket read or write as captured by the kernel: `len` bytes were transferred, of which
 /// only the first `data.len()` (<= len) were copied. The uncaptured tail is a "gap": its bytes

@@ -1,6 +1,6 @@
 //! W3C Trace Context (`traceparent` / `tracestate`) as read from captured headers.
 
-use super::span::{SpanId, TraceId};
+use super::ids::{SpanId, TraceId};
 
 /// A validated incoming `traceparent`.
 #[derive(Clone, Debug, PartialEq, Eq)]

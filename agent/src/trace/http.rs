@@ -2,17 +2,22 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use super::{
     context::{HeaderContext, parse_traceparent},
-    span::{ExchangeSpan, KeyValue, Resource, Span, SpanKind, Status, Value},
+    span::{ConnMeta, ExchangeSpan, KeyValue, Span, SpanKind, Status, Value},
 };
-use crate::protocol::http1::{Exchange, Header};
+
+/// One HTTP header field as the parsers give it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    /// Lossy UTF-8 and trimmed: spans want text, and a replacement character is more useful to a
+    /// reader than dropping the header.
+    pub value: String,
+}
 
 /// Replaces sensitive values in exported URLs.
 pub const REDACTED: &str = "REDACTED";
@@ -29,15 +34,6 @@ pub struct HttpSpanConfig {
 #[derive(Debug, Default)]
 pub struct HttpSpanStats {
     pub invalid_traceparent: AtomicU64,
-}
-
-/// What the span builder needs to know about the connection.
-#[derive(Clone, Debug)]
-pub struct ConnMeta {
-    pub kind: SpanKind,
-    pub local: SocketAddr,
-    pub peer: SocketAddr,
-    pub resource: Arc<Resource>,
 }
 
 const KNOWN_METHODS: [&str; 9] = [
@@ -177,10 +173,6 @@ pub(crate) fn ip_string(addr: &SocketAddr) -> String {
     }
 }
 
-fn version_string(minor: u8) -> &'static str {
-    if minor == 0 { "1.0" } else { "1.1" }
-}
-
 fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -243,38 +235,6 @@ pub struct HttpMessage<'a> {
     pub partial: bool,
     pub start_ns: u64,
     pub end_ns: u64,
-}
-
-/// Builds the span of one HTTP/1 exchange. `to_unix` converts kernel monotonic time to
-/// wall-clock.
-pub fn build_span(
-    ex: &Exchange,
-    conn: &ConnMeta,
-    config: &HttpSpanConfig,
-    stats: &HttpSpanStats,
-    to_unix: &dyn Fn(u64) -> u64,
-) -> Span {
-    let req = &ex.request;
-    let (status, end_ns) = match &ex.response {
-        Some(resp) => (Some(resp.status), ex.response_end_ns.max(ex.request_end_ns)),
-        None => (None, ex.request_end_ns),
-    };
-    let msg = HttpMessage {
-        method: &req.method,
-        target: &req.target,
-        authority: None,
-        headers: &req.headers,
-        version: version_string(req.version_minor),
-        status,
-        no_response: "connection closed before a response",
-        request_body_len: ex.request_body_len,
-        request_has_body: req.header("content-length").is_some(),
-        response_body_len: ex.response_body_len,
-        partial: ex.partial,
-        start_ns: ex.request_start_ns,
-        end_ns,
-    };
-    build_http_span(&msg, conn, config, stats, to_unix)
 }
 
 /// Builds the span of one HTTP request of any version.

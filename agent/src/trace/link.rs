@@ -38,8 +38,8 @@ pub enum PeerDisc {
     Turn(u64),
     /// HTTP/2: the stream id.
     Stream(u32),
-    /// PostgreSQL: the n-th statement.
-    Statement(u64),
+    /// One request at a time (PostgreSQL, ...): the n-th exchange of the connection.
+    Sequence(u64),
 }
 
 /// One request as its *client* sees it: (client address, server address, which request).
@@ -120,26 +120,27 @@ impl Default for LinkConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LinkStats {
-    /// Client spans made a child of the request their thread was serving.
-    pub thread_links: u64,
-    /// Server spans made a child of their same-host client span.
-    pub peer_links: u64,
-    /// Client spans whose ids came from a kernel-injected header.
-    pub injected: u64,
-    /// Spans held for a parent (at least once).
-    pub held: u64,
-    /// Held spans released without their parent (deadline or memory bound).
-    pub hold_released: u64,
-    /// Requests that waited in vain for a same-host client context.
-    pub peer_timeouts: u64,
-    /// Contexts dropped by the entry or age bound.
-    pub contexts_dropped: u64,
-    /// Injected trace id differed from the parent's trace (the header wins; parent kept).
-    pub conflicts: u64,
-    /// Times a thread read a request while another was unanswered: its calls are not linked.
-    pub multiplexing_threads: u64,
+crate::counters! {
+    pub struct LinkStats {
+        /// Client spans made a child of the request their thread was serving.
+        thread_links,
+        /// Server spans made a child of their same-host client span.
+        peer_links,
+        /// Client spans whose ids came from a kernel-injected header.
+        injected,
+        /// Spans held for a parent (at least once).
+        held,
+        /// Held spans released without their parent (deadline or memory bound).
+        hold_released,
+        /// Requests that waited in vain for a same-host client context.
+        peer_timeouts,
+        /// Contexts dropped by the entry or age bound.
+        contexts_dropped,
+        /// Injected trace id differed from the parent's trace (the header wins; parent kept).
+        conflicts,
+        /// Times a thread read a request while another was unanswered: its calls are not linked.
+        multiplexing_threads,
+    }
 }
 
 /// The ids a resolved context hands to its span and its children.
@@ -295,7 +296,7 @@ impl Linker {
     }
 
     pub fn stats(&self) -> LinkStats {
-        self.stats.clone()
+        self.stats
     }
 
     /// Spans held for a parent right now.
@@ -590,7 +591,7 @@ impl Linker {
                 trace_state: span.trace_state.clone(),
             });
             self.peers
-                .insert(pk, (r, crate::pipeline::Clock::monotonic_now()));
+                .insert(pk, (r, super::clock::Clock::monotonic_now()));
             for id in self.held_by_peer.remove(&pk).unwrap_or_default() {
                 self.release(id, true);
             }
@@ -636,7 +637,7 @@ impl Linker {
             Wait::Ctx(k) => self.held_by_ctx.entry(*k).or_default().push(id),
             Wait::Peer(pk) => self.held_by_peer.entry(*pk).or_default().push(id),
         }
-        let deadline_ns = crate::pipeline::Clock::monotonic_now() + self.config.max_hold_ns;
+        let deadline_ns = super::clock::Clock::monotonic_now() + self.config.max_hold_ns;
         self.held.insert(
             id,
             Held {

@@ -1,7 +1,10 @@
-//! Spans, trace context and linking.
+//! Spans and trace context: the span model (`span`, `ids`), the semantic conventions shared by
+//! the protocols' span builders (`http`, `db`), W3C context parsing (`context`), kernel time
+//! (`clock`), and linking spans into traces (`link`).
+pub mod clock;
 pub mod context;
 pub mod db;
 pub mod http;
-pub mod http2;
+pub mod ids;
 pub mod link;
 pub mod span;

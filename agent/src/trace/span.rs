@@ -1,63 +1,9 @@
 //! The span the pipeline produces, independent of any export format.
 
-use std::{borrow::Cow, fmt, sync::Arc};
+use std::{borrow::Cow, fmt, net::SocketAddr, sync::Arc};
 
-/// W3C trace id (16 bytes, never all zero when valid).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct TraceId(pub [u8; 16]);
-/// W3C span id (8 bytes, never all zero when valid).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct SpanId(pub [u8; 8]);
-
-impl TraceId {
-    pub fn random() -> Self {
-        loop {
-            let id: [u8; 16] = rand::random();
-            if id != [0; 16] {
-                return Self(id);
-            }
-        }
-    }
-    pub fn is_valid(&self) -> bool {
-        self.0 != [0; 16]
-    }
-}
-impl SpanId {
-    pub fn random() -> Self {
-        loop {
-            let id: [u8; 8] = rand::random();
-            if id != [0; 8] {
-                return Self(id);
-            }
-        }
-    }
-    pub fn is_valid(&self) -> bool {
-        self.0 != [0; 8]
-    }
-}
-fn hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
-}
-impl fmt::Display for TraceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        hex(&self.0, f)
-    }
-}
-impl fmt::Debug for TraceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        hex(&self.0, f)
-    }
-}
-impl fmt::Display for SpanId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        hex(&self.0, f)
-    }
-}
-impl fmt::Debug for SpanId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        hex(&self.0, f)
-    }
-}
+use super::context::HeaderContext;
+pub use super::ids::{SpanId, TraceId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
@@ -178,6 +124,15 @@ pub struct Span {
     pub scope: &'static str,
 }
 
+/// What the span builder needs to know about the connection.
+#[derive(Clone, Debug)]
+pub struct ConnMeta {
+    pub kind: SpanKind,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    pub resource: Arc<Resource>,
+}
+
 /// What every span of one exchange is made of; see [`Span::of_exchange`].
 pub struct ExchangeSpan {
     pub name: String,
@@ -188,13 +143,13 @@ pub struct ExchangeSpan {
     pub attributes: Vec<KeyValue>,
     pub status: Status,
     /// The parent context the request carried in its headers, if any.
-    pub header: Option<super::context::HeaderContext>,
+    pub header: Option<HeaderContext>,
 }
 
 impl Span {
     /// A span of one exchange on a connection: the header's context or a new trace, and a new
     /// span id (the linker may replace all three with the ones it inferred).
-    pub fn of_exchange(conn: &super::http::ConnMeta, e: ExchangeSpan) -> Self {
+    pub fn of_exchange(conn: &ConnMeta, e: ExchangeSpan) -> Self {
         let (trace_id, parent_span_id, trace_state) = match e.header {
             Some(h) => (h.trace_id, Some(h.parent_id), h.trace_state),
             None => (TraceId::random(), None, String::new()),

@@ -199,80 +199,68 @@ pub struct InjectEvent {
 
 /// Indices of the per-CPU `STATS` array. Each counts occurrences since load.
 pub mod stats {
-    /// Records written to the ring buffer.
-    pub const EVENTS_SENT: u32 = 0;
-    /// Records lost because the ring buffer was full.
-    pub const RINGBUF_FULL: u32 = 1;
-    /// Payload copies from user memory that failed (the event is still sent, without payload).
-    pub const READ_USER_FAILED: u32 = 2;
-    /// Socket I/O whose syscall entry was not seen (agent started mid-call, or map full).
-    pub const MISSING_ENTRY: u32 = 3;
-    /// Updates of a kernel hash map that failed.
-    pub const MAP_UPDATE_FAILED: u32 = 4;
-    /// Socket I/O on the agent's own connections or their peers, skipped.
-    pub const SELF_SKIPPED: u32 = 5;
-    /// Socket I/O truncated to the capture size.
-    pub const TRUNCATED: u32 = 6;
-    /// Calls that began before the agent attached, recovered from the task's saved registers.
-    pub const RECOVERED_ENTRY: u32 = 7;
-    /// Requests that received a `traceparent` line from the `sk_msg` program.
-    pub const INJECTED: u32 = 8;
-    /// Requests sent unchanged because they already carry `traceparent`.
-    pub const INJECT_SKIP_HAS_TRACEPARENT: u32 = 9;
-    /// Requests whose header block did not end inside the message (written in pieces, or longer
-    /// than `INJECT_HEAD_WINDOW`): sent unchanged, and the connection is left alone.
-    pub const INJECT_SKIP_INCOMPLETE: u32 = 10;
-    /// Requests that began in the middle of a write (pipelined behind another one): unchanged.
-    pub const INJECT_SKIP_MID_MESSAGE: u32 = 11;
-    /// Requests whose body length the kernel cannot follow (chunked, invalid `Content-Length`,
-    /// `Upgrade`, `CONNECT`): the connection is left alone after them.
-    pub const INJECT_SKIP_UNKNOWN_FRAMING: u32 = 12;
-    /// `bpf_msg_push_data` / `bpf_msg_pull_data` failures (the message is sent unchanged).
-    pub const INJECT_PUSH_FAILED: u32 = 13;
-    /// Client connections whose first bytes are not an HTTP/1 request: left alone.
-    pub const INJECT_NOT_HTTP: u32 = 14;
-    /// Requests not injected because the writer is not traced or its write is not seen
-    /// (no client span would carry the ids).
-    pub const INJECT_SKIP_UNTRACED: u32 = 15;
-    /// Client sockets that could not be added to the injection socket map.
-    pub const INJECT_SOCK_ADD_FAILED: u32 = 16;
-    /// Header scans abandoned because another task reused this CPU's scratch buffer meanwhile
-    /// (the connection is left alone).
-    pub const INJECT_SCRATCH_RACE: u32 = 17;
-    /// Server reads that began an HTTP/1 request and set the thread's trace context.
-    pub const SERVER_CTX_SET: u32 = 18;
-    /// Of those, contexts whose trace id came from the request's `traceparent`.
-    pub const SERVER_CTX_FROM_HEADER: u32 = 19;
-    /// Writes on followed client sockets that the kernel could not send whole (full send
-    /// buffer of a non-blocking socket, a signal): the rest passes unseen, so the connection is
-    /// left alone from then on.
-    pub const INJECT_PARTIAL_SEND: u32 = 20;
-    pub const COUNT: u32 = 21;
+    /// Declares the counter indices, with their names and descriptions (the doc comments).
+    macro_rules! counters {
+        ($( $(#[doc = $doc:literal])+ $konst:ident = $idx:literal, $name:literal; )*) => {
+            $( $(#[doc = $doc])+ pub const $konst: u32 = $idx; )*
+            pub const COUNT: u32 = [$($idx),*].len() as u32;
+            /// Names, indexed like the constants.
+            pub const NAMES: [&str; COUNT as usize] = [$($name),*];
+            /// Descriptions, indexed like the constants.
+            pub const HELP: [&str; COUNT as usize] = [$(concat!($($doc),+)),*];
+        };
+    }
 
-    /// Human-readable names, indexed like the constants above.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "events_sent",
-        "ringbuf_full",
-        "read_user_failed",
-        "missing_syscall_entry",
-        "map_update_failed",
-        "self_traffic_skipped",
-        "payload_truncated",
-        "recovered_syscall_entry",
-        "injected",
-        "inject_skipped_has_traceparent",
-        "inject_skipped_incomplete_headers",
-        "inject_skipped_mid_message",
-        "inject_skipped_unknown_framing",
-        "inject_push_failed",
-        "inject_not_http",
-        "inject_skipped_untraced",
-        "inject_sock_add_failed",
-        "inject_scratch_race",
-        "server_ctx_set",
-        "server_ctx_from_header",
-        "inject_partial_send",
-    ];
+    counters! {
+        /// Records written to the ring buffer.
+        EVENTS_SENT = 0, "events_sent";
+        /// Records lost because the ring buffer was full.
+        RINGBUF_FULL = 1, "ringbuf_full";
+        /// Payload copies from user memory that failed (the event is still sent, without payload).
+        READ_USER_FAILED = 2, "read_user_failed";
+        /// Socket I/O whose syscall entry was not seen (agent started mid-call, or map full).
+        MISSING_ENTRY = 3, "missing_syscall_entry";
+        /// Updates of a kernel hash map that failed.
+        MAP_UPDATE_FAILED = 4, "map_update_failed";
+        /// Socket I/O on the agent's own connections or their peers, skipped.
+        SELF_SKIPPED = 5, "self_traffic_skipped";
+        /// Socket I/O truncated to the capture size.
+        TRUNCATED = 6, "payload_truncated";
+        /// Calls that began before the agent attached, recovered from the task's saved registers.
+        RECOVERED_ENTRY = 7, "recovered_syscall_entry";
+        /// Requests that received a `traceparent` line from the `sk_msg` program.
+        INJECTED = 8, "injected";
+        /// Requests sent unchanged because they already carry `traceparent`.
+        INJECT_SKIP_HAS_TRACEPARENT = 9, "inject_skipped_has_traceparent";
+        /// Requests whose header block did not end inside the message (written in pieces, or longer
+        /// than `INJECT_HEAD_WINDOW`): sent unchanged, and the connection is left alone.
+        INJECT_SKIP_INCOMPLETE = 10, "inject_skipped_incomplete_headers";
+        /// Requests that began in the middle of a write (pipelined behind another one): unchanged.
+        INJECT_SKIP_MID_MESSAGE = 11, "inject_skipped_mid_message";
+        /// Requests whose body length the kernel cannot follow (chunked, invalid `Content-Length`,
+        /// `Upgrade`, `CONNECT`): the connection is left alone after them.
+        INJECT_SKIP_UNKNOWN_FRAMING = 12, "inject_skipped_unknown_framing";
+        /// `bpf_msg_push_data` / `bpf_msg_pull_data` failures (the message is sent unchanged).
+        INJECT_PUSH_FAILED = 13, "inject_push_failed";
+        /// Client connections whose first bytes are not an HTTP/1 request: left alone.
+        INJECT_NOT_HTTP = 14, "inject_not_http";
+        /// Requests not injected because the writer is not traced or its write is not seen
+        /// (no client span would carry the ids).
+        INJECT_SKIP_UNTRACED = 15, "inject_skipped_untraced";
+        /// Client sockets that could not be added to the injection socket map.
+        INJECT_SOCK_ADD_FAILED = 16, "inject_sock_add_failed";
+        /// Header scans abandoned because another task reused this CPU's scratch buffer meanwhile
+        /// (the connection is left alone).
+        INJECT_SCRATCH_RACE = 17, "inject_scratch_race";
+        /// Server reads that began an HTTP/1 request and set the thread's trace context.
+        SERVER_CTX_SET = 18, "server_ctx_set";
+        /// Of those, contexts whose trace id came from the request's `traceparent`.
+        SERVER_CTX_FROM_HEADER = 19, "server_ctx_from_header";
+        /// Writes on followed client sockets that the kernel could not send whole (full send
+        /// buffer of a non-blocking socket, a signal): the rest passes unseen, so the connection is
+        /// left alone from then on.
+        INJECT_PARTIAL_SEND = 20, "inject_partial_send";
+    }
 }
 
 #[cfg(feature = "user")]

@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use socktrace::probes::budget::{
+use socktrace::capture::budget::{
     self, INSN_BUDGET, INSN_LIMIT, STACK_BUDGET, STACK_LIMIT, Verified,
 };
 
@@ -26,7 +26,7 @@ fn kilo(n: u32) -> String {
 /// SHA-256 of the embedded kernel object, in hex.
 fn object_hash() -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(socktrace::probes::EBPF_OBJECT)
+    sha2::Sha256::digest(socktrace::capture::object::EBPF_OBJECT)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -161,7 +161,7 @@ fn main() {
     let hash = object_hash();
     println!(
         "\nkernel object: {} bytes, sha256 {hash}",
-        socktrace::probes::EBPF_OBJECT.len()
+        socktrace::capture::object::EBPF_OBJECT.len()
     );
     if let Some(path) = hash_file {
         if record {

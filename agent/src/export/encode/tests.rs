@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message as _;
 
-use super::{super::otlp::SCOPE_VERSION, encode_request};
+use super::{SCOPE_VERSION, encode_request};
 use crate::trace::span::{KeyValue, Resource, Span, SpanId, SpanKind, Status, Value};
 
 /// The reference: one `ResourceSpans` per resource key, one `ScopeSpans` per scope, in order of

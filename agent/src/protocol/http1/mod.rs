@@ -18,9 +18,11 @@
 //!
 //! The module is pure (no I/O, no clock): time comes only from [`Segment::ts_ns`].
 
+pub mod adapter;
 mod decoder;
 mod head;
 mod pairing;
+pub mod span;
 
 #[cfg(test)]
 mod tests;
@@ -37,14 +39,9 @@ pub const MAX_HEAD_LEN: usize = 64 * 1024;
 pub const MAX_UNANSWERED: usize = 64;
 
 pub use super::{Detect, Segment};
+pub use adapter::Http1;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
-    pub name: String,
-    /// Lossy UTF-8 and trimmed: spans want text, and a replacement character is more useful to a
-    /// reader than dropping the header.
-    pub value: String,
-}
+pub use crate::trace::http::Header;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {
@@ -111,18 +108,19 @@ pub struct Exchange {
     pub partial: bool,
 }
 
-/// Counters of what could not be understood. They only grow; the caller exports them so that a
-/// rising `resyncs` points at capture loss rather than at silently missing spans.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Http1Stats {
-    /// Times a direction lost its framing and had to search for the next head.
-    pub resyncs: u64,
-    /// Stream bytes (captured or in gaps) dropped while searching for a head.
-    pub bytes_skipped: u64,
-    /// Byte runs at a head position that did not parse as a head (or exceeded [`MAX_HEAD_LEN`]).
-    pub invalid_heads: u64,
-    /// Requests evicted from a full queue of [`MAX_UNANSWERED`] requests waiting for a response.
-    pub unanswered_requests_dropped: u64,
+crate::counters! {
+    /// Counters of what could not be understood. They only grow; the caller exports them so that a
+    /// rising `resyncs` points at capture loss rather than at silently missing spans.
+    pub struct Http1Stats {
+        /// Times a direction lost its framing and had to search for the next head.
+        resyncs,
+        /// Stream bytes (captured or in gaps) dropped while searching for a head.
+        bytes_skipped,
+        /// Byte runs at a head position that did not parse as a head (or exceeded [`MAX_HEAD_LEN`]).
+        invalid_heads,
+        /// Requests evicted from a full queue of [`MAX_UNANSWERED`] requests waiting for a response.
+        unanswered_requests_dropped,
+    }
 }
 
 /// Methods common enough that "METHOD SP x" alone is proof of HTTP; any other token must show

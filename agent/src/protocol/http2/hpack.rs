@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 
 use super::huffman;
-use crate::protocol::http1::Header;
+use crate::trace::http::Header;
 
 /// Per-entry overhead in the table size accounting (RFC 7541 section 4.1).
 pub const ENTRY_OVERHEAD: usize = 32;

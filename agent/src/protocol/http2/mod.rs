@@ -47,9 +47,11 @@
 //!
 //! The module is pure (no I/O, no clock): time comes only from [`Segment::ts_ns`].
 
+pub mod adapter;
 mod frame;
 pub mod hpack;
 mod huffman;
+pub mod span;
 
 #[cfg(test)]
 mod tests;
@@ -61,8 +63,9 @@ use frame::{
     PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, SETTINGS,
 };
 
-pub use super::http1::Header;
 pub use super::{Detect, Segment};
+pub use crate::trace::http::Header;
+pub use adapter::Http2;
 pub use frame::SANE_MAX_FRAME;
 
 /// The client connection preface (RFC 9113 section 3.4).
@@ -210,24 +213,25 @@ fn find<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
-/// Counters of what could not be understood; they only grow.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Http2Stats {
-    /// Frame headers parsed.
-    pub frames: u64,
-    /// Times a direction lost its framing and had to search for a frame boundary.
-    pub resyncs: u64,
-    /// Stream bytes (captured or in gaps) dropped while the framing was lost.
-    pub bytes_skipped: u64,
-    /// Header blocks that failed to decode (bad Huffman, integer overflow, bad index, invalid
-    /// field name): that direction's table became lossy.
-    pub hpack_errors: u64,
-    /// Fields referencing unknown dynamic-table entries.
-    pub undecoded_fields: u64,
-    /// Streams evicted from a full table of [`MAX_OPEN_STREAMS`].
-    pub streams_evicted: u64,
-    /// Streams first seen in the middle (response without its request).
-    pub mid_stream_joins: u64,
+crate::counters! {
+    /// Counters of what could not be understood; they only grow.
+    pub struct Http2Stats {
+        /// Frame headers parsed.
+        frames,
+        /// Times a direction lost its framing and had to search for a frame boundary.
+        resyncs,
+        /// Stream bytes (captured or in gaps) dropped while the framing was lost.
+        bytes_skipped,
+        /// Header blocks that failed to decode (bad Huffman, integer overflow, bad index, invalid
+        /// field name): that direction's table became lossy.
+        hpack_errors,
+        /// Fields referencing unknown dynamic-table entries.
+        undecoded_fields,
+        /// Streams evicted from a full table of [`MAX_OPEN_STREAMS`].
+        streams_evicted,
+        /// Streams first seen in the middle (response without its request).
+        mid_stream_joins,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

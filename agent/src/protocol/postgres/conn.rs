@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::frame::{CODE_CANCEL, CODE_GSS, CODE_SSL, Msg, Side};
+use super::frame::{CODE_CANCEL, CODE_GSS, CODE_SSL, Events, Msg, Side};
 use super::sql::{self, Dealloc};
 use super::{PgError, PgStats, Statement};
 
@@ -1054,6 +1054,57 @@ impl Session {
 }
 
 /// A statement's own copy of a shared text.
+impl Events for Session {
+    fn encrypted(&self) -> bool {
+        self.encrypted
+    }
+    fn set_encrypted(&mut self) {
+        Session::set_encrypted(self);
+    }
+    fn front_clean(&self) -> bool {
+        self.front_clean
+    }
+    fn set_front_clean(&mut self) {
+        self.front_clean = true;
+    }
+    fn set_front_lost(&mut self) {
+        self.front_lost = true;
+    }
+    fn joined(&mut self, side: Side, ts: u64) {
+        Session::joined(self, side, ts);
+    }
+    fn answer_pending(&self) -> bool {
+        Session::answer_pending(self)
+    }
+    fn answer(&mut self, b: u8) -> bool {
+        Session::answer(self, b)
+    }
+    fn answer_lost(&mut self) {
+        Session::answer_lost(self);
+    }
+    fn secure_unanswered(&self) -> bool {
+        Session::secure_unanswered(self)
+    }
+    fn lost(&mut self, side: Side, ts: u64, definite: bool) {
+        Session::lost(self, side, ts, definite);
+    }
+    fn front_msg(&mut self, m: &Msg) {
+        Session::front_msg(self, m);
+    }
+    fn back_msg(&mut self, m: &Msg) {
+        Session::back_msg(self, m);
+    }
+    fn skipped(&mut self, n: u64) {
+        Session::skipped(self, n);
+    }
+    fn invalid_message(&mut self) {
+        self.stats.invalid_messages = self.stats.invalid_messages.saturating_add(1);
+    }
+    fn resynced(&mut self) {
+        self.stats.resyncs = self.stats.resyncs.saturating_add(1);
+    }
+}
+
 fn owned(text: &Option<Arc<str>>) -> Option<String> {
     text.as_deref().map(str::to_owned)
 }

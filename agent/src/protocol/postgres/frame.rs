@@ -12,8 +12,6 @@
 //! type), by what is visible of its content (see [`content`]) and, when the next header is
 //! visible too, by that header. Bytes before the accepted candidate are counted as skipped.
 
-use super::conn::Session;
-
 /// Lengths at or above this are never real (PostgreSQL's own limit is 1 GiB - 1).
 pub(super) const MAX_MSG_LEN: u64 = 1 << 30;
 /// Upper bound of a copied message body (query text, error fields).
@@ -90,6 +88,36 @@ enum Keep {
     Names,
 }
 
+/// What the framer tells the session as it counts bytes (the session, `conn::Session`, knows
+/// what the messages mean; the framer only where they are).
+pub(super) trait Events {
+    /// The connection switched to TLS/GSS: nothing more is framed.
+    fn encrypted(&self) -> bool;
+    fn set_encrypted(&mut self);
+    /// The frontend stream has been framed from its start.
+    fn front_clean(&self) -> bool;
+    fn set_front_clean(&mut self);
+    /// Frontend bytes were lost.
+    fn set_front_lost(&mut self);
+    /// A direction was joined mid-stream.
+    fn joined(&mut self, side: Side, ts: u64);
+    /// A one-byte answer (to SSLRequest/GSSENCRequest) is awaited.
+    fn answer_pending(&self) -> bool;
+    /// The one-byte answer `b`; true if it was one.
+    fn answer(&mut self, b: u8) -> bool;
+    fn answer_lost(&mut self);
+    /// An SSLRequest/GSSENCRequest is still unanswered.
+    fn secure_unanswered(&self) -> bool;
+    /// A direction lost its framing at `ts` (`definite`: bytes were certainly lost).
+    fn lost(&mut self, side: Side, ts: u64, definite: bool);
+    fn front_msg(&mut self, m: &Msg);
+    fn back_msg(&mut self, m: &Msg);
+    /// Counters.
+    fn skipped(&mut self, n: u64);
+    fn invalid_message(&mut self);
+    fn resynced(&mut self);
+}
+
 pub(super) struct Framer {
     side: Side,
     mode: Mode,
@@ -159,8 +187,8 @@ impl Framer {
     }
 
     /// One segment: `data` captured, then `gap` bytes of unknown content.
-    pub(super) fn push(&mut self, sess: &mut Session, data: &[u8], gap: u64, ts: u64) {
-        if sess.encrypted {
+    pub(super) fn push(&mut self, sess: &mut impl Events, data: &[u8], gap: u64, ts: u64) {
+        if sess.encrypted() {
             return;
         }
         self.last_ts = ts;
@@ -179,12 +207,12 @@ impl Framer {
     }
 
     /// First bytes of the direction: does it start at the beginning of the connection?
-    fn begin(&mut self, sess: &mut Session, first: Option<u8>) {
+    fn begin(&mut self, sess: &mut impl Events, first: Option<u8>) {
         match self.side {
             Side::Front => match first {
                 Some(0) => {
                     self.mode = Mode::Startup;
-                    sess.front_clean = true;
+                    sess.set_front_clean();
                 }
                 _ => {
                     self.mode = Mode::Typed;
@@ -192,7 +220,7 @@ impl Framer {
                 }
             },
             Side::Back => {
-                if !sess.front_clean {
+                if !sess.front_clean() {
                     self.join(sess);
                 }
             }
@@ -200,7 +228,7 @@ impl Framer {
     }
 
     /// Joined mid-stream: the first boundary must be searched for. Not counted as a resync.
-    fn join(&mut self, sess: &mut Session) {
+    fn join(&mut self, sess: &mut impl Events) {
         self.state = State::Resync;
         self.synced = false;
         sess.joined(self.side, self.last_ts);
@@ -208,10 +236,10 @@ impl Framer {
 
     /// Processes captured bytes in the synced states; in Resync they are only queued (the caller
     /// runs the search).
-    fn feed(&mut self, sess: &mut Session, data: &[u8], ts: u64) {
+    fn feed(&mut self, sess: &mut impl Events, data: &[u8], ts: u64) {
         let mut i = 0;
         while i < data.len() {
-            if sess.encrypted {
+            if sess.encrypted() {
                 return;
             }
             match self.state {
@@ -257,7 +285,7 @@ impl Framer {
     }
 
     /// A complete header in `hdr`.
-    fn header(&mut self, sess: &mut Session, ts: u64) {
+    fn header(&mut self, sess: &mut impl Events, ts: u64) {
         let (ty, code, body_len) = if self.mode == Mode::Startup {
             let len = be32(&self.hdr[0..4]);
             let code = be32(&self.hdr[4..8]);
@@ -299,8 +327,8 @@ impl Framer {
 
     /// The header at hand is not one: skip its first byte and search from the next. Unlike a
     /// gap, captured bytes hide no message: the search looks at every one of them.
-    fn invalid(&mut self, sess: &mut Session) {
-        sess.stats.invalid_messages = sess.stats.invalid_messages.saturating_add(1);
+    fn invalid(&mut self, sess: &mut impl Events) {
+        sess.invalid_message();
         self.skip(sess, 1);
         let n = self.hdr_n;
         self.hdr_n = 0;
@@ -311,10 +339,10 @@ impl Framer {
     }
 
     /// Framing lost at a header position.
-    fn lose(&mut self, sess: &mut Session) {
+    fn lose(&mut self, sess: &mut impl Events) {
         let ts = self.last_ts;
         if self.synced {
-            sess.stats.resyncs = sess.stats.resyncs.saturating_add(1);
+            sess.resynced();
             self.synced = false;
         }
         if self.mode != Mode::Typed {
@@ -358,7 +386,7 @@ impl Framer {
     }
 
     /// The current message's last byte was counted (in a segment stamped `ts`).
-    fn finish(&mut self, sess: &mut Session, ts: u64) {
+    fn finish(&mut self, sess: &mut impl Events, ts: u64) {
         self.state = State::Header;
         let msg = Msg {
             ty: self.ty,
@@ -385,8 +413,8 @@ impl Framer {
     }
 
     /// `n` bytes of unknown content follow what was fed.
-    fn gap(&mut self, sess: &mut Session, mut n: u64, ts: u64) {
-        while n > 0 && !sess.encrypted {
+    fn gap(&mut self, sess: &mut impl Events, mut n: u64, ts: u64) {
+        while n > 0 && !sess.encrypted() {
             match self.state {
                 State::Body => {
                     let k = self.remaining.min(n);
@@ -419,8 +447,8 @@ impl Framer {
 
     /// The connection closed: a message in progress is dropped (it was not complete, so the
     /// peer did not act on it), and the direction starts over as if joined.
-    pub(super) fn close(&mut self, sess: &mut Session) {
-        if !sess.encrypted {
+    pub(super) fn close(&mut self, sess: &mut impl Events) {
+        if !sess.encrypted() {
             let pending = self.rs.len() as u64 + self.hdr_n as u64;
             self.skip(sess, pending);
         }
@@ -430,11 +458,11 @@ impl Framer {
     }
 
     /// Stream bytes dropped unread. Client bytes may have defined statements or portals.
-    fn skip(&self, sess: &mut Session, n: u64) {
+    fn skip(&self, sess: &mut impl Events, n: u64) {
         if n > 0 {
             sess.skipped(n);
             if self.side == Side::Front {
-                sess.front_lost = true;
+                sess.set_front_lost();
             }
         }
     }
@@ -451,8 +479,8 @@ impl Framer {
 
     /// Searches the window for an acceptable header; from there, processing goes on synced.
     /// With `gap_follows`, unknown bytes follow the window, so nothing can be waited for.
-    fn resync(&mut self, sess: &mut Session, gap_follows: bool) {
-        while self.state == State::Resync && !sess.encrypted {
+    fn resync(&mut self, sess: &mut impl Events, gap_follows: bool) {
+        while self.state == State::Resync && !sess.encrypted() {
             let mut i = 0;
             let mut found = false;
             while i < self.rs.len() {

@@ -61,14 +61,17 @@
 //!
 //! The module is pure (no I/O, no clock): time comes only from [`Segment::ts_ns`].
 
+pub mod adapter;
 mod conn;
 mod frame;
+pub mod span;
 mod sql;
 
 #[cfg(test)]
 mod tests;
 
 pub use super::{Detect, Segment};
+pub use adapter::Postgres;
 pub use conn::{MAX_PENDING, MAX_PREPARED};
 pub use frame::MAX_KEEP;
 pub use sql::{operation_and_collection, sanitize};
@@ -115,24 +118,25 @@ pub struct Statement {
     pub partial: bool,
 }
 
-/// Counters of what could not be understood. They only grow (saturating).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PgStats {
-    /// Times a direction lost its framing and had to search for the next message (joining a
-    /// connection mid-stream is not counted).
-    pub resyncs: u64,
-    /// Stream bytes (captured or in gaps) dropped while searching for a message.
-    pub bytes_skipped: u64,
-    /// Headers at a message position that did not make sense, and messages whose content
-    /// could not be read (e.g. a Bind without its NUL terminators).
-    pub invalid_messages: u64,
-    /// Backend messages (other than DataRow/CopyData) that no frontend message waiting could
-    /// have caused: responses to messages sent before the capture or lost in gaps.
-    pub unmatched_responses: u64,
-    /// Sessions that switched to TLS or GSS encryption (0 or 1 per connection).
-    pub encrypted_sessions: u64,
-    /// Statements evicted from a full queue of [`MAX_PENDING`] messages waiting for a response.
-    pub dropped_statements: u64,
+crate::counters! {
+    /// Counters of what could not be understood. They only grow (saturating).
+    pub struct PgStats {
+        /// Times a direction lost its framing and had to search for the next message (joining a
+        /// connection mid-stream is not counted).
+        resyncs,
+        /// Stream bytes (captured or in gaps) dropped while searching for a message.
+        bytes_skipped,
+        /// Headers at a message position that did not make sense, and messages whose content
+        /// could not be read (e.g. a Bind without its NUL terminators).
+        invalid_messages,
+        /// Backend messages (other than DataRow/CopyData) that no frontend message waiting could
+        /// have caused: responses to messages sent before the capture or lost in gaps.
+        unmatched_responses,
+        /// Sessions that switched to TLS or GSS encryption (0 or 1 per connection).
+        encrypted_sessions,
+        /// Statements evicted from a full queue of [`MAX_PENDING`] messages waiting for a response.
+        dropped_statements,
+    }
 }
 
 /// Detection on the first captured bytes of the client->server direction: a startup-phase

@@ -285,7 +285,7 @@ fn a_same_host_chain_becomes_one_trace_with_the_exact_parents() {
     pg.done(
         &mut l,
         121,
-        Some(PeerDisc::Statement(0)),
+        Some(PeerDisc::Sequence(0)),
         span("pg", SpanKind::Server, None),
     );
     assert!(
@@ -295,7 +295,7 @@ fn a_same_host_chain_becomes_one_trace_with_the_exact_parents() {
     b_db.done(
         &mut l,
         120,
-        Some(PeerDisc::Statement(0)),
+        Some(PeerDisc::Sequence(0)),
         span("db", SpanKind::Client, None),
     );
     let mut got = ready(&mut l);

@@ -9,11 +9,12 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
-use crate::{
+use super::{
     k8s::{ContainerMeta, K8sMetadata},
     select::{ResourceFacts, ResourceFilter},
-    trace::span::{KeyValue, Resource, Value},
+    stat::stat_field,
 };
+use crate::trace::span::{KeyValue, Resource, Value};
 
 /// Where process information is read from; a directory laid out like `/proc` (tests use fakes).
 #[derive(Clone, Debug)]
@@ -430,17 +431,6 @@ pub fn parse_resource_attributes(v: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`, for fields after the `comm` field,
-/// which may itself contain spaces and parentheses.
-pub fn stat_field(stat: &str, n: usize) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    after
-        .split_whitespace()
-        .nth(n.checked_sub(3)?)?
-        .parse()
-        .ok()
-}
-
 /// Field 22 of `/proc/PID/stat`: start time in clock ticks.
 fn stat_start_time(stat: &str) -> Option<u64> {
     stat_field(stat, 22)
@@ -682,7 +672,7 @@ mod tests {
         );
     }
 
-    use crate::k8s::{Owners, PodIndex, PodMeta};
+    use crate::resource::k8s::{Owners, PodIndex, PodMeta};
 
     fn attr<'a>(r: &'a Resource, key: &str) -> Option<&'a Value> {
         r.attributes

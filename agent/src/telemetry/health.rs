@@ -1,6 +1,8 @@
 //! `--health-listen`: a tiny HTTP/1.1 endpoint for Kubernetes probes, on the exporter's tokio
 //! runtime. `GET /readyz` answers 200 once the probes are attached; `GET /healthz` answers 200
-//! while the capture loop keeps making progress (it beats at least every poll interval, 20 ms).
+//! while the capture loop keeps making progress (it beats at least every poll interval, 20 ms);
+//! `GET /metrics` gives the agent's own counters (published each second) in the Prometheus text
+//! format.
 //! Its sockets belong to the agent, which the kernel programs never trace.
 
 use std::{
@@ -14,6 +16,8 @@ use std::{
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use super::Published;
+
 /// The capture loop counts as stalled when it has not beaten for this long.
 pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
@@ -21,6 +25,7 @@ pub const STALL_AFTER: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Health {
     inner: Arc<Inner>,
+    metrics: Published,
 }
 
 #[derive(Debug)]
@@ -44,11 +49,17 @@ impl Health {
                 last_beat_ms: AtomicU64::new(0),
                 ready: AtomicBool::new(false),
             }),
+            metrics: Published::default(),
         }
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.inner.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The agent's counters as the capture thread last published them.
+    pub fn metrics(&self) -> &Published {
+        &self.metrics
     }
 
     /// Records progress of the capture loop.
@@ -98,7 +109,7 @@ pub fn respond(head: &[u8], health: &Health) -> Vec<u8> {
     }
     let path = target.split('?').next().unwrap_or(target);
     let head_only = method == "HEAD";
-    let known = matches!(path, "/healthz" | "/readyz");
+    let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
     if known && method != "GET" && !head_only {
         return reply(405, "Method Not Allowed", "use GET\n", false);
     }
@@ -120,6 +131,7 @@ pub fn respond(head: &[u8], health: &Health) -> Vec<u8> {
             "probes not attached yet\n",
             head_only,
         ),
+        "/metrics" => reply(200, "OK", &health.metrics.latest().prometheus(), head_only),
         _ => reply(404, "Not Found", "not found\n", head_only),
     }
 }
@@ -205,6 +217,27 @@ mod tests {
     }
 
     #[test]
+    fn metrics_serve_the_published_counters() {
+        let h = Health::new();
+        let get = b"GET /metrics HTTP/1.1\r\n\r\n";
+        let empty = String::from_utf8_lossy(&respond(get, &h)).into_owned();
+        assert!(
+            empty.starts_with("HTTP/1.1 200 OK") && empty.ends_with("\r\n\r\n"),
+            "{empty}"
+        );
+        let mut s = crate::telemetry::Snapshot::default();
+        s.counter("conns", "opened", "Connections opened.", 3);
+        h.metrics().publish(s);
+        let r = String::from_utf8_lossy(&respond(get, &h)).into_owned();
+        assert!(r.ends_with("\r\n\r\n# HELP socktrace_conns_opened_total Connections opened.\n# TYPE socktrace_conns_opened_total counter\nsocktrace_conns_opened_total 3\n"), "{r}");
+        let post = b"POST /metrics HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            status(&respond(post, &h)),
+            "HTTP/1.1 405 Method Not Allowed"
+        );
+    }
+
+    #[test]
     fn liveness_needs_recent_beats_once_ready() {
         let h = Health::new();
         let get = b"GET /healthz HTTP/1.1\r\n\r\n";
@@ -220,6 +253,7 @@ mod tests {
                 last_beat_ms: AtomicU64::new(0),
                 ready: AtomicBool::new(true),
             }),
+            metrics: Published::default(),
         };
         let r = respond(get, &stalled);
         assert_eq!(status(&r), "HTTP/1.1 503 Service Unavailable");
@@ -233,7 +267,7 @@ mod tests {
         let h = Health::new();
         h.set_ready();
         assert_eq!(
-            status(&respond(b"GET /metrics HTTP/1.1\r\n\r\n", &h)),
+            status(&respond(b"GET /stats HTTP/1.1\r\n\r\n", &h)),
             "HTTP/1.1 404 Not Found"
         );
         assert_eq!(

@@ -10,8 +10,7 @@ use std::{
     path::Path,
 };
 
-pub mod budget;
-
+use super::object::{EBPF_OBJECT, log_verified, mount_fs};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -21,9 +20,6 @@ use socktrace_common::{
     GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS, GLOBAL_INJECT_ENABLED,
     GLOBAL_WAKEUP_BYTES, stats,
 };
-
-/// The kernel programs, built by `build.rs` and embedded in the binary.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socktrace"));
 
 /// Every tracepoint, in attach order, with the programs to try for it: the first that the
 /// kernel accepts is attached (later ones are fallbacks for kernels with fewer features). Socket
@@ -168,14 +164,14 @@ pub(crate) fn loader_globals(config: &ProbeConfig) -> Vec<(&'static str, Vec<u8>
 /// `CAP_NET_ADMIN` (`None`: the embedded object as it is).
 pub(crate) fn object_for(
     config: &ProbeConfig,
-) -> Result<Option<crate::inject::AlignedObject>, ProbeError> {
+) -> Result<Option<crate::capture::inject::AlignedObject>, ProbeError> {
     if EBPF_OBJECT.is_empty() {
         return Err(ProbeError::NoObject);
     }
     if config.inject {
         return Ok(None);
     }
-    crate::inject::without_socket_map(EBPF_OBJECT)
+    crate::capture::inject::without_socket_map(EBPF_OBJECT)
         .map(Some)
         .map_err(ProbeError::Object)
 }
@@ -281,23 +277,9 @@ fn rejected(
         name,
         config: config.describe(),
         reason: io_error.to_string(),
-        tail: budget::log_tail(&verifier_log.to_string(), 4),
+        tail: super::object::log_tail(&verifier_log.to_string(), 4),
         hint: hint.join(", or "),
     }
-}
-
-/// Debug log of what the verifier spent on a program (its load time is the agent's start time).
-pub(crate) fn log_verified(
-    name: &str,
-    info: Option<aya::programs::ProgramInfo>,
-    started: std::time::Instant,
-) {
-    tracing::debug!(
-        "loaded {name}: {} instructions verified in {:?}",
-        info.and_then(|i| i.verified_instruction_count())
-            .map_or_else(|| "?".to_owned(), |n| n.to_string()),
-        started.elapsed()
-    );
 }
 
 /// Makes sure tracefs is mounted where aya looks for it. Returns true if this call mounted it.
@@ -309,26 +291,6 @@ pub fn ensure_tracefs() -> Result<bool, ProbeError> {
     mount_fs("tracefs", Path::new("/sys/kernel/tracing"))
         .map_err(|e| ProbeError::Tracefs(e.to_string()))?;
     Ok(true)
-}
-
-/// `mount -t FSTYPE FSTYPE TARGET` (pseudo file systems: the source is the type's name).
-pub(crate) fn mount_fs(fstype: &str, target: &Path) -> std::io::Result<()> {
-    let c = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
-    let (fstype, target) = (c(fstype)?, c(&target.to_string_lossy())?);
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl Probes {
@@ -404,12 +366,12 @@ impl Probes {
     }
 
     /// Attaches the `traceparent` injection (`sock_ops` on the cgroup v2 root, `sk_msg` on its
-    /// socket map); see [`crate::inject`]. On error the agent goes on without it.
+    /// socket map); see [`crate::capture::inject`]. On error the agent goes on without it.
     pub fn attach_injection(
         &mut self,
-        root: &crate::inject::Cgroup2Root,
-    ) -> Result<(), crate::inject::InjectError> {
-        crate::inject::attach(&mut self.ebpf, root)
+        root: &crate::capture::inject::Cgroup2Root,
+    ) -> Result<(), crate::capture::inject::InjectError> {
+        crate::capture::inject::attach(&mut self.ebpf, root)
     }
 
     /// Number of attached tracepoints.

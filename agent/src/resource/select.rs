@@ -35,7 +35,7 @@ fn all_pids() -> Vec<u32> {
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 4: ppid.
-    crate::resource::stat_field(&stat, 4).map(|p| p as u32)
+    super::stat::stat_field(&stat, 4).map(|p| p as u32)
 }
 
 impl Selector {

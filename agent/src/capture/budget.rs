@@ -19,7 +19,8 @@ use aya_obj::{
     generated::{bpf_attr, bpf_cmd, bpf_insn, bpf_prog_type},
 };
 
-use super::{ProbeConfig, ProbeError, loader_globals, object_for};
+use super::object::log_tail;
+use super::probes::{ProbeConfig, ProbeError, WAKEUP_BYTES, loader_globals, object_for};
 
 /// The verifier's hard limits (Linux 5.2+).
 pub const STACK_LIMIT: u32 = 512;
@@ -44,7 +45,7 @@ pub fn configurations() -> Vec<Configuration> {
         capture_bytes,
         ringbuf_bytes: 8 << 20,
         filter_pids,
-        wakeup_bytes: super::WAKEUP_BYTES,
+        wakeup_bytes: WAKEUP_BYTES,
         inject,
     };
     let default = socktrace_common::DEFAULT_CAPTURE;
@@ -110,7 +111,9 @@ impl Verified {
 /// what the verifier spent on each, sorted by name. Needs the same privileges as the agent.
 pub fn verify_all(config: &ProbeConfig) -> Result<Vec<Verified>, ProbeError> {
     let object = object_for(config)?;
-    let bytes = object.as_ref().map_or(super::EBPF_OBJECT, |p| p.bytes());
+    let bytes = object
+        .as_ref()
+        .map_or(super::object::EBPF_OBJECT, |p| p.bytes());
     let mut obj = Object::parse(bytes).map_err(|e| ProbeError::Object(e.to_string()))?;
     let globals = loader_globals(config);
     obj.patch_map_data(
@@ -168,7 +171,7 @@ pub fn verify_all(config: &ProbeConfig) -> Result<Vec<Verified>, ProbeError> {
     names.sort();
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        if !config.inject && crate::inject::PROGRAMS.contains(&name.as_str()) {
+        if !config.inject && crate::capture::inject::PROGRAMS.contains(&name.as_str()) {
             continue;
         }
         let program = &obj.programs[name];
@@ -284,12 +287,6 @@ impl LoadRequest<'_> {
             }
         }
     }
-}
-
-/// The last `n` non-empty lines of a verifier log, joined with " | ".
-pub fn log_tail(log: &str, n: usize) -> String {
-    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// Reads the statistics lines of a verifier log:

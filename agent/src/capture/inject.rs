@@ -20,7 +20,7 @@ use aya::{
     util::KernelVersion,
 };
 
-use crate::caps::CapSet;
+use crate::capture::caps::CapSet;
 
 /// Kernel programs and maps of the injection (names in the eBPF object).
 const SOCK_OPS: &str = "inject_sockops";
@@ -81,7 +81,7 @@ pub struct Cgroup2Root {
 /// Checks what injection needs, before the programs are loaded (so that without it the kernel
 /// side does none of its work), and opens the cgroup v2 root.
 pub fn precheck(caps: CapSet) -> Result<Cgroup2Root, InjectError> {
-    if let Some(missing) = crate::caps::inject_missing(caps) {
+    if let Some(missing) = crate::capture::caps::inject_missing(caps) {
         return Err(InjectError::NoNetAdmin(missing));
     }
     if let Ok(v) = KernelVersion::current()
@@ -131,7 +131,7 @@ fn attach_all(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<(), InjectError> {
             .map_err(program_err(name))?;
         let started = std::time::Instant::now();
         program.load().map_err(program_err(name))?;
-        crate::probes::log_verified(name, program.info().ok(), started);
+        crate::capture::object::log_verified(name, program.info().ok(), started);
         program
             .attach("syscalls", tracepoint)
             .map_err(program_err(name))?;
@@ -154,7 +154,7 @@ fn attach_all(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<(), InjectError> {
         .map_err(program_err(SK_MSG))?;
     let started = std::time::Instant::now();
     msg.load().map_err(program_err(SK_MSG))?;
-    crate::probes::log_verified(SK_MSG, msg.info().ok(), started);
+    crate::capture::object::log_verified(SK_MSG, msg.info().ok(), started);
     msg.attach(&map_fd).map_err(program_err(SK_MSG))?;
     // ...and last sock_ops, which fills the map. A link never displaces other programs.
     let ops: &mut SockOps = ebpf
@@ -164,7 +164,7 @@ fn attach_all(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<(), InjectError> {
         .map_err(program_err(SOCK_OPS))?;
     let started = std::time::Instant::now();
     ops.load().map_err(program_err(SOCK_OPS))?;
-    crate::probes::log_verified(SOCK_OPS, ops.info().ok(), started);
+    crate::capture::object::log_verified(SOCK_OPS, ops.info().ok(), started);
     ops.attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
         .map_err(program_err(SOCK_OPS))?;
     Ok(())
@@ -352,7 +352,7 @@ fn open_cgroup2_root() -> Result<(File, String), String> {
 fn mount_private() -> Result<File, String> {
     let dir = std::env::temp_dir().join(format!("socktrace-cgroup2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    if let Err(e) = crate::probes::mount_fs("cgroup2", &dir) {
+    if let Err(e) = crate::capture::object::mount_fs("cgroup2", &dir) {
         let _ = std::fs::remove_dir(&dir);
         return Err(format!("mount -t cgroup2 {}: {e}", dir.display()));
     }
@@ -391,7 +391,7 @@ mod tests {
 
     #[test]
     fn the_socket_map_becomes_a_hash_map_and_nothing_else_changes() {
-        let object = crate::probes::EBPF_OBJECT;
+        let object = crate::capture::object::EBPF_OBJECT;
         if object.is_empty() {
             // Built with AYA_BUILD_SKIP=1: no object to patch.
             return;
@@ -413,7 +413,7 @@ mod tests {
 
     #[test]
     fn net_admin_is_named_when_missing() {
-        use crate::caps::Cap;
+        use crate::capture::caps::Cap;
         let err = precheck(CapSet::of(&[Cap::BPF, Cap::PERFMON])).unwrap_err();
         assert!(matches!(err, InjectError::NoNetAdmin(_)));
         let err = err.warning();

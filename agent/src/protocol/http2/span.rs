@@ -1,13 +1,13 @@
 //! Spans of HTTP/2 streams: gRPC calls per the OpenTelemetry RPC conventions, other requests as
 //! HTTP spans with `network.protocol.version` = `2`.
 
-use super::{
-    http::{ConnMeta, HttpMessage, HttpSpanConfig, HttpSpanStats, build_http_span, ip_string},
-    span::{ExchangeSpan, KeyValue, Span, SpanKind, Status, Value},
-};
+use super::{H2Stream, StreamEnd};
 use crate::{
-    protocol::http2::{H2Stream, StreamEnd},
-    resource::percent_decode,
+    resource::process::percent_decode,
+    trace::{
+        http::{HttpMessage, HttpSpanConfig, HttpSpanStats, build_http_span, ip_string},
+        span::{ConnMeta, ExchangeSpan, KeyValue, Span, SpanKind, Status, Value},
+    },
 };
 
 /// Which kinds of HTTP/2 streams become spans.
@@ -309,7 +309,7 @@ fn build_grpc_span(
             end_unix_nanos: to_unix(end_ns(stream)),
             attributes: attrs,
             status,
-            header: super::http::trace_context(&stream.request_headers, stats),
+            header: crate::trace::http::trace_context(&stream.request_headers, stats),
         },
     )
 }

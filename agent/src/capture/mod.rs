@@ -1,0 +1,9 @@
+//! Capture: what runs in the kernel and how it gets there. `probes` loads and attaches the
+//! tracepoint programs and reads their ring buffer; `inject` attaches the `traceparent`
+//! injection (sock_ops + sk_msg); `caps` checks the capabilities both need; `budget` measures
+//! every program against the verifier's limits; `object` is the embedded kernel object.
+pub mod budget;
+pub mod caps;
+pub mod inject;
+pub mod object;
+pub mod probes;

@@ -1,0 +1,290 @@
+//! One connection's byte streams: which protocol they carry, the turns of the conversation, and
+//! feeding each direction to the protocol's session.
+
+use std::net::SocketAddr;
+
+use socktrace_common::{CTX_SERVER_REQUEST, DataEvent};
+
+use super::{ConnExchange, Role};
+use crate::{
+    protocol::{Enabled, Exchange, Next, Pairing, Protocol, REGISTRY, Segment, Sender, Session},
+    trace::{
+        context::scan_http1_context,
+        link::{ExchangeLink, LinkEvent, PeerDisc, Side},
+        span::{SpanId, TraceId},
+    },
+};
+
+/// Events tried before a connection is declared not ours.
+const DETECT_TRIES: u8 = 4;
+
+pub(super) enum State {
+    Detecting {
+        tries: u8,
+    },
+    Active {
+        protocol: &'static dyn Protocol,
+        session: Box<dyn Session>,
+    },
+    Ignored,
+}
+
+/// What detection made of one event's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Detection {
+    /// A protocol: parse from these bytes on. `mid_stream`: only its weak detection matched.
+    Found {
+        protocol: &'static str,
+        mid_stream: bool,
+        full_capture: bool,
+    },
+    /// Bytes of the answering side before any request: skipped, detection goes on.
+    Skipped,
+    /// Not yet; the next event of the connection tries again.
+    NotYet,
+    /// Nothing matched for long enough, or nothing is enabled: the connection is ignored.
+    GaveUp,
+}
+
+pub(super) struct Conn {
+    pub sk: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub role: Option<Role>,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    pub state: State,
+    pub last_seen_ns: u64,
+    /// The kernel saw the connection established, so both ends count requests from the start.
+    pub tuple_known: bool,
+    /// The other end may be traced: a client, or a server whose client connected from a traced
+    /// process (an `EVENT_CONNECT` for the mirrored tuple came first).
+    pub peer_traced: bool,
+    /// Request bytes seen since the last response bytes.
+    turn_active: bool,
+    /// Turns begun so far (request bytes after response bytes, or the first).
+    turns: u64,
+    /// Exchanges paired by sequence finished so far.
+    sequence: u64,
+}
+
+impl Conn {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        ev: &DataEvent,
+        comm: String,
+        role: Option<Role>,
+        local: SocketAddr,
+        peer: SocketAddr,
+        state: State,
+        peer_traced: bool,
+    ) -> Self {
+        Self {
+            sk: ev.sk,
+            pid: ev.pid,
+            comm,
+            role,
+            local,
+            peer,
+            state,
+            last_seen_ns: ev.ts_ns,
+            tuple_known: ev.tuple_known != 0,
+            peer_traced,
+            turn_active: false,
+            turns: 0,
+            sequence: 0,
+        }
+    }
+
+    /// Both ends of this connection may be traced on this host, and the kernel saw it from its
+    /// start, so requests can be paired with the other end's by counting.
+    fn peer_linkable(&self) -> bool {
+        let (l, p) = (
+            self.local.ip().to_canonical(),
+            self.peer.ip().to_canonical(),
+        );
+        self.tuple_known && self.peer_traced && (p.is_loopback() || p == l)
+    }
+
+    /// Who wrote bytes read (`ingress`) or written by the traced process, once the role is known.
+    pub(super) fn sender(&self, ingress: bool) -> Option<Sender> {
+        self.role.map(|role| match (role, ingress) {
+            (Role::Server, true) | (Role::Client, false) => Sender::Client,
+            _ => Sender::Server,
+        })
+    }
+
+    /// Tries the enabled protocols on the first bytes of one direction.
+    pub(super) fn detect(&mut self, payload: &[u8], ingress: bool, enabled: &Enabled) -> Detection {
+        if !matches!(self.state, State::Detecting { .. }) {
+            return Detection::GaveUp;
+        }
+        let known = self.sender(ingress);
+        let wanted = || REGISTRY.iter().copied().filter(|p| p.wanted(enabled));
+        if wanted().next().is_none() {
+            self.state = State::Ignored;
+            return Detection::GaveUp;
+        }
+        let found = wanted()
+            .find_map(|p| p.detect(payload, enabled).map(|d| (p, d, false)))
+            .or_else(|| {
+                wanted().find_map(|p| p.detect_mid_stream(payload, enabled).map(|d| (p, d, true)))
+            });
+        match found {
+            Some((protocol, detected, mid_stream))
+                if known.is_none_or(|s| s == detected.sender) =>
+            {
+                if self.role.is_none() {
+                    // The bytes' writer tells the traced process's role.
+                    self.role = Some(match (detected.sender, ingress) {
+                        (Sender::Client, true) | (Sender::Server, false) => Role::Server,
+                        _ => Role::Client,
+                    });
+                }
+                self.state = State::Active {
+                    protocol,
+                    session: detected.session,
+                };
+                Detection::Found {
+                    protocol: protocol.name(),
+                    mid_stream,
+                    full_capture: protocol.full_capture(),
+                }
+            }
+            // The answering side first: the agent joined mid-exchange. Wait for a request.
+            _ if known == Some(Sender::Server) => Detection::Skipped,
+            _ => {
+                let State::Detecting { tries } = &mut self.state else {
+                    return Detection::GaveUp;
+                };
+                *tries += 1;
+                if *tries >= DETECT_TRIES {
+                    self.state = State::Ignored;
+                    Detection::GaveUp
+                } else {
+                    Detection::NotYet
+                }
+            }
+        }
+    }
+
+    /// Turns and the link events they give: the first request bytes of a turn of a protocol
+    /// carrying context in-band (HTTP/1) begin a request context; client I/O of other protocols
+    /// may belong to a served request; response bytes on a server connection end the serving.
+    /// `injected`: the ids the kernel put into this write.
+    pub(super) fn track_turn(
+        &mut self,
+        ev: &DataEvent,
+        payload: &[u8],
+        from: Sender,
+        injected: Option<(TraceId, SpanId)>,
+        links: &mut Vec<LinkEvent>,
+    ) {
+        let Some(role) = self.role else {
+            return;
+        };
+        let in_band = match &self.state {
+            State::Active { session, .. } => session.context_in_turns(),
+            _ => false,
+        };
+        let key = (ev.sk, ev.ts_ns);
+        if from == Sender::Server {
+            self.turn_active = false;
+            if role == Role::Server {
+                links.push(LinkEvent::ServerResponse {
+                    sk: ev.sk,
+                    tid: ev.tid,
+                });
+            }
+            return;
+        }
+        let new_turn = !self.turn_active;
+        if new_turn {
+            self.turn_active = true;
+            self.turns += 1;
+        }
+        // The kernel put a header into this write: it begins a request even mid-turn (pipelined).
+        if in_band && (new_turn || injected.is_some()) {
+            let kernel_trace = (role == Role::Server && ev.ctx_flags & CTX_SERVER_REQUEST != 0)
+                .then_some(TraceId(ev.trace_id))
+                .filter(TraceId::is_valid);
+            links.push(LinkEvent::Http1Request {
+                key,
+                tid: ev.tid,
+                side: side(role),
+                local: self.local,
+                peer: self.peer,
+                peer_linkable: self.peer_linkable(),
+                turn: self.turns - 1,
+                header: scan_http1_context(payload),
+                kernel_trace,
+                injected,
+            });
+        } else if !in_band && role == Role::Client {
+            links.push(LinkEvent::ClientIo { key, tid: ev.tid });
+        }
+    }
+
+    /// Feeds one segment to the session.
+    pub(super) fn push(&mut self, from: Sender, seg: Segment) {
+        if let State::Active { session, .. } = &mut self.state {
+            session.push(from, seg);
+        }
+    }
+
+    /// Finishes the session (the connection is gone).
+    pub(super) fn close(&mut self, ts_ns: u64) {
+        if let State::Active { session, .. } = &mut self.state {
+            session.close(ts_ns);
+        }
+    }
+
+    /// Moves the session's finished exchanges to `out` with what linking needs; returns how
+    /// the connection goes on.
+    pub(super) fn drain(&mut self, enabled: &Enabled, out: &mut Vec<ConnExchange>) -> Next {
+        let (State::Active { session, .. }, Some(role)) = (&mut self.state, self.role) else {
+            return Next::Continue;
+        };
+        let mut finished: Vec<Box<dyn Exchange>> = Vec::new();
+        let next = session.drain(enabled, &mut finished);
+        let peer_linkable = self.peer_linkable();
+        for exchange in finished {
+            let pairing = exchange.pairing();
+            let disc = match pairing {
+                Pairing::Turn => None,
+                Pairing::Stream(id) => Some(PeerDisc::Stream(id)),
+                Pairing::Sequence => {
+                    self.sequence += 1;
+                    Some(PeerDisc::Sequence(self.sequence - 1))
+                }
+            };
+            let link = ExchangeLink {
+                sk: self.sk,
+                start_ns: exchange.start_ns(),
+                side: side(role),
+                local: self.local,
+                peer: self.peer,
+                http1: pairing == Pairing::Turn,
+                peer_linkable,
+                disc,
+            };
+            out.push(ConnExchange {
+                link,
+                pid: self.pid,
+                comm: self.comm.clone(),
+                role,
+                local: self.local,
+                peer: self.peer,
+                exchange,
+            });
+        }
+        next
+    }
+}
+
+fn side(role: Role) -> Side {
+    match role {
+        Role::Server => Side::Server,
+        Role::Client => Side::Client,
+    }
+}

@@ -1,0 +1,359 @@
+//! The connection table: connections open, close, expire and are evicted here; each event is
+//! routed to its connection's streams.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use socktrace_common::{
+    ConnectEvent, DIR_INGRESS, DataEvent, InjectEvent, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
+};
+
+use super::{
+    ConnConfig, ConnExchange, ConnStats, Role,
+    peers::{Injections, TracedClients},
+    resolve::{Resolver, comm_of, tuple_addrs},
+    stream::{Conn, Detection, State},
+};
+use crate::{
+    protocol::{End, Next, Protocol, REGISTRY, Segment, Sender, Session},
+    telemetry::Snapshot,
+    trace::link::LinkEvent,
+};
+
+#[cfg(test)]
+mod tests;
+
+pub struct ConnTable {
+    config: ConnConfig,
+    conns: HashMap<u64, Conn>,
+    stats: ConnStats,
+    /// Parser counters of sessions already gone, per protocol (in [`REGISTRY`] order).
+    retired: Vec<Vec<u64>>,
+    /// Sockets that turned out to need full capture since the last `take_full_capture`.
+    full_capture: Vec<u64>,
+    /// What linking learns from I/O, in order; taken by the pipeline after each event.
+    links: Vec<LinkEvent>,
+    injections: Injections,
+    traced_clients: TracedClients,
+}
+
+/// Where `protocol` sits in the registry.
+fn registry_index(protocol: &dyn Protocol) -> Option<usize> {
+    REGISTRY.iter().position(|p| p.name() == protocol.name())
+}
+
+impl ConnTable {
+    pub fn new(config: ConnConfig) -> Self {
+        Self {
+            config,
+            conns: HashMap::new(),
+            stats: ConnStats::default(),
+            retired: REGISTRY
+                .iter()
+                .map(|p| vec![0; p.counters().len()])
+                .collect(),
+            full_capture: Vec::new(),
+            links: Vec::new(),
+            injections: Injections::default(),
+            traced_clients: TracedClients::default(),
+        }
+    }
+
+    /// A traced process's `connect()` established a connection: a server on this host reading
+    /// from it will get its client's request contexts, so it may wait for them.
+    pub fn on_connect(&mut self, ev: &ConnectEvent) {
+        let Some(addrs) = tuple_addrs(&ev.tuple) else {
+            return;
+        };
+        self.stats.traced_connects += 1;
+        if !self.traced_clients.add(ev.sk, addrs, ev.ts_ns) {
+            self.stats.traced_connects_dropped += 1;
+        }
+    }
+
+    /// Forgets traced clients' connections whose servers have long asked.
+    pub fn expire_traced_clients(&mut self, now_ns: u64) {
+        self.traced_clients.expire(now_ns);
+    }
+
+    /// What linking learned from the I/O handled since the last call, in order.
+    pub fn take_links(&mut self) -> Vec<LinkEvent> {
+        std::mem::take(&mut self.links)
+    }
+
+    pub fn stats(&self) -> ConnStats {
+        self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Parser counters of `protocol` since start (live and finished sessions), in the order of
+    /// its [`Protocol::counters`].
+    pub fn protocol_counters(&self, protocol: &dyn Protocol) -> Vec<u64> {
+        let Some(i) = registry_index(protocol) else {
+            return Vec::new();
+        };
+        let mut sum = self.retired[i].clone();
+        for c in self.conns.values() {
+            if let State::Active {
+                protocol: p,
+                session,
+            } = &c.state
+                && p.name() == protocol.name()
+            {
+                session.counters(&mut sum);
+            }
+        }
+        sum
+    }
+
+    /// The counters of this stage and of every protocol's parser.
+    pub fn collect(&self, snapshot: &mut Snapshot) {
+        snapshot.gauge(
+            "conns",
+            "live",
+            "Connections tracked now.",
+            self.conns.len() as u64,
+        );
+        snapshot.gauge(
+            "conns",
+            "traced_clients",
+            "Connections of traced clients remembered now (for same-host linking).",
+            self.traced_clients.len() as u64,
+        );
+        self.stats.collect("conns", snapshot);
+        for protocol in REGISTRY {
+            let values = self.protocol_counters(*protocol);
+            for ((name, help), value) in protocol.counters().iter().zip(values) {
+                snapshot.counter(protocol.name(), name, help.trim_ascii(), value);
+            }
+        }
+    }
+
+    /// Sockets whose reads and writes should be copied up to the kernel's maximum from now on:
+    /// connections of protocols that pack much into one read (HTTP/2).
+    pub fn take_full_capture(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.full_capture)
+    }
+
+    /// One socket read or write.
+    pub fn on_data(
+        &mut self,
+        ev: &DataEvent,
+        payload: &[u8],
+        tail: &[u8],
+        resolver: &mut dyn Resolver,
+        out: &mut Vec<ConnExchange>,
+    ) {
+        if !self.conns.contains_key(&ev.sk) {
+            let Some(conn) = self.open(ev, resolver) else {
+                return;
+            };
+            if self.conns.len() >= self.config.max_conns {
+                self.evict_oldest(out);
+            }
+            self.conns.insert(ev.sk, conn);
+            self.stats.opened += 1;
+        }
+        let Some(conn) = self.conns.get_mut(&ev.sk) else {
+            return;
+        };
+        conn.last_seen_ns = ev.ts_ns;
+        conn.pid = ev.pid;
+        if conn.comm.is_empty() {
+            conn.comm = comm_of(&ev.comm);
+        }
+        let ingress = ev.direction == DIR_INGRESS;
+        match &conn.state {
+            State::Ignored => return,
+            State::Active { .. } => {}
+            State::Detecting { .. } => match conn.detect(payload, ingress, &self.config.enabled) {
+                Detection::Found {
+                    mid_stream,
+                    full_capture,
+                    ..
+                } => {
+                    self.stats.mid_stream_joined += u64::from(mid_stream);
+                    if full_capture {
+                        self.full_capture.push(ev.sk);
+                    }
+                }
+                Detection::Skipped => {
+                    self.stats.mid_stream_skipped += 1;
+                    return;
+                }
+                Detection::NotYet => return,
+                Detection::GaveUp => {
+                    if !self.config.enabled.names().is_empty() {
+                        self.stats.undetected += 1;
+                    }
+                    return;
+                }
+            },
+        }
+        let Some(from) = conn.sender(ingress) else {
+            return;
+        };
+        let injected = match (from, conn.role) {
+            (Sender::Client, Some(Role::Client)) => self.injections.take(ev.sk, ev.tid),
+            _ => None,
+        };
+        conn.track_turn(ev, payload, from, injected, &mut self.links);
+        let seg = Segment::prefix(ev.ts_ns, Bytes::copy_from_slice(payload), ev.len)
+            .with_tail(Bytes::copy_from_slice(tail));
+        conn.push(from, seg);
+        let next = conn.drain(&self.config.enabled, out);
+        self.follow(ev.sk, next);
+    }
+
+    /// Applies what a session said about its connection's future.
+    fn follow(&mut self, sk: u64, next: Next) {
+        let Some(conn) = self.conns.get_mut(&sk) else {
+            return;
+        };
+        let replacement = match next {
+            Next::Continue => return,
+            Next::End(end) => {
+                match end {
+                    End::Upgraded => self.stats.upgraded += 1,
+                    End::Encrypted => self.stats.encrypted += 1,
+                }
+                State::Ignored
+            }
+            Next::Switch(protocol, session) => {
+                self.stats.switched += 1;
+                if protocol.full_capture() {
+                    self.full_capture.push(sk);
+                }
+                State::Active { protocol, session }
+            }
+        };
+        if let State::Active { protocol, session } = std::mem::replace(&mut conn.state, replacement)
+        {
+            retire(&mut self.retired, protocol, session.as_ref());
+        }
+    }
+
+    /// The kernel inserted a `traceparent` into a request about to be written on `ev.sk`.
+    /// The write that carries it follows; its request takes these ids.
+    pub fn on_inject(&mut self, ev: &InjectEvent) {
+        self.stats.injections_unmatched += self.injections.add(ev);
+    }
+
+    /// Forgets kernel injections whose write never came.
+    pub fn expire_injections(&mut self, now_ns: u64) {
+        self.stats.injections_unmatched += self.injections.expire(now_ns);
+    }
+
+    /// The kernel saw a traced socket change state; at `TCP_CLOSE` the connection is finished.
+    pub fn on_close(&mut self, sk: u64, new_state: u32, ts_ns: u64, out: &mut Vec<ConnExchange>) {
+        if new_state as i32 != TCP_CLOSE {
+            return;
+        }
+        self.traced_clients.remove(sk);
+        if let Some(conn) = self.conns.remove(&sk) {
+            self.stats.closed += 1;
+            self.finish(conn, ts_ns, out);
+        }
+    }
+
+    /// Forgets connections idle longer than the configured timeout.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<ConnExchange>) {
+        let timeout = self.config.idle_timeout_ns;
+        let stale: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_seen_ns) > timeout)
+            .map(|(sk, _)| *sk)
+            .collect();
+        for sk in stale {
+            if let Some(conn) = self.conns.remove(&sk) {
+                self.stats.expired += 1;
+                let ts = conn.last_seen_ns;
+                self.finish(conn, ts, out);
+            }
+        }
+    }
+
+    fn evict_oldest(&mut self, out: &mut Vec<ConnExchange>) {
+        let Some(sk) = self
+            .conns
+            .iter()
+            .min_by_key(|(_, c)| c.last_seen_ns)
+            .map(|(sk, _)| *sk)
+        else {
+            return;
+        };
+        if let Some(conn) = self.conns.remove(&sk) {
+            self.stats.evicted += 1;
+            let ts = conn.last_seen_ns;
+            self.finish(conn, ts, out);
+        }
+    }
+
+    /// A connection is gone: what its session still holds is finished and handed over.
+    fn finish(&mut self, mut conn: Conn, ts_ns: u64, out: &mut Vec<ConnExchange>) {
+        conn.close(ts_ns);
+        let _ = conn.drain(&self.config.enabled, out);
+        if let State::Active { protocol, session } = conn.state {
+            retire(&mut self.retired, protocol, session.as_ref());
+        }
+    }
+
+    fn open(&mut self, ev: &DataEvent, resolver: &mut dyn Resolver) -> Option<Conn> {
+        let (local, peer, role) = if ev.tuple_known != 0 {
+            let (local, peer) = tuple_addrs(&ev.tuple)?;
+            let role = match ev.role {
+                ROLE_CLIENT => Some(Role::Client),
+                ROLE_SERVER => Some(Role::Server),
+                _ => None,
+            };
+            (local, peer, role)
+        } else {
+            match resolver.resolve(ev.pid, ev.fd) {
+                Some(r) => (r.local, r.peer, r.role),
+                None => {
+                    // Without an address the span would be wrong; count and skip this
+                    // connection until its next event (the process may have exited).
+                    self.stats.unresolved += 1;
+                    return None;
+                }
+            }
+        };
+        let ports = &self.config.ports;
+        let state =
+            if !ports.is_empty() && !ports.contains(&local.port()) && !ports.contains(&peer.port())
+            {
+                self.stats.port_filtered += 1;
+                State::Ignored
+            } else {
+                State::Detecting { tries: 0 }
+            };
+        let peer_traced = match role {
+            Some(Role::Server) => self.traced_clients.contains(peer, local),
+            _ => true,
+        };
+        Some(Conn::new(
+            ev,
+            comm_of(&ev.comm),
+            role,
+            local,
+            peer,
+            state,
+            peer_traced,
+        ))
+    }
+}
+
+/// Keeps the counters of a session that ends.
+fn retire(retired: &mut [Vec<u64>], protocol: &dyn Protocol, session: &dyn Session) {
+    if let Some(sum) = registry_index(protocol).and_then(|i| retired.get_mut(i)) {
+        session.counters(sum);
+    }
+}

@@ -1,0 +1,269 @@
+use socktrace_common::{
+    AF_INET, CTX_SERVER_REQUEST, ConnTuple, ConnectEvent, DIR_EGRESS, DIR_INGRESS, DataEvent,
+    EVENT_DATA, EVENT_INJECT, InjectEvent, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
+};
+
+use super::{
+    super::{
+        ConnConfig, Resolver,
+        peers::{INJECTION_TTL_NS, TRACED_CLIENT_TTL_NS},
+        resolve::Resolved,
+    },
+    ConnTable,
+};
+use crate::{
+    protocol::{Enabled, http1::Http1},
+    trace::{
+        link::{LinkEvent, Side},
+        span::{SpanId, TraceId},
+    },
+};
+
+struct NoResolver;
+impl Resolver for NoResolver {
+    fn resolve(&mut self, _: u32, _: u32) -> Option<Resolved> {
+        None
+    }
+}
+
+fn tuple(local: [u8; 4], lport: u16, peer: [u8; 4], pport: u16) -> ConnTuple {
+    let mut t = ConnTuple {
+        sport: lport,
+        dport: pport,
+        family: AF_INET,
+        ..Default::default()
+    };
+    t.saddr[..4].copy_from_slice(&local);
+    t.daddr[..4].copy_from_slice(&peer);
+    t
+}
+
+fn event(sk: u64, ts: u64, tid: u32, dir: u32, role: u32, t: ConnTuple, len: usize) -> DataEvent {
+    DataEvent {
+        kind: EVENT_DATA,
+        direction: dir,
+        ts_ns: ts,
+        sk,
+        pid: 1,
+        tid,
+        fd: 3,
+        role,
+        len: len as u64,
+        captured: len as u32,
+        tuple_known: 1,
+        tuple: t,
+        comm: [0; 16],
+        tail: 0,
+        ctx_flags: 0,
+        trace_id: [0; 16],
+    }
+}
+
+fn table() -> ConnTable {
+    ConnTable::new(ConnConfig {
+        enabled: Enabled::all(),
+        ..ConnConfig::default()
+    })
+}
+
+#[test]
+fn an_injection_gives_its_ids_to_the_request_written_next_on_that_socket() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80);
+    let inject = InjectEvent {
+        kind: EVENT_INJECT,
+        pid: 1,
+        tid: 9,
+        offset: 16,
+        ts_ns: 99,
+        sk: 5,
+        trace_id: [1; 16],
+        span_id: [2; 8],
+    };
+    t.on_inject(&inject);
+    let req = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
+    let ev = event(5, 100, 9, DIR_EGRESS, ROLE_CLIENT, tp, req.len());
+    t.on_data(&ev, req, &[], &mut r, &mut out);
+    // Pipelined second request in its own write, also injected.
+    t.on_inject(&InjectEvent {
+        ts_ns: 101,
+        span_id: [3; 8],
+        ..inject
+    });
+    let ev2 = event(5, 102, 9, DIR_EGRESS, ROLE_CLIENT, tp, req.len());
+    t.on_data(&ev2, req, &[], &mut r, &mut out);
+    let links = t.take_links();
+    let injected: Vec<_> = links
+        .iter()
+        .map(|l| match l {
+            LinkEvent::Http1Request {
+                key,
+                injected,
+                side,
+                turn,
+                ..
+            } => (*key, *injected, *side, *turn),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        injected,
+        vec![
+            (
+                (5, 100),
+                Some((TraceId([1; 16]), SpanId([2; 8]))),
+                Side::Client,
+                0
+            ),
+            (
+                (5, 102),
+                Some((TraceId([1; 16]), SpanId([3; 8]))),
+                Side::Client,
+                0
+            ),
+        ]
+    );
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let ev3 = event(5, 110, 9, DIR_INGRESS, ROLE_CLIENT, tp, resp.len() * 2);
+    let both = [&resp[..], &resp[..]].concat();
+    t.on_data(&ev3, &both, &[], &mut r, &mut out);
+    let starts: Vec<u64> = out.iter().map(|x| x.link.start_ns).collect();
+    assert_eq!(starts, vec![100, 102]);
+    assert!(out.iter().all(|x| x.link.http1 && !x.link.peer_linkable));
+    // Another thread's write does not take an injection meant for thread 9.
+    t.on_inject(&InjectEvent {
+        ts_ns: 120,
+        ..inject
+    });
+    let ev4 = event(5, 121, 10, DIR_EGRESS, ROLE_CLIENT, tp, req.len());
+    t.on_data(&ev4, req, &[], &mut r, &mut out);
+    assert!(matches!(
+        t.take_links()[..],
+        [LinkEvent::Http1Request {
+            injected: None,
+            turn: 1,
+            ..
+        }]
+    ));
+    t.expire_injections(120 + INJECTION_TTL_NS + 1);
+    assert_eq!(t.stats().injections_unmatched, 1);
+}
+
+fn connect(sk: u64, t: ConnTuple) -> ConnectEvent {
+    ConnectEvent {
+        kind: socktrace_common::EVENT_CONNECT,
+        _pad: 0,
+        ts_ns: 1,
+        sk,
+        tuple: t,
+    }
+}
+
+/// Whether the first request of a server connection on `server` may wait for its client.
+fn server_peer_linkable(t: &mut ConnTable, sk: u64, server: ConnTuple) -> bool {
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let req = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+    let ev = event(sk, 100, 3, DIR_INGRESS, ROLE_SERVER, server, req.len());
+    t.on_data(&ev, req, &[], &mut r, &mut out);
+    match &t.take_links()[..] {
+        [LinkEvent::Http1Request { peer_linkable, .. }] => *peer_linkable,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn only_servers_whose_client_connected_traced_wait_for_a_peer() {
+    let mut t = table();
+    let server = tuple([127, 0, 0, 1], 80, [127, 0, 0, 1], 40000);
+    let client = tuple([127, 0, 0, 1], 40000, [127, 0, 0, 1], 80);
+    // An untraced client (a load generator, a health checker): nothing to wait for.
+    assert!(!server_peer_linkable(&mut t, 7, server));
+    t.on_close(7, TCP_CLOSE as u32, 150, &mut Vec::new());
+    // The same tuple again, now connected by a traced process.
+    t.on_connect(&connect(20, client));
+    assert!(server_peer_linkable(&mut t, 8, server));
+    t.on_close(8, TCP_CLOSE as u32, 160, &mut Vec::new());
+    // Another host's client on the same ports is not that client.
+    let remote = tuple([127, 0, 0, 1], 80, [10, 0, 0, 9], 40000);
+    assert!(!server_peer_linkable(&mut t, 9, remote));
+    // The client closed: a later connection on the same tuple is not its.
+    t.on_close(20, TCP_CLOSE as u32, 170, &mut Vec::new());
+    assert!(!server_peer_linkable(&mut t, 10, server));
+    assert_eq!(t.stats().traced_connects, 1);
+    assert!(t.traced_clients.is_empty());
+    // A client whose close never came is forgotten after a while all the same.
+    t.on_connect(&connect(21, client));
+    t.expire_traced_clients(1 + TRACED_CLIENT_TTL_NS);
+    assert_eq!(t.traced_clients.len(), 1);
+    t.expire_traced_clients(2 + TRACED_CLIENT_TTL_NS);
+    assert!(t.traced_clients.is_empty());
+}
+
+#[test]
+fn server_turns_carry_the_kernel_trace_and_end_at_the_response() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([127, 0, 0, 1], 80, [127, 0, 0, 1], 40000);
+    t.on_connect(&connect(
+        6,
+        tuple([127, 0, 0, 1], 40000, [127, 0, 0, 1], 80),
+    ));
+    let req = b"GET /a HTTP/1.1\r\nHost: b\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+    let mut ev = event(7, 100, 3, DIR_INGRESS, ROLE_SERVER, tp, req.len());
+    ev.ctx_flags = CTX_SERVER_REQUEST | socktrace_common::CTX_FROM_HEADER;
+    ev.trace_id = [0x4b; 16];
+    t.on_data(&ev, req, &[], &mut r, &mut out);
+    let resp = b"HTTP/1.1 204 No Content\r\n\r\n";
+    let ev2 = event(7, 110, 3, DIR_EGRESS, ROLE_SERVER, tp, resp.len());
+    t.on_data(&ev2, resp, &[], &mut r, &mut out);
+    let links = t.take_links();
+    match &links[..] {
+        [
+            LinkEvent::Http1Request {
+                side: Side::Server,
+                peer_linkable: true,
+                kernel_trace: Some(k),
+                header: Some(h),
+                turn: 0,
+                ..
+            },
+            LinkEvent::ServerResponse { sk: 7, tid: 3 },
+        ] => {
+            assert_eq!(*k, TraceId([0x4b; 16]));
+            assert_eq!(h.parent_id.to_string(), "00f067aa0ba902b7");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].link.start_ns, 100);
+}
+
+#[test]
+fn http1_parser_counters_outlive_their_connections() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000);
+    let req = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
+    t.on_data(
+        &event(7, 100, 3, DIR_INGRESS, ROLE_SERVER, tp, req.len()),
+        req,
+        &[],
+        &mut r,
+        &mut out,
+    );
+    let junk = b"\x00\x01 not a response head at all\r\n\r\n";
+    t.on_data(
+        &event(7, 110, 3, DIR_EGRESS, ROLE_SERVER, tp, junk.len()),
+        junk,
+        &[],
+        &mut r,
+        &mut out,
+    );
+    // resyncs, bytes_skipped, invalid_heads, unanswered_requests_dropped
+    let live = t.protocol_counters(&Http1);
+    assert!(live[2] + live[0] > 0, "{live:?}");
+    t.on_close(7, TCP_CLOSE as u32, 200, &mut out);
+    assert!(t.is_empty());
+    assert_eq!(t.protocol_counters(&Http1), live);
+}
