@@ -115,7 +115,7 @@ pub fn verify_all(config: &ProbeConfig) -> Result<Vec<Verified>, ProbeError> {
         .as_ref()
         .map_or(super::object::EBPF_OBJECT, |p| p.bytes());
     let mut obj = Object::parse(bytes).map_err(|e| ProbeError::Object(e.to_string()))?;
-    let globals = loader_globals(config);
+    let globals = loader_globals(config)?;
     obj.patch_map_data(
         globals
             .iter()

@@ -18,7 +18,7 @@ use aya::{
 };
 use socktrace_common::{
     GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS, GLOBAL_INJECT_ENABLED,
-    GLOBAL_WAKEUP_BYTES, stats,
+    GLOBAL_TP_OFFSETS, GLOBAL_WAKEUP_BYTES, stats,
 };
 
 /// Every tracepoint, in attach order, with the programs to try for it: the first that the
@@ -97,6 +97,8 @@ pub enum ProbeError {
         name: &'static str,
         why: &'static str,
     },
+    #[error("{0}: the kernel programs cannot read it")]
+    TracepointFormat(String),
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("the embedded eBPF object is not as expected: {0}")]
@@ -149,15 +151,30 @@ pub struct ProbeConfig {
 pub const WAKEUP_BYTES: u32 = 64 * 1024;
 
 /// The values of the object's read-only globals for `config`, by name.
-pub(crate) fn loader_globals(config: &ProbeConfig) -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn loader_globals(
+    config: &ProbeConfig,
+) -> Result<Vec<(&'static str, Vec<u8>)>, ProbeError> {
     let word = |v: u32| v.to_ne_bytes().to_vec();
-    vec![
+    let offsets = super::tracepoints::read_offsets(tracefs_events())
+        .map_err(|e| ProbeError::TracepointFormat(e.to_string()))?;
+    Ok(vec![
         (GLOBAL_AGENT_TGID, word(std::process::id())),
         (GLOBAL_CAPTURE_BYTES, word(config.capture_bytes)),
         (GLOBAL_FILTER_PIDS, word(u32::from(config.filter_pids))),
         (GLOBAL_WAKEUP_BYTES, word(config.wakeup_bytes)),
         (GLOBAL_INJECT_ENABLED, word(u32::from(config.inject))),
-    ]
+        (GLOBAL_TP_OFFSETS, offsets.to_ne_bytes().to_vec()),
+    ])
+}
+
+/// The tracefs `events` directory (where `ensure_tracefs` made sure one is).
+fn tracefs_events() -> &'static Path {
+    let events = Path::new("/sys/kernel/tracing/events");
+    if events.exists() {
+        events
+    } else {
+        Path::new("/sys/kernel/debug/tracing/events")
+    }
 }
 
 /// The object to load for `config`: without injection, a copy whose socket map needs no
@@ -301,11 +318,7 @@ impl Probes {
             return Err(ProbeError::NoObject);
         }
         ensure_tracefs()?;
-        let tracing = if Path::new("/sys/kernel/tracing/events").exists() {
-            Path::new("/sys/kernel/tracing/events")
-        } else {
-            Path::new("/sys/kernel/debug/tracing/events")
-        };
+        let tracing = tracefs_events();
         for (category, name, _) in TRACEPOINTS {
             if !tracing.join(category).join(name).exists() {
                 return Err(ProbeError::MissingTracepoint {
@@ -319,7 +332,7 @@ impl Probes {
         let patched = object_for(config)?;
         let object = patched.as_ref().map_or(EBPF_OBJECT, |p| p.bytes());
         let mut loader = EbpfLoader::new();
-        let globals = loader_globals(config);
+        let globals = loader_globals(config)?;
         for (name, value) in &globals {
             loader.override_global(name, value.as_slice(), true);
         }
@@ -583,11 +596,12 @@ pub enum DecodeError {
     },
 }
 
-fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() < std::mem::size_of::<T>() {
         return Err(DecodeError::Short(bytes.len()));
     }
-    // SAFETY: length checked; T is one of the `Pod` record types (any bit pattern is valid), and
+    // SAFETY: length checked; `T: Pod` (a `repr(C)` struct of integers and byte arrays whose
+    // layout socktrace-common checks at compile time), so any bit pattern is a valid value;
     // read_unaligned does not require alignment.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }

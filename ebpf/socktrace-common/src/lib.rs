@@ -22,6 +22,7 @@ pub const GLOBAL_FILTER_PIDS: &str = "FILTER_PIDS";
 pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 /// Non-zero: the `sk_msg` program inserts `traceparent` headers (set when it is attached).
 pub const GLOBAL_INJECT_ENABLED: &str = "INJECT_ENABLED";
+pub const GLOBAL_TP_OFFSETS: &str = "TP_OFFSETS";
 
 /// The line the kernel inserts after the request line of an outgoing HTTP/1 request:
 /// `traceparent: 00-<32 hex trace id>-<16 hex span id>-01\r\n`.
@@ -197,6 +198,93 @@ pub struct InjectEvent {
     pub span_id: [u8; 8],
 }
 
+/// Where the tracepoint fields the programs read sit in each tracepoint's record. User space
+/// reads them from the kernel's format files before load (they differ between kernel versions:
+/// `sched_process_fork` stored the task names inline before Linux 5.x); the defaults are those of
+/// current kernels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpOffsets {
+    /// `sock:sock_send_length` and `sock:sock_recv_length` (same layout).
+    pub len_sk: u16,
+    pub len_family: u16,
+    pub len_protocol: u16,
+    pub len_flags: u16,
+    /// `sock:inet_sock_set_state`.
+    pub st_skaddr: u16,
+    pub st_oldstate: u16,
+    pub st_newstate: u16,
+    pub st_sport: u16,
+    pub st_dport: u16,
+    pub st_family: u16,
+    pub st_protocol: u16,
+    pub st_saddr: u16,
+    pub st_daddr: u16,
+    pub st_saddr_v6: u16,
+    pub st_daddr_v6: u16,
+    /// `sched:sched_process_fork`.
+    pub fork_child_pid: u16,
+    /// `sched:sched_process_exec`.
+    pub exec_pid: u16,
+    pub _pad: u16,
+}
+
+impl TpOffsets {
+    pub const DEFAULT: Self = Self {
+        len_sk: 8,
+        len_family: 16,
+        len_protocol: 18,
+        len_flags: 24,
+        st_skaddr: 8,
+        st_oldstate: 16,
+        st_newstate: 20,
+        st_sport: 24,
+        st_dport: 26,
+        st_family: 28,
+        st_protocol: 30,
+        st_saddr: 32,
+        st_daddr: 36,
+        st_saddr_v6: 40,
+        st_daddr_v6: 56,
+        fork_child_pid: 20,
+        exec_pid: 12,
+        _pad: 0,
+    };
+
+    /// The struct as the kernel reads it, field after field in native byte order.
+    pub fn to_ne_bytes(&self) -> [u8; core::mem::size_of::<Self>()] {
+        let words = [
+            self.len_sk,
+            self.len_family,
+            self.len_protocol,
+            self.len_flags,
+            self.st_skaddr,
+            self.st_oldstate,
+            self.st_newstate,
+            self.st_sport,
+            self.st_dport,
+            self.st_family,
+            self.st_protocol,
+            self.st_saddr,
+            self.st_daddr,
+            self.st_saddr_v6,
+            self.st_daddr_v6,
+            self.fork_child_pid,
+            self.exec_pid,
+            self._pad,
+        ];
+        let mut out = [0; core::mem::size_of::<Self>()];
+        let mut i = 0;
+        while i < words.len() {
+            let b = words[i].to_ne_bytes();
+            out[2 * i] = b[0];
+            out[2 * i + 1] = b[1];
+            i += 1;
+        }
+        out
+    }
+}
+
 /// Indices of the per-CPU `STATS` array. Each counts occurrences since load.
 pub mod stats {
     /// Declares the counter indices, with their names and descriptions (the doc comments).
@@ -274,11 +362,95 @@ mod pod {
     unsafe impl aya::Pod for CloseEvent {}
     unsafe impl aya::Pod for ProcEvent {}
     unsafe impl aya::Pod for InjectEvent {}
+    unsafe impl aya::Pod for ConnectEvent {}
+    unsafe impl aya::Pod for TpOffsets {}
+}
+
+/// Size of a field's type, from a field accessor (usable in constants).
+#[doc(hidden)]
+pub const fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
+    core::mem::size_of::<F>()
+}
+
+/// Compile-time layout guard of a wire struct: its size, and its fields (in declaration order)
+/// tiling it with no implicit padding, so that every byte is a field the other side reads.
+macro_rules! wire_layout {
+    ($t:ty, $size:expr, $($field:ident),+ $(,)?) => {
+        const _: () = {
+            assert!(core::mem::size_of::<$t>() == $size);
+            let mut end = 0;
+            $(
+                assert!(core::mem::offset_of!($t, $field) == end, "implicit padding");
+                end += field_size(|s: &$t| &s.$field);
+            )+
+            assert!(end == $size, "implicit padding at the end");
+        };
+    };
 }
 
 // Layout guards: a change here changes the wire format between kernel and user space.
-const _: () = assert!(core::mem::size_of::<ConnTuple>() == 40);
-const _: () = assert!(core::mem::size_of::<DataEvent>() == 136);
-const _: () = assert!(core::mem::size_of::<CloseEvent>() == 24);
-const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
-const _: () = assert!(core::mem::size_of::<InjectEvent>() == 56);
+wire_layout!(ConnTuple, 40, saddr, daddr, sport, dport, family, _pad);
+wire_layout!(SockInfo, 48, tuple, role, _pad);
+wire_layout!(
+    DataEvent,
+    136,
+    kind,
+    direction,
+    ts_ns,
+    sk,
+    pid,
+    tid,
+    fd,
+    role,
+    len,
+    captured,
+    tuple_known,
+    tuple,
+    comm,
+    tail,
+    ctx_flags,
+    trace_id,
+);
+wire_layout!(
+    DataEventBuf,
+    136 + 3 * MAX_CAPTURE + 2 * TAIL_CAPTURE,
+    header,
+    data
+);
+wire_layout!(CloseEvent, 24, kind, new_state, ts_ns, sk);
+wire_layout!(ConnectEvent, 64, kind, _pad, ts_ns, sk, tuple);
+wire_layout!(ProcEvent, 16, kind, pid, ts_ns);
+wire_layout!(
+    TpOffsets,
+    36,
+    len_sk,
+    len_family,
+    len_protocol,
+    len_flags,
+    st_skaddr,
+    st_oldstate,
+    st_newstate,
+    st_sport,
+    st_dport,
+    st_family,
+    st_protocol,
+    st_saddr,
+    st_daddr,
+    st_saddr_v6,
+    st_daddr_v6,
+    fork_child_pid,
+    exec_pid,
+    _pad,
+);
+wire_layout!(
+    InjectEvent,
+    56,
+    kind,
+    pid,
+    tid,
+    offset,
+    ts_ns,
+    sk,
+    trace_id,
+    span_id
+);

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use socktrace_common::{ConnTuple, DataEventBuf, SockInfo, stats};
+use socktrace_common::{ConnTuple, DataEventBuf, SockInfo, TpOffsets, stats};
 
 /// Set by user space before load. The agent's own process id: its traffic is never traced.
 #[unsafe(no_mangle)]
@@ -19,6 +19,16 @@ static FILTER_PIDS: u32 = 0;
 /// Wake user space only once this many bytes are waiting (it also polls on a timer).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u32 = 0;
+/// Offsets of the tracepoint fields read, from the format files.
+#[unsafe(no_mangle)]
+static TP_OFFSETS: TpOffsets = TpOffsets::DEFAULT;
+
+/// The offset of a tracepoint field: `tp_offset(|o| &o.st_sport)`.
+#[inline(always)]
+pub fn tp_offset(field: impl Fn(&TpOffsets) -> &u16) -> usize {
+    // SAFETY: a read of a global that the loader rewrites before load (see `agent_tgid`).
+    usize::from(unsafe { core::ptr::read_volatile(field(&TP_OFFSETS)) })
+}
 
 #[inline(always)]
 pub fn agent_tgid() -> u32 {

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use socktrace_common::{EVENT_EXEC, EVENT_EXIT, ProcEvent, stats};
 
-use crate::maps::{EXE_NAMES, TRACED_PIDS, count, filter_pids, send_event};
+use crate::maps::{EXE_NAMES, TRACED_PIDS, count, filter_pids, send_event, tp_offset};
 
 #[inline(always)]
 fn send(kind: u32, pid: u32) {
@@ -21,7 +21,7 @@ fn send(kind: u32, pid: u32) {
     send_event(ev);
 }
 
-/// `sched_process_fork`: `child_pid` at offset 20. Runs in the parent's context.
+/// `sched_process_fork`: reads `child_pid`. Runs in the parent's context.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if !filter_pids() {
@@ -31,8 +31,8 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if TRACED_PIDS.get_ptr(&parent).is_none() {
         return 0;
     }
-    // SAFETY: offset from the format file.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(20) }) else {
+    // SAFETY: offset from the format file (`TP_OFFSETS`).
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(tp_offset(|o| &o.fork_child_pid)) }) else {
         return 0;
     };
     // For a new thread this adds its tid, which is harmless and removed at its exit.
@@ -42,11 +42,11 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sched_process_exec`: `pid` at offset 12. The task name is already the new program's.
+/// `sched_process_exec`: reads `pid`. The task name is already the new program's.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset from the format file.
-    let Ok(pid) = (unsafe { ctx.read_at::<i32>(12) }) else {
+    // SAFETY: offset from the format file (`TP_OFFSETS`).
+    let Ok(pid) = (unsafe { ctx.read_at::<i32>(tp_offset(|o| &o.exec_pid)) }) else {
         return 0;
     };
     if filter_pids() {

@@ -19,19 +19,13 @@ use crate::{
     inject,
     maps::{
         SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCKS, TRACED_CONNECTING, TRACKED_SOCKS, agent_tgid,
-        count, current_is_traced, send_event,
+        count, current_is_traced, send_event, tp_offset,
     },
     syscalls::{ACTIVE_IO, ActiveIo, IO_PEEK},
 };
 
 const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: i32 = 2;
-
-/// Offsets in `sock_send_length` / `sock_recv_length` (see the format files).
-const LEN_SK: usize = 8;
-const LEN_FAMILY: usize = 16;
-const LEN_PROTOCOL: usize = 18;
-const LEN_FLAGS: usize = 24;
 
 /// Fires inside `sock_sendmsg`, in the context of the writing task.
 #[tracepoint]
@@ -63,13 +57,13 @@ pub fn sock_recv_length_nobtf(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_sock_io(ctx: &TracePointContext, recv: bool, recover: bool) {
-    // SAFETY: offsets from the format file.
+    // SAFETY: offsets from the format file (`TP_OFFSETS`).
     let (Ok(sk), Ok(family), Ok(protocol), Ok(flags)) = (unsafe {
         (
-            ctx.read_at::<u64>(LEN_SK),
-            ctx.read_at::<u16>(LEN_FAMILY),
-            ctx.read_at::<u16>(LEN_PROTOCOL),
-            ctx.read_at::<i32>(LEN_FLAGS),
+            ctx.read_at::<u64>(tp_offset(|o| &o.len_sk)),
+            ctx.read_at::<u16>(tp_offset(|o| &o.len_family)),
+            ctx.read_at::<u16>(tp_offset(|o| &o.len_protocol)),
+            ctx.read_at::<i32>(tp_offset(|o| &o.len_flags)),
         )
     }) else {
         return;
@@ -200,19 +194,6 @@ fn recover_from_regs(tid: u32, sk: u64, recv: bool, peek: bool) -> bool {
     true
 }
 
-/// Offsets in `inet_sock_set_state`.
-const ST_SKADDR: usize = 8;
-const ST_OLDSTATE: usize = 16;
-const ST_NEWSTATE: usize = 20;
-const ST_SPORT: usize = 24;
-const ST_DPORT: usize = 26;
-const ST_FAMILY: usize = 28;
-const ST_PROTOCOL: usize = 30;
-const ST_SADDR: usize = 32;
-const ST_DADDR: usize = 36;
-const ST_SADDR6: usize = 40;
-const ST_DADDR6: usize = 56;
-
 /// TCP state changes, host-wide: fires in softirq context, so it is not filtered by process.
 /// At ESTABLISHED it records the tuple and role; when a traced socket shuts down it tells user
 /// space, which finishes requests that end with the connection.
@@ -224,15 +205,15 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: offsets from the format file.
+    // SAFETY: offsets from the format file (`TP_OFFSETS`).
     unsafe {
-        let protocol: u16 = ctx.read_at(ST_PROTOCOL)?;
+        let protocol: u16 = ctx.read_at(tp_offset(|o| &o.st_protocol))?;
         if protocol != IPPROTO_TCP {
             return Ok(());
         }
-        let sk: u64 = ctx.read_at(ST_SKADDR)?;
-        let oldstate: i32 = ctx.read_at(ST_OLDSTATE)?;
-        let newstate: i32 = ctx.read_at(ST_NEWSTATE)?;
+        let sk: u64 = ctx.read_at(tp_offset(|o| &o.st_skaddr))?;
+        let oldstate: i32 = ctx.read_at(tp_offset(|o| &o.st_oldstate))?;
+        let newstate: i32 = ctx.read_at(tp_offset(|o| &o.st_newstate))?;
 
         if newstate == TCP_SYN_SENT {
             // Inside connect(), in the connecting task.
@@ -250,14 +231,14 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 _ => return Ok(()),
             };
             let mut tuple = ConnTuple {
-                sport: ctx.read_at(ST_SPORT)?,
-                dport: ctx.read_at(ST_DPORT)?,
-                family: ctx.read_at(ST_FAMILY)?,
+                sport: ctx.read_at(tp_offset(|o| &o.st_sport))?,
+                dport: ctx.read_at(tp_offset(|o| &o.st_dport))?,
+                family: ctx.read_at(tp_offset(|o| &o.st_family))?,
                 ..Default::default()
             };
             if tuple.family == AF_INET6 {
-                let s6: [u8; 16] = ctx.read_at(ST_SADDR6)?;
-                let d6: [u8; 16] = ctx.read_at(ST_DADDR6)?;
+                let s6: [u8; 16] = ctx.read_at(tp_offset(|o| &o.st_saddr_v6))?;
+                let d6: [u8; 16] = ctx.read_at(tp_offset(|o| &o.st_daddr_v6))?;
                 if is_v4_mapped(&s6) && is_v4_mapped(&d6) {
                     // Normalise v4-mapped to plain IPv4, so both ends of a loopback
                     // connection compare equal whatever family their sockets use.
@@ -269,8 +250,8 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                     tuple.daddr = d6;
                 }
             } else {
-                let s4: [u8; 4] = ctx.read_at(ST_SADDR)?;
-                let d4: [u8; 4] = ctx.read_at(ST_DADDR)?;
+                let s4: [u8; 4] = ctx.read_at(tp_offset(|o| &o.st_saddr))?;
+                let d4: [u8; 4] = ctx.read_at(tp_offset(|o| &o.st_daddr))?;
                 tuple.saddr[..4].copy_from_slice(&s4);
                 tuple.daddr[..4].copy_from_slice(&d4);
             }

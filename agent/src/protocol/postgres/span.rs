@@ -3,9 +3,8 @@
 use super::Statement;
 use crate::protocol::postgres;
 use crate::trace::{
-    db::{DbSpanConfig, QueryText},
-    http::ip_string,
-    span::{ConnMeta, ExchangeSpan, KeyValue, Span, SpanKind, Status, Value},
+    db::{DbSpanConfig, QueryText, push_addresses},
+    span::{ConnMeta, ExchangeSpan, KeyValue, Span, Status, Value},
 };
 
 /// Builds the span of one executed PostgreSQL statement.
@@ -50,18 +49,7 @@ pub fn build_pg_span(
             i64::try_from(rows).unwrap_or(i64::MAX),
         ));
     }
-    // The server's address: the peer for a client, this side for the server.
-    let server = match conn.kind {
-        SpanKind::Client => conn.peer,
-        SpanKind::Server => conn.local,
-    };
-    attrs.push(KeyValue::new("server.address", ip_string(&server)));
-    attrs.push(KeyValue::new("server.port", i64::from(server.port())));
-    attrs.push(KeyValue::new("network.peer.address", ip_string(&conn.peer)));
-    attrs.push(KeyValue::new(
-        "network.peer.port",
-        i64::from(conn.peer.port()),
-    ));
+    push_addresses(conn, &mut attrs);
 
     let mut status = Status::Unset;
     if let Some(err) = &st.error {
