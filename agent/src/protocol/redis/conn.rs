@@ -50,8 +50,17 @@ pub(super) struct Session {
     pub stats: RedisStats,
     db: Option<u32>,
     subscribed: bool,
-    /// Framing was lost since the queue last drained: pairings may be off.
+    /// Server framing was lost since the queue last drained: pairings may be off.
     unsynced: bool,
+    /// Client bytes not understood since the last client command read (the open "dark"
+    /// region): at most one command per 2 bytes (`X\n`) can hide in them.
+    dark_bytes: u64,
+    /// Upper bound on the replies still owed to commands not in the queue (commands lost in
+    /// closed dark regions, commands closed after a server loss whose reply may come later),
+    /// and the replies since taken by no queued command. While `dark_hi + dark_bytes / 2 >
+    /// absorbed`, any reply may be one of those: every pairing is partial.
+    dark_hi: u64,
+    absorbed: u64,
     pub resp3: bool,
     /// Client bytes were lost since the last answered SELECT: the database may be wrong.
     db_uncertain: bool,
@@ -112,17 +121,28 @@ impl Session {
 
     pub fn on_event(&mut self, side: Side, ev: Event) {
         match (side, ev) {
-            (_, Event::Skipped(n)) => {
-                self.stats.bytes_skipped = self.stats.bytes_skipped.saturating_add(n);
-            }
             (_, Event::Attribute) => {
                 self.stats.attributes = self.stats.attributes.saturating_add(1)
             }
-            (Side::Client, Event::Msg(m)) => self.request(m, false),
-            (Side::Client, Event::Lost { started, .. }) => {
-                self.lost();
-                // The lost bytes may have held a SELECT (unless they were the rest of a
-                // command known to be something else).
+            (Side::Client, Event::Skipped(n)) => {
+                self.stats.bytes_skipped = self.stats.bytes_skipped.saturating_add(n);
+                self.dark_bytes = self.dark_bytes.saturating_add(n);
+                self.dark_grew();
+            }
+            (_, Event::Skipped(n)) => {
+                self.stats.bytes_skipped = self.stats.bytes_skipped.saturating_add(n);
+            }
+            (Side::Client, Event::Msg(m)) => {
+                // The dark region (if any) ends here.
+                self.dark_hi = self.dark_hi.saturating_add(self.dark_bytes / 2);
+                self.dark_bytes = 0;
+                self.request(m, false);
+            }
+            (Side::Client, Event::Lost { started, dark, .. }) => {
+                self.stats.resyncs = self.stats.resyncs.saturating_add(1);
+                self.dark_bytes = self.dark_bytes.saturating_add(dark);
+                self.dark_grew();
+                // The started command may be a SELECT whose name was lost.
                 let known = started
                     .as_ref()
                     .and_then(|m| m.elems[0].as_deref())
@@ -135,8 +155,14 @@ impl Session {
                 }
             }
             (Side::Server, Event::Msg(m)) => self.reply(m),
-            (Side::Server, Event::Lost { ts, started }) => {
+            (Side::Server, Event::Lost { ts, started, .. }) => {
+                let was_dark = self.dark();
                 self.lost();
+                if was_dark {
+                    // The reply being read may have been owed to a lost command: the first
+                    // waiting command's reply may still come.
+                    self.dark_hi = self.dark_hi.saturating_add(1);
+                }
                 if let Some(m) = started {
                     // The reply being read answers the first waiting command.
                     self.reply(m);
@@ -149,10 +175,16 @@ impl Session {
                     if let Some(Entry::Req(mut p)) = self.queue.pop_front() {
                         p.call.partial = true;
                         p.call.database = self.db;
-                        // Its reply was lost: assume the likely outcome.
+                        // Its reply may have been in the lost bytes, or may still come (the
+                        // lost bytes held pushes, or replies owed to other commands).
+                        self.dark_hi = self.dark_hi.saturating_add(1);
+                        // Its reply was lost: assume the likely outcome, but not as known.
                         match p.kind {
-                            Kind::Select(Some(n)) => self.db = Some(n),
-                            Kind::Select(None) => self.db_uncertain = true,
+                            Kind::Select(Some(n)) => {
+                                self.db = Some(n);
+                                self.db_uncertain = true;
+                            }
+                            Kind::Select(None) | Kind::Reset => self.db_uncertain = true,
                             _ => {}
                         }
                         self.finish(p.call);
@@ -165,6 +197,36 @@ impl Session {
     fn lost(&mut self) {
         self.stats.resyncs = self.stats.resyncs.saturating_add(1);
         self.unsynced = true;
+    }
+
+    /// The dark region may hold a command changing the database (`EXEC\n`, `RESET\n`,
+    /// `SELECT 1\n`: 5 bytes at least).
+    fn dark_grew(&mut self) {
+        if self.dark_bytes >= 5 {
+            self.db_uncertain = true;
+        }
+    }
+
+    /// Some reply may be owed to a command not in the queue.
+    fn dark(&self) -> bool {
+        self.dark_hi.saturating_add(self.dark_bytes / 2) > self.absorbed
+    }
+
+    /// A reply no queued command can take: it answered a command lost or closed early.
+    fn absorb(&mut self) {
+        if !self.dark() {
+            return;
+        }
+        self.absorbed = self.absorbed.saturating_add(1);
+        if !self.dark() && self.dark_bytes == 0 {
+            self.dark_hi = 0;
+            self.absorbed = 0;
+        }
+    }
+
+    /// The pairing of a reply taken now is not known to be right.
+    fn unsure(&self) -> bool {
+        self.unsynced || self.db_uncertain || self.dark()
     }
 
     /// A server read/write was processed.
@@ -213,7 +275,7 @@ impl Session {
             keys,
             error: None,
             database: None,
-            partial: cut || m.lossy || self.unsynced,
+            partial: cut || m.lossy || self.unsynced || self.dark(),
         };
         if self.queue.len() >= MAX_PENDING {
             self.stats.dropped_calls = self.stats.dropped_calls.saturating_add(1);
@@ -236,9 +298,25 @@ impl Session {
         } else {
             None
         };
-        let confirm = kind0
+        // An aggregate whose first element (its kind, for pub/sub frames) was in a gap.
+        let unknown = m.lossy && matches!(m.ty, b'*' | b'>') && m.elems[0].is_none();
+        let mut confirm = kind0
             .as_deref()
             .and_then(|k| SUB_KINDS.iter().find(|(_, c)| *c == k).map(|(_, c)| *c));
+        if unknown {
+            // Taken as a confirmation when one is expected: if it was a delivery, the
+            // command ends early (partial, from `lossy`) and its last confirmation, seen
+            // later, is counted as a push.
+            if let Some(Entry::Req(p)) = self.queue.front()
+                && let Kind::Sub { kind, .. } = p.kind
+            {
+                confirm = Some(kind);
+            } else if m.ty == b'*' && self.subscribed {
+                // A delivery or a reply: if a delivery, the first waiting command's reply is
+                // still to come.
+                self.dark_hi = self.dark_hi.saturating_add(1);
+            }
+        }
         if let Some(c) = confirm {
             let count = m.elems[2].as_deref().and_then(super::resp::int);
             if c.starts_with("un") || c.starts_with("pun") || c.starts_with("sun") {
@@ -274,14 +352,19 @@ impl Session {
         };
         if !front_ok {
             self.stats.unmatched_responses = self.stats.unmatched_responses.saturating_add(1);
+            if !self.unsynced {
+                self.absorb();
+            }
             return;
         }
         let Some(Entry::Req(mut p)) = self.queue.pop_front() else {
             return;
         };
         p.call.end_ns = m.end_ns;
-        p.call.partial |= m.lossy || self.unsynced || self.db_uncertain;
+        p.call.partial |= m.lossy || self.unsure();
         p.call.database = self.db;
+        // Whether this reply is really this command's is known.
+        let sure = !(m.lossy || self.unsynced || self.dark());
         if m.lossy && matches!(p.kind, Kind::Select(_)) {
             // Whether this SELECT succeeded is not known.
             self.db_uncertain = true;
@@ -293,13 +376,18 @@ impl Session {
             match p.kind {
                 Kind::Select(Some(n)) if m.ty == b'+' && ok == Some(b"OK") => {
                     self.db = Some(n);
-                    self.db_uncertain = false;
+                    self.db_uncertain = !sure;
+                }
+                // Inside MULTI: it takes effect at EXEC (not followed).
+                Kind::Select(_) if m.ty == b'+' && ok == Some(b"QUEUED") => {
+                    self.db_uncertain = true;
                 }
                 // A SELECT whose index was in a gap.
                 Kind::Select(None) if m.ty == b'+' => self.db_uncertain = true,
                 Kind::Reset if m.ty == b'+' && ok == Some(b"RESET") => {
                     self.db = None;
                     self.subscribed = false;
+                    self.db_uncertain = !sure;
                 }
                 Kind::Hello(Some(v)) if matches!(m.ty, b'%' | b'*') => self.resp3 = v == 3,
                 _ => {}
@@ -311,6 +399,7 @@ impl Session {
     /// A (un)subscribe confirmation: counts it for the first waiting command if it expects
     /// that kind. True when it was used.
     fn confirm(&mut self, kind: &str, count: Option<i64>, m: &Msg) -> bool {
+        let unsure = self.unsure();
         let Some(Entry::Req(p)) = self.queue.front_mut() else {
             return false;
         };
@@ -322,7 +411,7 @@ impl Session {
         }
         p.replied = true;
         p.call.end_ns = m.end_ns;
-        p.call.partial |= m.lossy || self.unsynced || self.db_uncertain;
+        p.call.partial |= m.lossy || unsure;
         let finished = if *left == 0 {
             count.is_none_or(|c| c <= 0)
         } else {

@@ -35,15 +35,37 @@
 //!   still paired.
 //! * `SELECT n` answered `+OK` sets [`Call::database`] of the calls after it (`SELECT` itself
 //!   reports the database it was sent in); `RESET` goes back to none. A `SELECT` inside
-//!   `MULTI` is not followed.
+//!   `MULTI` is not followed: the calls after it are partial until the next `SELECT`.
 //! * Not handled: `CLIENT REPLY OFF|SKIP` (commands without replies shift the pairing until
 //!   the queue drains; the calls are then wrong), RESP3 streamed strings and aggregates (`$?`,
 //!   `*?`: redis never sends them; they are treated as lost framing).
 //!
-//! After a loss, calls stay `partial` until a server read/write ends with no command waiting.
-//! [`Call::database`] after losses is best effort: a `SELECT` whose index or reply was lost
-//! marks the calls after it partial, but a `SELECT` lost whole in a client gap the framing
-//! survives may leave it stale.
+//! # Capture loss and pairing
+//!
+//! Redis has no sync point like PostgreSQL's ReadyForQuery, so after a loss the pairing is
+//! only known right again by counting. Client bytes not understood (a gap over a header, the
+//! bytes searched until the next command start, across any number of reads/writes) may hold
+//! whole commands whose replies will come: at most one per 2 bytes (`X\n`), less what the
+//! rest of a cut command needs; a cut command stays in the queue as a placeholder that takes
+//! one reply. After a server loss, the commands closed as partial may still be answered
+//! later, one each. While that bound is above the number of replies since seen that no
+//! waiting command could take (unmatched), every call is `partial`; it must be reached before
+//! calls are clean again (a reply paired too early pushes the true ones later, so each owed
+//! reply shows up as one unmatched reply). Server framing losses also keep calls partial
+//! until a server read/write ends with no command waiting. In practice a client gap over
+//! headers leaves the rest of the connection partial unless the replies show the bound.
+//!
+//! [`Call::database`] of a clean call is right: calls are partial while the database is in
+//! doubt - after client bytes of 5 or more not understood (`EXEC\n`, `RESET\n`, `SELECT
+//! 1\n`), a cut command whose name was lost, a `SELECT` or `RESET` whose reply was lost or not
+//! known to be its own, a `SELECT` queued in `MULTI` - until a `SELECT` answered `+OK` whose
+//! pairing is known.
+//!
+//! Known limits (calls reported clean could then be wrong): a false command start found by
+//! the client search inside a value (a value that is itself a RESP command) adds a command
+//! that was never sent; a false reply start found by the server search (inside a large
+//! reply) with commands pipelined behind it; a connection joined mid-stream whose first
+//! replies answer commands sent before the capture (the parser cannot tell).
 //!
 //! The module is pure (no I/O, no clock): time comes only from [`Segment::ts_ns`].
 

@@ -41,9 +41,13 @@ pub(super) struct Msg {
 pub(super) enum Event {
     Msg(Msg),
     /// Framing was lost at `ts`; `started` is the message that was being read, if any.
+    /// `dark`: bytes consumed or lost (in a gap) that may hold other whole messages: the lost
+    /// bytes and any unfinished top-level line, less the fewest bytes the rest of `started`
+    /// needs (an upper bound; searched bytes after the loss come as [`Event::Skipped`]).
     Lost {
         ts: u64,
         started: Option<Msg>,
+        dark: u64,
     },
     /// `n` bytes (captured or not) were dropped while searching for a message start.
     Skipped(u64),
@@ -146,7 +150,17 @@ impl Reader {
         self.keep = None;
     }
 
-    fn lose(&mut self, ts: u64, out: &mut Vec<Event>) {
+    /// Framing is lost. `lost`: bytes not understood (a gap, or a line already consumed);
+    /// `by_gap`: the loss is a gap, so the rest of the started message may lie in it.
+    fn lose(&mut self, ts: u64, lost: u64, by_gap: bool, out: &mut Vec<Event>) {
+        let need = if by_gap { self.min_rest() } else { 0 };
+        // An unfinished line belongs to the started message, or begins a new one.
+        let line = if self.stack.is_empty() {
+            self.line_len as u64
+        } else {
+            0
+        };
+        let dark = lost.saturating_add(line).saturating_sub(need);
         let mut started = self.cur.take();
         if let Some(m) = started.as_mut() {
             m.lossy = true;
@@ -156,7 +170,27 @@ impl Reader {
         self.carry.clear();
         self.carry_start = false;
         self.state = State::Lost;
-        out.push(Event::Lost { ts, started });
+        out.push(Event::Lost { ts, started, dark });
+    }
+
+    /// The fewest bytes that can still complete the client command being read (each element
+    /// not yet read takes at least `$0\r\n\r\n`, the rest of a bulk header line at least
+    /// `\n` and the body's `\r\n`: anything else the server refuses, closing the connection);
+    /// 0 when none is being read.
+    fn min_rest(&self) -> u64 {
+        let (Side::Client, Some(_), Some(f)) = (self.side, self.cur.as_ref(), self.stack.last())
+        else {
+            return 0;
+        };
+        let later = f.left.saturating_sub(1).saturating_mul(6);
+        match self.state {
+            State::Body { text, crlf } => {
+                text.saturating_add(u64::from(crlf)).saturating_add(later)
+            }
+            State::Header if self.line_len > 0 => later.saturating_add(3),
+            State::Header => f.left.saturating_mul(6),
+            State::Lost => 0,
+        }
     }
 
     fn gap(&mut self, gap: u64, ts: u64, out: &mut Vec<Event>) {
@@ -166,11 +200,11 @@ impl Reader {
                 self.carry.clear();
                 self.carry_start = false;
             }
-            State::Header => self.lose(ts, out),
+            State::Header => self.lose(ts, gap, true, out),
             State::Body { text, crlf } => {
                 let total = text + u64::from(crlf);
                 if gap > total {
-                    self.lose(ts, out);
+                    self.lose(ts, gap, true, out);
                     return;
                 }
                 // A kept text cut by the gap is dropped (the message is then lossy); values
@@ -226,7 +260,7 @@ impl Reader {
                     self.line.extend_from_slice(&piece[..piece.len().min(room)]);
                     self.line_len = self.line_len.saturating_add(piece.len());
                     if self.line_len > MAX_LINE {
-                        self.lose(ts, out);
+                        self.lose(ts, 0, false, out);
                     } else if done {
                         self.on_line(ts, want, out);
                     }
@@ -250,7 +284,7 @@ impl Reader {
                     // The body's `\r\n`.
                     let expect = if crlf == 2 { b'\r' } else { b'\n' };
                     if rest.first() != Some(&expect) {
-                        self.lose(ts, out);
+                        self.lose(ts, 0, false, out);
                         continue;
                     }
                     i += 1;
@@ -346,7 +380,7 @@ impl Reader {
                 self.line.clear();
                 return;
             }
-            self.lose(ts, out);
+            self.lose(ts, full as u64 + 1, false, out);
             return;
         };
         let ok = match (self.side, top) {
@@ -355,7 +389,7 @@ impl Reader {
             _ => self.typed(ty, rest, truncated, ts, want, out),
         };
         if !ok {
-            self.lose(ts, out);
+            self.lose(ts, full as u64 + 1, false, out);
         }
         // Reuse the allocation.
         line.clear();

@@ -228,15 +228,24 @@ impl Rng {
     }
 }
 
-/// KNOWN FAILING for a few seeds (e.g. py_pipeline seed 80: a clean `CLIENT SETINFO` gets the
-/// reply of the `CLIENT` command before it): the loss bookkeeping has a hole not yet found.
+/// Seeds per recording; `REDIS_GAP_SEEDS` raises it for a longer run.
+fn gap_seeds() -> u64 {
+    std::env::var("REDIS_GAP_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400)
+}
+
+/// Every read/write has a 1 in 4 chance of losing a random middle part. A call reported clean
+/// is one of the calls of the full replay: same pairing, timings, error and database. (py
+/// seed 80 once gave a clean `CLIENT SETINFO` the reply of the `CLIENT` command before it,
+/// which was lost while the client side was still searching for a command start.)
 #[test]
-#[ignore = "known pairing hole after some client-side losses; see the comment"]
 fn random_gaps_never_give_a_wrong_clean_call() {
     for name in NAMES {
         let events = load(name);
         let (good, _) = replay(&events);
-        for seed in 1..=200u64 {
+        for seed in 1..=gap_seeds() {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
             let cut: Vec<Event> = events
                 .iter()
@@ -264,13 +273,9 @@ fn random_gaps_never_give_a_wrong_clean_call() {
                 "{name} seed {seed}: {calls:?}"
             );
             for c in calls.iter().filter(|c| !c.partial) {
-                // The pairing (name, counts, error, timings) of a clean call is right. Its
-                // database is not checked: a SELECT lost in a gap in ways the session does not
-                // notice can leave it stale (known limitation, see the module docs).
-                let same = |g: &super::Call| {
-                    (g.start_ns, g.end_ns, &g.command, g.args, g.keys, &g.error)
-                        == (c.start_ns, c.end_ns, &c.command, c.args, c.keys, &c.error)
-                };
+                // The pairing (name, counts, error, timings) and database of a clean call are
+                // right.
+                let same = |g: &super::Call| g == c;
                 assert!(
                     good.iter().any(same),
                     "{name} seed {seed}: clean call {c:?} is wrong; stats {:?}",

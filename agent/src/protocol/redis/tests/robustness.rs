@@ -40,3 +40,37 @@ fn garbage_truncation_and_gaps() {
     let (calls, _) = replay(&[cl(1, b"*3\r\n$3\r\nSET"), sv(2, b"+OK\r\n")]);
     assert!(calls.iter().all(|c| c.partial));
 }
+
+/// py_pipeline seed 80: the client side is still searching (after a cut HELLO) when a whole
+/// command is lost in the next write's gap; its error reply must not be reported clean on the
+/// command after it.
+#[test]
+fn command_lost_while_searching_keeps_calls_partial() {
+    let hello = cmd(&["HELLO", "3"]);
+    let maint = cmd(&["CLIENT", "MAINT_NOTIFICATIONS", "ON"]);
+    let evs = vec![
+        Event {
+            to: To::Server,
+            seg: Segment::prefix(1, hello[..18].to_vec(), hello.len() as u64)
+                .with_tail(bytes::Bytes::copy_from_slice(&hello[hello.len() - 1..])),
+        },
+        sv(2, b"%1\r\n$5\r\nproto\r\n:3\r\n"),
+        Event {
+            to: To::Server,
+            seg: Segment::prefix(3, maint[..12].to_vec(), maint.len() as u64),
+        },
+        cl(4, &cmd(&["CLIENT", "SETINFO", "LIB-NAME", "x"])),
+        sv(5, b"-ERR maint\r\n-ERR setinfo\r\n"),
+        cl(6, &cmd(&["GET", "k"])),
+        sv(7, b"$1\r\nv\r\n"),
+    ];
+    let (calls, _) = replay(&evs);
+    for c in &calls {
+        let wrong = c.command == "CLIENT SETINFO" && c.error.as_deref() == Some("ERR maint");
+        assert!(c.partial || !wrong, "{calls:?}");
+    }
+    assert!(
+        calls.iter().any(|c| c.command == "CLIENT SETINFO"),
+        "{calls:?}"
+    );
+}
