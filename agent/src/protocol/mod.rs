@@ -10,6 +10,7 @@
 pub mod http1;
 pub mod http2;
 pub mod postgres;
+pub mod redis;
 #[cfg(test)]
 pub(crate) mod testutil;
 
