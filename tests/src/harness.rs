@@ -81,6 +81,14 @@ impl ChildGuard {
     }
 }
 
+/// A TCP port nobody listens on right now (for servers started by a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {

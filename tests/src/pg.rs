@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::ChildGuard;
+use crate::harness::{ChildGuard, free_port};
 
 fn bin_dir() -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -17,13 +17,6 @@ fn bin_dir() -> PathBuf {
         .collect();
     dirs.sort();
     dirs.pop().expect("no /usr/lib/postgresql/*/bin/postgres")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// Runs a command as the `postgres` user (the server refuses to run as root).

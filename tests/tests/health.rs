@@ -7,15 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use socktrace_tests::harness::{Agent, PyServer, agent_bin, curl, require_root};
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding an ephemeral port")
-        .port()
-}
+use socktrace_tests::harness::{Agent, PyServer, agent_bin, curl, free_port, require_root};
 
 /// Status code and body of one request.
 fn get(method: &str, url: &str) -> (u16, String) {
@@ -32,9 +24,9 @@ fn probes_answer_once_attached_and_are_never_traced() {
     // No selection: every process is traced, curl talking to the agent included - if it were.
     let mut agent = Agent::start(&["--health-listen", &addr]);
     assert!(
-        agent
-            .stderr()
-            .contains(&format!("; health: http://{addr}/healthz and /readyz")),
+        agent.stderr().contains(&format!(
+            "; health: http://{addr}/healthz, /readyz and /metrics"
+        )),
         "summary line names the endpoint:\n{}",
         agent.stderr()
     );
@@ -46,7 +38,7 @@ fn probes_answer_once_attached_and_are_never_traced() {
     );
     assert_eq!(get("GET", &format!("{base}/healthz")), (200, "ok\n".into()));
     assert_eq!(
-        get("GET", &format!("{base}/metrics")),
+        get("GET", &format!("{base}/stats")),
         (404, "not found\n".into())
     );
     assert_eq!(get("POST", &format!("{base}/healthz")).0, 405);
@@ -64,6 +56,50 @@ fn probes_answer_once_attached_and_are_never_traced() {
             agent.stderr()
         );
         std::thread::sleep(Duration::from_millis(300));
+    }
+    // The counters are published each second: the span just made is counted.
+    let metric = |text: &str, name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (code, body) = get("GET", &format!("{base}/metrics"));
+        assert_eq!(code, 200, "{body}");
+        if metric(&body, "socktrace_pipeline_spans_total").is_some_and(|n| n >= 1) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "spans never counted:\n{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        metrics.contains("# HELP socktrace_conns_opened_total Connections the table started tracking.\n# TYPE socktrace_conns_opened_total counter\n"),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "socktrace_kernel_events_sent_total").is_some_and(|n| n > 0),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "socktrace_conns_live").is_some(),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE socktrace_conns_live gauge\n"),
+        "{metrics}"
+    );
+    // Every registered protocol reports its parser counters.
+    for name in [
+        "socktrace_http1_resyncs_total",
+        "socktrace_http2_frames_total",
+        "socktrace_postgres_resyncs_total",
+        "socktrace_redis_resyncs_total",
+    ] {
+        assert!(
+            metric(&metrics, name).is_some(),
+            "{name} missing:\n{metrics}"
+        );
     }
     std::thread::sleep(Duration::from_millis(500));
     let stdout = agent.stdout();

@@ -26,7 +26,12 @@ use crate::trace::{
 
 /// Every protocol, in detection order: a protocol whose first bytes could also start a later
 /// one comes first (the HTTP/2 preface is a valid HTTP/1 request line).
-pub static REGISTRY: &[&dyn Protocol] = &[&http2::Http2, &http1::Http1, &postgres::Postgres];
+pub static REGISTRY: &[&dyn Protocol] = &[
+    &http2::Http2,
+    &http1::Http1,
+    &postgres::Postgres,
+    &redis::Redis,
+];
 
 /// Who wrote bytes on a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

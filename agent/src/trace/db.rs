@@ -32,5 +32,8 @@ pub fn push_addresses(conn: &ConnMeta, attrs: &mut Vec<KeyValue>) {
     attrs.push(KeyValue::new("server.address", ip_string(&server)));
     attrs.push(KeyValue::new("server.port", i64::from(server.port())));
     attrs.push(KeyValue::new("network.peer.address", ip_string(&conn.peer)));
-    attrs.push(KeyValue::new("network.peer.port", i64::from(conn.peer.port())));
+    attrs.push(KeyValue::new(
+        "network.peer.port",
+        i64::from(conn.peer.port()),
+    ));
 }

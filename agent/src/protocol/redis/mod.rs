@@ -69,6 +69,7 @@
 //!
 //! The module is pure (no I/O, no clock): time comes only from [`Segment::ts_ns`].
 
+pub mod adapter;
 mod command;
 mod conn;
 mod resp;
@@ -78,6 +79,7 @@ pub mod span;
 mod tests;
 
 pub use super::{Detect, Segment};
+pub use adapter::Redis;
 pub use command::MAX_NAME;
 pub use conn::{MAX_DONE, MAX_PENDING};
 
@@ -120,23 +122,24 @@ impl Call {
     }
 }
 
-/// Counters of what could not be understood. They only grow (saturating).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RedisStats {
-    /// Times a direction lost its framing and had to search for the next message.
-    pub resyncs: u64,
-    /// Stream bytes (captured or in gaps) dropped while searching for a message.
-    pub bytes_skipped: u64,
-    /// Server replies no waiting command could have caused (answers to commands sent before
-    /// the capture, lost in gaps, or evicted from a full queue).
-    pub unmatched_responses: u64,
-    /// RESP3 push messages and RESP2 pub/sub deliveries (not replies to a command).
-    pub pushes: u64,
-    /// Top-level RESP3 attributes dropped.
-    pub attributes: u64,
-    /// Commands not tracked because [`MAX_PENDING`] were already waiting for replies, or
-    /// finished calls dropped because [`MAX_DONE`] were not taken yet.
-    pub dropped_calls: u64,
+crate::counters! {
+    /// Counters of what could not be understood. They only grow (saturating).
+    pub struct RedisStats {
+        /// Times a direction lost its framing and had to search for the next message.
+        resyncs,
+        /// Stream bytes (captured or in gaps) dropped while searching for a message.
+        bytes_skipped,
+        /// Server replies no waiting command could have caused (answers to commands sent before
+        /// the capture, lost in gaps, or evicted from a full queue).
+        unmatched_responses,
+        /// RESP3 push messages and RESP2 pub/sub deliveries (not replies to a command).
+        pushes,
+        /// Top-level RESP3 attributes dropped.
+        attributes,
+        /// Commands not tracked because [`MAX_PENDING`] were already waiting for replies, or
+        /// finished calls dropped because [`MAX_DONE`] were not taken yet.
+        dropped_calls,
+    }
 }
 
 /// Detection on the first captured bytes of the client->server direction: a RESP array

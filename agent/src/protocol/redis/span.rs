@@ -4,14 +4,14 @@
 
 use super::Call;
 use crate::trace::{
-    http::{ConnMeta, ip_string},
-    span::{ExchangeSpan, KeyValue, Span, SpanKind, Status, Value},
+    db::push_addresses,
+    span::{ConnMeta, ExchangeSpan, KeyValue, Span, Status, Value},
 };
 
 /// Builds the span of one Redis command.
 ///
 /// Attributes: `db.system.name` = "redis", `db.operation.name` (the command, when known),
-/// `db.namespace` (database index, "0" when no `SELECT` was seen), `db.redis.args_count`,
+/// `db.namespace` (database index, "0" when no `SELECT` was seen and the call is not partial), `db.redis.args_count`,
 /// `db.redis.key_count`, `server.address`/`server.port`, `network.peer.address`/
 /// `network.peer.port`, and on an error reply `db.response.status_code` and `error.type` (the
 /// error prefix, e.g. `WRONGTYPE`) with status Error carrying the error line; `socktrace.partial`
@@ -22,24 +22,14 @@ pub fn build_span(call: &Call, meta: &ConnMeta, to_unix: &dyn Fn(u64) -> u64) ->
     if !call.command.is_empty() {
         attrs.push(KeyValue::new("db.operation.name", call.command.clone()));
     }
-    attrs.push(KeyValue::new(
-        "db.namespace",
-        call.database.unwrap_or(0).to_string(),
-    ));
+    // No SELECT seen: database 0, unless the call is partial (joined mid-stream, or a SELECT
+    // may have been lost).
+    if let Some(db) = call.database.or((!call.partial).then_some(0)) {
+        attrs.push(KeyValue::new("db.namespace", db.to_string()));
+    }
     attrs.push(KeyValue::new("db.redis.args_count", i64::from(call.args)));
     attrs.push(KeyValue::new("db.redis.key_count", i64::from(call.keys)));
-    // The server's address: the peer for a client, this side for the server.
-    let server = match meta.kind {
-        SpanKind::Client => meta.peer,
-        SpanKind::Server => meta.local,
-    };
-    attrs.push(KeyValue::new("server.address", ip_string(&server)));
-    attrs.push(KeyValue::new("server.port", i64::from(server.port())));
-    attrs.push(KeyValue::new("network.peer.address", ip_string(&meta.peer)));
-    attrs.push(KeyValue::new(
-        "network.peer.port",
-        i64::from(meta.peer.port()),
-    ));
+    push_addresses(meta, &mut attrs);
     let mut status = Status::Unset;
     if let (Some(code), Some(message)) = (call.error_code(), call.error.as_ref()) {
         attrs.push(KeyValue::new("db.response.status_code", code.to_owned()));
