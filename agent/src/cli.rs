@@ -166,14 +166,15 @@ pub struct Cli {
     #[arg(long, value_name = "PATTERN", value_delimiter = ',')]
     pub service_name: Vec<String>,
 
-    /// Kubernetes pod metadata: `auto` uses the in-cluster service account when running in a
-    /// pod, or `--kubeconfig` when given; `on` refuses to start without either; `off` never
-    /// contacts the API server.
+    /// Kubernetes pod metadata: `auto` uses `--kubeconfig` (else `KUBECONFIG`) when given, or
+    /// the in-cluster service account when running in a pod; `on` refuses to start without
+    /// either; `off` never contacts the API server.
     #[arg(long = "k8s", value_enum, value_name = "MODE", default_value = "auto")]
     pub k8s_mode: crate::resource::k8s::K8sMode,
 
-    /// Kubeconfig file for the Kubernetes API (current context; token or client certificate
-    /// credentials). Takes precedence over the in-cluster service account.
+    /// Kubeconfig file for the Kubernetes API (current context; token, client certificate or
+    /// exec credential plugin). Without it, the files of `KUBECONFIG` are merged. Either takes
+    /// precedence over the in-cluster service account.
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<std::path::PathBuf>,
 

@@ -30,9 +30,20 @@ use socktrace::{
     },
 };
 
+/// The log filter: `--log-level` plus, unless it names kube itself, quiet for kube-rs's own
+/// per-request error lines (every retry of an unreachable API server would log one; the watcher
+/// reports an outage once, with its cause).
+fn log_filter(level: &str) -> String {
+    if level.contains("kube") {
+        level.to_owned()
+    } else {
+        format!("{level},kube_client::client::builder=off,kube_runtime::watcher=error")
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(&cli.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

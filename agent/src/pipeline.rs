@@ -240,6 +240,9 @@ impl Pipeline {
             self.linker.held() as u64,
         );
         self.exporter.stats().collect("export", &mut s);
+        if let Some(k8s) = self.resources.k8s() {
+            k8s.index.collect(&mut s);
+        }
         s
     }
 }

@@ -8,7 +8,7 @@ use std::{
     process::Command,
 };
 
-use serde_yaml::Value;
+use serde_json::Value;
 use socktrace_tests::harness::{python, temp_file, workspace};
 
 /// Kubernetes versions the manifests must be valid for: the oldest with
@@ -33,9 +33,10 @@ fn venv_tool(name: &str) -> PathBuf {
     tool
 }
 
+/// A YAML file as a JSON value (the manifests use nothing JSON cannot hold).
 fn yaml(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The files a kustomization lists under `key` (`resources` or `patches[].path`).
@@ -43,7 +44,7 @@ fn listed(kustomization: &Path, key: &str) -> Vec<PathBuf> {
     let dir = kustomization.parent().expect("in a directory");
     let k = yaml(kustomization);
     k[key]
-        .as_sequence()
+        .as_array()
         .unwrap_or_else(|| panic!("{} has no {key}", kustomization.display()))
         .iter()
         .map(|v| {
@@ -114,8 +115,8 @@ fn manifests_validate_against_pinned_kubernetes_schemas() {
         if patch["kind"] == merged["kind"]
             && patch["metadata"]["name"] == merged["metadata"]["name"]
         {
-            for (k, v) in patch["data"].as_mapping().expect("data") {
-                merged["data"][k.as_str().expect("key")] = v.clone();
+            for (k, v) in patch["data"].as_object().expect("data") {
+                merged["data"][k.as_str()] = v.clone();
             }
         }
     }
@@ -126,7 +127,7 @@ fn manifests_validate_against_pinned_kubernetes_schemas() {
     );
     let merged = temp_file(
         "overlay-configmap.yaml",
-        serde_yaml::to_string(&merged).expect("yaml").as_bytes(),
+        serde_saphyr::to_string(&merged).expect("yaml").as_bytes(),
     );
 
     let mut files = resources;
@@ -175,7 +176,7 @@ fn daemonset_is_least_privilege_and_probes_the_agent_endpoint() {
     assert_eq!(pod["hostPID"].as_bool(), Some(true));
     assert_ne!(pod["hostNetwork"].as_bool(), Some(true));
     assert_eq!(pod["tolerations"][0]["operator"].as_str(), Some("Exists"));
-    let containers = pod["containers"].as_sequence().expect("containers");
+    let containers = pod["containers"].as_array().expect("containers");
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
     let sc = &c["securityContext"];
@@ -184,7 +185,7 @@ fn daemonset_is_least_privilege_and_probes_the_agent_endpoint() {
     assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
     let caps = |k: &str| -> Vec<String> {
         sc["capabilities"][k]
-            .as_sequence()
+            .as_array()
             .map(|s| {
                 s.iter()
                     .filter_map(|v| v.as_str().map(str::to_owned))
@@ -205,19 +206,19 @@ fn daemonset_is_least_privilege_and_probes_the_agent_endpoint() {
         "exactly the capabilities the agent's start-up check wants (agent/src/caps.rs)"
     );
     // The node name for the Kubernetes watch, from the downward API.
-    let env = c["env"].as_sequence().expect("env");
+    let env = c["env"].as_array().expect("env");
     assert!(
         env.iter().any(|e| e["name"] == "NODE_NAME"
             && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName")
     );
     // Host mounts: only tracefs, read-only.
-    let mounts = c["volumeMounts"].as_sequence().expect("mounts");
+    let mounts = c["volumeMounts"].as_array().expect("mounts");
     assert_eq!(mounts.len(), 1);
     assert_eq!(mounts[0]["mountPath"].as_str(), Some("/sys/kernel/tracing"));
     assert_eq!(mounts[0]["readOnly"].as_bool(), Some(true));
     // Probes hit the endpoints the agent serves, on the port it is told to listen on.
     let args: Vec<&str> = c["args"]
-        .as_sequence()
+        .as_array()
         .expect("args")
         .iter()
         .filter_map(Value::as_str)

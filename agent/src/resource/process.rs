@@ -271,6 +271,11 @@ impl ResourceCache {
         }
     }
 
+    /// The Kubernetes metadata in use, if any.
+    pub fn k8s(&self) -> Option<&K8sMetadata> {
+        self.k8s.as_ref()
+    }
+
     /// Spans dropped so far because their process did not match the resource filter.
     pub fn filtered(&self) -> u64 {
         self.filtered

@@ -13,6 +13,7 @@ use std::{
 };
 
 use super::model::PodMeta;
+use crate::telemetry::Snapshot;
 
 /// The pod and container a container id belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,11 +29,37 @@ struct State {
     containers: HashMap<String, ContainerMeta>,
 }
 
+/// What the watcher feeding the index went through, for the agent's counters.
+#[derive(Default)]
+pub struct WatchStats {
+    events: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl WatchStats {
+    pub fn count_event(&self) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
 /// Pods of this node, by container id.
 #[derive(Default)]
 pub struct PodIndex {
     state: RwLock<State>,
     generation: AtomicU64,
+    stats: WatchStats,
 }
 
 impl PodIndex {
@@ -49,6 +76,32 @@ impl PodIndex {
     pub fn lookup(&self, container_id: &str) -> Option<ContainerMeta> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         state.containers.get(container_id).cloned()
+    }
+
+    pub fn stats(&self) -> &WatchStats {
+        &self.stats
+    }
+
+    /// The `k8s` group of the agent's counters.
+    pub fn collect(&self, snapshot: &mut Snapshot) {
+        snapshot.counter(
+            "k8s",
+            "watch_events",
+            "Pod list and watch events received from the Kubernetes API.",
+            self.stats.events(),
+        );
+        snapshot.counter(
+            "k8s",
+            "api_errors",
+            "Failed Kubernetes list or watch requests (each retry counts; an expired watch too).",
+            self.stats.errors(),
+        );
+        snapshot.gauge(
+            "k8s",
+            "pods",
+            "Pods of this node in the index now.",
+            self.pod_count() as u64,
+        );
     }
 
     pub fn pod_count(&self) -> usize {
@@ -187,5 +240,19 @@ mod tests {
         assert!(index.lookup("c1").is_none());
         assert_eq!(index.lookup("c2").unwrap().pod.name, "b");
         assert_eq!(index.pod_count(), 1);
+    }
+
+    #[test]
+    fn counters_are_collected() {
+        let index = PodIndex::new();
+        index.upsert(pod("u1", "a"), vec![]);
+        index.stats().count_event();
+        index.stats().count_error();
+        index.stats().count_error();
+        let mut s = Snapshot::default();
+        index.collect(&mut s);
+        assert_eq!(s.get("k8s", "watch_events"), Some(1));
+        assert_eq!(s.get("k8s", "api_errors"), Some(2));
+        assert_eq!(s.get("k8s", "pods"), Some(1));
     }
 }

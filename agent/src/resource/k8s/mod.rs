@@ -1,12 +1,11 @@
 //! Kubernetes pod metadata for resource attributes: which pod and container a traced process
 //! runs in, and the workload that owns the pod.
 //!
-//! A task on the async runtime lists and watches the pods of this node (field selector on
-//! `spec.nodeName`) and keeps a container id -> pod index ([`PodIndex`]); the capture thread
-//! reads it through an `Arc` without ever waiting on the network. Without a reachable API
-//! server the index stays empty and spans simply carry no pod attributes.
+//! A task on the async runtime lists and watches the pods of this node (kube-rs's watcher, field
+//! selector on `spec.nodeName`) and keeps a container id -> pod index ([`PodIndex`]); the
+//! capture thread reads it through an `Arc` without ever waiting on the network. Without a
+//! reachable API server the index stays empty and spans simply carry no pod attributes.
 
-pub mod client;
 pub mod config;
 pub mod index;
 pub mod model;
@@ -23,8 +22,8 @@ pub use model::{Owners, PodMeta};
 pub enum K8sMode {
     /// Never.
     Off,
-    /// From the in-cluster service account when running in a pod, or the `--kubeconfig` file
-    /// when given; otherwise off.
+    /// From the `--kubeconfig` file (else the `KUBECONFIG` files) when given, or the in-cluster
+    /// service account when running in a pod; otherwise off.
     #[default]
     Auto,
     /// Like auto, but refuse to start without a configuration.
@@ -46,11 +45,11 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(
-        "--k8s on: no Kubernetes configuration (not in a pod: KUBERNETES_SERVICE_HOST is unset, and no --kubeconfig given)"
+        "--k8s on: no Kubernetes configuration (not in a pod: KUBERNETES_SERVICE_HOST is unset, and neither --kubeconfig nor KUBECONFIG given)"
     )]
     NotConfigured,
     #[error("Kubernetes API client: {0}")]
-    Client(#[from] client::ApiError),
+    Client(#[from] kube::Error),
 }
 
 /// Static Kubernetes facts plus the live pod index, shared with the resource cache.
@@ -61,16 +60,31 @@ pub struct K8sMetadata {
     pub cluster_name: Option<String>,
 }
 
+/// Kubeconfig files named by `--kubeconfig`, else by `KUBECONFIG` (a path list, merged).
+fn kubeconfig_paths(
+    settings: &K8sSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Vec<PathBuf>> {
+    if let Some(path) = &settings.kubeconfig {
+        return Some(vec![path.clone()]);
+    }
+    let list = env("KUBECONFIG")?;
+    let paths: Vec<PathBuf> = std::env::split_paths(&list)
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    (!paths.is_empty()).then_some(paths)
+}
+
 /// Picks the API configuration the settings ask for; `Ok(None)` when Kubernetes is off.
-pub fn resolve_config(
+pub async fn resolve_config(
     settings: &K8sSettings,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<ApiConfig>, StartError> {
     if settings.mode == K8sMode::Off {
         return Ok(None);
     }
-    if let Some(path) = &settings.kubeconfig {
-        return Ok(Some(ApiConfig::from_kubeconfig(path)?));
+    if let Some(paths) = kubeconfig_paths(settings, env) {
+        return Ok(Some(ApiConfig::from_kubeconfig(&paths).await?));
     }
     match ApiConfig::in_cluster(env, std::path::Path::new(config::SERVICE_ACCOUNT_DIR)) {
         Ok(Some(c)) => Ok(Some(c)),
@@ -85,32 +99,36 @@ pub fn resolve_config(
 }
 
 /// Starts watching pods (on the runtime of `rt`) when configured. `host_name` is the node name
-/// of last resort.
+/// of last resort. Blocks on `rt` while the configuration loads: call it outside the runtime.
 pub fn start(
     settings: &K8sSettings,
     host_name: &str,
     env: &dyn Fn(&str) -> Option<String>,
     rt: &tokio::runtime::Handle,
 ) -> Result<Option<K8sMetadata>, StartError> {
-    let Some(api) = resolve_config(settings, env)? else {
-        tracing::debug!("Kubernetes metadata off (not in a pod, no --kubeconfig)");
-        return Ok(None);
-    };
-    let node_name = settings
-        .node_name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| host_name.to_owned());
-    let client = client::ApiClient::new(&api)?;
-    let index = Arc::new(PodIndex::new());
-    let watcher =
-        watcher::Watcher::new(client, api.source.clone(), node_name.clone(), index.clone());
-    rt.spawn(watcher.run());
-    Ok(Some(K8sMetadata {
-        index,
-        node_name,
-        cluster_name: settings.cluster_name.clone().filter(|c| !c.is_empty()),
-    }))
+    rt.block_on(async {
+        let Some(api) = resolve_config(settings, env).await? else {
+            tracing::debug!("Kubernetes metadata off (not in a pod, no kubeconfig)");
+            return Ok(None);
+        };
+        let node_name = settings
+            .node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| host_name.to_owned());
+        let server = api.config.cluster_url.to_string();
+        // Builds the HTTP stack (its buffer task needs the runtime); connects lazily.
+        let client = kube::Client::try_from(api.config)?;
+        let index = Arc::new(PodIndex::new());
+        let watcher =
+            watcher::Watcher::new(client, api.source, server, node_name.clone(), index.clone());
+        tokio::spawn(watcher.run());
+        Ok(Some(K8sMetadata {
+            index,
+            node_name,
+            cluster_name: settings.cluster_name.clone().filter(|c| !c.is_empty()),
+        }))
+    })
 }
 
 /// Host name as the kernel reports it (the default node name).
@@ -124,6 +142,16 @@ pub fn host_name() -> String {
 mod tests {
     use super::*;
 
+    fn resolve(
+        settings: &K8sSettings,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<ApiConfig>, StartError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(resolve_config(settings, env))
+    }
+
     #[test]
     fn modes() {
         let none = |_: &str| None;
@@ -132,15 +160,15 @@ mod tests {
             kubeconfig: Some("/nonexistent".into()),
             ..K8sSettings::default()
         };
-        assert!(resolve_config(&off, &none).unwrap().is_none());
+        assert!(resolve(&off, &none).unwrap().is_none());
         let auto = K8sSettings::default();
-        assert!(resolve_config(&auto, &none).unwrap().is_none());
+        assert!(resolve(&auto, &none).unwrap().is_none());
         let on = K8sSettings {
             mode: K8sMode::On,
             ..K8sSettings::default()
         };
         assert!(matches!(
-            resolve_config(&on, &none),
+            resolve(&on, &none),
             Err(StartError::NotConfigured)
         ));
         // An explicit kubeconfig that cannot be read fails in auto mode too.
@@ -148,6 +176,19 @@ mod tests {
             kubeconfig: Some("/nonexistent/kubeconfig".into()),
             ..K8sSettings::default()
         };
-        assert!(resolve_config(&bad, &none).is_err());
+        assert!(resolve(&bad, &none).is_err());
+        // So does a KUBECONFIG list without --kubeconfig; --kubeconfig wins over it.
+        let kubeconfig_env =
+            |k: &str| (k == "KUBECONFIG").then(|| "/nonexistent/a:/nonexistent/b".to_owned());
+        let e = resolve(&auto, &kubeconfig_env).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/a:/nonexistent/b"), "{e}");
+        let e = resolve(&bad, &kubeconfig_env).unwrap_err().to_string();
+        assert!(
+            e.contains("/nonexistent/kubeconfig") && !e.contains("/nonexistent/a"),
+            "{e}"
+        );
+        let empty = |k: &str| (k == "KUBECONFIG").then(String::new);
+        assert!(resolve(&auto, &empty).unwrap().is_none());
+        assert!(resolve(&off, &kubeconfig_env).unwrap().is_none());
     }
 }

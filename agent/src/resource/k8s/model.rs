@@ -1,11 +1,15 @@
-//! The parts of Kubernetes API objects the agent reads, and what it keeps of them.
+//! What the agent reads of Kubernetes API objects (the `k8s-openapi` types), and what it keeps
+//! of them.
 //!
-//! Only the fields needed for resource attributes are deserialised (serde skips the rest), so a
-//! pod costs a few hundred bytes in the index however large its spec is.
+//! A pod is decoded whole as it arrives, but the index keeps only [`PodMeta`] and the container
+//! names, so a pod costs a few hundred bytes there however large its spec is.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use k8s_openapi::{
+    api::core::v1::{ContainerStatus, Pod, PodStatus},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
 
 /// Pod annotation that names the service explicitly (OpenTelemetry convention).
 pub const SERVICE_NAME_ANNOTATION: &str = "resource.opentelemetry.io/service.name";
@@ -15,116 +19,48 @@ pub const APP_NAME_LABEL: &str = "app.kubernetes.io/name";
 /// ReplicaSet is named `<deployment>-<hash>`.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct OwnerReference {
-    pub kind: String,
-    pub name: String,
-    pub controller: Option<bool>,
+/// The managing controller of an object: the owner reference marked `controller: true`, else
+/// the first.
+pub fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    let owners = meta.owner_references.as_deref().unwrap_or_default();
+    owners
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| owners.first())
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ObjectMeta {
-    pub name: String,
-    pub namespace: String,
-    pub uid: String,
-    pub resource_version: String,
-    pub labels: HashMap<String, String>,
-    pub annotations: HashMap<String, String>,
-    pub owner_references: Vec<OwnerReference>,
-}
-
-impl ObjectMeta {
-    /// The managing controller: the owner reference marked `controller: true`, else the first.
-    pub fn controller(&self) -> Option<&OwnerReference> {
-        self.owner_references
+/// Container id (runtime prefix stripped) -> container name, over regular, init and ephemeral
+/// containers.
+pub fn pod_containers(pod: &Pod) -> impl Iterator<Item = (String, &str)> {
+    let status = pod.status.as_ref();
+    let list = |f: fn(&PodStatus) -> &Option<Vec<ContainerStatus>>| {
+        status
+            .and_then(|s| f(s).as_deref())
+            .unwrap_or_default()
             .iter()
-            .find(|o| o.controller == Some(true))
-            .or_else(|| self.owner_references.first())
-    }
+    };
+    list(|s| &s.container_statuses)
+        .chain(list(|s| &s.init_container_statuses))
+        .chain(list(|s| &s.ephemeral_container_statuses))
+        .filter_map(|c| {
+            Some((
+                normalize_container_id(c.container_id.as_deref()?)?,
+                c.name.as_str(),
+            ))
+        })
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ContainerStatus {
-    pub name: String,
-    /// `<runtime>://<id>`, empty until the container was created.
-    #[serde(rename = "containerID")]
-    pub container_id: String,
+/// The node a pod is scheduled on; empty while pending.
+pub fn pod_node(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or_default()
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct PodStatus {
-    pub container_statuses: Vec<ContainerStatus>,
-    pub init_container_statuses: Vec<ContainerStatus>,
-    pub ephemeral_container_statuses: Vec<ContainerStatus>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct PodSpec {
-    pub node_name: String,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Pod {
-    pub metadata: ObjectMeta,
-    pub spec: PodSpec,
-    pub status: PodStatus,
-}
-
-impl Pod {
-    /// Container id (runtime prefix stripped) -> container name, over regular, init and
-    /// ephemeral containers.
-    pub fn containers(&self) -> impl Iterator<Item = (String, &str)> {
-        self.status
-            .container_statuses
-            .iter()
-            .chain(&self.status.init_container_statuses)
-            .chain(&self.status.ephemeral_container_statuses)
-            .filter_map(|c| Some((normalize_container_id(&c.container_id)?, c.name.as_str())))
-    }
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ListMeta {
-    pub resource_version: String,
-}
-
-/// `GET /api/v1/pods` (a `PodList`).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct PodList {
-    pub metadata: ListMeta,
-    pub items: Vec<Pod>,
-}
-
-/// Any object of which only the metadata matters (ReplicaSet, Job).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct MetaOnly {
-    pub metadata: ObjectMeta,
-}
-
-/// `metav1.Status`, the body of API errors and of watch `ERROR` events.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Status {
-    pub code: u16,
-    pub reason: String,
-    pub message: String,
-}
-
-/// One line of a watch stream.
-#[derive(Clone, Debug, Deserialize)]
-pub struct WatchEvent {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub object: serde_json::Value,
+/// A label or annotation value, when present and not empty.
+fn non_empty(map: &Option<BTreeMap<String, String>>, key: &str) -> Option<String> {
+    map.as_ref()?.get(key).filter(|v| !v.is_empty()).cloned()
 }
 
 /// `containerd://<id>`, `cri-o://<id>`, `docker://<id>` (any `<runtime>://`) -> `<id>`,
@@ -192,13 +128,12 @@ impl PodMeta {
     /// The pod's own fields; owners are resolved separately (they may need API calls).
     pub fn from_pod(pod: &Pod, owners: Owners) -> Self {
         let m = &pod.metadata;
-        let non_empty = |v: Option<&String>| v.filter(|s| !s.is_empty()).cloned();
         Self {
-            namespace: m.namespace.clone(),
-            name: m.name.clone(),
-            uid: m.uid.clone(),
-            service_name_annotation: non_empty(m.annotations.get(SERVICE_NAME_ANNOTATION)),
-            app_name_label: non_empty(m.labels.get(APP_NAME_LABEL)),
+            namespace: m.namespace.clone().unwrap_or_default(),
+            name: m.name.clone().unwrap_or_default(),
+            uid: m.uid.clone().unwrap_or_default(),
+            service_name_annotation: non_empty(&m.annotations, SERVICE_NAME_ANNOTATION),
+            app_name_label: non_empty(&m.labels, APP_NAME_LABEL),
             owners,
         }
     }
@@ -207,7 +142,7 @@ impl PodMeta {
 /// The Deployment name guessed from a ReplicaSet name when the ReplicaSet cannot be read:
 /// `<deployment>-<pod-template-hash>`, only when the pod's hash label confirms the suffix.
 pub fn deployment_from_replicaset_name(replicaset: &str, pod: &Pod) -> Option<String> {
-    let hash = pod.metadata.labels.get(POD_TEMPLATE_HASH_LABEL)?;
+    let hash = pod.metadata.labels.as_ref()?.get(POD_TEMPLATE_HASH_LABEL)?;
     let prefix = replicaset.strip_suffix(hash.as_str())?.strip_suffix('-')?;
     (!prefix.is_empty()).then(|| prefix.to_owned())
 }
@@ -240,14 +175,17 @@ mod tests {
         let pod: Pod = serde_json::from_str(
             r#"{"metadata":{"name":"p","namespace":"n","uid":"u"},
                 "status":{
-                  "initContainerStatuses":[{"name":"init","containerID":"containerd://aa"}],
-                  "containerStatuses":[{"name":"app","containerID":"containerd://bb"},
-                                       {"name":"waiting"}],
-                  "ephemeralContainerStatuses":[{"name":"debug","containerID":"cri-o://cc"}]}}"#,
+                  "initContainerStatuses":[{"name":"init","containerID":"containerd://aa",
+                    "image":"i","imageID":"","ready":false,"restartCount":0}],
+                  "containerStatuses":[{"name":"app","containerID":"containerd://bb",
+                    "image":"i","imageID":"","ready":true,"restartCount":0},
+                                       {"name":"waiting",
+                    "image":"i","imageID":"","ready":false,"restartCount":0}],
+                  "ephemeralContainerStatuses":[{"name":"debug","containerID":"cri-o://cc",
+                    "image":"i","imageID":"","ready":true,"restartCount":0}]}}"#,
         )
         .unwrap();
-        let mut got: Vec<(String, String)> = pod
-            .containers()
+        let mut got: Vec<(String, String)> = pod_containers(&pod)
             .map(|(id, name)| (id, name.to_owned()))
             .collect();
         got.sort();
@@ -264,21 +202,28 @@ mod tests {
     #[test]
     fn controller_owner_is_preferred() {
         let meta: ObjectMeta = serde_json::from_str(
-            r#"{"ownerReferences":[{"kind":"Foo","name":"a"},
-                                   {"kind":"ReplicaSet","name":"b","controller":true}]}"#,
+            r#"{"ownerReferences":[{"apiVersion":"v1","kind":"Foo","name":"a","uid":"1"},
+                                   {"apiVersion":"apps/v1","kind":"ReplicaSet","name":"b",
+                                    "uid":"2","controller":true}]}"#,
         )
         .unwrap();
-        assert_eq!(meta.controller().unwrap().name, "b");
-        assert!(ObjectMeta::default().controller().is_none());
+        assert_eq!(controller(&meta).unwrap().name, "b");
+        let first: ObjectMeta = serde_json::from_str(
+            r#"{"ownerReferences":[{"apiVersion":"v1","kind":"Foo","name":"a","uid":"1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(controller(&first).unwrap().name, "a");
+        assert!(controller(&ObjectMeta::default()).is_none());
     }
 
     #[test]
     fn deployment_guess_needs_matching_hash_label() {
         let mut pod = Pod::default();
         assert_eq!(deployment_from_replicaset_name("web-5d8f7c9b6", &pod), None);
-        pod.metadata
-            .labels
-            .insert(POD_TEMPLATE_HASH_LABEL.into(), "5d8f7c9b6".into());
+        pod.metadata.labels = Some(BTreeMap::from([(
+            POD_TEMPLATE_HASH_LABEL.into(),
+            "5d8f7c9b6".into(),
+        )]));
         assert_eq!(
             deployment_from_replicaset_name("web-api-5d8f7c9b6", &pod).as_deref(),
             Some("web-api")

@@ -1,17 +1,24 @@
-//! Keeps the pod index in step with the API server: list this node's pods, then watch from the
-//! list's resource version; relist when the watch expires or after an outage.
+//! Keeps the pod index in step with the API server through kube-rs's watcher: it lists this
+//! node's pods, watches from the list's resource version, resumes a broken watch from the last
+//! version seen and lists again when that version expired (410 Gone). After an error the next
+//! attempt waits, from [`MIN_BACKOFF`] doubling up to [`MAX_BACKOFF`].
 //!
 //! An unreachable or refusing API server is reported once per outage (a warning naming the
-//! cause) and once when it answers again; in between, retries back off up to [`MAX_BACKOFF`].
+//! server and the cause) and once when it answers again; every error is counted.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use futures_util::StreamExt as _;
+use k8s_openapi::{
+    api::{apps::v1::ReplicaSet, batch::v1::Job, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{Api, Client, runtime::watcher};
+
 use super::{
-    client::{ApiClient, ApiError, WATCH_SECONDS},
     index::PodIndex,
     model::{
-        MetaOnly, OwnerReference, Owners, Pod, PodList, PodMeta, Status,
-        deployment_from_replicaset_name,
+        Owners, PodMeta, controller, deployment_from_replicaset_name, pod_containers, pod_node,
     },
 };
 
@@ -30,17 +37,6 @@ pub(crate) enum ParentKind {
 }
 
 impl ParentKind {
-    fn path(self, namespace: &str, name: &str) -> String {
-        let (group, plural) = match self {
-            ParentKind::ReplicaSet => ("apps/v1", "replicasets"),
-            ParentKind::Job => ("batch/v1", "jobs"),
-        };
-        format!(
-            "/apis/{group}/namespaces/{}/{plural}/{}",
-            enc(namespace),
-            enc(name)
-        )
-    }
     fn parent_kind(self) -> &'static str {
         match self {
             ParentKind::ReplicaSet => "Deployment",
@@ -55,8 +51,27 @@ impl ParentKind {
     }
 }
 
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+/// The HTTP status of an error the API server answered with.
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// An error with its causes: the outer layers ("failed to start watching object") rarely say
+/// what an operator needs (connection refused, certificate unknown).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
 }
 
 /// Reads the controller of a ReplicaSet or Job (the API client; a fake in tests).
@@ -66,18 +81,32 @@ pub(crate) trait ParentLookup {
         kind: ParentKind,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<OwnerReference>, ApiError>;
+    ) -> Result<Option<OwnerReference>, kube::Error>;
 }
 
-impl ParentLookup for ApiClient {
+impl ParentLookup for Client {
+    /// Only the object's metadata is asked for (`PartialObjectMetadata`).
     async fn controller_of(
         &self,
         kind: ParentKind,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<OwnerReference>, ApiError> {
-        let obj: MetaOnly = self.get(&kind.path(namespace, name)).await?;
-        Ok(obj.metadata.controller().cloned())
+    ) -> Result<Option<OwnerReference>, kube::Error> {
+        let meta = match kind {
+            ParentKind::ReplicaSet => {
+                Api::<ReplicaSet>::namespaced(self.clone(), namespace)
+                    .get_metadata(name)
+                    .await?
+                    .metadata
+            }
+            ParentKind::Job => {
+                Api::<Job>::namespaced(self.clone(), namespace)
+                    .get_metadata(name)
+                    .await?
+                    .metadata
+            }
+        };
+        Ok(controller(&meta).cloned())
     }
 }
 
@@ -93,10 +122,10 @@ pub(crate) struct OwnerResolver {
 impl OwnerResolver {
     pub(crate) async fn resolve(&mut self, pod: &Pod, api: &impl ParentLookup) -> Owners {
         let mut owners = Owners::default();
-        let Some(owner) = pod.metadata.controller() else {
+        let Some(owner) = controller(&pod.metadata) else {
             return owners;
         };
-        let ns = &pod.metadata.namespace;
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         match owner.kind.as_str() {
             "ReplicaSet" => {
                 owners.replicaset = Some(owner.name.clone());
@@ -151,7 +180,7 @@ impl OwnerResolver {
                 self.cache.insert(key, parent.clone());
                 Ok(parent)
             }
-            Err(e) if e.status() == Some(403) => {
+            Err(e) if status_code(&e) == Some(403) => {
                 tracing::info!(
                     "Kubernetes RBAC does not allow reading {}: {}",
                     kind.resource(),
@@ -172,163 +201,142 @@ impl OwnerResolver {
     }
 }
 
-/// How a watch request ended.
-enum WatchEnd {
-    /// The server closed it (timeout): watch again from the last resource version.
-    Closed,
-    /// The resource version is too old (410 Gone): list again.
-    Expired,
-}
-
 pub struct Watcher {
-    client: ApiClient,
+    client: Client,
+    /// Where the configuration came from, and the API server's URL (for log lines).
     source: String,
+    server: String,
     node: String,
     index: Arc<PodIndex>,
     owners: OwnerResolver,
 }
 
 impl Watcher {
-    pub fn new(client: ApiClient, source: String, node: String, index: Arc<PodIndex>) -> Self {
+    pub fn new(
+        client: Client,
+        source: String,
+        server: String,
+        node: String,
+        index: Arc<PodIndex>,
+    ) -> Self {
         Self {
             client,
             source,
+            server,
             node,
             index,
             owners: OwnerResolver::default(),
         }
     }
 
-    fn pods_path(&self) -> String {
-        format!(
-            "/api/v1/pods?fieldSelector={}",
-            enc(&format!("spec.nodeName={}", self.node))
-        )
-    }
-
-    /// Runs forever (the task is dropped with the runtime at exit).
+    /// Runs forever (the task is dropped with the runtime at exit). Errors never end it.
     pub async fn run(mut self) {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
+        // The backoff is applied here rather than with kube-rs's `StreamBackoff`: that one
+        // resets on every `Ok` item, and the watcher yields `Event::Init` before each list
+        // attempt, so against an unreachable API server it would never grow.
+        let mut events = watcher(pods, config).boxed();
         let mut backoff = MIN_BACKOFF;
         let mut down = false;
         let mut connected_once = false;
-        loop {
-            let failure = match self.list().await {
-                Ok(mut version) => {
-                    let pods = self.index.pod_count();
-                    if down {
-                        tracing::info!(
-                            "Kubernetes API at {} answers again: {pods} pods on node {}; pod attributes resume",
-                            self.client.server(),
-                            self.node
-                        );
-                    } else if !connected_once {
-                        tracing::info!(
-                            "Kubernetes metadata from {} ({}): {pods} pods on node {}",
-                            self.source,
-                            self.client.server(),
-                            self.node
-                        );
-                    }
-                    down = false;
-                    connected_once = true;
-                    backoff = MIN_BACKOFF;
-                    loop {
-                        match self.watch(&mut version).await {
-                            Ok(WatchEnd::Closed) => continue,
-                            Ok(WatchEnd::Expired) => break None,
-                            Err(e) => break Some(e),
-                        }
-                    }
-                }
-                Err(e) => Some(e),
-            };
-            let Some(e) = failure else {
-                tracing::debug!("Kubernetes watch expired; listing pods again");
-                continue;
-            };
-            if down {
-                tracing::debug!("Kubernetes API still unavailable: {e}");
-            } else {
-                tracing::warn!(
-                    "Kubernetes metadata unavailable ({}): {e}; pod attributes are missing or stale until the API server answers (retrying, at most every {}s)",
-                    self.source,
-                    MAX_BACKOFF.as_secs()
-                );
-                down = true;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-    }
-
-    /// Lists this node's pods into the index; returns the list's resource version.
-    async fn list(&mut self) -> Result<String, ApiError> {
-        let list: PodList = self.client.get(&self.pods_path()).await?;
-        let mut entries = Vec::with_capacity(list.items.len());
-        for pod in &list.items {
-            entries.push(self.entry(pod).await);
-        }
-        self.index.replace_all(entries);
-        Ok(list.metadata.resource_version)
-    }
-
-    async fn entry(&mut self, pod: &Pod) -> (PodMeta, Vec<(String, String)>) {
-        let owners = self.owners.resolve(pod, &self.client).await;
-        let containers = pod
-            .containers()
-            .map(|(id, name)| (id, name.to_owned()))
-            .collect();
-        (PodMeta::from_pod(pod, owners), containers)
-    }
-
-    async fn watch(&mut self, version: &mut String) -> Result<WatchEnd, ApiError> {
-        let path = format!(
-            "{}&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={}",
-            self.pods_path(),
-            enc(version)
-        );
-        let mut stream = match self.client.watch(&path).await {
-            Ok(s) => s,
-            Err(e) if e.status() == Some(410) => return Ok(WatchEnd::Expired),
-            Err(e) => return Err(e),
-        };
-        while let Some(event) = stream.next().await? {
-            if event.kind == "ERROR" {
-                let status: Status = serde_json::from_value(event.object).unwrap_or_default();
-                if status.code == 410 {
-                    return Ok(WatchEnd::Expired);
-                }
-                return Err(ApiError::Status {
-                    url: format!("{}{path}", self.client.server()),
-                    status: status.code,
-                    message: status.message,
-                });
-            }
-            let pod: Pod = match serde_json::from_value(event.object) {
-                Ok(p) => p,
+        // The pods of a list in progress (between `Init` and `InitDone`): the index keeps the
+        // previous state until the list is complete.
+        let mut listing: Vec<(PodMeta, Vec<(String, String)>)> = Vec::new();
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
                 Err(e) => {
-                    tracing::debug!("ignored a malformed {} watch event: {e}", event.kind);
+                    self.index.stats().count_error();
+                    if is_expired(&e) {
+                        tracing::debug!("Kubernetes watch expired; listing pods again");
+                    } else if down {
+                        tracing::debug!("Kubernetes API still unavailable: {}", error_chain(&e));
+                    } else {
+                        tracing::warn!(
+                            "Kubernetes metadata unavailable ({}, {}): {}; pod attributes are missing or stale until the API server answers (retrying, at most every {}s)",
+                            self.source,
+                            self.server,
+                            error_chain(&e),
+                            MAX_BACKOFF.as_secs()
+                        );
+                        down = true;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };
-            if !pod.metadata.resource_version.is_empty() {
-                version.clone_from(&pod.metadata.resource_version);
+            self.index.stats().count_event();
+            if matches!(event, watcher::Event::Init) {
+                // A list starts (it may still fail): not yet a sign of a working API server.
+                listing.clear();
+                continue;
             }
-            match event.kind.as_str() {
-                "ADDED" | "MODIFIED" => {
-                    if !pod.spec.node_name.is_empty() && pod.spec.node_name != self.node {
-                        self.index.remove(&pod.metadata.uid);
+            backoff = MIN_BACKOFF;
+            if down {
+                tracing::info!(
+                    "Kubernetes API at {} answers again; pod attributes resume",
+                    self.server
+                );
+                down = false;
+            }
+            match event {
+                watcher::Event::Init => {}
+                watcher::Event::InitApply(pod) => listing.push(self.entry(&pod).await),
+                watcher::Event::InitDone => {
+                    self.index.replace_all(std::mem::take(&mut listing));
+                    let pods = self.index.pod_count();
+                    if connected_once {
+                        tracing::debug!(
+                            "Kubernetes pods listed again: {pods} on node {}",
+                            self.node
+                        );
+                    } else {
+                        tracing::info!(
+                            "Kubernetes metadata from {} ({}): {pods} pods on node {}",
+                            self.source,
+                            self.server,
+                            self.node
+                        );
+                        connected_once = true;
+                    }
+                }
+                watcher::Event::Apply(pod) => {
+                    let node = pod_node(&pod);
+                    if !node.is_empty() && node != self.node {
+                        self.index
+                            .remove(pod.metadata.uid.as_deref().unwrap_or_default());
                         continue;
                     }
                     let (meta, containers) = self.entry(&pod).await;
                     self.index.upsert(meta, containers);
                 }
-                "DELETED" => self.index.remove(&pod.metadata.uid),
-                // BOOKMARK only moves the resource version.
-                _ => {}
+                watcher::Event::Delete(pod) => self
+                    .index
+                    .remove(pod.metadata.uid.as_deref().unwrap_or_default()),
             }
         }
-        Ok(WatchEnd::Closed)
+    }
+
+    async fn entry(&mut self, pod: &Pod) -> (PodMeta, Vec<(String, String)>) {
+        let owners = self.owners.resolve(pod, &self.client).await;
+        let containers = pod_containers(pod)
+            .map(|(id, name)| (id, name.to_owned()))
+            .collect();
+        (PodMeta::from_pod(pod, owners), containers)
+    }
+}
+
+/// The resource version to watch from is too old (410 Gone): the watcher lists again, which is
+/// routine (watches expire), not an outage.
+fn is_expired(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+            status_code(e) == Some(410)
+        }
+        _ => false,
     }
 }
 
@@ -350,22 +358,18 @@ mod tests {
             kind: ParentKind,
             _namespace: &str,
             name: &str,
-        ) -> Result<Option<OwnerReference>, ApiError> {
+        ) -> Result<Option<OwnerReference>, kube::Error> {
             *self.calls.lock().unwrap() += 1;
             match self.owners.get(&(kind, name.to_owned())) {
                 Some(Ok(o)) => Ok(o.clone()),
-                Some(Err(status)) => Err(ApiError::Status {
-                    url: String::new(),
-                    status: *status,
-                    message: String::new(),
-                }),
-                None => Err(ApiError::Status {
-                    url: String::new(),
-                    status: 404,
-                    message: String::new(),
-                }),
+                Some(Err(status)) => Err(api_error(*status)),
+                None => Err(api_error(404)),
             }
         }
+    }
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(kube::core::Status::failure("", "").with_code(code).boxed())
     }
 
     fn owner(kind: &str, name: &str) -> OwnerReference {
@@ -373,17 +377,20 @@ mod tests {
             kind: kind.into(),
             name: name.into(),
             controller: Some(true),
+            ..OwnerReference::default()
         }
     }
 
     fn pod_owned_by(kind: &str, name: &str, hash: Option<&str>) -> Pod {
         let mut pod = Pod::default();
-        pod.metadata.namespace = "shop".into();
-        pod.metadata.owner_references = vec![owner(kind, name)];
+        pod.metadata.namespace = Some("shop".into());
+        pod.metadata.owner_references = Some(vec![owner(kind, name)]);
         if let Some(h) = hash {
-            pod.metadata
-                .labels
-                .insert("pod-template-hash".into(), h.into());
+            pod.metadata.labels = Some(
+                [("pod-template-hash".to_owned(), h.to_owned())]
+                    .into_iter()
+                    .collect(),
+            );
         }
         pod
     }
