@@ -1,6 +1,7 @@
 //! Pure protocol parsers: bytes in, messages out, no I/O.
 pub mod http1;
 pub mod http2;
+pub mod mysql;
 pub mod postgres;
 #[cfg(test)]
 pub(crate) mod testutil;
