@@ -4,5 +4,6 @@
 //! - [`otlp_receiver`]: an in-process OTLP trace receiver (gRPC or HTTP/protobuf) that records
 //!   what the agent exports and can be told to fail.
 pub mod harness;
+pub mod mysql;
 pub mod otlp_receiver;
 pub mod pg;

@@ -245,9 +245,10 @@ impl Session {
         }
         let mut caps = le(&b[..4]);
         if self.server_caps & CLIENT_MYSQL == 0
-            && let Some(ext) = b.get(28..32) {
-                caps |= le(ext) << 32;
-            }
+            && let Some(ext) = b.get(28..32)
+        {
+            caps |= le(ext) << 32;
+        }
         self.client_caps = caps;
         self.caps_known = true;
         if m.len == 32 && caps & CLIENT_SSL != 0 {
@@ -283,9 +284,10 @@ impl Session {
                         .ok()
                         .and_then(|j| rest.get(j..))
                         .and_then(cstr)
-                        && !db.is_empty() {
-                            self.database = Some(lossy(db, MAX_NAME));
-                        }
+                    && !db.is_empty()
+                {
+                    self.database = Some(lossy(db, MAX_NAME));
+                }
             }
         }
         self.after_login(m);
@@ -303,13 +305,14 @@ impl Session {
     fn command(&mut self, m: &Msg<'_>) {
         // LOCAL INFILE data goes to the command that asked for it.
         if let Some(p) = self.pending.back_mut()
-            && p.resp == Resp::InFileData {
-                if m.len == 0 {
-                    p.resp = Resp::Start;
-                }
-                p.next_seq = m.last_seq.wrapping_add(1);
-                return;
+            && p.resp == Resp::InFileData
+        {
+            if m.len == 0 {
+                p.resp = Resp::Start;
             }
+            p.next_seq = m.last_seq.wrapping_add(1);
+            return;
+        }
         let Some(&cmd) = m.body.first() else {
             if m.cut && m.seq == 0 {
                 self.lost_command(m);
@@ -350,9 +353,10 @@ impl Session {
             }
             COM_STMT_CLOSE => {
                 if let Some(id) = arg.get(..4).map(le)
-                    && let Some(t) = self.prepared.remove(&(id as u32)) {
-                        self.prepared_text = self.prepared_text.saturating_sub(t.len());
-                    }
+                    && let Some(t) = self.prepared.remove(&(id as u32))
+                {
+                    self.prepared_text = self.prepared_text.saturating_sub(t.len());
+                }
                 return;
             }
             COM_STMT_SEND_LONG_DATA => return,
@@ -395,11 +399,12 @@ impl Session {
             _ => Resp::Start,
         };
         if self.pending.len() >= MAX_PENDING
-            && let Some(mut old) = self.pending.pop_front() {
-                old.call.partial = true;
-                inc(&mut self.stats.dropped_calls);
-                self.done.push(old.call);
-            }
+            && let Some(mut old) = self.pending.pop_front()
+        {
+            old.call.partial = true;
+            inc(&mut self.stats.dropped_calls);
+            self.done.push(old.call);
+        }
         self.pending.push_back(Pending {
             cmd,
             call,
@@ -511,9 +516,10 @@ impl Session {
         let high = b.get(at + 18..at + 20).map_or(0, le);
         let mut caps = low | high << 16;
         if caps & CLIENT_MYSQL == 0
-            && let Some(ext) = b.get(at + 27..at + 31) {
-                caps |= le(ext) << 32;
-            }
+            && let Some(ext) = b.get(at + 27..at + 31)
+        {
+            caps |= le(ext) << 32;
+        }
         self.server_caps = caps;
         true
     }
@@ -751,10 +757,13 @@ impl Session {
         }
         if let Some(db) = p.init_db.take() {
             self.database = db;
-        } else if ok.schema.is_none() && p.cmd == COM_QUERY && !p.call.partial
-            && let Some(db) = p.call.query.as_deref().and_then(use_target) {
-                self.database = Some(db);
-            }
+        } else if ok.schema.is_none()
+            && p.cmd == COM_QUERY
+            && !p.call.partial
+            && let Some(db) = p.call.query.as_deref().and_then(use_target)
+        {
+            self.database = Some(db);
+        }
         self.finish();
     }
 
@@ -931,9 +940,10 @@ fn parse_ok(b: &[u8], caps: u64) -> OkInfo {
         if ty == 1 {
             // SESSION_TRACK_SCHEMA: the new current database.
             if let Some((nlen, k)) = lenenc(data)
-                && let Some(name) = data.get(k..k.saturating_add(nlen as usize)) {
-                    info.schema = Some(lossy(name, MAX_NAME));
-                }
+                && let Some(name) = data.get(k..k.saturating_add(nlen as usize))
+            {
+                info.schema = Some(lossy(name, MAX_NAME));
+            }
         }
         i = data_end;
     }
