@@ -201,6 +201,11 @@ impl Session {
 
     fn anomaly(&mut self) {
         self.dirty = true;
+        // Framing lost before the commands: the end of the login is unknowable, so commands
+        // are looked for from here (capabilities unknown if the login was not read).
+        if matches!(self.phase(), Phase::Greeting | Phase::Login | Phase::Auth) {
+            self.phase = Some(Phase::Command);
+        }
         for p in &mut self.pending {
             p.call.partial = true;
         }
