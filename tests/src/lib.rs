@@ -5,6 +5,7 @@
 //!   what the agent exports and can be told to fail.
 //! - [`pg`], [`redis`]: real database servers started per test.
 pub mod harness;
+pub mod mysql;
 pub mod otlp_receiver;
 pub mod pg;
 pub mod redis;

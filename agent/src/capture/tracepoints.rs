@@ -174,7 +174,7 @@ pub enum FormatError {
 }
 
 /// `name -> (offset, size)` of every field line of a format file
-/// (`field:__u16 sport;	offset:24;	size:2;	signed:0;`).
+/// (`field:__u16 sport; offset:24; size:2; signed:0;`, tab-separated).
 pub fn parse_format(text: &str) -> HashMap<String, (u16, u16)> {
     let mut out = HashMap::new();
     for line in text.lines() {

@@ -9,6 +9,7 @@
 
 pub mod http1;
 pub mod http2;
+pub mod mysql;
 pub mod postgres;
 pub mod redis;
 #[cfg(test)]
@@ -30,6 +31,7 @@ pub static REGISTRY: &[&dyn Protocol] = &[
     &http2::Http2,
     &http1::Http1,
     &postgres::Postgres,
+    &mysql::Mysql,
     &redis::Redis,
 ];
 

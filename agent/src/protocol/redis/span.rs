@@ -65,7 +65,7 @@ mod tests {
     use std::{net::SocketAddr, sync::Arc};
 
     use super::*;
-    use crate::trace::span::Resource;
+    use crate::trace::span::{Resource, SpanKind};
 
     fn meta(kind: SpanKind) -> ConnMeta {
         let local: SocketAddr = "10.0.0.1:6379".parse().unwrap();
