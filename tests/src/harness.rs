@@ -376,3 +376,19 @@ pub fn exact(
     assert_eq!(c.len(), client, "client spans:\n{}", dump());
     (s, c)
 }
+
+/// No name, attribute, status message or resource value of any span contains one of the
+/// secrets (ids and timestamps are numbers, not text the agent copied from traffic).
+pub fn assert_not_exported(spans: &[crate::otlp_receiver::ReceivedSpan], secrets: &[&str]) {
+    for span in spans {
+        let mut texts = vec![span.name().to_owned(), span.status_message().to_owned()];
+        texts.extend(span.attributes().values().map(|v| format!("{v:?}")));
+        texts.extend(span.resource.values().map(|v| format!("{v:?}")));
+        for secret in secrets {
+            assert!(
+                !texts.iter().any(|t| t.contains(secret)),
+                "{secret:?} exported in {span}"
+            );
+        }
+    }
+}

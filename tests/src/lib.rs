@@ -3,7 +3,7 @@
 //! - [`harness`]: running the agent binary and peer programs, killed on drop.
 //! - [`otlp_receiver`]: an in-process OTLP trace receiver (gRPC or HTTP/protobuf) that records
 //!   what the agent exports and can be told to fail.
-//! - [`pg`], [`redis`]: real database servers started per test.
+//! - [`pg`], [`mysql`], [`redis`]: real database servers started per test.
 pub mod harness;
 pub mod mysql;
 pub mod otlp_receiver;

@@ -10,17 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::ChildGuard;
+use crate::harness::{ChildGuard, free_port};
 
 pub const USER: &str = "app";
 pub const PASSWORD: &str = "apppw";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 pub struct MysqlServer {
     pub port: u16,

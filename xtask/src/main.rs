@@ -81,6 +81,10 @@ const APT_TEST: &[&str] = &[
     "util-linux",
     "postgresql",
     "postgresql-client",
+    "redis-server",
+    "redis-tools",
+    "mariadb-server",
+    "mariadb-client",
 ];
 /// Load generator and server for `bench`.
 const APT_BENCH: &[&str] = &["nginx", "wrk"];

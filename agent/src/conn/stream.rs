@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use socktrace_common::{CTX_SERVER_REQUEST, DataEvent};
+use socktrace_common::{CTX_SERVER_REQUEST, DIR_INGRESS, DataEvent};
 
 use super::{ConnExchange, Role};
 use crate::{
@@ -17,10 +17,19 @@ use crate::{
 
 /// Events tried before a connection is declared not ours.
 const DETECT_TRIES: u8 = 4;
+/// Events held while detecting (a protocol's first message may come in several reads: MySQL's
+/// client reads the 4-byte packet header, then the body).
+const MAX_HELD: usize = 8;
+
+/// One captured I/O: the kernel's event and its bytes.
+pub(super) type Held = (DataEvent, Segment);
 
 pub(super) enum State {
     Detecting {
         tries: u8,
+        /// The I/O seen so far, oldest first: detection looks at the trailing run of one
+        /// direction as one byte stream, and a detected protocol gets that run.
+        held: Vec<Held>,
     },
     Active {
         protocol: &'static dyn Protocol,
@@ -30,15 +39,17 @@ pub(super) enum State {
 }
 
 /// What detection made of one event's bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum Detection {
-    /// A protocol: parse from these bytes on. `mid_stream`: only its weak detection matched.
+    /// A protocol: parse from `replay` on (the I/O that showed it, in order; older I/O held is
+    /// dropped: the other direction's, from before a conversation the agent can follow).
+    /// `mid_stream`: only its weak detection matched.
     Found {
-        protocol: &'static str,
         mid_stream: bool,
         full_capture: bool,
+        replay: Vec<Held>,
     },
-    /// Bytes of the answering side before any request: skipped, detection goes on.
+    /// Bytes of the answering side before any request: held, detection goes on.
     Skipped,
     /// Not yet; the next event of the connection tries again.
     NotYet,
@@ -114,21 +125,46 @@ impl Conn {
         })
     }
 
-    /// Tries the enabled protocols on the first bytes of one direction.
-    pub(super) fn detect(&mut self, payload: &[u8], ingress: bool, enabled: &Enabled) -> Detection {
-        if !matches!(self.state, State::Detecting { .. }) {
-            return Detection::GaveUp;
-        }
+    /// Tries the enabled protocols on the first bytes of one direction: this I/O and the
+    /// ones of the same direction just before it, as one stream.
+    pub(super) fn detect(
+        &mut self,
+        ev: &DataEvent,
+        seg: Segment,
+        ingress: bool,
+        enabled: &Enabled,
+    ) -> Detection {
         let known = self.sender(ingress);
+        let State::Detecting { tries, held } = &mut self.state else {
+            return Detection::GaveUp;
+        };
         let wanted = || REGISTRY.iter().copied().filter(|p| p.wanted(enabled));
         if wanted().next().is_none() {
             self.state = State::Ignored;
             return Detection::GaveUp;
         }
+        if held.len() >= MAX_HELD {
+            held.remove(0);
+        }
+        held.push((*ev, seg));
+        // The trailing run of this direction, from after the last I/O whose bytes were not
+        // all captured (a gap would join unrelated bytes).
+        let same = |h: &Held| (h.0.direction == DIR_INGRESS) == ingress;
+        let mut start = held.len() - 1;
+        while start > 0
+            && same(&held[start - 1])
+            && held[start - 1].1.len == held[start - 1].1.data.len() as u64
+        {
+            start -= 1;
+        }
+        let first: Vec<u8> = held[start..]
+            .iter()
+            .flat_map(|h| h.1.data.iter().copied())
+            .collect();
         let found = wanted()
-            .find_map(|p| p.detect(payload, enabled).map(|d| (p, d, false)))
+            .find_map(|p| p.detect(&first, enabled).map(|d| (p, d, false)))
             .or_else(|| {
-                wanted().find_map(|p| p.detect_mid_stream(payload, enabled).map(|d| (p, d, true)))
+                wanted().find_map(|p| p.detect_mid_stream(&first, enabled).map(|d| (p, d, true)))
             });
         match found {
             Some((protocol, detected, mid_stream))
@@ -141,22 +177,21 @@ impl Conn {
                         _ => Role::Client,
                     });
                 }
+                let replay = held.split_off(start);
                 self.state = State::Active {
                     protocol,
                     session: detected.session,
                 };
                 Detection::Found {
-                    protocol: protocol.name(),
                     mid_stream,
                     full_capture: protocol.full_capture(),
+                    replay,
                 }
             }
-            // The answering side first: the agent joined mid-exchange. Wait for a request.
+            // The answering side first: the agent joined mid-exchange, or its protocol speaks
+            // first and its message is not complete yet. Wait for more.
             _ if known == Some(Sender::Server) => Detection::Skipped,
             _ => {
-                let State::Detecting { tries } = &mut self.state else {
-                    return Detection::GaveUp;
-                };
                 *tries += 1;
                 if *tries >= DETECT_TRIES {
                     self.state = State::Ignored;

@@ -170,43 +170,50 @@ impl ConnTable {
             conn.comm = comm_of(&ev.comm);
         }
         let ingress = ev.direction == DIR_INGRESS;
-        match &conn.state {
+        let seg = Segment::prefix(ev.ts_ns, Bytes::copy_from_slice(payload), ev.len)
+            .with_tail(Bytes::copy_from_slice(tail));
+        let detection = match &conn.state {
             State::Ignored => return,
-            State::Active { .. } => {}
-            State::Detecting { .. } => match conn.detect(payload, ingress, &self.config.enabled) {
-                Detection::Found {
-                    mid_stream,
-                    full_capture,
-                    ..
-                } => {
-                    self.stats.mid_stream_joined += u64::from(mid_stream);
-                    if full_capture {
-                        self.full_capture.push(ev.sk);
-                    }
+            State::Active { .. } => return self.feed(ev, seg, out),
+            State::Detecting { .. } => conn.detect(ev, seg, ingress, &self.config.enabled),
+        };
+        match detection {
+            Detection::Found {
+                mid_stream,
+                full_capture,
+                replay,
+            } => {
+                self.stats.mid_stream_joined += u64::from(mid_stream);
+                if full_capture {
+                    self.full_capture.push(ev.sk);
                 }
-                Detection::Skipped => {
-                    self.stats.mid_stream_skipped += 1;
-                    return;
+                for (ev, seg) in replay {
+                    self.feed(&ev, seg, out);
                 }
-                Detection::NotYet => return,
-                Detection::GaveUp => {
-                    if !self.config.enabled.names().is_empty() {
-                        self.stats.undetected += 1;
-                    }
-                    return;
+            }
+            Detection::Skipped => self.stats.mid_stream_skipped += 1,
+            Detection::NotYet => {}
+            Detection::GaveUp => {
+                if !self.config.enabled.names().is_empty() {
+                    self.stats.undetected += 1;
                 }
-            },
+            }
         }
-        let Some(from) = conn.sender(ingress) else {
+    }
+
+    /// One I/O of a connection whose protocol is known: turns, then its session.
+    fn feed(&mut self, ev: &DataEvent, seg: Segment, out: &mut Vec<ConnExchange>) {
+        let Some(conn) = self.conns.get_mut(&ev.sk) else {
+            return;
+        };
+        let Some(from) = conn.sender(ev.direction == DIR_INGRESS) else {
             return;
         };
         let injected = match (from, conn.role) {
             (Sender::Client, Some(Role::Client)) => self.injections.take(ev.sk, ev.tid),
             _ => None,
         };
-        conn.track_turn(ev, payload, from, injected, &mut self.links);
-        let seg = Segment::prefix(ev.ts_ns, Bytes::copy_from_slice(payload), ev.len)
-            .with_tail(Bytes::copy_from_slice(tail));
+        conn.track_turn(ev, &seg.data, from, injected, &mut self.links);
         conn.push(from, seg);
         let next = conn.drain(&self.config.enabled, out);
         self.follow(ev.sk, next);
@@ -333,7 +340,10 @@ impl ConnTable {
                 self.stats.port_filtered += 1;
                 State::Ignored
             } else {
-                State::Detecting { tries: 0 }
+                State::Detecting {
+                    tries: 0,
+                    held: Vec::new(),
+                }
             };
         let peer_traced = match role {
             Some(Role::Server) => self.traced_clients.contains(peer, local),

@@ -267,3 +267,58 @@ fn http1_parser_counters_outlive_their_connections() {
     assert!(t.is_empty());
     assert_eq!(t.protocol_counters(&Http1), live);
 }
+
+#[test]
+fn a_first_message_in_several_reads_is_detected_whole() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000);
+    // An uncommon method needs its whole request line to be believed: the first read alone is
+    // not enough, and the second alone would start a request with the method "IND".
+    let parts: [&[u8]; 2] = [b"PROPF", b"IND /x HTTP/1.1\r\nHost: b\r\n\r\n"];
+    for (i, p) in parts.iter().enumerate() {
+        let ev = event(7, 100 + i as u64, 3, DIR_INGRESS, ROLE_SERVER, tp, p.len());
+        t.on_data(&ev, p, &[], &mut r, &mut out);
+    }
+    let resp = b"HTTP/1.1 207 Multi-Status\r\nContent-Length: 0\r\n\r\n";
+    let ev = event(7, 110, 3, DIR_EGRESS, ROLE_SERVER, tp, resp.len());
+    t.on_data(&ev, resp, &[], &mut r, &mut out);
+    assert_eq!(out.len(), 1);
+    let ex = format!("{:?}", out[0].exchange);
+    assert!(
+        ex.contains("method: \"PROPFIND\"") && ex.contains("target: \"/x\""),
+        "{ex}"
+    );
+    assert_eq!(
+        out[0].link.start_ns, 100,
+        "the request began with its first read"
+    );
+    assert!(!ex.contains("partial: true"), "{ex}");
+    // Bytes of the answering side before any request are held, not parsed as the start.
+    let stale = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    t.on_data(
+        &event(8, 200, 3, DIR_EGRESS, ROLE_SERVER, tp, stale.len()),
+        stale,
+        &[],
+        &mut r,
+        &mut out,
+    );
+    let req = b"GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
+    t.on_data(
+        &event(8, 210, 3, DIR_INGRESS, ROLE_SERVER, tp, req.len()),
+        req,
+        &[],
+        &mut r,
+        &mut out,
+    );
+    t.on_data(
+        &event(8, 220, 3, DIR_EGRESS, ROLE_SERVER, tp, stale.len()),
+        stale,
+        &[],
+        &mut r,
+        &mut out,
+    );
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].link.start_ns, 210);
+    assert_eq!(t.stats().mid_stream_skipped, 1);
+}
