@@ -75,7 +75,7 @@ struct Row {
     skipped: bool,
 }
 
-/// Runs the matrix; `publish` receives the table (the README keeps the last one).
+/// Runs the matrix; `publish` receives the table (docs/kernels.md keeps the last one).
 pub fn kernels(
     root: &Path,
     bin: &Path,
@@ -369,7 +369,7 @@ fn boot(out: &Path, kernel: &Kernel, bin: &Path, verifier: Option<&Path>) -> any
         let path = dir.join("verifier.md");
         fs::write(&path, table.join("\n") + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
-        // Relative to the workspace: the table also goes into the README.
+        // Relative to the workspace: the table also goes into docs/kernels.md.
         row.loaded.push_str(&format!(
             " (verifier table: target/kernels/{}/verifier.md)",
             kernel.version

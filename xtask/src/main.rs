@@ -54,7 +54,7 @@ enum Task {
     /// (stack bytes, processed instructions); fail when one is rejected or over its margin, or
     /// when the kernel object differs from `ebpf/object.sha256`. Needs root.
     Verifier {
-        /// Record the kernel object's hash in `ebpf/object.sha256` and the table in the README
+        /// Record the kernel object's hash in `ebpf/object.sha256` and the table in docs/kernels.md
         /// (after a change to the kernel programs or the pinned toolchain).
         #[arg(long)]
         record: bool,
@@ -239,16 +239,16 @@ fn setup(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replaces what the README holds between `<!-- NAME -->` and `<!-- /NAME -->`.
+/// Replaces what `docs/kernels.md` holds between `<!-- NAME -->` and `<!-- /NAME -->`.
 fn replace_marked(root: &Path, name: &str, content: &str) -> anyhow::Result<()> {
-    let readme = root.join("README.md");
-    let text = std::fs::read_to_string(&readme)?;
+    let doc = root.join("docs/kernels.md");
+    let text = std::fs::read_to_string(&doc)?;
     let (begin, end) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
     let (Some(a), Some(b)) = (text.find(&begin), text.find(&end)) else {
-        bail!("README.md has no {begin} ... {end} section");
+        bail!("docs/kernels.md has no {begin} ... {end} section");
     };
     let new = format!("{}{begin}\n{content}{}", &text[..a], &text[b..]);
-    std::fs::write(&readme, new)?;
+    std::fs::write(&doc, new)?;
     Ok(())
 }
 
@@ -266,7 +266,7 @@ fn build_verifier(root: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs the verifier budget (`tests/src/bin/verifier.rs`); with `record`, stores the object
-/// hash and writes the table into the README.
+/// hash and writes the table into docs/kernels.md.
 fn verifier(root: &Path, record: bool) -> anyhow::Result<()> {
     let bin = build_verifier(root)?;
     let table = root.join("target/verifier.md");
@@ -281,7 +281,7 @@ fn verifier(root: &Path, record: bool) -> anyhow::Result<()> {
     run(&mut cmd)?;
     if record {
         replace_marked(root, "verifier-table", &std::fs::read_to_string(&table)?)?;
-        eprintln!("xtask: recorded the object hash and the README table");
+        eprintln!("xtask: recorded the object hash and the table in docs/kernels.md");
     }
     Ok(())
 }

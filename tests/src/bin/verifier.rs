@@ -3,7 +3,7 @@
 //! instructions) and exits non-zero when a program was rejected or uses more than its budget
 //! (384 bytes of stack, half of the 1M-instruction limit). Needs root.
 //!
-//! `--markdown PATH` also writes the table as Markdown (the README shows it).
+//! `--markdown PATH` also writes the table as Markdown (docs/kernels.md shows it).
 //! `--object-hash PATH` checks that the embedded kernel object is the one whose SHA-256 the file
 //! holds (the one CI tested: same source, same pinned toolchain); with `--record` it writes it.
 
