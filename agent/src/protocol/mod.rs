@@ -25,11 +25,12 @@ use crate::trace::{
     span::{ConnMeta, Span},
 };
 
-/// Every protocol, in detection order: a protocol whose first bytes could also start a later
-/// one comes first (the HTTP/2 preface is a valid HTTP/1 request line).
+/// Every protocol, in detection order (and the order `--protocols` lists their kinds). Each
+/// `detect` is strict, so the order only matters where two could claim the same bytes: HTTP/1
+/// leaves the HTTP/2 preface (`PRI * HTTP/2.0`, a valid request line) to HTTP/2.
 pub static REGISTRY: &[&dyn Protocol] = &[
-    &http2::Http2,
     &http1::Http1,
+    &http2::Http2,
     &postgres::Postgres,
     &mysql::Mysql,
     &redis::Redis,
@@ -277,4 +278,79 @@ pub enum Detect {
     No,
     /// Too few bytes to tell.
     NeedMore,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A protocol's name and who sent the bytes that showed it.
+    type Found = Option<(&'static str, Sender)>;
+
+    /// The protocol and sender the registry finds for these first bytes.
+    fn detected(first: &[u8]) -> Found {
+        let all = Enabled::all();
+        REGISTRY
+            .iter()
+            .find_map(|p| p.detect(first, &all).map(|d| (p.name(), d.sender)))
+    }
+
+    #[test]
+    fn the_registry_tells_the_protocols_apart() {
+        let mut greeting = vec![0x0a];
+        greeting.extend_from_slice(b"5.5.5-10.11.19-MariaDB-0+deb12u1\0");
+        greeting.extend_from_slice(&[7, 0, 0, 0]);
+        greeting.extend_from_slice(b"abcdefgh\0");
+        greeting.extend_from_slice(&[0xfe, 0xf7, 0x2d, 0x02, 0x00, 0xff, 0x81, 0x15]);
+        greeting.extend_from_slice(&[0; 10]);
+        let mut mysql = (greeting.len() as u32).to_le_bytes()[..3].to_vec();
+        mysql.push(0);
+        mysql.extend_from_slice(&greeting);
+        let mut startup = Vec::new();
+        let params = b"user\0postgres\0database\0shop\0\0";
+        startup.extend_from_slice(&(8 + params.len() as u32).to_be_bytes());
+        startup.extend_from_slice(&196_608u32.to_be_bytes());
+        startup.extend_from_slice(params);
+        let cases: [(&[u8], Found); 7] = [
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                Some(("http1", Sender::Client)),
+            ),
+            (
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                Some(("http2", Sender::Client)),
+            ),
+            (&startup, Some(("postgres", Sender::Client))),
+            (&mysql, Some(("mysql", Sender::Server))),
+            (b"*1\r\n$4\r\nPING\r\n", Some(("redis", Sender::Client))),
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", None),
+            (b"SSH-2.0-OpenSSH_9.2p1\r\n", None),
+        ];
+        for (first, want) in cases {
+            assert_eq!(
+                detected(first),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(first)
+            );
+        }
+    }
+
+    #[test]
+    fn protocols_are_enabled_by_kind_name_or_alias() {
+        let e = Enabled::from_names(&["postgresql", "h2", "redis", "redis"]).unwrap();
+        assert_eq!(e.names(), ["postgres", "http2", "redis"]);
+        assert!(e.any_of(&http2::Http2) && !e.has("grpc"));
+        // HTTP/1 is parsed for HTTP/2's sake (h2c), without HTTP/1 spans being wanted.
+        assert!(http1::Http1.wanted(&e) && !e.any_of(&http1::Http1));
+        let err = Enabled::from_names(&["smtp"]).unwrap_err();
+        assert_eq!(
+            err,
+            "unknown protocol \"smtp\" (known: http, http2, grpc, postgres, mysql, redis)"
+        );
+        assert_eq!(
+            Enabled::all().names(),
+            ["http", "http2", "grpc", "postgres", "mysql", "redis"]
+        );
+    }
 }

@@ -33,6 +33,10 @@ impl Protocol for Http1 {
     }
 
     fn detect(&self, first: &[u8], _: &Enabled) -> Option<Detected> {
+        // The HTTP/2 preface is a valid HTTP/1 request line: it is HTTP/2's.
+        if http2::detect_preface(first) == Detect::Yes {
+            return None;
+        }
         (detect_request(first) == Detect::Yes).then(|| Detected {
             sender: Sender::Client,
             session: Box::new(Http1Session(Http1Conn::new())),
