@@ -18,8 +18,10 @@ use crate::{
 /// Events tried before a connection is declared not ours.
 const DETECT_TRIES: u8 = 4;
 /// Events held while detecting (a protocol's first message may come in several reads: MySQL's
-/// client reads the 4-byte packet header, then the body).
+/// client reads the 4-byte packet header, then the body), and their bytes at most: the oldest
+/// go first, so a connection that never shows a protocol holds little.
 const MAX_HELD: usize = 8;
+const MAX_HELD_BYTES: usize = 2048;
 
 /// One captured I/O: the kernel's event and its bytes.
 pub(super) type Held = (DataEvent, Segment);
@@ -143,10 +145,17 @@ impl Conn {
             self.state = State::Ignored;
             return Detection::GaveUp;
         }
-        if held.len() >= MAX_HELD {
+        held.push((*ev, seg));
+        while held.len() > 1
+            && (held.len() > MAX_HELD
+                || held
+                    .iter()
+                    .map(|h| h.1.data.len() + h.1.tail.len())
+                    .sum::<usize>()
+                    > MAX_HELD_BYTES)
+        {
             held.remove(0);
         }
-        held.push((*ev, seg));
         // The trailing run of this direction, from after the last I/O whose bytes were not
         // all captured (a gap would join unrelated bytes).
         let same = |h: &Held| (h.0.direction == DIR_INGRESS) == ingress;

@@ -322,3 +322,25 @@ fn a_first_message_in_several_reads_is_detected_whole() {
     assert_eq!(out[1].link.start_ns, 210);
     assert_eq!(t.stats().mid_stream_skipped, 1);
 }
+
+#[test]
+fn a_connection_that_never_shows_a_protocol_holds_little() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000);
+    // A server streaming to a client the agent joined mid-way: only answering-side bytes.
+    let chunk = [b'x'; 1000];
+    for i in 0..50 {
+        let ev = event(9, 100 + i, 3, DIR_EGRESS, ROLE_SERVER, tp, chunk.len());
+        t.on_data(&ev, &chunk, &[], &mut r, &mut out);
+    }
+    let held = match &t.conns[&9].state {
+        crate::conn::stream::State::Detecting { held, .. } => {
+            held.iter().map(|h| h.1.data.len()).sum::<usize>()
+        }
+        _ => panic!("still detecting"),
+    };
+    assert!(held <= 2048, "{held} bytes held");
+    assert_eq!(t.stats().mid_stream_skipped, 50);
+    assert!(out.is_empty());
+}
