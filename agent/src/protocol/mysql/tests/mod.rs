@@ -7,12 +7,10 @@ mod rules;
 mod span;
 mod sql;
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
 
 use super::{Call, MysqlConn, Segment};
-use crate::protocol::testutil::{RecEvent as Event, To, parse_rec};
+use crate::protocol::testutil::{self, RecEvent as Event, To};
 
 fn seg(ts: u64, data: &[u8]) -> Segment {
     Segment::full(ts, Bytes::copy_from_slice(data))
@@ -53,14 +51,9 @@ fn replay(events: &[Event]) -> (Vec<Call>, MysqlConn) {
     (out, conn)
 }
 
-fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/protocol/mysql/tests/data")
-}
-
+/// A recording of `agent/tests/data/mysql/`.
 fn load_rec(name: &str) -> Vec<Event> {
-    let path = data_dir().join(format!("{name}.rec"));
-    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    parse_rec(&raw, name)
+    testutil::load_rec("mysql", name)
 }
 
 /// One packet: header + payload.

@@ -1,5 +1,5 @@
 //! Replays of connections recorded between real clients and a real MariaDB 10.11 server (see
-//! data/README.md): as recorded, coalesced, byte by byte, split at every byte, with capped
+//! agent/tests/data/mysql/README.md): as recorded, coalesced, byte by byte, split at every byte, with capped
 //! capture and with random gaps.
 
 use super::super::{MAX_KEEP, MysqlStats};
@@ -39,7 +39,7 @@ where
 
 /// A recording's `.expected` file: one line per call.
 fn expected(name: &str) -> Vec<Summary> {
-    let path = data_dir().join(format!("{name}.expected"));
+    let path = testutil::data_dir("mysql").join(format!("{name}.expected"));
     let text = std::fs::read_to_string(&path).unwrap();
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

@@ -1,16 +1,13 @@
 //! Real connections recorded on this machine (redis-server 7.0 with redis-cli and redis-py;
-//! `data/README.md`), replayed as recorded, coalesced, byte by byte, with a capped prefix and
+//! `agent/tests/data/redis/README.md`), replayed as recorded, coalesced, byte by byte, with a capped prefix and
 //! tail, and with random gaps.
 
 use super::{Brief, Event, replay};
 use crate::protocol::testutil::{self, bytewise, capture, coalesce};
 
+/// A recording of `agent/tests/data/redis/`.
 fn load(name: &str) -> Vec<Event> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("src/protocol/redis/tests/data")
-        .join(format!("{name}.rec"));
-    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    testutil::parse_rec(&raw, name)
+    testutil::load_rec("redis", name)
 }
 
 fn b(cmd: &str, args: u32, keys: u32, err: Option<&str>, db: Option<u32>) -> Brief {

@@ -18,7 +18,7 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "../../../../../tests/data"))
+sys.path.insert(0, os.path.join(HERE, ".."))
 from record import Recorder, write_recording  # noqa: E402
 
 import redis  # noqa: E402
