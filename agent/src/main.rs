@@ -268,7 +268,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("socktrace-capture".into())
             .spawn(move || {
-                let published = health.metrics().clone();
+                // Counters are published only when `/metrics` can be read.
+                let published = health_port.map(|_| health.metrics().clone());
                 pipeline::run(
                     reader,
                     pipeline,

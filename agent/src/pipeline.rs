@@ -248,7 +248,8 @@ impl Pipeline {
 }
 
 /// Runs the capture loop until `stop` is set; reports counters every `stats_interval`; beats
-/// `health` once per poll (at least every 20 ms) so that `/healthz` can tell a stalled loop.
+/// `health` once per poll (at least every 20 ms) so that `/healthz` can tell a stalled loop;
+/// publishes the counters each second to `published` when there is a reader (`/metrics`).
 pub fn run(
     mut reader: EventReader,
     mut pipeline: Pipeline,
@@ -256,12 +257,11 @@ pub fn run(
     stop: Arc<AtomicBool>,
     stats_interval: Option<Duration>,
     health: Health,
-    published: Published,
+    published: Option<Published>,
 ) {
     const POLL_MS: i32 = 20;
     let mut last_tick = Instant::now();
     let mut last_report = Instant::now();
-    let mut last_published = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         health.beat();
         if let Err(e) = reader.poll(POLL_MS, |record| pipeline.handle(record)) {
@@ -270,20 +270,23 @@ pub fn run(
         }
         pipeline.tick_links();
         pipeline.flush();
-        if last_tick.elapsed() >= Duration::from_secs(1) {
+        let second = last_tick.elapsed() >= Duration::from_secs(1);
+        if second {
             pipeline.tick();
             pipeline.flush();
             last_tick = Instant::now();
         }
-        if last_published.elapsed() >= Duration::from_secs(1) {
-            published.publish(pipeline.snapshot(&kernel.read()));
-            last_published = Instant::now();
-        }
-        if let Some(every) = stats_interval
-            && last_report.elapsed() >= every
-        {
-            tracing::info!("{}", pipeline.snapshot(&kernel.read()).line());
-            last_report = Instant::now();
+        let report = stats_interval.is_some_and(|every| last_report.elapsed() >= every);
+        let publish = second && published.is_some();
+        if report || publish {
+            let snapshot = pipeline.snapshot(&kernel.read());
+            if report {
+                tracing::info!("{}", snapshot.line());
+                last_report = Instant::now();
+            }
+            if let Some(p) = published.as_ref().filter(|_| publish) {
+                p.publish(snapshot);
+            }
         }
     }
     // Drain what the kernel already wrote, so no finished request is lost at shutdown.
@@ -293,5 +296,7 @@ pub fn run(
     pipeline.flush();
     let last = pipeline.snapshot(&kernel.read());
     tracing::info!("final counters: {}", last.line());
-    published.publish(last);
+    if let Some(p) = &published {
+        p.publish(last);
+    }
 }

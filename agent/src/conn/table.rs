@@ -93,24 +93,26 @@ impl ConnTable {
         self.conns.is_empty()
     }
 
+    /// Parser counters since start (live and finished sessions), per protocol in [`REGISTRY`]
+    /// order, each in the order of its [`Protocol::counters`]: one pass over the connections.
+    fn parser_counters(&self) -> Vec<Vec<u64>> {
+        let mut sums = self.retired.clone();
+        for c in self.conns.values() {
+            if let State::Active { protocol, session } = &c.state
+                && let Some(sum) = registry_index(*protocol).and_then(|i| sums.get_mut(i))
+            {
+                session.counters(sum);
+            }
+        }
+        sums
+    }
+
     /// Parser counters of `protocol` since start (live and finished sessions), in the order of
     /// its [`Protocol::counters`].
     pub fn protocol_counters(&self, protocol: &dyn Protocol) -> Vec<u64> {
-        let Some(i) = registry_index(protocol) else {
-            return Vec::new();
-        };
-        let mut sum = self.retired[i].clone();
-        for c in self.conns.values() {
-            if let State::Active {
-                protocol: p,
-                session,
-            } = &c.state
-                && p.name() == protocol.name()
-            {
-                session.counters(&mut sum);
-            }
-        }
-        sum
+        registry_index(protocol)
+            .and_then(|i| self.parser_counters().into_iter().nth(i))
+            .unwrap_or_default()
     }
 
     /// The counters of this stage and of every protocol's parser.
@@ -128,8 +130,7 @@ impl ConnTable {
             self.traced_clients.len() as u64,
         );
         self.stats.collect("conns", snapshot);
-        for protocol in REGISTRY {
-            let values = self.protocol_counters(*protocol);
+        for (protocol, values) in REGISTRY.iter().zip(self.parser_counters()) {
             for ((name, help), value) in protocol.counters().iter().zip(values) {
                 snapshot.counter(protocol.name(), name, help.trim_ascii(), value);
             }
