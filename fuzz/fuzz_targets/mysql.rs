@@ -11,7 +11,7 @@ mod segments;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use segments::{Segments, Step};
+use segments::{Segments, Step, contains};
 use socktrace::protocol::{
     Segment,
     mysql::{Call, MAX_KEEP, MysqlConn},
@@ -19,10 +19,6 @@ use socktrace::protocol::{
 
 /// A MariaDB 10.11 greeting and a login with database "shop", then its OK.
 const GREETING: &[u8] = b"\x64\x00\x00\x00\x0a5.5.5-10.11.19-MariaDB-0+deb12u1\x00\x03\x00\x00\x00abcdefgh\x00\xfe\xf7\x2d\x02\x00\xff\x81\x15\x00\x00\x00\x00\x00\x00\x1d\x00\x00\x00ijklmnopqrst\x00mysql_native_password\x00";
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
 
 fn run(data: &[u8], prelude: bool) {
     let mut conn = MysqlConn::new();

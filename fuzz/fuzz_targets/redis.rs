@@ -9,12 +9,8 @@
 mod segments;
 
 use libfuzzer_sys::fuzz_target;
-use segments::{Segments, Step};
+use segments::{Segments, Step, contains};
 use socktrace::protocol::redis::{Call, MAX_ERROR, MAX_NAME, RedisConn};
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
 
 fuzz_target!(|data: &[u8]| {
     let mut conn = RedisConn::new();

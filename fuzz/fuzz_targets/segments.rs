@@ -1,4 +1,5 @@
-//! The input format shared by the connection fuzz targets (`http1`, `http2`, `postgres`):
+//! The input format shared by the connection fuzz targets (`http1`, `http2`, `postgres`,
+//! `mysql`, `redis`):
 //! arbitrary bytes read as a sequence of segments in both directions.
 //!
 //! Repeated until the input ends: one control byte
@@ -91,4 +92,11 @@ impl Iterator for Segments<'_> {
             seg,
         })
     }
+}
+
+/// Whether `needle` occurs in `hay` (the database targets check that texts come from the
+/// client's own bytes).
+#[allow(dead_code)] // the HTTP targets include this module too
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
