@@ -126,8 +126,9 @@ impl Pipeline {
             Ok(Event::Close(c)) => self
                 .conns
                 .on_close(c.sk, c.new_state, c.ts_ns, &mut self.out),
-            Ok(Event::Exec { pid }) => {
-                self.resources.invalidate(pid);
+            Ok(Event::ExecEnv(env)) => self.resources.exec_env(env),
+            Ok(Event::Exec { pid, cgroup_id }) => {
+                self.resources.exec(pid, cgroup_id);
                 if let Some(filter) = &mut self.pid_filter
                     && self.selector.matches_exe(pid)
                     && let Err(e) = filter.add(pid)
@@ -231,6 +232,7 @@ impl Pipeline {
                 .invalid_traceparent
                 .load(Ordering::Relaxed),
         );
+        self.resources.stats().collect("resources", &mut s);
         self.conns.collect(&mut s);
         self.linker.stats().collect("links", &mut s);
         s.gauge(

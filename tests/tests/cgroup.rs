@@ -152,3 +152,60 @@ fn process_in_a_cri_cgroup_gets_container_id_and_its_own_service_name() {
         );
     }
 }
+
+/// A client that lives a few milliseconds in a container: gone before the agent could read its
+/// `/proc`, it still gets its container and its own service name, from what the kernel saw at
+/// its exec.
+#[test]
+fn short_lived_client_in_a_cri_cgroup_gets_its_container_id_and_service_name() {
+    require_root();
+    let root = cgroup2_root();
+    let container_id = format!("{:016x}{}", std::process::id(), "a1b2".repeat(12));
+    let scope = format!("cri-containerd-{container_id}.scope");
+    let cgroup = PodCgroup::create(&root, &["kubepods.slice", "socktrace-short.slice", &scope]);
+    let server = PyServer::start(&[("OTEL_SERVICE_NAME", "cart")]);
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let endpoint = receiver.endpoint();
+    let port = server.port.to_string();
+    let _agent = Agent::start(&["--otlp-endpoint", &endpoint, "--port", &port]);
+
+    let procs = cgroup.leaf().join("cgroup.procs");
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec curl -sS -o /dev/null {}",
+                procs.display(),
+                server.url("/checkout")
+            ))
+            .env("OTEL_SERVICE_NAME", "checkout-job")
+            .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=ci")
+            .spawn()
+            .expect("sh");
+        pids.push(i64::from(child.id()));
+        assert!(child.wait().expect("curl").success());
+    }
+    let (_, clients) = socktrace_tests::harness::exact(&receiver, 3, 3);
+    let mut seen: Vec<i64> = clients
+        .iter()
+        .map(|c| c.resource_int("process.pid").expect("process.pid"))
+        .collect();
+    seen.sort_unstable();
+    pids.sort_unstable();
+    assert_eq!(seen, pids, "one client span per curl process");
+    for c in &clients {
+        assert_eq!(c.resource_str("service.name"), Some("checkout-job"), "{c}");
+        assert_eq!(c.resource_str("deployment.environment"), Some("ci"), "{c}");
+        assert_eq!(
+            c.resource_str("container.id"),
+            Some(container_id.as_str()),
+            "{c}"
+        );
+        assert_eq!(
+            c.resource_str("process.executable.name"),
+            Some("curl"),
+            "{c}"
+        );
+    }
+}

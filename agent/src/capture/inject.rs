@@ -266,7 +266,7 @@ fn socket_map_type_offset(elf: &[u8]) -> Result<usize, String> {
 
 /// Mount points of cgroup v2 hierarchies in a `/proc/PID/mountinfo` text, the ones that show
 /// the hierarchy's root first.
-fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
+pub(crate) fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
     let mut roots = Vec::new();
     let mut others = Vec::new();
     for line in mountinfo.lines() {

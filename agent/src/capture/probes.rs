@@ -13,7 +13,7 @@ use std::{
 use super::object::{EBPF_OBJECT, log_verified, mount_fs};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::TracePoint,
 };
 use socktrace_common::{
@@ -41,6 +41,8 @@ const TRACEPOINTS: &[Hook] = &[
     ("sched", "sched_process_fork", &["sched_process_fork"]),
     ("sched", "sched_process_exec", &["sched_process_exec"]),
     ("sched", "sched_process_exit", &["sched_process_exit"]),
+    ("syscalls", "sys_enter_execve", &["sys_enter_execve"]),
+    ("syscalls", "sys_enter_execveat", &["sys_enter_execveat"]),
     ("syscalls", "sys_enter_read", &["sys_enter_read"]),
     ("syscalls", "sys_exit_read", &["sys_exit_read"]),
     ("syscalls", "sys_enter_write", &["sys_enter_write"]),
@@ -232,6 +234,47 @@ pub fn fallback_note(program: &str) -> &'static str {
     }
 }
 
+/// Loads the programs that emit the further records of a call split into several (see
+/// `syscalls.rs`), and puts them in the `CHUNK_PROGS` jump table. Not attached anywhere.
+fn load_chunk_programs(ebpf: &mut Ebpf, config: &ProbeConfig) -> Result<(), ProbeError> {
+    let mut fds = Vec::new();
+    for (slot, name) in CHUNK_PROGRAMS.iter().enumerate() {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::Program {
+                name,
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, source })?;
+        let started = std::time::Instant::now();
+        program.load().map_err(|e| rejected(name, config, e))?;
+        log_verified(name, program.info().ok(), started);
+        let fd = program
+            .fd()
+            .map_err(|source| ProbeError::Program { name, source })?
+            .try_clone()
+            .map_err(|e| ProbeError::Program {
+                name,
+                source: aya::programs::ProgramError::IOError(e),
+            })?;
+        fds.push((slot as u32, fd));
+    }
+    let name = "CHUNK_PROGS";
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    let mut table: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+    for (slot, fd) in &fds {
+        table
+            .set(*slot, fd, 0)
+            .map_err(|source| ProbeError::Map { name, source })?;
+    }
+    Ok(())
+}
+
+/// The continuation programs of `CHUNK_PROGS`, by slot.
+pub const CHUNK_PROGRAMS: [&str; 2] = ["sys_exit_chunk", "sys_exit_chunk_vec"];
+
 /// The loaded and attached kernel programs.
 pub struct Probes {
     ebpf: Ebpf,
@@ -370,6 +413,12 @@ impl Probes {
                 return Err(e);
             }
             attached += 1;
+        }
+        if let Err(e) = load_chunk_programs(&mut ebpf, config) {
+            tracing::warn!(
+                "large reads and writes of HTTP/2 connections are cut to their first {} bytes: {e}",
+                socktrace_common::MAX_CAPTURE
+            );
         }
         Ok(Self {
             ebpf,
@@ -567,9 +616,13 @@ pub enum Event<'a> {
         tail: &'a [u8],
     },
     Close(socktrace_common::CloseEvent),
+    /// A process image changed; `cgroup_id` is its cgroup v2 id.
     Exec {
         pid: u32,
+        cgroup_id: u64,
     },
+    /// The resource variables of a program being started (sent just before its `Exec`).
+    ExecEnv(crate::resource::process::ExecEnv),
     Exit {
         pid: u32,
     },
@@ -610,7 +663,7 @@ fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
 pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     use socktrace_common::{
         CloseEvent, ConnectEvent, DataEvent, EVENT_CONN_CLOSE, EVENT_CONNECT, EVENT_DATA,
-        EVENT_EXEC, EVENT_EXIT, EVENT_INJECT, InjectEvent, ProcEvent,
+        EVENT_EXEC, EVENT_EXEC_ENV, EVENT_EXIT, EVENT_INJECT, ExecEnvEvent, InjectEvent, ProcEvent,
     };
     let kind: u32 = read_pod(bytes)?;
     match kind {
@@ -634,9 +687,26 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
             })
         }
         EVENT_CONN_CLOSE => Ok(Event::Close(read_pod::<CloseEvent>(bytes)?)),
-        EVENT_EXEC => Ok(Event::Exec {
-            pid: read_pod::<ProcEvent>(bytes)?.pid,
-        }),
+        EVENT_EXEC => {
+            let ev = read_pod::<ProcEvent>(bytes)?;
+            Ok(Event::Exec {
+                pid: ev.pid,
+                cgroup_id: ev.cgroup_id,
+            })
+        }
+        EVENT_EXEC_ENV => {
+            let ev = read_pod::<ExecEnvEvent>(bytes)?;
+            let value = |field: &[u8], len: u16| {
+                let text = field.get(..usize::from(len)).unwrap_or(field);
+                (!text.is_empty()).then(|| String::from_utf8_lossy(text).into_owned())
+            };
+            Ok(Event::ExecEnv(crate::resource::process::ExecEnv {
+                pid: ev.pid,
+                service_name: value(&ev.service, ev.service_len),
+                resource_attributes: value(&ev.attrs, ev.attrs_len),
+                truncated: ev.truncated != 0,
+            }))
+        }
         EVENT_EXIT => Ok(Event::Exit {
             pid: read_pod::<ProcEvent>(bytes)?.pid,
         }),

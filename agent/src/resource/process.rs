@@ -39,6 +39,10 @@ pub struct ProcInfo {
     pub otel_service_name: Option<String>,
     /// `OTEL_RESOURCE_ATTRIBUTES` of the process, in order.
     pub env_attributes: Vec<(String, String)>,
+    /// Whether `/proc/PID/environ` and `/proc/PID/cgroup` could be read (false once the
+    /// process is gone).
+    pub read_env: bool,
+    pub read_cgroup: bool,
 }
 
 impl ProcInfo {
@@ -60,15 +64,16 @@ impl ProcInfo {
             .map(str::to_owned)
             .or(comm)
             .unwrap_or_else(|| format!("pid-{pid}"));
-        let env = std::fs::read(dir.join("environ")).unwrap_or_default();
-        let env = parse_environ(&env);
+        let environ = std::fs::read(dir.join("environ"));
+        let read_env = environ.is_ok();
+        let env = parse_environ(&environ.unwrap_or_default());
         let start_time = std::fs::read_to_string(dir.join("stat"))
             .ok()
             .and_then(|s| stat_start_time(&s))
             .unwrap_or(0);
-        let container_id = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|s| container_id_from_cgroup(&s));
+        let cgroup = std::fs::read_to_string(dir.join("cgroup"));
+        let read_cgroup = cgroup.is_ok();
+        let container_id = cgroup.ok().and_then(|s| container_id_from_cgroup(&s));
         Self {
             pid,
             exe_name,
@@ -83,6 +88,8 @@ impl ProcInfo {
                 .get("OTEL_RESOURCE_ATTRIBUTES")
                 .map(|v| parse_resource_attributes(v))
                 .unwrap_or_default(),
+            read_env,
+            read_cgroup,
         }
     }
 
@@ -190,6 +197,123 @@ pub fn build_resource(
     }
 }
 
+/// The resource variables a program was started with, as the kernel read them from its
+/// `execve` arguments (`EVENT_EXEC_ENV`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecEnv {
+    pub pid: u32,
+    /// `OTEL_SERVICE_NAME`, when set and not empty.
+    pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, unparsed.
+    pub resource_attributes: Option<String>,
+    /// A value was longer than the kernel keeps (see `socktrace_common::EXEC_ATTRS_LEN`).
+    pub truncated: bool,
+}
+
+/// What the kernel told of a process at its exec: enough for its resource once `/proc` has
+/// forgotten it.
+#[derive(Clone, Debug, Default)]
+struct ExecFacts {
+    cgroup_id: u64,
+    env: Option<ExecEnv>,
+}
+
+/// Bound on processes whose exec facts are remembered (oldest forgotten first).
+const MAX_EXEC_FACTS: usize = 8192;
+
+crate::counters! {
+    /// Counters of resource detection.
+    pub struct ResourceStats {
+        /// Programs started with OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES, as the kernel
+        /// saw their exec.
+        exec_env_seen,
+        /// Of those, values longer than the kernel keeps (cut).
+        exec_env_truncated,
+        /// Resources of processes gone before /proc was read, completed from what the kernel
+        /// saw at their exec.
+        from_exec,
+        /// Exec facts forgotten because too many processes were remembered.
+        exec_facts_evicted,
+        /// Cgroup ids not found under the cgroup v2 mount (no container id for that process).
+        cgroup_unresolved,
+    }
+}
+
+/// Cgroup v2 id -> path (the id is the inode of the cgroup's directory in cgroupfs), built by
+/// walking the mount, rebuilt on a miss at most once a second.
+struct CgroupPaths {
+    /// The cgroup v2 mount; None when there is none (every id is then unresolved).
+    root: Option<PathBuf>,
+    by_id: HashMap<u64, String>,
+    walked: Option<std::time::Instant>,
+}
+
+/// Most cgroup directories looked at in one walk.
+const MAX_CGROUPS: usize = 100_000;
+
+impl CgroupPaths {
+    fn new(root: Option<PathBuf>) -> Self {
+        Self {
+            root,
+            by_id: HashMap::new(),
+            walked: None,
+        }
+    }
+
+    /// The path of cgroup `id` relative to the mount (`/kubepods/...`), as `/proc/PID/cgroup`
+    /// writes it.
+    fn path(&mut self, id: u64) -> Option<&str> {
+        if !self.by_id.contains_key(&id)
+            && self
+                .walked
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            self.walk();
+        }
+        self.by_id.get(&id).map(String::as_str)
+    }
+
+    /// The first cgroup v2 mount of this mount namespace.
+    fn mounted() -> Option<PathBuf> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        crate::capture::inject::cgroup2_mounts(&text)
+            .into_iter()
+            .next()
+    }
+
+    fn walk(&mut self) {
+        use std::os::unix::fs::MetadataExt as _;
+        self.walked = Some(std::time::Instant::now());
+        self.by_id.clear();
+        let Some(root) = &self.root else {
+            return;
+        };
+        let mut stack = vec![(root.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            if let Ok(meta) = std::fs::metadata(&dir) {
+                let path = if rel.is_empty() {
+                    "/".to_owned()
+                } else {
+                    rel.clone()
+                };
+                self.by_id.insert(meta.ino(), path);
+            }
+            if self.by_id.len() >= MAX_CGROUPS {
+                break;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    stack.push((e.path(), format!("{rel}/{name}")));
+                }
+            }
+        }
+    }
+}
+
 struct Entry {
     proc: ProcInfo,
     resource: Arc<Resource>,
@@ -216,6 +340,13 @@ pub struct ResourceCache {
     /// Exited processes, kept for [`EXITED_GRACE`] (see [`Self::exited`]), and their order.
     gone: HashMap<u32, (std::time::Instant, Entry)>,
     gone_order: std::collections::VecDeque<(std::time::Instant, u32)>,
+    /// Resource variables of the exec under way, by pid, until its `exec` event.
+    exec_env: HashMap<u32, ExecEnv>,
+    /// What the kernel saw at each recent exec, and the order they came in.
+    exec_facts: HashMap<u32, ExecFacts>,
+    exec_order: std::collections::VecDeque<u32>,
+    cgroups: CgroupPaths,
+    stats: ResourceStats,
 }
 
 /// How long the resource of an exited process stays available for its last spans.
@@ -238,6 +369,86 @@ impl ResourceCache {
             builds: 0,
             gone: HashMap::new(),
             gone_order: std::collections::VecDeque::new(),
+            exec_env: HashMap::new(),
+            exec_facts: HashMap::new(),
+            exec_order: std::collections::VecDeque::new(),
+            cgroups: CgroupPaths::new(CgroupPaths::mounted()),
+            stats: ResourceStats::default(),
+        }
+    }
+
+    /// Where the cgroup v2 hierarchy is mounted (tests use a fake).
+    pub fn with_cgroup_root(mut self, root: PathBuf) -> Self {
+        self.cgroups = CgroupPaths::new(Some(root));
+        self
+    }
+
+    /// Counters of resource detection.
+    pub fn stats(&self) -> ResourceStats {
+        self.stats
+    }
+
+    /// The kernel read the resource variables of a program being started; its `exec` follows.
+    pub fn exec_env(&mut self, env: ExecEnv) {
+        self.stats.exec_env_seen += 1;
+        if env.truncated {
+            self.stats.exec_env_truncated += 1;
+        }
+        if self.exec_env.len() >= MAX_EXEC_FACTS {
+            // Envs whose exec never came (not possible from the kernel's order, but bounded).
+            self.exec_env.clear();
+        }
+        self.exec_env.insert(env.pid, env);
+    }
+
+    /// `pid` exec'd a new image in cgroup `cgroup_id`: its resource is read again, and what the
+    /// kernel saw is kept for when `/proc` no longer has it.
+    pub fn exec(&mut self, pid: u32, cgroup_id: u64) {
+        self.invalidate(pid);
+        let facts = ExecFacts {
+            cgroup_id,
+            env: self.exec_env.remove(&pid),
+        };
+        if self.exec_facts.insert(pid, facts).is_none() {
+            self.exec_order.push_back(pid);
+        }
+        while self.exec_order.len() > MAX_EXEC_FACTS {
+            if let Some(old) = self.exec_order.pop_front() {
+                self.exec_facts.remove(&old);
+                self.stats.exec_facts_evicted += 1;
+            }
+        }
+    }
+
+    /// Completes what procfs could not say of a process that is already gone.
+    fn complete_from_exec(&mut self, proc: &mut ProcInfo) {
+        let Some(facts) = self.exec_facts.get(&proc.pid) else {
+            return;
+        };
+        let mut used = false;
+        if !proc.read_env
+            && let Some(env) = &facts.env
+        {
+            proc.otel_service_name = env.service_name.clone();
+            proc.env_attributes = env
+                .resource_attributes
+                .as_deref()
+                .map(parse_resource_attributes)
+                .unwrap_or_default();
+            used = true;
+        }
+        if !proc.read_cgroup && facts.cgroup_id != 0 {
+            let id = facts.cgroup_id;
+            match self.cgroups.path(id) {
+                Some(path) => {
+                    proc.container_id = container_id_from_cgroup(&format!("0::{path}"));
+                    used = true;
+                }
+                None => self.stats.cgroup_unresolved += 1,
+            }
+        }
+        if used {
+            self.stats.from_exec += 1;
         }
     }
 
@@ -304,7 +515,8 @@ impl ResourceCache {
                 }
             }
             None => {
-                let proc = ProcInfo::read(&self.proc, pid, comm);
+                let mut proc = ProcInfo::read(&self.proc, pid, comm);
+                self.complete_from_exec(&mut proc);
                 let pod = lookup(&self.k8s, &proc);
                 let entry = self.make_entry(proc, pod, generation);
                 self.by_pid.insert(pid, entry);
@@ -878,6 +1090,75 @@ mod tests {
         )
         .unwrap();
         ProcRoot(root)
+    }
+
+    /// A process gone before its first span is read: what the kernel saw at its exec names it.
+    #[test]
+    fn exited_process_is_completed_from_its_exec() {
+        use std::os::unix::fs::MetadataExt as _;
+        let tag = format!("exec-{}", std::process::id());
+        let proc_root = std::env::temp_dir().join(format!("socktrace-proc-{tag}"));
+        std::fs::create_dir_all(&proc_root).unwrap();
+        let cgroups = std::env::temp_dir().join(format!("socktrace-cgroup-{tag}"));
+        let leaf = cgroups.join(format!("kubepods.slice/cri-containerd-{ID}.scope"));
+        std::fs::create_dir_all(&leaf).unwrap();
+        let leaf_id = std::fs::metadata(&leaf).unwrap().ino();
+        let mut cache =
+            ResourceCache::new(ProcRoot(proc_root.clone())).with_cgroup_root(cgroups.clone());
+
+        cache.exec_env(ExecEnv {
+            pid: 5001,
+            service_name: Some("short-lived".into()),
+            resource_attributes: Some("deployment.environment=ci,team=a%20b".into()),
+            truncated: false,
+        });
+        cache.exec(5001, leaf_id);
+        // Exec'd without the variables, in an unknown cgroup.
+        cache.exec(5002, 1);
+        // No exec seen at all.
+        let short = cache.get(5001, Some("psql"));
+        let plain = cache.get(5002, Some("curl"));
+        let unknown = cache.get(5003, Some("wget"));
+
+        assert_eq!(short.service_name(), "short-lived");
+        assert_eq!(attr(&short, "deployment.environment").cloned(), s("ci"));
+        assert_eq!(attr(&short, "team").cloned(), s("a b"));
+        assert_eq!(attr(&short, "container.id").cloned(), s(ID));
+        assert_eq!(attr(&short, "process.executable.name").cloned(), s("psql"));
+        assert_eq!(plain.service_name(), "curl");
+        assert_eq!(attr(&plain, "container.id"), None);
+        assert_eq!(unknown.service_name(), "wget");
+        assert_eq!(
+            cache.stats(),
+            ResourceStats {
+                exec_env_seen: 1,
+                exec_env_truncated: 0,
+                from_exec: 1,
+                exec_facts_evicted: 0,
+                cgroup_unresolved: 1,
+            }
+        );
+
+        // A live process is read from procfs, whatever the exec said.
+        let live = fake_proc(&tag, 5004, "OTEL_SERVICE_NAME=from-procfs");
+        let mut cache = ResourceCache::new(live).with_cgroup_root(cgroups.clone());
+        cache.exec_env(ExecEnv {
+            pid: 5004,
+            service_name: Some("from-exec".into()),
+            ..ExecEnv::default()
+        });
+        cache.exec(5004, leaf_id);
+        assert_eq!(cache.get(5004, None).service_name(), "from-procfs");
+        assert_eq!(cache.stats().from_exec, 0);
+
+        // Bounded: the oldest facts go first, counted.
+        for pid in 0..(MAX_EXEC_FACTS as u32 + 3) {
+            cache.exec(10_000 + pid, 0);
+        }
+        assert_eq!(cache.stats().exec_facts_evicted, 4);
+        assert_eq!(cache.exec_facts.len(), MAX_EXEC_FACTS);
+        let _ = std::fs::remove_dir_all(&proc_root);
+        let _ = std::fs::remove_dir_all(&cgroups);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub const EVENT_EXEC: u32 = 3;
 pub const EVENT_EXIT: u32 = 4;
 pub const EVENT_INJECT: u32 = 5;
 pub const EVENT_CONNECT: u32 = 6;
+/// [`ExecEnvEvent`].
+pub const EVENT_EXEC_ENV: u32 = 7;
 
 /// `DataEvent::ctx_flags`: this read began an HTTP/1 request on a server socket and the kernel
 /// made it the calling thread's current server context (`DataEvent::trace_id` is its trace).
@@ -176,6 +178,32 @@ pub struct ProcEvent {
     pub kind: u32,
     pub pid: u32,
     pub ts_ns: u64,
+    /// At exec: the process's cgroup (v2) id, the inode of its cgroupfs directory, so that a
+    /// process gone before user space reads `/proc` still has a container; 0 at exit.
+    pub cgroup_id: u64,
+}
+
+/// Longest `OTEL_SERVICE_NAME` value kept from an exec, NUL included.
+pub const EXEC_SERVICE_LEN: usize = 128;
+/// Longest `OTEL_RESOURCE_ATTRIBUTES` value kept from an exec, NUL included.
+pub const EXEC_ATTRS_LEN: usize = 512;
+
+/// `EVENT_EXEC_ENV`: the OpenTelemetry resource variables a program was started with, read from
+/// the `execve` arguments (no other variable is kept), sent at the exec, just before the
+/// `EVENT_EXEC` of the same process. A process that lives a few milliseconds is gone before
+/// user space could read its `/proc/PID/environ`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEnvEvent {
+    pub kind: u32,
+    pub pid: u32,
+    /// Bytes of each value (without the NUL); 0 when the variable is not set. A value longer
+    /// than its field is cut, and `truncated` is 1.
+    pub service_len: u16,
+    pub attrs_len: u16,
+    pub truncated: u32,
+    pub service: [u8; EXEC_SERVICE_LEN],
+    pub attrs: [u8; EXEC_ATTRS_LEN],
 }
 
 /// `EVENT_INJECT`: the kernel inserted a `traceparent` line into an outgoing HTTP/1 request.
@@ -361,6 +389,7 @@ mod pod {
     unsafe impl aya::Pod for DataEvent {}
     unsafe impl aya::Pod for CloseEvent {}
     unsafe impl aya::Pod for ProcEvent {}
+    unsafe impl aya::Pod for ExecEnvEvent {}
     unsafe impl aya::Pod for InjectEvent {}
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for TpOffsets {}
@@ -419,7 +448,18 @@ wire_layout!(
 );
 wire_layout!(CloseEvent, 24, kind, new_state, ts_ns, sk);
 wire_layout!(ConnectEvent, 64, kind, _pad, ts_ns, sk, tuple);
-wire_layout!(ProcEvent, 16, kind, pid, ts_ns);
+wire_layout!(ProcEvent, 24, kind, pid, ts_ns, cgroup_id);
+wire_layout!(
+    ExecEnvEvent,
+    16 + EXEC_SERVICE_LEN + EXEC_ATTRS_LEN,
+    kind,
+    pid,
+    service_len,
+    attrs_len,
+    truncated,
+    service,
+    attrs
+);
 wire_layout!(
     TpOffsets,
     36,

@@ -13,7 +13,7 @@ use aya_ebpf::{
         generated::{bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user, bpf_ringbuf_output},
     },
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray, ProgramArray},
     programs::TracePointContext,
 };
 use socktrace_common::{
@@ -188,6 +188,7 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
 
 /// Shared `sys_exit_*` body: `ret` (bytes transferred) is at offset 16 for every syscall.
 /// `SERVER_CTX`: plain reads, which may begin a request a server thread then serves.
+/// `LOOP`: `bpf_loop` may be used (for the iovec walk and for calls split into records).
 #[inline(always)]
 fn exit<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     ctx: &TracePointContext,
@@ -216,25 +217,108 @@ fn exit<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     if ret <= 0 {
         return 0;
     }
-    emit_data::<VECTORED, SERVER_CTX, LOOP>(&io, ret as u64);
+    let len = ret as u64;
+    if emit_data::<VECTORED, SERVER_CTX, LOOP>(&io, len, 0) && LOOP {
+        // A full-capture socket (HTTP/2) moved more than one record holds: the rest goes in
+        // further records, as if the call had been split, so that a write carrying the
+        // HEADERS of a hundred streams is not cut short. Each further record is emitted by a
+        // tail-called program (verified on its own, with a stack of its own), which calls
+        // itself for the next one.
+        let Some(state) = CHUNKS.get_ptr_mut(0) else {
+            return 0;
+        };
+        // SAFETY: per-CPU slot, used only by this call chain on this CPU.
+        unsafe {
+            *state = Chunks {
+                io,
+                len,
+                skip: MAX_CAPTURE as u64,
+                more: 0,
+            };
+            // Returns only if the slot is empty (no continuation loaded): the rest of the call
+            // stays a gap, as on a socket without full capture.
+            let _ = CHUNK_PROGS.tail_call(ctx, chunk_slot::<VECTORED>());
+        }
+    }
     0
+}
+
+/// Most records one call of a full-capture socket is split into (`MAX_CHUNKS * MAX_CAPTURE`
+/// bytes); what lies beyond is a gap, with its tail captured as usual.
+const MAX_CHUNKS: u64 = 4;
+
+/// A call being split into records: where the next one starts.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Chunks {
+    io: ActiveIo,
+    len: u64,
+    skip: u64,
+    /// `emit_data`'s verdict (another record follows), parked here across the server-context
+    /// call so that it does not double the states the verifier checks that call with.
+    more: u64,
+}
+
+/// Per-CPU state of the call being split (the tail call chain runs on one CPU, unpreempted).
+#[map]
+static CHUNKS: PerCpuArray<Chunks> = PerCpuArray::with_max_entries(1, 0);
+
+/// The continuation programs, filled by user space: slot 0 plain buffers, slot 1 iovecs.
+#[map]
+pub static CHUNK_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+const fn chunk_slot<const VECTORED: bool>() -> u32 {
+    if VECTORED { 1 } else { 0 }
+}
+
+/// Emits the record at `CHUNKS.skip` and, while more follow, tail-calls itself for the next.
+#[inline(always)]
+fn next_chunk<const VECTORED: bool>(ctx: &TracePointContext) -> u32 {
+    let Some(state) = CHUNKS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU slot written by the caller of this chain.
+    let Chunks { io, len, skip, .. } = unsafe { *state };
+    if skip >= len {
+        return 0;
+    }
+    if emit_data::<VECTORED, false, true>(&io, len, skip) {
+        // SAFETY: as above.
+        unsafe {
+            (*state).skip = skip + MAX_CAPTURE as u64;
+            let _ = CHUNK_PROGS.tail_call(ctx, chunk_slot::<VECTORED>());
+        }
+    }
+    0
+}
+
+/// Continuation of a plain-buffer call (`CHUNK_PROGS` slot 0); never attached.
+#[tracepoint]
+pub fn sys_exit_chunk(ctx: TracePointContext) -> u32 {
+    next_chunk::<false>(&ctx)
+}
+
+/// Continuation of a vectored call (`CHUNK_PROGS` slot 1); never attached.
+#[tracepoint]
+pub fn sys_exit_chunk_vec(ctx: TracePointContext) -> u32 {
+    next_chunk::<true>(&ctx)
 }
 
 #[tracepoint]
 pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
-    exit::<false, true, false>(&ctx)
+    exit::<false, true, true>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    exit::<false, true, false>(&ctx)
+    exit::<false, true, true>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
-    exit::<false, false, false>(&ctx)
+    exit::<false, false, true>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    exit::<false, false, false>(&ctx)
+    exit::<false, false, true>(&ctx)
 }
 #[tracepoint]
 pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
@@ -274,7 +358,7 @@ pub fn sys_exit_sendmsg_noloop(ctx: TracePointContext) -> u32 {
 }
 #[tracepoint]
 pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
-    exit::<false, false, false>(&ctx)
+    exit::<false, false, true>(&ctx)
 }
 
 const MASK: usize = MAX_CAPTURE - 1;
@@ -286,13 +370,17 @@ const MASK: usize = MAX_CAPTURE - 1;
 /// calls get the iovec walk, which is what the verifier spends its time on.
 /// With `SERVER_CTX`, a server read that begins an HTTP/1 request also sets the thread's trace
 /// context (`context.rs`), and the record says so.
+///
+/// `skip` bytes of the call's `total` were sent in earlier records of the same call. Returns
+/// true when this record stopped at `MAX_CAPTURE` bytes and another should follow.
 #[inline(never)]
 fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     io: &ActiveIo,
-    len: u64,
-) {
+    total: u64,
+    skip: u64,
+) -> bool {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     // SAFETY: per-CPU scratch slot; BPF programs are not preempted on their CPU while running.
     let scratch = unsafe { &mut *scratch };
@@ -306,7 +394,7 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     if let Some(info) = unsafe { SOCKS.get(&io.sk) } {
         if SELF_PEERS.get_ptr(&info.tuple).is_some() {
             count(stats::SELF_SKIPPED);
-            return;
+            return false;
         }
         header.role = info.role;
         header.tuple = info.tuple;
@@ -314,10 +402,19 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     }
 
     // SAFETY: the value is copied out.
-    let mut want = match unsafe { SOCK_CAPTURE.get(&io.sk) } {
+    let cap = match unsafe { SOCK_CAPTURE.get(&io.sk) } {
         Some(bytes) => *bytes as u64,
         None => capture_bytes() as u64,
     };
+    // This record covers the call's bytes from `skip`: all of the rest, or exactly
+    // `MAX_CAPTURE` of them when a full-capture socket's call goes on in further records.
+    let rest = total - skip;
+    let more = io.buf != 0
+        && cap >= MAX_CAPTURE as u64
+        && rest > MAX_CAPTURE as u64
+        && skip < (MAX_CHUNKS - 1) * MAX_CAPTURE as u64;
+    let len = if more { MAX_CAPTURE as u64 } else { rest };
+    let mut want = cap;
     if want > len {
         want = len;
     }
@@ -333,12 +430,13 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     let mut end_avail: u64 = 0;
     let mut whole = false;
     if io.buf != 0 && (!VECTORED || io.iovcnt == 0) {
-        end_addr = io.buf + len;
-        end_avail = len;
+        let start = io.buf + skip;
+        end_addr = io.buf + total;
+        end_avail = rest;
         if want > 0 {
             // SAFETY: destination is `data[0..want & MASK]` inside a 2*MAX_CAPTURE buffer.
             let rc = unsafe {
-                bpf_probe_read_user(data.cast(), (want & MASK) as u32, io.buf as *const c_void)
+                bpf_probe_read_user(data.cast(), (want & MASK) as u32, start as *const c_void)
             };
             if rc == 0 {
                 captured = want & MASK;
@@ -346,11 +444,7 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
                     // `want & MASK` is 0 for exactly MAX_CAPTURE; copy the full size instead.
                     // SAFETY: MAX_CAPTURE bytes fit the buffer.
                     let rc = unsafe {
-                        bpf_probe_read_user(
-                            data.cast(),
-                            MAX_CAPTURE as u32,
-                            io.buf as *const c_void,
-                        )
+                        bpf_probe_read_user(data.cast(), MAX_CAPTURE as u32, start as *const c_void)
                     };
                     if rc == 0 {
                         captured = MAX_CAPTURE;
@@ -375,7 +469,8 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
         let mut walk = IovWalk {
             array: io.buf,
             iovcnt: io.iovcnt,
-            len,
+            len: total,
+            skip,
             want: want as u64,
         };
         if LOOP {
@@ -412,7 +507,7 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
             // A write that took every byte of every iovec (the common case) ends exactly at the
             // end of the last iovec: its tail can be gathered backwards from there.
             let last = core::ptr::read_volatile(&raw const scratch.header.ts_ns);
-            whole = last == 2 && core::ptr::read_volatile(&raw const scratch.header.len) == len;
+            whole = last == 2 && core::ptr::read_volatile(&raw const scratch.header.len) == total;
             if last != 0 && !whole {
                 // A read that filled its last iovec only partly: the tail comes from that iovec.
                 end_addr = core::ptr::read_volatile(&raw const scratch.header.sk);
@@ -427,7 +522,7 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     if captured > MAX_CAPTURE {
         captured = MAX_CAPTURE;
     }
-    if captured >= 8 {
+    if skip == 0 && captured >= 8 {
         // SAFETY: 8 bytes inside the scratch value, read unaligned.
         let head = unsafe { core::ptr::read_unaligned(data.cast::<[u8; 8]>()) };
         if head == *H2_PREFACE_START {
@@ -437,7 +532,10 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
             let _ = SOCK_CAPTURE.insert(io.sk, MAX_CAPTURE as u32, 0);
         }
     }
-    let tail = if VECTORED && whole {
+    // A record followed by more of the call has no tail: its bytes end where the next begin.
+    let tail = if more {
+        0
+    } else if VECTORED && whole {
         copy_tail_vec(io, len, captured, data)
     } else {
         copy_tail(end_addr, end_avail, len, captured, data)
@@ -463,6 +561,10 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
 
     let server_read = header.role == ROLE_SERVER;
     let scratch: *mut DataEventBuf = scratch;
+    if let Some(state) = CHUNKS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; read back below.
+        unsafe { core::ptr::write_volatile(&raw mut (*state).more, u64::from(more)) };
+    }
     if SERVER_CTX && inject::inject_enabled() && io.direction == DIR_INGRESS && server_read {
         // The verifier checks the call once per distinct state that reaches it, and the paths
         // above leave many (each with its own precise sizes): only the pointer is live across
@@ -480,8 +582,12 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
             core::ptr::read_volatile(&raw const (*scratch).header.tail) as usize,
         )
     };
+    // SAFETY: per-CPU slot written above.
+    let more = CHUNKS
+        .get_ptr(0)
+        .is_some_and(|state| unsafe { core::ptr::read_volatile(&raw const (*state).more) } != 0);
     if c > MAX_CAPTURE || t > 2 * TAIL_CAPTURE {
-        return;
+        return false;
     }
     let size = core::mem::size_of::<DataEvent>() + c + t;
     // SAFETY: `scratch` is a map value of size_of::<DataEventBuf>() >= `size`.
@@ -495,8 +601,10 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     };
     if rc == 0 {
         count(stats::EVENTS_SENT);
+        more
     } else {
         count(stats::RINGBUF_FULL);
+        false
     }
 }
 
@@ -506,8 +614,10 @@ struct IovWalk {
     /// User `struct iovec` array and its length.
     array: u64,
     iovcnt: u64,
-    /// Bytes the call transferred, and how many of them to copy.
+    /// Bytes the call transferred; how many of them to skip (earlier records of the same
+    /// call have them), then how many to copy.
     len: u64,
+    skip: u64,
     want: u64,
 }
 
@@ -540,9 +650,14 @@ fn step(i: u64, walk: &IovWalk) -> i64 {
         return 1;
     };
     let done = unsafe { core::ptr::read_volatile(&raw const (*h).captured) } as usize;
+    let start = unsafe { core::ptr::read_volatile(&raw const (*h).len) };
+    let end = start + iov[1];
     let want = walk.want as usize;
-    if done < want {
-        let mut n = iov[1] as usize;
+    // The next byte to copy is `skip + done` of the call; it lies in this iovec or a later one.
+    let from = walk.skip + done as u64;
+    if done < want && from < end {
+        let lo = from.saturating_sub(start);
+        let mut n = (end - start - lo) as usize;
         if n > want - done {
             n = want - done;
         }
@@ -562,7 +677,7 @@ fn step(i: u64, walk: &IovWalk) -> i64 {
                 bpf_probe_read_user(
                     data.add(done & MASK).cast(),
                     n as u32,
-                    iov[0] as *const c_void,
+                    (iov[0] + lo) as *const c_void,
                 )
             };
             if rc != 0 {
@@ -572,8 +687,6 @@ fn step(i: u64, walk: &IovWalk) -> i64 {
         }
         unsafe { core::ptr::write_volatile(&raw mut (*h).captured, (done + n) as u32) };
     }
-    let start = unsafe { core::ptr::read_volatile(&raw const (*h).len) };
-    let end = start + iov[1];
     unsafe { core::ptr::write_volatile(&raw mut (*h).len, end) };
     if walk.len <= end {
         // The last transferred byte is in this iovec; 2 when it is also the last iovec.
