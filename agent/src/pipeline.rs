@@ -242,6 +242,18 @@ impl Pipeline {
             self.linker.held() as u64,
         );
         self.exporter.stats().collect("export", &mut s);
+        s.gauge(
+            "export",
+            "pending",
+            "Spans in the export queue or the batch being sent (bounded by the queue size plus one batch).",
+            self.exporter.pending(),
+        );
+        s.gauge(
+            "export",
+            "failing",
+            "1 while the export endpoint fails and a batch waits to be retried, else 0.",
+            u64::from(self.exporter.failing()),
+        );
         if let Some(k8s) = self.resources.k8s() {
             k8s.index.collect(&mut s);
         }

@@ -23,6 +23,8 @@
 //!
 //! Started with [`OtlpReceiver::start_grpc`]/[`OtlpReceiver::start_http`] it runs on the caller's
 //! tokio runtime; the `*_blocking` constructors give it a runtime of its own, for plain `#[test]`s.
+//! Dropping a receiver closes its port and its connections; [`OtlpReceiver::start_on`] brings a
+//! new one up on the same address (a collector outage and its end).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -39,7 +41,7 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -525,6 +527,30 @@ impl OtlpReceiver {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
+        Self::serve(protocol, listener)
+    }
+
+    /// Like [`OtlpReceiver::start`], on a given address: to bring a collector back on the port
+    /// of one that was dropped (the exporter keeps its endpoint). Retries the bind for up to
+    /// 10 s while the address is still in use (a dropped receiver's tasks end asynchronously).
+    /// The new receiver starts with no requests and the default script.
+    pub async fn start_on(protocol: Protocol, addr: SocketAddr) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return Self::serve(protocol, listener),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        }
+    }
+
+    /// Serves `listener` on the current tokio runtime.
+    fn serve(protocol: Protocol, listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("local_addr");
         let state = Arc::new(State {
             requests: Mutex::new(Vec::new()),
@@ -558,6 +584,19 @@ impl OtlpReceiver {
             .build()
             .expect("receiver runtime");
         let mut receiver = runtime.block_on(Self::start(protocol));
+        receiver.runtime = Some(runtime);
+        receiver
+    }
+
+    /// Like [`OtlpReceiver::start_on`], on a runtime of its own (see [`Self::start_blocking`]).
+    pub fn start_blocking_on(protocol: Protocol, addr: SocketAddr) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .thread_name("otlp-receiver")
+            .build()
+            .expect("receiver runtime");
+        let mut receiver = runtime.block_on(Self::start_on(protocol, addr));
         receiver.runtime = Some(runtime);
         receiver
     }
@@ -792,20 +831,29 @@ impl TraceService for GrpcService {
     }
 }
 
-async fn serve_grpc(listener: TcpListener, state: Arc<State>, stopped: oneshot::Receiver<()>) {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    // A single service needs no router (which would pull in axum).
-    let result = tonic::transport::Server::builder()
-        .serve_with_incoming_shutdown(
-            TraceServiceServer::new(GrpcService { state }),
-            incoming,
-            async {
-                let _ = stopped.await;
-            },
-        )
-        .await;
-    if let Err(e) = result {
-        eprintln!("otlp receiver (gRPC) stopped: {e}");
+/// Serves each connection itself (not with tonic's `Server`), so that stopping the receiver
+/// closes its connections at once, like a collector that goes away: tonic's server would shut
+/// them down gracefully and keep answering what the client sends meanwhile.
+async fn serve_grpc(listener: TcpListener, state: Arc<State>, mut stopped: oneshot::Receiver<()>) {
+    let service = TraceServiceServer::new(GrpcService { state });
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let service = service.clone();
+        connections.spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let mut service = service.clone();
+                async move { tonic::codegen::Service::call(&mut service, req).await }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
     }
 }
 

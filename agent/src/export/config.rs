@@ -76,7 +76,7 @@ pub struct ExportConfig {
     pub batch_timeout: Duration,
     /// How long [`super::ExporterHandle::shutdown`] may spend flushing.
     pub shutdown_timeout: Duration,
-    /// Retry policy for retryable OTLP failures.
+    /// Retry policy for retryable OTLP failures (by default: until accepted or shutdown).
     pub retry: RetryConfig,
 }
 
@@ -95,27 +95,47 @@ impl Default for ExportConfig {
     }
 }
 
-/// Retry policy for one batch: exponential backoff with jitter, bounded by attempts and time.
+/// Default of [`RetryConfig::initial_backoff`].
+pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+/// Default of [`RetryConfig::max_backoff`].
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Default of [`RetryConfig::max_server_delay`].
+pub const DEFAULT_MAX_SERVER_DELAY: Duration = Duration::from_secs(60);
+
+/// Retry policy for one batch after a retryable failure: exponential backoff with jitter.
+///
+/// By default a batch is retried until the endpoint accepts it, answers with a non-retryable
+/// error, or the shutdown deadline passes: during an outage the bounded queue
+/// ([`ExportConfig::max_queue`]) is the only buffer, and spans that do not fit are dropped at
+/// submission (and counted), so nothing already queued is lost to a retry limit.
+/// `max_attempts` / `max_elapsed` optionally give up on a batch earlier (its spans count as
+/// failed), trading the oldest spans for newer ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryConfig {
-    /// Attempts per batch, the first one included (1 disables retries).
-    pub max_attempts: u32,
-    /// Backoff before the first retry; doubled for each further retry.
+    /// Backoff before the first retry; doubled for each further retry, up to `max_backoff`.
+    /// The actual delay is drawn between half of that and all of it (jitter).
     pub initial_backoff: Duration,
-    /// Cap of a single backoff (a server's `Retry-After`/RetryInfo is honoured beyond it).
+    /// Cap of the computed backoff (5 s by default).
     pub max_backoff: Duration,
-    /// A batch is given up when the next retry would start later than this after the first
-    /// attempt.
-    pub max_elapsed: Duration,
+    /// Cap of a delay the server asks for (`Retry-After`, gRPC `RetryInfo`), which is honoured
+    /// even beyond `max_backoff` (60 s by default).
+    pub max_server_delay: Duration,
+    /// Give up on a batch after this many attempts, the first one included (`Some(1)`: no
+    /// retries). `None` (the default): no limit.
+    pub max_attempts: Option<u32>,
+    /// Give up on a batch when the next attempt would start later than this after its first
+    /// one. `None` (the default): no limit.
+    pub max_elapsed: Option<Duration>,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
         Self {
-            max_attempts: 5,
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(10),
-            max_elapsed: Duration::from_secs(30),
+            initial_backoff: DEFAULT_INITIAL_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            max_server_delay: DEFAULT_MAX_SERVER_DELAY,
+            max_attempts: None,
+            max_elapsed: None,
         }
     }
 }
@@ -456,6 +476,10 @@ mod tests {
         assert_eq!(c.max_batch, 512);
         assert_eq!(c.batch_timeout, Duration::from_secs(1));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        // A batch is retried until accepted (or shutdown): no attempt or time limit.
+        assert_eq!(c.retry.max_attempts, None);
+        assert_eq!(c.retry.max_elapsed, None);
+        assert_eq!(c.retry.max_backoff, Duration::from_secs(5));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! woken once per chunk, not once per span.
 //! Each task batches spans (up to `max_batch`, or whatever arrived within `batch_timeout`) and
 //! sends one batch at a time; OTLP failures are retried per the OTLP specification (see
-//! [`otlp`]). [`ExporterHandle::shutdown`] flushes what is queued within a deadline.
+//! [`otlp`]) until the batch is accepted: during a collector outage the queue is the only
+//! buffer, so memory stays bounded and what does not fit is dropped at submission, counted.
+//! [`ExporterHandle::shutdown`] flushes what is queued within a deadline.
 
 pub mod config;
 pub mod console;
@@ -68,8 +70,8 @@ crate::counters! {
         exported,
         /// Spans dropped at `submit` because the queue was full or the exporter had shut down.
         dropped_queue_full,
-        /// Spans given up on: non-retryable errors, retries exhausted, rejected in a partial
-        /// success, or still queued at the shutdown deadline.
+        /// Spans given up on: non-retryable errors, rejected in a partial success, still queued
+        /// at the shutdown deadline, or a retry limit reached (only when one is configured).
         failed,
         /// Retry attempts made (each retry of a batch counts once).
         retries,
@@ -78,8 +80,8 @@ crate::counters! {
 
 struct Lane {
     tx: mpsc::UnboundedSender<Vec<Span>>,
-    /// Spans sent and not yet taken by the task: checked against `max_queue` at submission
-    /// (the task itself holds at most one more chunk and the batch it is building).
+    /// Spans sent and not yet taken into a batch by the task: checked against `max_queue` at
+    /// submission (beyond it, the task holds only the batch it is building or sending).
     in_queue: Arc<AtomicUsize>,
     max_queue: usize,
     counters: Arc<Counters>,
@@ -277,6 +279,20 @@ impl ExporterHandle {
     /// Snapshot of the primary exporter's counters (OTLP when configured, else the console).
     pub fn stats(&self) -> ExportStats {
         self.inner.lanes[0].counters.snapshot()
+    }
+
+    /// Spans of the primary exporter accepted into its queue and not yet exported or given
+    /// up: waiting in the queue or in the batch being sent. At most `max_queue` plus one batch
+    /// (plus one chunk, should two threads submit at the same moment).
+    pub fn pending(&self) -> u64 {
+        let s = self.stats();
+        s.queued.saturating_sub(s.exported.saturating_add(s.failed))
+    }
+
+    /// Whether the primary exporter's endpoint is failing now: a batch waits to be retried
+    /// (from the first retryable failure until a batch is accepted).
+    pub fn failing(&self) -> bool {
+        self.inner.lanes[0].counters.failing()
     }
 
     /// Flushes everything queued (within the configured shutdown timeout, 5 s by default), then

@@ -3,13 +3,20 @@
 //! Retry policy (OTLP specification, "Failures"):
 //! - gRPC: UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, DATA_LOSS are
 //!   retried; RESOURCE_EXHAUSTED only when the status carries a `google.rpc.RetryInfo` detail.
-//!   A RetryInfo delay is honoured for every retryable code.
+//!   A RetryInfo delay is honoured for every retryable code. Failures of the connection itself
+//!   (reset, broken pipe), which tonic reports with any code (often UNKNOWN), are retried too.
 //! - HTTP: 429, 502, 503, 504 are retried, honouring `Retry-After` given in seconds (an HTTP-date
 //!   is ignored and the normal backoff used).
-//! - Connection errors and timeouts are retried.
+//! - Connection errors (refused, reset) and timeouts are retried.
 //! - Everything else fails the batch at once; the spans are counted as failed.
 //!
-//! Between attempts the delay grows exponentially (with jitter) up to [`RetryConfig`]'s bounds.
+//! Between attempts the delay grows exponentially with jitter up to
+//! [`RetryConfig::max_backoff`]; a delay the server asks for is used instead, also beyond that
+//! cap but at most [`RetryConfig::max_server_delay`]. A batch is retried until it is accepted,
+//! a non-retryable error comes, or the shutdown deadline passes (unless the policy sets an
+//! attempt or time limit): during an outage the exporter's bounded queue fills and further spans
+//! are dropped at submission, counted. The first accepted batch after an outage logs how long it
+//! lasted and how many spans were lost during it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -323,16 +330,21 @@ fn grpc_code_name(code: Code) -> &'static str {
 
 fn grpc_failure(status: &tonic::Status) -> Failure {
     let info = retry_info(status.details());
-    let retryable = match status.code() {
-        Code::Unavailable
-        | Code::Cancelled
-        | Code::DeadlineExceeded
-        | Code::Aborted
-        | Code::OutOfRange
-        | Code::DataLoss => true,
-        Code::ResourceExhausted => info.is_some(),
-        _ => false,
-    };
+    // A status tonic made up from a failure of the connection (reset, broken pipe, an HTTP/2
+    // stream error) rather than one the server sent carries that error as its source; such a
+    // status is often UNKNOWN or INTERNAL, yet the request may never have reached the server.
+    let transport = std::error::Error::source(status).is_some();
+    let retryable = transport
+        || match status.code() {
+            Code::Unavailable
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::DataLoss => true,
+            Code::ResourceExhausted => info.is_some(),
+            _ => false,
+        };
     let mut message = sanitize(status.message());
     // Transport errors (connection refused, TLS, ...) keep the cause in the source chain; the
     // innermost error is the informative one.
@@ -432,6 +444,16 @@ impl WarnLimiter {
 
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A run of retryable failures of this endpoint, from the first one to the next success.
+struct Outage {
+    since: Instant,
+    /// Failed attempts during it.
+    attempts: u64,
+    /// The counters when it began, to tell what was lost during it.
+    dropped_before: u64,
+    failed_before: u64,
+}
+
 /// Exports batches to one OTLP endpoint.
 pub(crate) struct OtlpSink {
     endpoint: String,
@@ -443,8 +465,8 @@ pub(crate) struct OtlpSink {
     warn_transient: WarnLimiter,
     /// Rejections: non-retryable failures and partial success.
     warn_rejected: WarnLimiter,
-    /// Failed batches since the last success, for a "recovered" message.
-    failing_batches: u64,
+    /// Set from the first retryable failure until the next accepted batch.
+    outage: Option<Outage>,
 }
 
 impl OtlpSink {
@@ -472,10 +494,12 @@ impl OtlpSink {
             counters,
             warn_transient: WarnLimiter::new(WARN_INTERVAL),
             warn_rejected: WarnLimiter::new(WARN_INTERVAL),
-            failing_batches: 0,
+            outage: None,
         })
     }
 
+    /// The delay before retry number `retry_number` (1 for the first retry), without a
+    /// server-requested delay: exponential up to `max_backoff`, with equal jitter.
     fn backoff(&self, retry_number: u32) -> Duration {
         let base = self
             .retry
@@ -487,13 +511,66 @@ impl OtlpSink {
         half + half.mul_f64(rand::rng().random::<f64>())
     }
 
-    fn fail(&mut self, n: u64) {
-        self.counters.add_failed(n);
-        self.failing_batches += 1;
+    /// The delay before retry number `retry_number`: the server's (capped at
+    /// `max_server_delay`) when it asked for one, else [`Self::backoff`].
+    fn retry_delay(&self, retry_number: u32, server_delay: Option<Duration>) -> Duration {
+        match server_delay.filter(|d| !d.is_zero()) {
+            Some(d) => d.min(self.retry.max_server_delay),
+            None => self.backoff(retry_number),
+        }
     }
 
-    /// Sends one batch, retrying as the policy allows; every span ends up counted as exported
-    /// or failed.
+    /// Whether the policy's optional limits forbid another attempt, `delay` from now, after
+    /// `attempt` attempts at a batch first tried at `started`.
+    fn limit_reached(&self, attempt: u32, started: Instant, delay: Duration) -> bool {
+        self.retry.max_attempts.is_some_and(|max| attempt >= max)
+            || self
+                .retry
+                .max_elapsed
+                .is_some_and(|max| started.elapsed() + delay > max)
+    }
+
+    /// Notes a retryable failure: the endpoint is in an outage from now on, if not already.
+    fn failed_attempt(&mut self) {
+        let counters = &self.counters;
+        let outage = self.outage.get_or_insert_with(|| {
+            let now = counters.snapshot();
+            Outage {
+                since: Instant::now(),
+                attempts: 0,
+                dropped_before: now.dropped_queue_full,
+                failed_before: now.failed,
+            }
+        });
+        outage.attempts += 1;
+        counters.set_failing(true);
+    }
+
+    /// Notes an accepted batch: ends the outage, if any, saying what it cost.
+    fn accepted(&mut self) {
+        let Some(outage) = self.outage.take() else {
+            return;
+        };
+        self.counters.set_failing(false);
+        let now = self.counters.snapshot();
+        let dropped = now.dropped_queue_full.saturating_sub(outage.dropped_before);
+        let failed = now.failed.saturating_sub(outage.failed_before);
+        let lost = if dropped + failed == 0 {
+            "no spans lost".to_owned()
+        } else {
+            format!("{dropped} spans dropped because the export queue was full, {failed} given up")
+        };
+        tracing::info!(
+            "OTLP export to {} works again: outage of {:.1} s ended after {} failed attempts; {lost}",
+            self.endpoint,
+            outage.since.elapsed().as_secs_f64(),
+            outage.attempts,
+        );
+    }
+
+    /// Sends one batch, retrying retryable failures as the policy allows (by default until it
+    /// is accepted or the shutdown deadline passes); every span ends up counted as exported or
+    /// failed.
     async fn send(&mut self, spans: Vec<Span>, shutdown: &mut Shutdown) {
         let n = spans.len() as u64;
         if n == 0 {
@@ -517,7 +594,7 @@ impl OtlpSink {
                         "OTLP export to {}: shutdown deadline reached; dropping {n} spans",
                         self.endpoint
                     );
-                    self.fail(n);
+                    self.counters.add_failed(n);
                     return;
                 }
                 None => Err(Failure {
@@ -541,14 +618,7 @@ impl OtlpSink {
                             )
                         });
                     }
-                    if self.failing_batches > 0 {
-                        tracing::info!(
-                            "OTLP export to {} works again ({} batches failed before)",
-                            self.endpoint,
-                            self.failing_batches
-                        );
-                        self.failing_batches = 0;
-                    }
+                    self.accepted();
                     return;
                 }
                 Err(f) => f,
@@ -561,20 +631,20 @@ impl OtlpSink {
                         failure.description
                     )
                 });
-                self.fail(n);
+                self.counters.add_failed(n);
                 return;
             }
-            let delay = failure.retry_after.unwrap_or_else(|| self.backoff(attempt));
-            if attempt >= self.retry.max_attempts
-                || started.elapsed() + delay > self.retry.max_elapsed
-            {
+            self.failed_attempt();
+            let endpoint = &self.endpoint;
+            let delay = self.retry_delay(attempt, failure.retry_after);
+            if self.limit_reached(attempt, started, delay) {
                 self.warn_transient.warn(|| {
                     format!(
-                        "OTLP export to {endpoint} failed: {}; giving up on {n} spans after {attempt} attempts",
+                        "OTLP export to {endpoint} failed: {}; giving up on {n} spans after {attempt} attempts (retry limit)",
                         failure.description
                     )
                 });
-                self.fail(n);
+                self.counters.add_failed(n);
                 return;
             }
             self.warn_transient.warn(|| {
@@ -589,10 +659,10 @@ impl OtlpSink {
                     "OTLP export to {}: shutdown deadline reached; dropping {n} spans",
                     self.endpoint
                 );
-                self.fail(n);
+                self.counters.add_failed(n);
                 return;
             }
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
         }
     }
 }
@@ -809,6 +879,15 @@ mod tests {
                 "{code:?}"
             );
         }
+        // The connection broke (the collector went away mid-request): tonic says UNKNOWN or
+        // INTERNAL, with the cause as the source.
+        for kind in [
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+        ] {
+            let status = tonic::Status::from_error(Box::new(std::io::Error::new(kind, "gone")));
+            assert!(grpc_failure(&status).retryable, "{status:?}");
+        }
         let f = grpc_failure(&tonic::Status::new(Code::InvalidArgument, "bad span"));
         assert_eq!(f.description, "gRPC status INVALID_ARGUMENT: bad span");
 
@@ -856,10 +935,11 @@ mod tests {
             timeout: Duration::from_secs(1),
         };
         let retry = RetryConfig {
-            max_attempts: 5,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(300),
-            max_elapsed: Duration::from_secs(30),
+            max_server_delay: Duration::from_secs(2),
+            max_attempts: None,
+            max_elapsed: None,
         };
         let sink = OtlpSink::new(&cfg, retry, counters).unwrap();
         for _ in 0..50 {
@@ -878,6 +958,50 @@ mod tests {
                 b9 >= Duration::from_millis(150) && b9 <= Duration::from_millis(300),
                 "{b9:?}"
             );
+            // Retries go on indefinitely in a long outage: no overflow, still capped.
+            let far = sink.backoff(u32::MAX);
+            assert!(
+                far >= Duration::from_millis(150) && far <= Duration::from_millis(300),
+                "{far:?}"
+            );
         }
+        // A server's delay wins over the backoff, beyond its cap, up to max_server_delay.
+        assert_eq!(
+            sink.retry_delay(1, Some(Duration::from_secs(1))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            sink.retry_delay(1, Some(Duration::from_secs(3600))),
+            Duration::from_secs(2)
+        );
+        // A zero delay would be a busy loop: the backoff is used.
+        let zero = sink.retry_delay(1, Some(Duration::ZERO));
+        assert!(zero >= Duration::from_millis(50), "{zero:?}");
+    }
+
+    #[test]
+    fn retry_limits_are_optional() {
+        let cfg = OtlpConfig {
+            endpoint: "http://127.0.0.1:4318/v1/traces".into(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            headers: vec![],
+            timeout: Duration::from_secs(1),
+        };
+        let start = Instant::now();
+        let sink = |retry| OtlpSink::new(&cfg, retry, Arc::new(Counters::default())).unwrap();
+        let unlimited = sink(RetryConfig::default());
+        assert!(!unlimited.limit_reached(u32::MAX, start, Duration::from_secs(3600)));
+        let attempts = sink(RetryConfig {
+            max_attempts: Some(3),
+            ..RetryConfig::default()
+        });
+        assert!(!attempts.limit_reached(2, start, Duration::ZERO));
+        assert!(attempts.limit_reached(3, start, Duration::ZERO));
+        let elapsed = sink(RetryConfig {
+            max_elapsed: Some(Duration::from_secs(30)),
+            ..RetryConfig::default()
+        });
+        assert!(!elapsed.limit_reached(100, start, Duration::from_secs(1)));
+        assert!(elapsed.limit_reached(1, start, Duration::from_secs(31)));
     }
 }

@@ -5,7 +5,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -26,6 +26,8 @@ pub(crate) struct Counters {
     dropped_queue_full: AtomicU64,
     failed: AtomicU64,
     retries: AtomicU64,
+    /// The endpoint is failing: a batch is waiting to be retried.
+    failing: AtomicBool,
 }
 
 impl Counters {
@@ -43,6 +45,12 @@ impl Counters {
     }
     pub(crate) fn add_retry(&self) {
         self.retries.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Relaxed);
+    }
+    pub(crate) fn failing(&self) -> bool {
+        self.failing.load(Relaxed)
     }
     pub(crate) fn snapshot(&self) -> ExportStats {
         ExportStats {
@@ -122,7 +130,8 @@ pub(crate) struct BatchConfig {
 /// The receiving end of an exporter's queue: chunks of spans, taken span by span.
 pub(crate) struct Queue {
     rx: mpsc::UnboundedReceiver<Vec<Span>>,
-    /// Spans sent and not yet received (shared with the senders, who bound it).
+    /// Spans sent and not yet taken into a batch, `carry` included (shared with the senders,
+    /// who bound it): everything the exporter holds beyond the batch being built or sent.
     in_queue: Arc<AtomicUsize>,
     /// The rest of the last chunk received.
     carry: VecDeque<Span>,
@@ -138,7 +147,6 @@ impl Queue {
     }
 
     fn received(&mut self, chunk: Vec<Span>) {
-        self.in_queue.fetch_sub(chunk.len(), AcqRel);
         self.carry.extend(chunk);
     }
 
@@ -146,6 +154,7 @@ impl Queue {
     fn take(&mut self, batch: &mut Vec<Span>, max: usize) {
         let n = max.saturating_sub(batch.len()).min(self.carry.len());
         batch.extend(self.carry.drain(..n));
+        self.in_queue.fetch_sub(n, AcqRel);
     }
 
     /// Waits for spans and moves some into `batch` (up to `max`); false once the queue is
@@ -181,6 +190,7 @@ impl Queue {
     /// Drops everything still queued, returning how many spans that was.
     fn discard(&mut self) -> u64 {
         let mut n = self.carry.len() as u64;
+        self.in_queue.fetch_sub(self.carry.len(), AcqRel);
         self.carry.clear();
         while let Ok(chunk) = self.rx.try_recv() {
             self.in_queue.fetch_sub(chunk.len(), AcqRel);
