@@ -203,6 +203,11 @@ impl Pipeline {
         self.take_linked();
     }
 
+    /// The kernel lost records (see [`ConnTable::on_loss`]).
+    pub fn on_loss(&mut self) {
+        self.conns.on_loss();
+    }
+
     /// Hands the spans built so far to the exporter.
     pub fn flush(&mut self) {
         if !self.pending.is_empty() {
@@ -276,8 +281,15 @@ pub fn run(
     const POLL_MS: i32 = 20;
     let mut last_tick = Instant::now();
     let mut last_report = Instant::now();
+    let mut ringbuf_full = kernel.get(kstats::RINGBUF_FULL);
     while !stop.load(Ordering::Relaxed) {
         health.beat();
+        // Records lost since the last poll: whichever connection lost them may have a hole.
+        let lost = kernel.get(kstats::RINGBUF_FULL);
+        if lost != ringbuf_full {
+            ringbuf_full = lost;
+            pipeline.on_loss();
+        }
         if let Err(e) = reader.poll(POLL_MS, |record| pipeline.handle(record)) {
             tracing::error!("reading kernel events failed: {e}");
             std::thread::sleep(Duration::from_millis(100));

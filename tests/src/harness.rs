@@ -305,6 +305,32 @@ impl Agent {
     }
 }
 
+/// One group (`kernel`, `conns`, `export`, ...) of the agent's `final counters` log line, as
+/// name -> value.
+pub fn final_counters(stderr: &str, group: &str) -> std::collections::HashMap<String, u64> {
+    let line = stderr
+        .lines()
+        .rfind(|l| l.contains("final counters"))
+        .unwrap_or_else(|| panic!("no final counters:\n{stderr}"));
+    let prefix = format!("{group}: ");
+    let values = line
+        .split(" | ")
+        .find_map(|g| {
+            let g = g.trim();
+            // The first group follows "final counters: ".
+            let g = g
+                .rsplit_once("final counters: ")
+                .map_or(g, |(_, rest)| rest);
+            g.strip_prefix(&prefix)
+        })
+        .unwrap_or_else(|| panic!("no {group} counters in {line}"));
+    values
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.parse().expect("a number")))
+        .collect()
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use socktrace_tests::{
-    harness::{Agent, PyServer, curl, exact, free_port, require_root},
+    harness::{Agent, PyServer, curl, exact, final_counters, free_port, require_root},
     otlp_receiver::{OtlpReceiver, Protocol},
 };
 
@@ -15,23 +15,6 @@ use socktrace_tests::{
 const REQUESTS: usize = 50;
 /// How long the collector stays down.
 const OUTAGE: Duration = Duration::from_secs(30);
-
-/// The `export` group of the agent's final counters line, as name -> value.
-fn export_counters(stderr: &str) -> HashMap<String, u64> {
-    let line = stderr
-        .lines()
-        .rfind(|l| l.contains("final counters"))
-        .unwrap_or_else(|| panic!("no final counters:\n{stderr}"));
-    let group = line
-        .split(" | ")
-        .find_map(|g| g.trim().split_once("export: ").map(|(_, rest)| rest))
-        .unwrap_or_else(|| panic!("no export counters in {line}"));
-    group
-        .split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.parse().expect("a number")))
-        .collect()
-}
 
 /// A metric of the agent's `/metrics`, if present.
 fn metric(base: &str, name: &str) -> Option<u64> {
@@ -154,7 +137,7 @@ fn collector_down_for_30s_then_every_span_arrives_exactly_once() {
 
     assert_eq!(agent.stop(), Some(0), "agent must exit 0 on SIGTERM");
     let stderr = agent.stderr();
-    let export = export_counters(&stderr);
+    let export = final_counters(&stderr, "export");
     // 1 + 50 requests, a server and a client span each.
     let total = 2 * (REQUESTS as u64 + 1);
     for (name, want) in [

@@ -560,6 +560,13 @@ pub struct KernelStats {
 }
 
 impl KernelStats {
+    /// The current total of one counter (`socktrace_common::stats::*`): one map lookup.
+    pub fn get(&self, index: u32) -> u64 {
+        self.map
+            .get(&index, 0)
+            .map_or(0, |values| values.iter().sum())
+    }
+
     /// Current totals, indexed like `socktrace_common::stats`.
     pub fn read(&self) -> [u64; stats::COUNT as usize] {
         let mut out = [0u64; stats::COUNT as usize];

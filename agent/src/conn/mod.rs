@@ -86,6 +86,14 @@ crate::counters! {
         switched,
         /// Kernel injections never matched to a request write (expired or bound reached).
         injections_unmatched,
+        /// Connections restarted because the kernel lost some of their records (ring buffer
+        /// full): what they held unanswered was dropped, and parsing began again as if joined
+        /// mid-stream.
+        reset_after_loss,
+        /// Connections that ended while the kernel was losing records: the requests they held
+        /// unanswered were dropped rather than reported as failed (their answers may be in what
+        /// was lost).
+        ended_after_loss,
         /// Connections established by traced clients (`EVENT_CONNECT`).
         traced_connects,
         /// Traced clients' connections not remembered because the table of them was full.

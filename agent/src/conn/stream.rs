@@ -79,6 +79,9 @@ pub(super) struct Conn {
     turns: u64,
     /// Exchanges paired by sequence finished so far.
     sequence: u64,
+    /// The kernel lost records while this connection was open (ring buffer full): what it
+    /// holds unanswered at its end may be answered in what was lost.
+    pub lost: bool,
 }
 
 impl Conn {
@@ -106,6 +109,7 @@ impl Conn {
             turn_active: false,
             turns: 0,
             sequence: 0,
+            lost: false,
         }
     }
 

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use socktrace_common::{
-    ConnectEvent, DIR_INGRESS, DataEvent, InjectEvent, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
+    ConnectEvent, DATA_LOST_BEFORE, DIR_INGRESS, DataEvent, InjectEvent, ROLE_CLIENT, ROLE_SERVER,
+    TCP_CLOSE,
 };
 
 use super::{
@@ -152,6 +153,16 @@ impl ConnTable {
         resolver: &mut dyn Resolver,
         out: &mut Vec<ConnExchange>,
     ) {
+        if ev.ctx_flags & DATA_LOST_BEFORE != 0
+            && let Some(conn) = self.conns.remove(&ev.sk)
+        {
+            // A hole of unknown size: nothing held can be paired with what comes next. The
+            // connection starts over, as if joined mid-stream.
+            self.stats.reset_after_loss += 1;
+            if let State::Active { protocol, session } = conn.state {
+                retire(&mut self.retired, protocol, session.as_ref());
+            }
+        }
         if !self.conns.contains_key(&ev.sk) {
             let Some(conn) = self.open(ev, resolver) else {
                 return;
@@ -305,9 +316,22 @@ impl ConnTable {
         }
     }
 
-    /// A connection is gone: what its session still holds is finished and handed over.
+    /// The kernel lost records (ring buffer full) of connections it does not name: every open
+    /// connection may have a hole.
+    pub fn on_loss(&mut self) {
+        for conn in self.conns.values_mut() {
+            conn.lost = true;
+        }
+    }
+
+    /// A connection is gone: what its session still holds is finished and handed over. After
+    /// a loss, only what was already answered is.
     fn finish(&mut self, mut conn: Conn, ts_ns: u64, out: &mut Vec<ConnExchange>) {
-        conn.close(ts_ns);
+        if conn.lost {
+            self.stats.ended_after_loss += 1;
+        } else {
+            conn.close(ts_ns);
+        }
         let _ = conn.drain(&self.config.enabled, out);
         if let State::Active { protocol, session } = conn.state {
             retire(&mut self.retired, protocol, session.as_ref());

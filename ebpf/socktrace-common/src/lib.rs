@@ -51,6 +51,9 @@ pub const CTX_SERVER_REQUEST: u32 = 1;
 /// With `CTX_SERVER_REQUEST`: the trace id came from the request's own `traceparent` header
 /// (otherwise the kernel drew it at random).
 pub const CTX_FROM_HEADER: u32 = 2;
+/// `DataEvent::ctx_flags`: records of this socket were lost (ring buffer full) since its
+/// previous record: the stream has a hole of unknown size before this one.
+pub const DATA_LOST_BEFORE: u32 = 4;
 
 /// Direction of a socket data event, seen from the traced process.
 pub const DIR_INGRESS: u32 = 0;

@@ -78,9 +78,12 @@ pub static EXE_NAMES: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
 #[map]
 pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
 
-/// Sockets that produced data events, so that their close is reported (and only theirs).
+/// Sockets that produced data events, so that their close is reported (and only theirs). The
+/// value is 1, or `1 | SOCK_LOST` after a record of the socket was lost.
 #[map]
 pub static TRACKED_SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+/// `TRACKED_SOCKS` value bit: a record was lost; the next one says so (`DATA_LOST_BEFORE`).
+pub const SOCK_LOST: u8 = 2;
 
 /// Client sockets a traced process is connecting (SYN sent, handshake not complete yet), by
 /// kernel socket pointer: at ESTABLISHED they are announced with an `EVENT_CONNECT`.

@@ -17,15 +17,15 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use socktrace_common::{
-    DIR_EGRESS, DIR_INGRESS, DataEvent, DataEventBuf, EVENT_DATA, MAX_CAPTURE, ROLE_SERVER,
-    ROLE_UNKNOWN, TAIL_CAPTURE, stats,
+    DATA_LOST_BEFORE, DIR_EGRESS, DIR_INGRESS, DataEvent, DataEventBuf, EVENT_DATA, MAX_CAPTURE,
+    ROLE_SERVER, ROLE_UNKNOWN, TAIL_CAPTURE, stats,
 };
 
 use crate::{
     context, inject,
     maps::{
-        EVENTS, SCRATCH, SELF_PEERS, SOCK_CAPTURE, SOCKS, TRACKED_SOCKS, capture_bytes, count,
-        current_is_traced, wakeup_flags,
+        EVENTS, SCRATCH, SELF_PEERS, SOCK_CAPTURE, SOCK_LOST, SOCKS, TRACKED_SOCKS, capture_bytes,
+        count, current_is_traced, wakeup_flags,
     },
 };
 
@@ -554,10 +554,6 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     header.captured = captured as u32;
     header.tail = tail as u32;
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    // An LRU update takes the map's locks: only the first event of a socket pays it.
-    if TRACKED_SOCKS.get_ptr(&io.sk).is_none() {
-        let _ = TRACKED_SOCKS.insert(io.sk, 1u8, 0);
-    }
 
     let server_read = header.role == ROLE_SERVER;
     let scratch: *mut DataEventBuf = scratch;
@@ -590,6 +586,22 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
         return false;
     }
     let size = core::mem::size_of::<DataEvent>() + c + t;
+    // SAFETY: the per-CPU scratch value (the socket is read back from the record, so that
+    // nothing but the pointer was live across the call above).
+    let sk = unsafe { core::ptr::read_volatile(&raw const (*scratch).header.sk) };
+    match TRACKED_SOCKS.get_ptr_mut(&sk) {
+        // An LRU update takes the map's locks: only the first record of a socket pays it.
+        None => {
+            let _ = TRACKED_SOCKS.insert(sk, 1u8, 0);
+        }
+        // SAFETY: the socket's entry; a racing writer at worst repeats or loses one mark.
+        Some(v) => unsafe {
+            if *v & SOCK_LOST != 0 {
+                *v = 1;
+                (*scratch).header.ctx_flags |= DATA_LOST_BEFORE;
+            }
+        },
+    }
     // SAFETY: `scratch` is a map value of size_of::<DataEventBuf>() >= `size`.
     let rc = unsafe {
         bpf_ringbuf_output(
@@ -604,6 +616,11 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
         more
     } else {
         count(stats::RINGBUF_FULL);
+        // The socket's next record will say that its stream has a hole.
+        if let Some(v) = TRACKED_SOCKS.get_ptr_mut(&sk) {
+            // SAFETY: the socket's entry, inserted above.
+            unsafe { *v |= SOCK_LOST };
+        }
         false
     }
 }

@@ -344,3 +344,89 @@ fn a_connection_that_never_shows_a_protocol_holds_little() {
     assert_eq!(t.stats().mid_stream_skipped, 50);
     assert!(out.is_empty());
 }
+
+/// The kernel lost records of a keep-alive connection (ring buffer full) - here the response
+/// to `/a` and the request `/b`: the answer to `/b` must not be paired with `/a`.
+#[test]
+fn a_hole_in_the_stream_drops_what_was_held_instead_of_mispairing() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000);
+    let send =
+        |t: &mut ConnTable, out: &mut Vec<_>, r: &mut NoResolver, ts, dir, flags, b: &[u8]| {
+            let mut ev = event(7, ts, 3, dir, ROLE_SERVER, tp, b.len());
+            ev.ctx_flags = flags;
+            t.on_data(&ev, b, &[], r, out);
+        };
+    let ok = |body: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    send(
+        &mut t,
+        &mut out,
+        &mut r,
+        100,
+        DIR_INGRESS,
+        0,
+        b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n",
+    );
+    // Lost: the response to /a, the request /b. Then /b's response, marked.
+    send(
+        &mut t,
+        &mut out,
+        &mut r,
+        300,
+        DIR_EGRESS,
+        socktrace_common::DATA_LOST_BEFORE,
+        ok("bbbb").as_bytes(),
+    );
+    assert!(out.is_empty(), "{:?}", out.first().map(|x| &x.exchange));
+    // The connection goes on normally.
+    send(
+        &mut t,
+        &mut out,
+        &mut r,
+        400,
+        DIR_INGRESS,
+        0,
+        b"GET /c HTTP/1.1\r\nHost: b\r\n\r\n",
+    );
+    send(
+        &mut t,
+        &mut out,
+        &mut r,
+        410,
+        DIR_EGRESS,
+        0,
+        ok("c").as_bytes(),
+    );
+    assert_eq!(out.len(), 1);
+    let ex = format!("{:?}", out[0].exchange);
+    assert!(ex.contains("target: \"/c\""), "{ex}");
+    assert_eq!(t.stats.reset_after_loss, 1);
+    assert_eq!(t.stats.opened, 2);
+}
+
+/// Records were lost somewhere (the kernel does not say whose): a request still unanswered when
+/// its connection ends is dropped, not reported as failed - its answer may be what was lost.
+#[test]
+fn after_a_loss_an_unanswered_request_is_dropped_at_the_end_not_failed() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80);
+    let req = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
+    for sk in [7, 8] {
+        let ev = event(sk, 100, 3, DIR_EGRESS, ROLE_CLIENT, tp, req.len());
+        t.on_data(&ev, req, &[], &mut r, &mut out);
+    }
+    // Connection 7 ends normally: its request unanswered is a failed span.
+    t.on_close(7, TCP_CLOSE as u32, 200, &mut out);
+    assert_eq!(out.len(), 1);
+    t.on_loss();
+    t.on_close(8, TCP_CLOSE as u32, 300, &mut out);
+    assert_eq!(out.len(), 1, "{:?}", out.last().map(|x| &x.exchange));
+    assert_eq!(t.stats.ended_after_loss, 1);
+}
