@@ -307,6 +307,14 @@ impl ConnTable {
 
     /// A connection is gone: what its session still holds is finished and handed over.
     fn finish(&mut self, mut conn: Conn, ts_ns: u64, out: &mut Vec<ConnExchange>) {
+        // Bytes that matched no protocol before the end (garbage sent, then a close) are as
+        // undetected as those of a connection detection gave up on.
+        if let State::Detecting { held, .. } = &conn.state
+            && !held.is_empty()
+            && !self.config.enabled.names().is_empty()
+        {
+            self.stats.undetected += 1;
+        }
         conn.close(ts_ns);
         let _ = conn.drain(&self.config.enabled, out);
         if let State::Active { protocol, session } = conn.state {
