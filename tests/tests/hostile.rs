@@ -432,29 +432,30 @@ fn http2_truncated_and_oversized_frames_then_real_grpc_calls() {
     let rss0 = proc_kib(agent.pid(), "VmRSS");
 
     let settings = frame_head(0, 4, 0, 0);
-    let mut sessions: Vec<Vec<Vec<u8>>> = Vec::new();
-    // A HEADERS frame announcing 16 MiB (beyond any sane header block), then a little of it.
-    sessions.push(vec![
-        PREFACE.to_vec(),
-        settings.clone(),
-        [frame_head(0xff_ffff, 1, 4, 1), vec![0x82; 100]].concat(),
-    ]);
-    // Random bytes after the preface (the first frame head is HEADERS on stream 0).
-    sessions.push(vec![
-        PREFACE.to_vec(),
-        [frame_head(16, 1, 4, 0), garbage(18, 4096, 0x5a)].concat(),
-    ]);
-    // A SETTINGS frame cut in the middle by the close.
-    sessions.push(vec![
-        PREFACE.to_vec(),
-        [frame_head(12, 4, 0, 0), vec![0, 3, 0, 0]].concat(),
-    ]);
-    // A DATA frame announcing 16 MiB on a stream never opened, 64 KiB of it sent.
-    sessions.push(vec![
-        PREFACE.to_vec(),
-        settings.clone(),
-        [frame_head(0xff_ffff, 0, 0, 1), vec![0; 64 * 1024]].concat(),
-    ]);
+    let sessions: [Vec<Vec<u8>>; 4] = [
+        // A HEADERS frame announcing 16 MiB (beyond any sane header block), then a little of it.
+        vec![
+            PREFACE.to_vec(),
+            settings.clone(),
+            [frame_head(0xff_ffff, 1, 4, 1), vec![0x82; 100]].concat(),
+        ],
+        // Random bytes after the preface (the first frame head is HEADERS on stream 0).
+        vec![
+            PREFACE.to_vec(),
+            [frame_head(16, 1, 4, 0), garbage(18, 4096, 0x5a)].concat(),
+        ],
+        // A SETTINGS frame cut in the middle by the close.
+        vec![
+            PREFACE.to_vec(),
+            [frame_head(12, 4, 0, 0), vec![0, 3, 0, 0]].concat(),
+        ],
+        // A DATA frame announcing 16 MiB on a stream never opened, 64 KiB of it sent.
+        vec![
+            PREFACE.to_vec(),
+            settings,
+            [frame_head(0xff_ffff, 0, 0, 1), vec![0; 64 * 1024]].concat(),
+        ],
+    ];
     for writes in &sessions {
         let mut s = connect(server.port);
         for w in writes {
