@@ -4,7 +4,7 @@
 Routes (all answer with Content-Length unless noted):
   GET  /hello            200 "hello\n"
   GET  /status/<code>    <code> with a short body
-  GET  /big?size=N       200 with N bytes
+  GET  /big?size=N       200 with N bytes (written in pieces of 1 MiB)
   GET  /item/<i>         200 with i+1 bytes (lets tests check request/response pairing)
   GET  /chunked?n=N      200, Transfer-Encoding: chunked, N chunks of 100 bytes
   GET  /headers          200, body = the request headers as received, one per line
@@ -44,7 +44,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             code = int(path.rsplit("/", 1)[1])
             self._send(code, b"status %d\n" % code)
         elif path == "/big":
-            self._send(200, b"x" * int(params.get("size", "1048576")))
+            # Written in pieces of at most 1 MiB: sizes up to GiBs need no GiB of memory.
+            size = int(params.get("size", "1048576"))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            piece = b"x" * min(size, 1 << 20)
+            while size > 0 and self.command != "HEAD":
+                n = min(size, len(piece))
+                self.wfile.write(piece[:n] if n < len(piece) else piece)
+                size -= n
         elif path.startswith("/item/"):
             self._send(200, b"i" * (int(path.rsplit("/", 1)[1]) + 1))
         elif path == "/chunked":
@@ -74,7 +84,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 total += len(self.rfile.read(size))
                 self.rfile.readline()
         else:
-            total = len(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+            # Read in pieces of at most 1 MiB: bodies up to GiBs need no GiB of memory.
+            left = int(self.headers.get("Content-Length", "0"))
+            total = 0
+            while left > 0:
+                got = len(self.rfile.read(min(left, 1 << 20)))
+                if got == 0:
+                    break
+                total += got
+                left -= got
         self._send(200, b"received %d\n" % total)
 
 

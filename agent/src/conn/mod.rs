@@ -70,7 +70,8 @@ crate::counters! {
         expired,
         /// Data of sockets whose addresses could not be found (the process had exited): skipped.
         unresolved,
-        /// Connections whose first bytes matched no enabled protocol.
+        /// Connections whose first bytes matched no enabled protocol (detection gave up, or the
+        /// connection ended first).
         undetected,
         /// Connections outside `--port`.
         port_filtered,

@@ -17,6 +17,10 @@ use crate::{
 
 /// Events tried before a connection is declared not ours.
 const DETECT_TRIES: u8 = 4;
+/// A run of this direction's bytes shorter than this, in fewer than [`MAX_HELD`] events, is no
+/// try yet: a client writing its request a byte at a time ("G", "E", "T", " ", "/") has shown
+/// too little to be judged, and holding its few bytes costs little.
+const MIN_DETECT_BYTES: usize = 16;
 /// Events held while detecting (a protocol's first message may come in several reads: MySQL's
 /// client reads the 4-byte packet header, then the body), and their bytes at most: the oldest
 /// go first, so a connection that never shows a protocol holds little.
@@ -204,6 +208,9 @@ impl Conn {
             // The answering side first: the agent joined mid-exchange, or its protocol speaks
             // first and its message is not complete yet. Wait for more.
             _ if known == Some(Sender::Server) => Detection::Skipped,
+            _ if first.len() < MIN_DETECT_BYTES && held.len() - start < MAX_HELD => {
+                Detection::NotYet
+            }
             _ => {
                 *tries += 1;
                 if *tries >= DETECT_TRIES {

@@ -327,6 +327,14 @@ impl ConnTable {
     /// A connection is gone: what its session still holds is finished and handed over. After
     /// a loss, only what was already answered is.
     fn finish(&mut self, mut conn: Conn, ts_ns: u64, out: &mut Vec<ConnExchange>) {
+        // Bytes that matched no protocol before the end (garbage sent, then a close) are as
+        // undetected as those of a connection detection gave up on.
+        if let State::Detecting { held, .. } = &conn.state
+            && !held.is_empty()
+            && !self.config.enabled.names().is_empty()
+        {
+            self.stats.undetected += 1;
+        }
         if conn.lost {
             self.stats.ended_after_loss += 1;
         } else {

@@ -430,3 +430,62 @@ fn after_a_loss_an_unanswered_request_is_dropped_at_the_end_not_failed() {
     assert_eq!(out.len(), 1, "{:?}", out.last().map(|x| &x.exchange));
     assert_eq!(t.stats.ended_after_loss, 1);
 }
+
+#[test]
+fn a_request_written_a_byte_at_a_time_is_detected_and_traced() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000);
+    // A slow client: one byte per read, "G", "E", "T", " ", "/"... - too little to judge for
+    // the first reads, which must not use up detection's tries.
+    let req = b"GET /drip HTTP/1.1\r\nHost: b\r\n\r\n";
+    for (i, b) in req.iter().enumerate() {
+        let ev = event(7, 100 + i as u64, 3, DIR_INGRESS, ROLE_SERVER, tp, 1);
+        t.on_data(&ev, &[*b], &[], &mut r, &mut out);
+    }
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let ev = event(7, 200, 3, DIR_EGRESS, ROLE_SERVER, tp, resp.len());
+    t.on_data(&ev, resp, &[], &mut r, &mut out);
+    assert_eq!(out.len(), 1);
+    let ex = format!("{:?}", out[0].exchange);
+    assert!(
+        ex.contains("method: \"GET\"") && ex.contains("target: \"/drip\""),
+        "{ex}"
+    );
+    assert!(!ex.contains("partial: true"), "{ex}");
+    assert_eq!(
+        out[0].link.start_ns, 100,
+        "the request began with its first byte"
+    );
+    assert_eq!(t.stats().undetected, 0);
+}
+
+#[test]
+fn garbage_is_undetected_whether_detection_gives_up_or_the_connection_ends_first() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000);
+    // One write of garbage, then the close: counted when the connection ends.
+    let junk = [0xffu8; 64];
+    let ev = event(7, 100, 3, DIR_INGRESS, ROLE_SERVER, tp, junk.len());
+    t.on_data(&ev, &junk, &[], &mut r, &mut out);
+    assert_eq!(t.stats().undetected, 0, "one read is not enough to give up");
+    t.on_close(7, TCP_CLOSE as u32, 200, &mut out);
+    assert_eq!(t.stats().undetected, 1);
+    // Garbage a byte at a time: short runs are no tries, but only up to MAX_HELD reads - then
+    // the usual tries, and detection gives up (bounded).
+    for i in 0..11u64 {
+        assert_eq!(t.stats().undetected, 1, "read {i}");
+        let ev = event(8, 300 + i, 3, DIR_INGRESS, ROLE_SERVER, tp, 1);
+        t.on_data(&ev, &[0xff], &[], &mut r, &mut out);
+    }
+    assert_eq!(t.stats().undetected, 2);
+    assert!(matches!(
+        t.conns[&8].state,
+        crate::conn::stream::State::Ignored
+    ));
+    // Counted once, not again at its close.
+    t.on_close(8, TCP_CLOSE as u32, 400, &mut out);
+    assert_eq!(t.stats().undetected, 2);
+    assert!(out.is_empty());
+}
