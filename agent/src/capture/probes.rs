@@ -612,6 +612,19 @@ impl EventReader {
     }
 }
 
+/// The resource variables a program was started with, as the kernel read them from its
+/// `execve` arguments (`EVENT_EXEC_ENV`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecEnv {
+    pub pid: u32,
+    /// `OTEL_SERVICE_NAME`, when set and not empty.
+    pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, unparsed.
+    pub resource_attributes: Option<String>,
+    /// A value was longer than the kernel keeps (see `socktrace_common::EXEC_ATTRS_LEN`).
+    pub truncated: bool,
+}
+
 /// One record from the kernel, decoded.
 #[derive(Debug)]
 pub enum Event<'a> {
@@ -629,7 +642,7 @@ pub enum Event<'a> {
         cgroup_id: u64,
     },
     /// The resource variables of a program being started (sent just before its `Exec`).
-    ExecEnv(crate::resource::process::ExecEnv),
+    ExecEnv(ExecEnv),
     Exit {
         pid: u32,
     },
@@ -707,7 +720,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
                 let text = field.get(..usize::from(len)).unwrap_or(field);
                 (!text.is_empty()).then(|| String::from_utf8_lossy(text).into_owned())
             };
-            Ok(Event::ExecEnv(crate::resource::process::ExecEnv {
+            Ok(Event::ExecEnv(ExecEnv {
                 pid: ev.pid,
                 service_name: value(&ev.service, ev.service_len),
                 resource_attributes: value(&ev.attrs, ev.attrs_len),

@@ -14,6 +14,7 @@ use super::{
     select::{ResourceFacts, ResourceFilter},
     stat::stat_field,
 };
+pub use crate::capture::probes::ExecEnv;
 use crate::trace::span::{KeyValue, Resource, Value};
 
 /// Where process information is read from; a directory laid out like `/proc` (tests use fakes).
@@ -195,19 +196,6 @@ pub fn build_resource(
         key: format!("{pid}:{}:{version}", proc.start_time),
         attributes: attrs,
     }
-}
-
-/// The resource variables a program was started with, as the kernel read them from its
-/// `execve` arguments (`EVENT_EXEC_ENV`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ExecEnv {
-    pub pid: u32,
-    /// `OTEL_SERVICE_NAME`, when set and not empty.
-    pub service_name: Option<String>,
-    /// `OTEL_RESOURCE_ATTRIBUTES`, unparsed.
-    pub resource_attributes: Option<String>,
-    /// A value was longer than the kernel keeps (see `socktrace_common::EXEC_ATTRS_LEN`).
-    pub truncated: bool,
 }
 
 /// What the kernel told of a process at its exec: enough for its resource once `/proc` has
