@@ -305,30 +305,53 @@ impl Agent {
     }
 }
 
+/// Every counter of the agent's `final counters` log line (logged at stop), as
+/// `group.name` -> value (`conns.live`, `export.queued`, ...).
+pub fn all_final_counters(stderr: &str) -> std::collections::HashMap<String, u64> {
+    let line = stderr
+        .lines()
+        .rfind(|l| l.contains("final counters: "))
+        .unwrap_or_else(|| panic!("no final counters:\n{stderr}"));
+    let rest = line
+        .split_once("final counters: ")
+        .map(|(_, r)| r)
+        .expect("prefix");
+    let mut out = std::collections::HashMap::new();
+    for group in rest.split(" | ") {
+        let (name, values) = group
+            .split_once(": ")
+            .unwrap_or_else(|| panic!("bad group {group:?} in {line}"));
+        for kv in values.split(' ') {
+            let (k, v) = kv
+                .split_once('=')
+                .unwrap_or_else(|| panic!("bad counter {kv:?} in {line}"));
+            out.insert(format!("{}.{k}", name.trim()), v.parse().expect("a number"));
+        }
+    }
+    out
+}
+
 /// One group (`kernel`, `conns`, `export`, ...) of the agent's `final counters` log line, as
 /// name -> value.
 pub fn final_counters(stderr: &str, group: &str) -> std::collections::HashMap<String, u64> {
-    let line = stderr
-        .lines()
-        .rfind(|l| l.contains("final counters"))
-        .unwrap_or_else(|| panic!("no final counters:\n{stderr}"));
-    let prefix = format!("{group}: ");
-    let values = line
-        .split(" | ")
-        .find_map(|g| {
-            let g = g.trim();
-            // The first group follows "final counters: ".
-            let g = g
-                .rsplit_once("final counters: ")
-                .map_or(g, |(_, rest)| rest);
-            g.strip_prefix(&prefix)
-        })
-        .unwrap_or_else(|| panic!("no {group} counters in {line}"));
+    let prefix = format!("{group}.");
+    let values: std::collections::HashMap<String, u64> = all_final_counters(stderr)
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|name| (name.to_owned(), v)))
+        .collect();
+    assert!(!values.is_empty(), "no {group} counters:\n{stderr}");
     values
-        .split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.parse().expect("a number")))
-        .collect()
+}
+
+/// A `/proc/<pid>/status` value in KiB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("process {pid} gone: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
 }
 
 impl Drop for Agent {

@@ -12,7 +12,9 @@ use std::{
 };
 
 use socktrace_tests::{
-    harness::{Agent, PyServer, curl, exact, python, require_root},
+    harness::{
+        Agent, PyServer, all_final_counters, curl, exact, proc_status_kib, python, require_root,
+    },
     mysql::MysqlServer,
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
     pg::PgServer,
@@ -37,46 +39,10 @@ fn agent(receiver: &OtlpReceiver, port: u16, extra: &[&str]) -> Agent {
     Agent::start(&args)
 }
 
-/// The agent's final counters line (logged at stop) as `group.name` -> value.
-fn final_counters(stderr: &str) -> HashMap<String, u64> {
-    let line = stderr
-        .lines()
-        .rfind(|l| l.contains("final counters: "))
-        .unwrap_or_else(|| panic!("no final counters:\n{stderr}"));
-    let rest = line
-        .split_once("final counters: ")
-        .map(|(_, r)| r)
-        .expect("prefix");
-    let mut out = HashMap::new();
-    for group in rest.split(" | ") {
-        let (name, values) = group
-            .split_once(": ")
-            .unwrap_or_else(|| panic!("bad group {group:?} in {line}"));
-        for kv in values.split(' ') {
-            let (k, v) = kv
-                .split_once('=')
-                .unwrap_or_else(|| panic!("bad counter {kv:?} in {line}"));
-            out.insert(format!("{}.{k}", name.trim()), v.parse().expect("a number"));
-        }
-    }
-    out
-}
-
 fn counter(counters: &HashMap<String, u64>, name: &str) -> u64 {
     *counters
         .get(name)
         .unwrap_or_else(|| panic!("no counter {name} in {counters:?}"))
-}
-
-/// A `/proc/<pid>/status` value in KiB (`VmRSS`, `VmHWM`).
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("agent {pid} gone: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {status}"))
 }
 
 /// The agent process still runs (not exited, not a zombie).
@@ -101,7 +67,7 @@ fn stop(agent: &mut Agent) -> HashMap<String, u64> {
     assert_eq!(agent.stop(), Some(0), "{}", agent.stderr());
     let stderr = agent.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
-    final_counters(&stderr)
+    all_final_counters(&stderr)
 }
 
 /// Deterministic pseudo-random bytes (xorshift), the first byte forced to `first`.
@@ -182,7 +148,7 @@ fn slowloris_partial_heads_and_a_request_dripped_byte_by_byte() {
     // Full capture (8 KiB, Python's read size): every byte of the heads reaches the parser, so
     // the oversized heads below are seen growing past the bound, not cut by capture gaps.
     let mut agent = agent(&receiver, server.port, &["--capture-bytes", "8192"]);
-    let rss0 = proc_kib(agent.pid(), "VmRSS");
+    let rss0 = proc_status_kib(agent.pid(), "VmRSS");
 
     // 40 connections hold a short partial head open; 10 send 80 KiB of header lines (beyond
     // the agent's 64 KiB head bound, within http.server's limits) and never end the head.
@@ -262,7 +228,7 @@ fn slowloris_partial_heads_and_a_request_dripped_byte_by_byte() {
     assert_eq!(s[0].parent_span_id(), Some(c[0].span_id()));
 
     // 50 held heads (10 of them 80 KiB) cost the agent no more than its head bound each.
-    let rss = proc_kib(agent.pid(), "VmRSS");
+    let rss = proc_status_kib(agent.pid(), "VmRSS");
     assert!(
         rss <= rss0 + 32 * 1024,
         "agent RSS grew from {rss0} KiB to {rss} KiB"
@@ -302,8 +268,8 @@ fn one_gib_request_and_response_bodies_give_exact_sizes_in_bounded_memory() {
     let server = PyServer::start(&[("OTEL_SERVICE_NAME", "py-server")]);
     let mut agent = agent(&receiver, server.port, &[]);
     let (rss0, hwm0) = (
-        proc_kib(agent.pid(), "VmRSS"),
-        proc_kib(agent.pid(), "VmHWM"),
+        proc_status_kib(agent.pid(), "VmRSS"),
+        proc_status_kib(agent.pid(), "VmHWM"),
     );
 
     // One keep-alive connection: a 1 GiB upload, then a 1 GiB download.
@@ -367,8 +333,8 @@ fn one_gib_request_and_response_bodies_give_exact_sizes_in_bounded_memory() {
     }
     // The bodies streamed through; the agent kept none of them.
     let (rss, hwm) = (
-        proc_kib(agent.pid(), "VmRSS"),
-        proc_kib(agent.pid(), "VmHWM"),
+        proc_status_kib(agent.pid(), "VmRSS"),
+        proc_status_kib(agent.pid(), "VmHWM"),
     );
     assert!(rss <= rss0 + 100 * 1024, "RSS {rss0} -> {rss} KiB");
     assert!(
@@ -429,7 +395,7 @@ fn http2_truncated_and_oversized_frames_then_real_grpc_calls() {
         &[("OTEL_SERVICE_NAME", "echo-server")],
     );
     let mut agent = agent(&receiver, server.port, &[]);
-    let rss0 = proc_kib(agent.pid(), "VmRSS");
+    let rss0 = proc_status_kib(agent.pid(), "VmRSS");
 
     let settings = frame_head(0, 4, 0, 0);
     let sessions: [Vec<Vec<u8>>; 4] = [
@@ -489,7 +455,7 @@ fn http2_truncated_and_oversized_frames_then_real_grpc_calls() {
     for (s, c) in servers.iter().zip(&clients) {
         assert_eq!(s.parent_span_id(), Some(c.span_id()), "{s}\n{c}");
     }
-    let rss = proc_kib(agent.pid(), "VmRSS");
+    let rss = proc_status_kib(agent.pid(), "VmRSS");
     assert!(rss <= rss0 + 32 * 1024, "RSS {rss0} -> {rss} KiB");
     let counters = stop(&mut agent);
     // The oversized HEADERS and the HEADERS on stream 0 each lost the framing of the client's

@@ -10,7 +10,9 @@ use std::{
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
-    harness::{Agent, PyServer, curl, exact, final_counters, free_port, require_root},
+    harness::{
+        Agent, PyServer, curl, exact, final_counters, free_port, proc_status_kib, require_root,
+    },
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
 };
 
@@ -21,16 +23,6 @@ fn signal(pid: u32, sig: i32) {
     // SAFETY: signalling a child process of this test.
     let rc = unsafe { libc::kill(pid as i32, sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig})");
-}
-
-/// `VmRSS` of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// Waits until `/metrics` shows `name` unchanged for a second (counts, not timing: the
@@ -134,8 +126,9 @@ fn full_ring_buffer_loses_counted_spans_never_wrong_ones_and_recovers() {
         "the traced programs do not wait for a stopped agent: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The load is over once the agent has read what the ring held (its reads of `/metrics`
-    // are records too, but no spans).
+    // The load is over once the ring has room again (each read of `/metrics` is traced, so
+    // records keep coming: none may be lost for a second) and no more spans are being built.
+    wait_until_stable(&health, "socktrace_kernel_ringbuf_full_total");
     wait_until_stable(&health, "socktrace_pipeline_spans_total");
 
     // Recovery: a request on a new connection after the overload is traced exactly.
@@ -187,7 +180,7 @@ fn churn_of_short_connections_and_processes_leaks_nothing() {
     let mut agent = Agent::start(&["--otlp-endpoint", &endpoint, "--port", &port]);
     curl(&[&server.url("/item/0")]);
     exact(&receiver, 1, 1);
-    let (fds_before, rss_before) = (open_fds(agent.pid()), rss_kib(agent.pid()));
+    let (fds_before, rss_before) = (open_fds(agent.pid()), proc_status_kib(agent.pid(), "VmRSS"));
 
     // One connection per request, closed at once.
     let client = r#"
@@ -225,7 +218,7 @@ for i in range(1, n + 1):
         let items: BTreeSet<usize> = spans.iter().map(|s| check_item(s, server.port)).collect();
         assert_eq!(items, (0..total).collect::<BTreeSet<_>>());
     }
-    let (fds_after, rss_after) = (open_fds(agent.pid()), rss_kib(agent.pid()));
+    let (fds_after, rss_after) = (open_fds(agent.pid()), proc_status_kib(agent.pid(), "VmRSS"));
     assert_eq!(fds_after, fds_before, "file descriptors of the agent");
     assert!(
         rss_after < rss_before + 64 * 1024,

@@ -239,18 +239,7 @@ pub fn fallback_note(program: &str) -> &'static str {
 fn load_chunk_programs(ebpf: &mut Ebpf, config: &ProbeConfig) -> Result<(), ProbeError> {
     let mut fds = Vec::new();
     for (slot, name) in CHUNK_PROGRAMS.iter().enumerate() {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(ProbeError::Program {
-                name,
-                source: aya::programs::ProgramError::UnexpectedProgramType,
-            })?
-            .try_into()
-            .map_err(|source| ProbeError::Program { name, source })?;
-        let started = std::time::Instant::now();
-        program.load().map_err(|e| rejected(name, config, e))?;
-        log_verified(name, program.info().ok(), started);
-        let fd = program
+        let fd = load_tracepoint(ebpf, name, config)?
             .fd()
             .map_err(|source| ProbeError::Program { name, source })?
             .try_clone()
@@ -282,13 +271,12 @@ pub struct Probes {
     fallbacks: Vec<&'static str>,
 }
 
-fn load_attach(
-    ebpf: &mut Ebpf,
+/// Loads tracepoint program `name` (logging what the verifier said), not attached yet.
+fn load_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
     name: &'static str,
-    category: &str,
-    tracepoint: &str,
     config: &ProbeConfig,
-) -> Result<(), ProbeError> {
+) -> Result<&'a mut TracePoint, ProbeError> {
     let program: &mut TracePoint = ebpf
         .program_mut(name)
         .ok_or(ProbeError::Program {
@@ -300,7 +288,17 @@ fn load_attach(
     let started = std::time::Instant::now();
     program.load().map_err(|e| rejected(name, config, e))?;
     log_verified(name, program.info().ok(), started);
-    program
+    Ok(program)
+}
+
+fn load_attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &str,
+    tracepoint: &str,
+    config: &ProbeConfig,
+) -> Result<(), ProbeError> {
+    load_tracepoint(ebpf, name, config)?
         .attach(category, tracepoint)
         .map_err(|source| ProbeError::Program { name, source })?;
     Ok(())
