@@ -95,6 +95,9 @@ crate::counters! {
         /// unanswered were dropped rather than reported as failed (their answers may be in what
         /// was lost).
         ended_after_loss,
+        /// Connections ended because their socket showed up with another 4-tuple (the kernel
+        /// reused it; the old connection's close was lost).
+        socket_reused,
         /// Connections established by traced clients (`EVENT_CONNECT`).
         traced_connects,
         /// Traced clients' connections not remembered because the table of them was full.

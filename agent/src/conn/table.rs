@@ -163,6 +163,16 @@ impl ConnTable {
                 retire(&mut self.retired, protocol, session.as_ref());
             }
         }
+        if ev.tuple_known != 0
+            && let Some(conn) = self.conns.get(&ev.sk)
+            && tuple_addrs(&ev.tuple).is_some_and(|(l, p)| (l, p) != (conn.local, conn.peer))
+            && let Some(old) = self.conns.remove(&ev.sk)
+        {
+            // The kernel freed the socket and reused it for another connection: the old one's
+            // close was lost (ring buffer full). It ends here.
+            self.stats.socket_reused += 1;
+            self.finish(old, ev.ts_ns, out);
+        }
         if !self.conns.contains_key(&ev.sk) {
             let Some(conn) = self.open(ev, resolver) else {
                 return;

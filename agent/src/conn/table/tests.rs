@@ -489,3 +489,46 @@ fn garbage_is_undetected_whether_detection_gives_up_or_the_connection_ends_first
     assert_eq!(t.stats().undetected, 2);
     assert!(out.is_empty());
 }
+
+/// A socket the kernel freed and reused for another connection, the first one's close lost:
+/// the old connection ends, and the new one is not fed into its state.
+#[test]
+fn a_socket_reused_for_another_connection_starts_a_new_one() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let old = tuple([127, 0, 0, 1], 40000, [127, 0, 0, 1], 80);
+    let new = tuple([127, 0, 0, 1], 40002, [127, 0, 0, 1], 80);
+    let req = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: b\r\n\r\n");
+    let a = req("/a");
+    t.on_data(
+        &event(7, 100, 3, DIR_EGRESS, ROLE_CLIENT, old, a.len()),
+        a.as_bytes(),
+        &[],
+        &mut r,
+        &mut out,
+    );
+    t.on_loss();
+    let b = req("/b");
+    t.on_data(
+        &event(7, 200, 4, DIR_EGRESS, ROLE_CLIENT, new, b.len()),
+        b.as_bytes(),
+        &[],
+        &mut r,
+        &mut out,
+    );
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    t.on_data(
+        &event(7, 210, 4, DIR_INGRESS, ROLE_CLIENT, new, resp.len()),
+        resp,
+        &[],
+        &mut r,
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    let ex = format!("{:?}", out[0].exchange);
+    assert!(ex.contains("target: \"/b\""), "{ex}");
+    assert_eq!(out[0].local.port(), 40002);
+    assert_eq!(t.stats.socket_reused, 1);
+    assert_eq!(t.stats.ended_after_loss, 1);
+    assert_eq!(t.stats.opened, 2);
+}
