@@ -441,3 +441,49 @@ pub fn assert_not_exported(spans: &[crate::otlp_receiver::ReceivedSpan], secrets
         }
     }
 }
+
+/// A value of the agent's `/metrics` (served with `--health-listen HEALTH`), if present.
+pub fn metric(health: &str, name: &str) -> Option<u64> {
+    curl(&[&format!("http://{health}/metrics")])
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits until `/metrics` shows `name` unchanged for a second (counts, not timing: the
+/// deadline is generous).
+pub fn wait_until_stable(health: &str, name: &str) {
+    let read = || metric(health, name).unwrap_or_else(|| panic!("no {name} in /metrics"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = read();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = read();
+        if now == last {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} still moving: {now}");
+        last = now;
+    }
+}
+
+/// Sends `sig` to a process the caller started.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: signalling a child process of the caller.
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig})");
+}
+
+/// Names of the eBPF programs loaded in the kernel right now (`bpftool prog show`), to check
+/// that an agent left nothing behind.
+pub fn loaded_programs() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool must be installed (cargo xtask test installs it)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(" name ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_whitespace().next().map(str::to_owned))
+        .collect()
+}

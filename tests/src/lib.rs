@@ -3,8 +3,10 @@
 //! - [`harness`]: running the agent binary and peer programs, killed on drop.
 //! - [`otlp_receiver`]: an in-process OTLP trace receiver (gRPC or HTTP/protobuf) that records
 //!   what the agent exports and can be told to fail.
+//! - [`load`]: nginx and wrk for the benchmark and the soak run, and process readings.
 //! - [`pg`], [`mysql`], [`redis`]: real database servers started per test.
 pub mod harness;
+pub mod load;
 pub mod mysql;
 pub mod otlp_receiver;
 pub mod pg;

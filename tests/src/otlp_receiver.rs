@@ -465,6 +465,10 @@ struct State {
     default_reply: Mutex<Reply>,
     delay: Mutex<Duration>,
     count: AtomicUsize,
+    /// Spans in accepted requests, counted whether or not the requests are kept.
+    accepted_spans: AtomicUsize,
+    /// Cleared by [`OtlpReceiver::forget_bodies`]: requests are counted, not kept.
+    keep: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -480,8 +484,14 @@ impl State {
     }
 
     fn record(&self, req: ReceivedRequest) {
+        if req.reply.is_accept() {
+            self.accepted_spans
+                .fetch_add(req.span_count(), Ordering::SeqCst);
+        }
         let mut requests = lock(&self.requests);
-        requests.push(req);
+        if self.keep.load(Ordering::SeqCst) {
+            requests.push(req);
+        }
         self.count.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -558,6 +568,8 @@ impl OtlpReceiver {
             default_reply: Mutex::new(Reply::Accept),
             delay: Mutex::new(Duration::ZERO),
             count: AtomicUsize::new(0),
+            accepted_spans: AtomicUsize::new(0),
+            keep: std::sync::atomic::AtomicBool::new(true),
         });
         let (stop, stopped) = oneshot::channel();
         let task = match protocol {
@@ -639,6 +651,17 @@ impl OtlpReceiver {
     /// Wait this long before answering each request (to provoke client timeouts).
     pub fn set_response_delay(&self, delay: Duration) {
         *lock(&self.state.delay) = delay;
+    }
+
+    /// From now on, count requests and spans without keeping them (long load runs, where
+    /// keeping every span would cost more memory than the run is about).
+    pub fn forget_bodies(&self) {
+        self.state.keep.store(false, Ordering::SeqCst);
+    }
+
+    /// Spans in the requests accepted so far (fully or partially), kept or not.
+    pub fn accepted_span_count(&self) -> usize {
+        self.state.accepted_spans.load(Ordering::SeqCst)
     }
 
     /// Number of export requests received, whatever the reply.

@@ -11,7 +11,8 @@ use std::{
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use socktrace_tests::{
     harness::{
-        Agent, ChildGuard, PyServer, curl, exact, peer, python, require_root, temp_file, wait_line,
+        Agent, ChildGuard, PyServer, curl, exact, loaded_programs, peer, python, require_root,
+        temp_file, wait_line,
     },
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
 };
@@ -501,12 +502,9 @@ fn pid_and_exe_filters_select_processes_in_the_kernel() {
 fn killing_the_agent_leaves_nothing_attached() {
     require_root();
     let ours = || {
-        let out = Command::new("bpftool")
-            .args(["prog", "show"])
-            .output()
-            .expect("bpftool must be installed (cargo xtask test installs it)");
-        String::from_utf8_lossy(&out.stdout)
-            .matches("name sys_enter_sendf")
+        loaded_programs()
+            .iter()
+            .filter(|p| *p == "sys_enter_sendf")
             .count()
     };
     let before = ours();

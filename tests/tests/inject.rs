@@ -18,7 +18,7 @@ use std::{
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
-    harness::{Agent, ChildGuard, exact, of_kind, peer, require_root, wait_line},
+    harness::{Agent, ChildGuard, exact, loaded_programs, of_kind, peer, require_root, wait_line},
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan, hex},
 };
 
@@ -901,15 +901,7 @@ fn without_a_cgroup2_mount_the_agent_mounts_one_of_its_own() {
 #[test]
 fn killing_the_agent_detaches_the_injection() {
     require_root();
-    let count = |name: &str| {
-        let out = Command::new("bpftool")
-            .args(["prog", "show"])
-            .output()
-            .expect("bpftool must be installed (cargo xtask test installs it)");
-        String::from_utf8_lossy(&out.stdout)
-            .matches(&format!("name {name} "))
-            .count()
-    };
+    let count = |name: &str| loaded_programs().iter().filter(|p| *p == name).count();
     let before = (count("inject_sockops"), count("inject_http"));
     let mut agent = Agent::start(&["--port", "1"]);
     assert!(

@@ -12,46 +12,14 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
     harness::{
         Agent, PyServer, curl, exact, final_counters, free_port, proc_status_kib, require_root,
+        signal, wait_until_stable,
     },
+    load::fd_count,
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
 };
 
 /// Requests sent while the agent does not read its ring buffer.
 const BURST: usize = 300;
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: signalling a child process of this test.
-    let rc = unsafe { libc::kill(pid as i32, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig})");
-}
-
-/// Waits until `/metrics` shows `name` unchanged for a second (counts, not timing: the
-/// deadline is generous).
-fn wait_until_stable(health: &str, name: &str) {
-    let read = || {
-        curl(&[&format!("http://{health}/metrics")])
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = read();
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        let now = read();
-        if now == last {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} still moving: {now}");
-        last = now;
-    }
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fd dir")
-        .count()
-}
 
 /// The `/item/{i}` index of a span, checking everything the peer's answer fixes: a wrong
 /// pairing of request and response would show as a body size that is not `i + 1`.
@@ -180,7 +148,7 @@ fn churn_of_short_connections_and_processes_leaks_nothing() {
     let mut agent = Agent::start(&["--otlp-endpoint", &endpoint, "--port", &port]);
     curl(&[&server.url("/item/0")]);
     exact(&receiver, 1, 1);
-    let (fds_before, rss_before) = (open_fds(agent.pid()), proc_status_kib(agent.pid(), "VmRSS"));
+    let (fds_before, rss_before) = (fd_count(agent.pid()), proc_status_kib(agent.pid(), "VmRSS"));
 
     // One connection per request, closed at once.
     let client = r#"
@@ -218,7 +186,7 @@ for i in range(1, n + 1):
         let items: BTreeSet<usize> = spans.iter().map(|s| check_item(s, server.port)).collect();
         assert_eq!(items, (0..total).collect::<BTreeSet<_>>());
     }
-    let (fds_after, rss_after) = (open_fds(agent.pid()), proc_status_kib(agent.pid(), "VmRSS"));
+    let (fds_after, rss_after) = (fd_count(agent.pid()), proc_status_kib(agent.pid(), "VmRSS"));
     assert_eq!(fds_after, fds_before, "file descriptors of the agent");
     assert!(
         rss_after < rss_before + 64 * 1024,

@@ -306,7 +306,7 @@ fn find_deb(dir: &Path, package: &str) -> anyhow::Result<Option<PathBuf>> {
 /// every program's budget on its kernel. Optional: without it the report has the agent's
 /// results only.
 fn build_verifier(root: &Path) -> Option<PathBuf> {
-    match crate::build_verifier(root) {
+    match crate::build_runner(root, "verifier") {
         Ok(bin) => Some(bin),
         Err(e) => {
             eprintln!("xtask: warning: no verifier diagnosis in the guests: {e:#}");

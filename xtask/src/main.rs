@@ -10,7 +10,6 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
-mod bench;
 mod kernels;
 #[path = "../../ebpf/toolchain.rs"]
 mod toolchain;
@@ -58,6 +57,23 @@ enum Task {
         /// (after a change to the kernel programs or the pinned toolchain).
         #[arg(long)]
         record: bool,
+    },
+    /// What socktrace does under stress, measured with the real agent on real programs: a long
+    /// collector outage, ring-buffer overload (latency against untraced), minutes of connection
+    /// and process churn, SIGKILL and restart, and every parser fuzzed for a number of runs.
+    /// Writes target/soak/report.md (with `--record`, also the README's reliability table).
+    /// About 25 minutes with the defaults; not part of `test`. Needs root.
+    Soak {
+        /// libFuzzer runs per parser (0 skips fuzzing).
+        #[arg(long, default_value_t = 10_000_000)]
+        fuzz_runs: u64,
+        /// Write the report into the README's reliability table.
+        #[arg(long)]
+        record: bool,
+        /// Passed to the soak runner (`--outage-seconds`, `--churn-seconds`, `--kills`,
+        /// `--only outage,overload,churn,kill`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Boot the built agent under qemu on each supported kernel (Debian's 6.1 and 6.12 kernel
     /// packages and this machine's), load every program, run a smoke test (curl against a
@@ -239,13 +255,13 @@ fn setup(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replaces what `docs/kernels.md` holds between `<!-- NAME -->` and `<!-- /NAME -->`.
-fn replace_marked(root: &Path, name: &str, content: &str) -> anyhow::Result<()> {
-    let doc = root.join("docs/kernels.md");
+/// Replaces what `file` holds between `<!-- NAME -->` and `<!-- /NAME -->`.
+fn replace_marked(root: &Path, file: &str, name: &str, content: &str) -> anyhow::Result<()> {
+    let doc = root.join(file);
     let text = std::fs::read_to_string(&doc)?;
     let (begin, end) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
     let (Some(a), Some(b)) = (text.find(&begin), text.find(&end)) else {
-        bail!("docs/kernels.md has no {begin} ... {end} section");
+        bail!("{file} has no {begin} ... {end} section");
     };
     let new = format!("{}{begin}\n{content}{}", &text[..a], &text[b..]);
     std::fs::write(&doc, new)?;
@@ -253,22 +269,17 @@ fn replace_marked(root: &Path, name: &str, content: &str) -> anyhow::Result<()> 
 }
 
 /// Builds the verifier budget binary (`tests/src/bin/verifier.rs`) and returns its path.
-fn build_verifier(root: &Path) -> anyhow::Result<PathBuf> {
-    run(cargo(root).args([
-        "build",
-        "--release",
-        "-p",
-        "socktrace-tests",
-        "--bin",
-        "verifier",
-    ]))?;
-    Ok(root.join("target/release/verifier"))
+/// Builds a runner of the tests crate (`tests/src/bin/NAME.rs`), which shares the integration
+/// tests' harness: the agent, real peers, the OTLP receiver.
+fn build_runner(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    run(cargo(root).args(["build", "--release", "-p", "socktrace-tests", "--bin", name]))?;
+    Ok(root.join("target/release").join(name))
 }
 
 /// Runs the verifier budget (`tests/src/bin/verifier.rs`); with `record`, stores the object
 /// hash and writes the table into docs/kernels.md.
 fn verifier(root: &Path, record: bool) -> anyhow::Result<()> {
-    let bin = build_verifier(root)?;
+    let bin = build_runner(root, "verifier")?;
     let table = root.join("target/verifier.md");
     let mut cmd = Command::new(bin);
     cmd.arg("--markdown")
@@ -280,7 +291,12 @@ fn verifier(root: &Path, record: bool) -> anyhow::Result<()> {
     }
     run(&mut cmd)?;
     if record {
-        replace_marked(root, "verifier-table", &std::fs::read_to_string(&table)?)?;
+        replace_marked(
+            root,
+            "docs/kernels.md",
+            "verifier-table",
+            &std::fs::read_to_string(&table)?,
+        )?;
         eprintln!("xtask: recorded the object hash and the table in docs/kernels.md");
     }
     Ok(())
@@ -326,19 +342,70 @@ fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(root.join("target/release/socktrace"))
 }
 
-fn fuzz(root: &Path, seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
+/// The fuzz targets (`cargo fuzz list`), installing cargo-fuzz where it is missing.
+fn fuzz_targets(root: &Path) -> anyhow::Result<Vec<String>> {
     if output_ok(Command::new("cargo").args(["+nightly", "fuzz", "--version"])).is_none() {
         run(Command::new("cargo").args(["+nightly", "install", "cargo-fuzz", "--locked"]))?;
     }
-    let fuzz_dir = root.join("fuzz");
-    let list = output_ok(cargo(&fuzz_dir).args(["+nightly", "fuzz", "list"]))
+    let list = output_ok(cargo(&root.join("fuzz")).args(["+nightly", "fuzz", "list"]))
         .context("listing fuzz targets")?;
-    for target in list.lines().map(str::trim).filter(|t| !t.is_empty()) {
+    Ok(list
+        .lines()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Runs every fuzz target for `runs` executions; a markdown table of what each did. A crash
+/// fails the task (cargo-fuzz keeps the input under fuzz/artifacts).
+fn fuzz_runs_table(root: &Path, runs: u64) -> anyhow::Result<String> {
+    let mut table =
+        "| parser (fuzz target) | executions | seconds | result |\n|---|---|---|---|\n".to_owned();
+    for target in fuzz_targets(root)? {
+        eprintln!("xtask: fuzzing {target} for {runs} runs");
+        let out = cargo(&root.join("fuzz"))
+            .args(["+nightly", "fuzz", "run", &target, "--"])
+            .arg(format!("-runs={runs}"))
+            .env("AYA_BUILD_SKIP", "1")
+            .stdout(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("fuzzing {target}"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            bail!(
+                "fuzz target {target} failed:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        // libFuzzer's last words: "Done 10000000 runs in 57 second(s)".
+        let (done, secs) = log
+            .lines()
+            .find_map(|l| {
+                let rest = l.strip_prefix("Done ")?;
+                let (n, rest) = rest.split_once(" runs in ")?;
+                Some((
+                    n.parse::<u64>().ok()?,
+                    rest.split_whitespace().next()?.to_owned(),
+                ))
+            })
+            .with_context(|| format!("no run count in {target}'s output"))?;
+        table.push_str(&format!(
+            "| {target} | {done} | {secs} | no crash, no leak, no timeout |\n"
+        ));
+    }
+    Ok(table)
+}
+
+fn fuzz(root: &Path, seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
+    let fuzz_dir = root.join("fuzz");
+    for target in fuzz_targets(root)? {
         if only.is_some_and(|o| o != target) {
             continue;
         }
         run(cargo(&fuzz_dir)
-            .args(["+nightly", "fuzz", "run", target, "--"])
+            .args(["+nightly", "fuzz", "run", &target, "--"])
             .arg(format!("-max_total_time={seconds}"))
             .env("AYA_BUILD_SKIP", "1"))?;
     }
@@ -394,13 +461,56 @@ fn main() -> anyhow::Result<()> {
             setup(&root)?;
             apt_install(APT_BENCH)?;
             let bin = build_release(&root)?;
-            bench::bench(&root, &bin, rounds.max(1), seconds.max(1))
+            run(Command::new(build_runner(&root, "bench")?)
+                .args([
+                    "--rounds",
+                    &rounds.to_string(),
+                    "--seconds",
+                    &seconds.to_string(),
+                ])
+                .env("SOCKTRACE_BIN", &bin))
+        }
+        Task::Soak {
+            fuzz_runs,
+            record,
+            args,
+        } => {
+            setup(&root)?;
+            apt_install(APT_TEST)?;
+            apt_install(APT_BENCH)?;
+            let python = python_env(&root)?;
+            let bin = build_release(&root)?;
+            let soak = build_runner(&root, "soak")?;
+            let mut cmd = Command::new(soak);
+            if fuzz_runs > 0 {
+                let table = root.join("target/soak/fuzz.md");
+                std::fs::create_dir_all(root.join("target/soak"))?;
+                std::fs::write(&table, fuzz_runs_table(&root, fuzz_runs)?)?;
+                cmd.arg("--fuzz-table").arg(table);
+            }
+            run(cmd
+                .args(&args)
+                .env("SOCKTRACE_BIN", &bin)
+                .env("SOCKTRACE_PYTHON", &python))?;
+            if record {
+                let report = std::fs::read_to_string(root.join("target/soak/report.md"))?;
+                // The README takes the tables, not the report's title.
+                let body = report.split_once("\n\n").map_or(&*report, |(_, rest)| rest);
+                replace_marked(
+                    &root,
+                    "README.md",
+                    "reliability-table",
+                    &format!("{}\n", body.trim_end()),
+                )?;
+                eprintln!("xtask: recorded the soak report in the README");
+            }
+            Ok(())
         }
         Task::Kernels => {
             setup(&root)?;
             let bin = build_release(&root)?;
             kernels::kernels(&root, &bin, |table| {
-                replace_marked(&root, "kernel-table", table)
+                replace_marked(&root, "docs/kernels.md", "kernel-table", table)
             })
         }
         Task::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref()),

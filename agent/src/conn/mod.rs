@@ -62,6 +62,10 @@ crate::counters! {
     pub struct ConnStats {
         /// Connections the table started tracking.
         opened,
+        /// Of those, connections the kernel did not see established: open before the agent
+        /// started (or their state change was missed). Their addresses are read from /proc and
+        /// their requests are traced from the first one seen.
+        found_open,
         /// Connections whose close the kernel reported.
         closed,
         /// Connections evicted from a full table (the least recently active).

@@ -367,7 +367,10 @@ impl ConnTable {
             (local, peer, role)
         } else {
             match resolver.resolve(ev.pid, ev.fd) {
-                Some(r) => (r.local, r.peer, r.role),
+                Some(r) => {
+                    self.stats.found_open += 1;
+                    (r.local, r.peer, r.role)
+                }
                 None => {
                     // Without an address the span would be wrong; count and skip this
                     // connection until its next event (the process may have exited).

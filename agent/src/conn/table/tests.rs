@@ -26,6 +26,44 @@ impl Resolver for NoResolver {
     }
 }
 
+/// Answers like /proc for a connection open before the agent: a server socket.
+struct OpenBefore;
+impl Resolver for OpenBefore {
+    fn resolve(&mut self, _: u32, _: u32) -> Option<Resolved> {
+        Some(Resolved {
+            local: "10.0.0.2:80".parse().expect("addr"),
+            peer: "10.0.0.1:40000".parse().expect("addr"),
+            role: Some(crate::conn::Role::Server),
+        })
+    }
+}
+
+#[test]
+fn a_connection_open_before_the_agent_is_traced_and_counted_as_found_open() {
+    let mut t = table();
+    let mut out = Vec::new();
+    let req = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let unknown = ConnTuple::default();
+    let mut ev = event(7, 100, 9, DIR_INGRESS, ROLE_SERVER, unknown, req.len());
+    ev.tuple_known = 0;
+    t.on_data(&ev, req, &[], &mut NoResolver, &mut out);
+    // Without addresses there is no connection yet, and it is counted.
+    assert_eq!((t.stats.opened, t.stats.unresolved), (0, 1));
+    t.on_data(&ev, req, &[], &mut OpenBefore, &mut out);
+    let mut ev = event(7, 200, 9, DIR_EGRESS, ROLE_SERVER, unknown, resp.len());
+    ev.tuple_known = 0;
+    t.on_data(&ev, resp, &[], &mut OpenBefore, &mut out);
+    assert_eq!((t.stats.opened, t.stats.found_open), (1, 1));
+    assert_eq!(out.len(), 1, "one exchange");
+    assert_eq!(out[0].peer, "10.0.0.1:40000".parse().expect("addr"));
+    // A connection the kernel saw established is not counted.
+    let tp = tuple([10, 0, 0, 1], 40001, [10, 0, 0, 2], 80);
+    let ev = event(8, 300, 9, DIR_EGRESS, ROLE_CLIENT, tp, req.len());
+    t.on_data(&ev, req, &[], &mut NoResolver, &mut out);
+    assert_eq!((t.stats.opened, t.stats.found_open), (2, 1));
+}
+
 fn tuple(local: [u8; 4], lport: u16, peer: [u8; 4], pport: u16) -> ConnTuple {
     let mut t = ConnTuple {
         sport: lport,

@@ -1,0 +1,239 @@
+//! Load for the benchmark and the soak run: nginx answering a small response, driven by `wrk`,
+//! and readings of a process's CPU time and memory. Results are compared as ratios of runs made
+//! side by side on this machine, never against absolute times.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A child stopped on drop: SIGTERM first (nginx's master then stops its workers; SIGKILL would
+/// orphan them), SIGKILL if it is still there after 5 s.
+pub struct Stopped(pub Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx with one worker on 127.0.0.1, answering every request with 200 and a 17-byte body;
+/// its files live in a directory of its own, removed on drop.
+pub struct Nginx {
+    pub port: u16,
+    child: Option<Stopped>,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(port: u16) -> Result<Self, String> {
+        let dir =
+            std::env::temp_dir().join(format!("socktrace-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log stderr error;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{ return 200 \"hello from nginx\\n\"; }}\n  }}\n}}\n",
+            d = dir.display()
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).map_err(|e| format!("{}: {e}", path.display()))?;
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting /usr/sbin/nginx (is nginx installed?): {e}"))?;
+        let nginx = Self {
+            port,
+            child: Some(Stopped(child)),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("nginx did not listen on {port}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(nginx)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        drop(self.child.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What one `wrk --latency` run measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Wrk {
+    pub rps: f64,
+    pub requests: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Socket errors and non-2xx answers.
+    pub errors: u64,
+}
+
+fn latency_us(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+    let num: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => num,
+        "ms" => num * 1e3,
+        "s" => num * 1e6,
+        _ => return None,
+    })
+}
+
+/// Parses `wrk --latency` output.
+pub fn parse_wrk(out: &str) -> Result<Wrk, String> {
+    let line = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+    };
+    let rps = line("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .ok_or("no Requests/sec in wrk output")?;
+    let p50_us = line("50%")
+        .and_then(latency_us)
+        .ok_or("no 50% latency in wrk output")?;
+    let p99_us = line("99%")
+        .and_then(latency_us)
+        .ok_or("no 99% latency in wrk output")?;
+    // "  123456 requests in 10.00s, 17.66MB read"
+    let requests = out
+        .lines()
+        .find_map(|l| {
+            let (n, rest) = l.trim().split_once(' ')?;
+            rest.starts_with("requests in").then(|| n.parse().ok())?
+        })
+        .ok_or("no request count in wrk output")?;
+    // "  Socket errors: connect 0, read 0, write 0, timeout 0" and "  Non-2xx or 3xx responses: 5"
+    let mut errors = 0;
+    if let Some(s) = line("Socket errors:") {
+        errors += s
+            .split(',')
+            .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    if let Some(n) = line("Non-2xx or 3xx responses:").and_then(|v| v.parse::<u64>().ok()) {
+        errors += n;
+    }
+    Ok(Wrk {
+        rps,
+        requests,
+        p50_us,
+        p99_us,
+        errors,
+    })
+}
+
+/// Runs `wrk --latency` with `connections` connections on one thread against `url`, with
+/// extra `-H` headers.
+pub fn wrk(url: &str, seconds: u64, connections: u32, headers: &[&str]) -> Result<Wrk, String> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .map_err(|e| format!("running wrk (is it installed?): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "wrk failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// utime + stime of a process, in clock ticks (0 once it is gone).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s[s.rfind(')')? + 1..].to_owned();
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// The median of `v` (the upper one for an even count); 0 for none.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The directory of reports (`target/<name>` in the workspace).
+pub fn report_dir(name: &str) -> PathBuf {
+    crate::harness::workspace().join("target").join(name)
+}
+
+/// Writes `text` to `dir/report.md` and prints it.
+pub fn write_report(dir: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("report.md"), text)?;
+    println!("{text}");
+    eprintln!("report written to {}", dir.join("report.md").display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_output() {
+        let out = "Running 2s test @ http://127.0.0.1:1/\n  Latency Distribution\n     50%  120.00us\n\
+                   \x20    75%  200.00us\n     99%    1.50ms\n  90246 requests in 2.00s, 12.1MB read\n\
+                   \x20 Socket errors: connect 0, read 3, write 0, timeout 2\n\
+                   \x20 Non-2xx or 3xx responses: 4\nRequests/sec:  45123.45\nTransfer/sec: 5MB\n";
+        let w = parse_wrk(out).unwrap();
+        assert!((w.rps - 45123.45).abs() < 1e-6);
+        assert!((w.p50_us - 120.0).abs() < 1e-6);
+        assert!((w.p99_us - 1500.0).abs() < 1e-6);
+        assert_eq!(w.requests, 90246);
+        assert_eq!(w.errors, 9);
+        assert!(parse_wrk("Requests/sec: 1\n").is_err());
+    }
+}
