@@ -195,6 +195,89 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
+/// Run time statistics of one loaded eBPF program (`kernel.bpf_stats_enabled`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgStats {
+    pub id: u32,
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+/// Parses `bpftool prog show` output: each program's first line is
+/// `ID: TYPE  name NAME  tag ...  [run_time_ns N run_cnt N]`.
+pub fn parse_prog_stats(out: &str) -> Vec<ProgStats> {
+    out.lines()
+        .filter_map(|l| {
+            let (id, rest) = l.split_once(':')?;
+            let id = id.trim().parse().ok()?;
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let after = |key: &str| {
+                let i = words.iter().position(|w| *w == key)?;
+                words.get(i + 1).copied()
+            };
+            Some(ProgStats {
+                id,
+                name: after("name")?.to_owned(),
+                run_time_ns: after("run_time_ns")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                run_cnt: after("run_cnt").and_then(|v| v.parse().ok()).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// Every loaded program's run time statistics now.
+pub fn prog_stats() -> Vec<ProgStats> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    parse_prog_stats(&out)
+}
+
+/// Turns the kernel's per-program run time statistics on (they cost a clock read per run)
+/// until dropped, restoring what was set before.
+pub struct BpfStats {
+    before: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    pub fn enable() -> std::io::Result<Self> {
+        let before = std::fs::read_to_string(BPF_STATS)?.trim().to_owned();
+        std::fs::write(BPF_STATS, "1")?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.before);
+    }
+}
+
+/// What each program (by name) ran between two readings: (runs, nanoseconds), busiest first.
+pub fn prog_delta(before: &[ProgStats], after: &[ProgStats]) -> Vec<(String, u64, u64)> {
+    let mut by_name: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for a in after {
+        let b = before.iter().find(|b| b.id == a.id);
+        let runs = a.run_cnt - b.map_or(0, |b| b.run_cnt.min(a.run_cnt));
+        let ns = a.run_time_ns - b.map_or(0, |b| b.run_time_ns.min(a.run_time_ns));
+        if runs > 0 {
+            let e = by_name.entry(a.name.clone()).or_default();
+            e.0 += runs;
+            e.1 += ns;
+        }
+    }
+    let mut v: Vec<(String, u64, u64)> = by_name.into_iter().map(|(n, (r, t))| (n, r, t)).collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.2));
+    v
+}
+
 /// The median of `v` (the upper one for an even count); 0 for none.
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -235,5 +318,42 @@ mod tests {
         assert_eq!(w.requests, 90246);
         assert_eq!(w.errors, 9);
         assert!(parse_wrk("Requests/sec: 1\n").is_err());
+    }
+
+    #[test]
+    fn parses_program_statistics_and_their_difference() {
+        let out = "785: tracepoint  name sys_exit_read  tag 92d4b670b25a1111  gpl run_time_ns 5000 run_cnt 10\n\
+                   \tloaded_at 2026-12-07T01:26:50+0000  uid 0\n\
+                   786: tracepoint  name sock_send_length  tag ac668c071af81c4f  gpl\n";
+        let before = parse_prog_stats(out);
+        assert_eq!(
+            before,
+            vec![
+                ProgStats {
+                    id: 785,
+                    name: "sys_exit_read".into(),
+                    run_time_ns: 5000,
+                    run_cnt: 10
+                },
+                ProgStats {
+                    id: 786,
+                    name: "sock_send_length".into(),
+                    run_time_ns: 0,
+                    run_cnt: 0
+                },
+            ]
+        );
+        let mut after = before.clone();
+        after[0].run_time_ns = 9000;
+        after[0].run_cnt = 14;
+        after[1].run_time_ns = 300;
+        after[1].run_cnt = 3;
+        assert_eq!(
+            prog_delta(&before, &after),
+            vec![
+                ("sys_exit_read".to_owned(), 4, 4000),
+                ("sock_send_length".to_owned(), 3, 300)
+            ]
+        );
     }
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 use clap::Parser;
 use socktrace_tests::{
     harness::{Agent, final_counters, free_port, proc_status_kib},
-    load::{Nginx, cpu_ticks, median, report_dir, write_report, wrk},
+    load::{
+        BpfStats, Nginx, cpu_ticks, median, prog_delta, prog_stats, report_dir, write_report, wrk,
+    },
     otlp_receiver::{OtlpReceiver, Protocol},
 };
 
@@ -77,6 +79,53 @@ fn run_with_agent(nginx: &Nginx, sink: &str, seconds: u64) -> Result<AgentRun, S
     })
 }
 
+/// One more agent round with the kernel's per-program statistics on (they add a clock read to
+/// every run, so this round's throughput is not used): where the kernel time goes, per request.
+fn profile(nginx: &Nginx, sink: &str, seconds: u64) -> Result<String, String> {
+    let _stats = BpfStats::enable().map_err(|e| format!("kernel.bpf_stats_enabled: {e}"))?;
+    let mut agent = Agent::start(&[
+        "--exe",
+        "nginx",
+        "--otlp-protocol",
+        "http/protobuf",
+        "--otlp-endpoint",
+        sink,
+    ]);
+    let before = prog_stats();
+    let run = wrk(&nginx.url(), seconds, 16, &[])?;
+    let after = prog_stats();
+    agent.stop();
+    let records = final_counters(&agent.stderr(), "pipeline")
+        .get("records")
+        .copied()
+        .unwrap_or(0);
+    let per_req = |v: u64| v as f64 / run.requests.max(1) as f64;
+    let mut table = String::from(
+        "| kernel program | runs per request | ns per run | ns per request |\n|---|---|---|---|\n",
+    );
+    let mut total = 0.0;
+    for (name, runs, ns) in prog_delta(&before, &after) {
+        total += per_req(ns);
+        table.push_str(&format!(
+            "| `{name}` | {:.2} | {:.0} | {:.0} |\n",
+            per_req(runs),
+            ns as f64 / runs as f64,
+            per_req(ns)
+        ));
+    }
+    table.push_str(&format!("| **all** | | | **{total:.0}** |\n"));
+    Ok(format!(
+        "## Where the kernel time goes\n\nOne more round of {seconds} s with \
+         `kernel.bpf_stats_enabled=1` ({} requests at {:.0} req/s; not used for the ratios above, \
+         the statistics cost a clock read per run). Both sides (nginx and wrk) run on this host, \
+         so a request is traced twice: once in each process. Ring-buffer records per request: \
+         {:.2}.\n\n{table}",
+        run.requests,
+        run.rps,
+        per_req(records)
+    ))
+}
+
 fn main() -> Result<(), String> {
     let Args { rounds, seconds } = Args::parse();
     let (rounds, seconds) = (rounds.max(1), seconds.max(1));
@@ -133,5 +182,6 @@ fn main() -> Result<(), String> {
         rss as f64 / 1024.0,
         if load_max <= 2.0 { "within" } else { "OVER" },
     );
-    write_report(&report_dir("bench"), &report).map_err(|e| e.to_string())
+    let profile = profile(&nginx, &sink.endpoint(), seconds)?;
+    write_report(&report_dir("bench"), &format!("{report}\n{profile}")).map_err(|e| e.to_string())
 }

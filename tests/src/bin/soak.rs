@@ -569,15 +569,15 @@ fn kill(r: &mut Report, kills: usize) {
     let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
     let server = PyServer::start(&[("OTEL_SERVICE_NAME", "soak-server")]);
     let port = server.port.to_string();
-    let seconds = kills as u64 * 5 + 20;
     let mut child = Command::new("python3")
         .arg(peer("echo_client.py"))
-        .args([&port, &seconds.to_string()])
+        .args([&port, "3600"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3");
     let mut out = BufReader::new(child.stdout.take().expect("piped"));
-    let client = ChildGuard::new("echo_client.py", child);
+    let mut client = ChildGuard::new("echo_client.py", child);
     let kept: i64 = wait_line(&mut out, "KEPT ", Duration::from_secs(20))
         .parse()
         .expect("port of the kept connection");
@@ -640,6 +640,8 @@ fn kill(r: &mut Report, kills: usize) {
         on_kept > 0 && counter(&counters, "conns.found_open") > 0,
     );
 
+    // Closing its stdin ends the client; it then prints its summary.
+    drop(client.child.stdin.take());
     let lines: Vec<String> = out.lines().map_while(Result::ok).collect();
     drop(client);
     let summary = lines
