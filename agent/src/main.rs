@@ -296,10 +296,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })?;
     eprintln!("socktrace: stopping: flushing spans and detaching probes");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    if capture.join().is_err() {
+    let stopped = capture.join();
+    if stopped.is_err() {
         eprintln!("socktrace: the capture thread panicked");
     }
     runtime.block_on(exporter.shutdown());
+    // After the exporter's flush, so that the export counters are final.
+    if let Ok(stopped) = stopped {
+        stopped.report();
+    }
     drop(probes);
     Ok(())
 }

@@ -269,6 +269,8 @@ impl Pipeline {
 /// Runs the capture loop until `stop` is set; reports counters every `stats_interval`; beats
 /// `health` once per poll (at least every 20 ms) so that `/healthz` can tell a stalled loop;
 /// publishes the counters each second to `published` when there is a reader (`/metrics`).
+/// Returns once everything captured is handed to the exporter; the caller reports the final
+/// counters ([`Stopped::report`]) after shutting the exporter down.
 pub fn run(
     mut reader: EventReader,
     mut pipeline: Pipeline,
@@ -277,7 +279,7 @@ pub fn run(
     stats_interval: Option<Duration>,
     health: Health,
     published: Option<Published>,
-) {
+) -> Stopped {
     const POLL_MS: i32 = 20;
     let mut last_tick = Instant::now();
     let mut last_report = Instant::now();
@@ -320,9 +322,35 @@ pub fn run(
     pipeline.tick();
     pipeline.release_held();
     pipeline.flush();
-    let last = pipeline.snapshot(&kernel.read());
-    tracing::info!("final counters: {}", last.line());
-    if let Some(p) = &published {
-        p.publish(last);
+    Stopped {
+        pipeline,
+        kernel,
+        published,
+    }
+}
+
+/// The capture loop once it stopped and handed everything to the exporter: reports the final
+/// counters when the exporter is done too.
+pub struct Stopped {
+    pipeline: Pipeline,
+    kernel: KernelStats,
+    published: Option<Published>,
+}
+
+impl Stopped {
+    /// The counters now; final once the exporter has shut down.
+    pub fn snapshot(&self) -> Snapshot {
+        self.pipeline.snapshot(&self.kernel.read())
+    }
+
+    /// Logs (`final counters: ...`) and publishes the counters. Call it after
+    /// [`ExporterHandle::shutdown`]: the flush at shutdown (the batch in flight, what is still
+    /// queued) moves spans from pending to exported or failed, and the line must say so.
+    pub fn report(self) {
+        let last = self.snapshot();
+        tracing::info!("final counters: {}", last.line());
+        if let Some(p) = &self.published {
+            p.publish(last);
+        }
     }
 }

@@ -31,6 +31,7 @@ use std::{
     convert::Infallible,
     fmt,
     net::SocketAddr,
+    os::fd::AsRawFd as _,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering},
@@ -52,7 +53,11 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind, status::StatusCode as SpanStatusCode},
 };
 use prost::Message as _;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinSet};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Notify, oneshot},
+    task::JoinSet,
+};
 /// gRPC status codes, for [`Reply::Error`].
 pub use tonic::Code;
 
@@ -89,6 +94,10 @@ pub enum Reply {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// No answer: the connection the request came on is closed abruptly (`SO_LINGER` 0, so
+    /// the client sees a TCP RST), after the request was read and recorded. The spans do not
+    /// count as received. A gRPC connection's other streams are cut too.
+    Reset,
 }
 
 impl Reply {
@@ -125,7 +134,7 @@ impl Reply {
 
     /// Whether the data counts as received (`Accept` or `PartialSuccess`).
     pub fn is_accept(&self) -> bool {
-        !matches!(self, Self::Error { .. })
+        !matches!(self, Self::Error { .. } | Self::Reset)
     }
 }
 
@@ -143,6 +152,10 @@ pub struct ReceivedRequest {
     pub decode_error: Option<String>,
     /// What the receiver answered.
     pub reply: Reply,
+    /// How long the receiver waited before answering ([`OtlpReceiver::set_response_delay`] when
+    /// the request arrived). A client whose timeout is shorter gave up on the request, yet an
+    /// `Accept` reply still counts its spans as received: the receiver cannot tell.
+    pub delay: Duration,
     /// When the request (body included) had arrived.
     pub received_at: Instant,
 }
@@ -791,6 +804,8 @@ impl Drop for OtlpReceiver {
 
 struct GrpcService {
     state: Arc<State>,
+    /// Notified to close the connection this service instance serves ([`Reply::Reset`]).
+    reset: Arc<Notify>,
 }
 
 #[tonic::async_trait]
@@ -813,6 +828,7 @@ impl TraceService for GrpcService {
             .collect();
         let body = request.into_inner();
         let reply = self.state.next_reply();
+        let delay = self.state.delay();
         self.state.record(ReceivedRequest {
             path: GRPC_EXPORT_PATH.to_owned(),
             method: "POST".to_owned(),
@@ -820,13 +836,18 @@ impl TraceService for GrpcService {
             body,
             decode_error: None,
             reply: reply.clone(),
+            delay,
             received_at: Instant::now(),
         });
-        let delay = self.state.delay();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         match reply {
+            Reply::Reset => {
+                // The connection task drops the connection; this stream never answers.
+                self.reset.notify_one();
+                std::future::pending().await
+            }
             Reply::Accept => Ok(tonic::Response::new(ExportTraceServiceResponse::default())),
             Reply::PartialSuccess {
                 rejected_spans,
@@ -858,7 +879,6 @@ impl TraceService for GrpcService {
 /// closes its connections at once, like a collector that goes away: tonic's server would shut
 /// them down gracefully and keep answering what the client sends meanwhile.
 async fn serve_grpc(listener: TcpListener, state: Arc<State>, mut stopped: oneshot::Receiver<()>) {
-    let service = TraceServiceServer::new(GrpcService { state });
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -867,16 +887,53 @@ async fn serve_grpc(listener: TcpListener, state: Arc<State>, mut stopped: onesh
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let service = service.clone();
-        connections.spawn(async move {
+        let reset = Arc::new(Notify::new());
+        let service = TraceServiceServer::new(GrpcService {
+            state: state.clone(),
+            reset: reset.clone(),
+        });
+        connections.spawn(serve_until_reset(stream, reset, move |io| async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let mut service = service.clone();
                 async move { tonic::codegen::Service::call(&mut service, req).await }
             });
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection(io, svc)
                 .await;
-        });
+        }));
+    }
+}
+
+/// Serves one connection with `serve` until it ends, or until `reset` is notified: then the
+/// socket gets `SO_LINGER` 0 and is closed at once, so the peer sees a TCP RST (not a FIN after
+/// a response), like a collector process that crashed or a middlebox that cut the connection.
+async fn serve_until_reset<F: Future<Output = ()>>(
+    stream: TcpStream,
+    reset: Arc<Notify>,
+    serve: impl FnOnce(TokioIo<TcpStream>) -> F,
+) {
+    let fd = stream.as_raw_fd();
+    // Pinned here, not moved into `select!` (which drops its futures before running the
+    // branch): the socket must stay open until `SO_LINGER` is set.
+    let serving = serve(TokioIo::new(stream));
+    tokio::pin!(serving);
+    tokio::select! {
+        () = &mut serving => {}
+        () = reset.notified() => {
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: `fd` is the socket `serving` owns, still open here: it is closed when
+            // `serving` is dropped, after this call. The option value is a valid `linger`.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+        }
     }
 }
 
@@ -894,12 +951,14 @@ async fn serve_http(listener: TcpListener, state: Arc<State>, mut stopped: onesh
         };
         let Ok((stream, _)) = accepted else { continue };
         let state = state.clone();
-        connections.spawn(async move {
-            let service = service_fn(move |req| handle_http(state.clone(), req));
+        let reset = Arc::new(Notify::new());
+        let notify = reset.clone();
+        connections.spawn(serve_until_reset(stream, reset, move |io| async move {
+            let service = service_fn(move |req| handle_http(state.clone(), notify.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(io, service)
                 .await;
-        });
+        }));
     }
 }
 
@@ -913,6 +972,7 @@ fn http_response(status: u16, content_type: &str, body: Vec<u8>) -> Response<Ful
 
 async fn handle_http(
     state: Arc<State>,
+    reset: Arc<Notify>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
@@ -983,6 +1043,7 @@ async fn handle_http(
             }
         }
     };
+    let delay = state.delay();
     state.record(ReceivedRequest {
         path,
         method,
@@ -990,13 +1051,18 @@ async fn handle_http(
         body: decoded,
         decode_error,
         reply: reply.clone(),
+        delay,
         received_at: Instant::now(),
     });
-    let delay = state.delay();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let response = match reply {
+        Reply::Reset => {
+            // The connection task drops the connection; no response is ever written.
+            reset.notify_one();
+            return std::future::pending().await;
+        }
         Reply::Accept => http_response(
             200,
             "application/x-protobuf",
