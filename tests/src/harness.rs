@@ -450,6 +450,22 @@ pub fn metric(health: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Polls `/metrics` until `name` has `value` (counts, not timing: the deadline is generous).
+pub fn wait_metric(health: &str, name: &str, value: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = metric(health, name);
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {now:?}, expected {value}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits until `/metrics` shows `name` unchanged for a second (counts, not timing: the
 /// deadline is generous).
 pub fn wait_until_stable(health: &str, name: &str) {

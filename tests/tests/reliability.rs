@@ -10,7 +10,10 @@ use std::{
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
-    harness::{Agent, PyServer, curl, exact, final_counters, free_port, of_kind, require_root},
+    harness::{
+        Agent, PyServer, curl, exact, final_counters, free_port, metric, of_kind, require_root,
+        wait_metric,
+    },
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedRequest, ReceivedSpan, Reply},
 };
 
@@ -18,30 +21,6 @@ use socktrace_tests::{
 const REQUESTS: usize = 50;
 /// How long the collector stays down.
 const OUTAGE: Duration = Duration::from_secs(30);
-
-/// A metric of the agent's `/metrics`, if present.
-fn metric(base: &str, name: &str) -> Option<u64> {
-    let text = curl(&[&format!("{base}/metrics")]);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-}
-
-/// Polls `/metrics` until `name` has `value` (counts, not timing: the deadline is generous).
-fn wait_metric(base: &str, name: &str, value: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = metric(base, name);
-        if now == Some(value) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} is {now:?}, expected {value}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// Checks the SERVER spans of requests `/item/{i}`, `i` in `items`, one each, and that each has
 /// its CLIENT span (curl's) as parent, with the attributes of that very request.
@@ -102,7 +81,6 @@ fn collector_down_for_30s_then_every_span_arrives_exactly_once() {
     let port = server.port.to_string();
     let endpoint = receiver.endpoint();
     let health = format!("127.0.0.1:{}", free_port());
-    let base = format!("http://{health}");
     let mut agent = Agent::start_with_env(
         &[
             "--otlp-endpoint",
@@ -131,12 +109,12 @@ fn collector_down_for_30s_then_every_span_arrives_exactly_once() {
         std::thread::sleep(Duration::from_secs(2));
     }
     // Every span is kept in the queue, none dropped or given up, and the agent says it fails.
-    wait_metric(&base, "socktrace_export_pending", 2 * REQUESTS as u64);
-    assert_eq!(metric(&base, "socktrace_export_failing"), Some(1));
-    assert_eq!(metric(&base, "socktrace_export_exported_total"), Some(2));
-    assert_eq!(metric(&base, "socktrace_export_failed_total"), Some(0));
+    wait_metric(&health, "socktrace_export_pending", 2 * REQUESTS as u64);
+    assert_eq!(metric(&health, "socktrace_export_failing"), Some(1));
+    assert_eq!(metric(&health, "socktrace_export_exported_total"), Some(2));
+    assert_eq!(metric(&health, "socktrace_export_failed_total"), Some(0));
     assert_eq!(
-        metric(&base, "socktrace_export_dropped_queue_full_total"),
+        metric(&health, "socktrace_export_dropped_queue_full_total"),
         Some(0)
     );
     if let Some(rest) = OUTAGE.checked_sub(down.elapsed()) {
@@ -180,7 +158,7 @@ struct Rig {
     server: PyServer,
     agent: Agent,
     /// `http://` address of the agent's `/metrics`.
-    base: String,
+    health: String,
 }
 
 impl Rig {
@@ -214,7 +192,7 @@ impl Rig {
             receiver,
             server,
             agent,
-            base: format!("http://{health}"),
+            health: health.clone(),
         }
     }
 
@@ -355,9 +333,12 @@ fn unavailable_then_every_span_arrives_once(protocol: Protocol) {
     rig.receiver.set_default_reply(Reply::unavailable());
     let down = Instant::now();
     rig.traffic(0..15, Duration::from_secs(2));
-    wait_metric(&rig.base, "socktrace_export_pending", 30);
-    assert_eq!(metric(&rig.base, "socktrace_export_failing"), Some(1));
-    assert_eq!(metric(&rig.base, "socktrace_export_failed_total"), Some(0));
+    wait_metric(&rig.health, "socktrace_export_pending", 30);
+    assert_eq!(metric(&rig.health, "socktrace_export_failing"), Some(1));
+    assert_eq!(
+        metric(&rig.health, "socktrace_export_failed_total"),
+        Some(0)
+    );
     if let Some(rest) = UNAVAILABLE_FOR.checked_sub(down.elapsed()) {
         std::thread::sleep(rest);
     }
