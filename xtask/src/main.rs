@@ -364,8 +364,19 @@ fn fuzz_runs_table(root: &Path, runs: u64) -> anyhow::Result<String> {
         "| parser (fuzz target) | executions | seconds | result |\n|---|---|---|---|\n".to_owned();
     for target in fuzz_targets(root)? {
         eprintln!("xtask: fuzzing {target} for {runs} runs");
+        // Without AddressSanitizer: the parsers are safe Rust (no `unsafe`), so what a run
+        // looks for is a panic (debug assertions and overflow checks are on), a timeout or
+        // unbounded memory, and without the sanitizer ten million runs take minutes, not hours.
         let out = cargo(&root.join("fuzz"))
-            .args(["+nightly", "fuzz", "run", &target, "--"])
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                "--sanitizer",
+                "none",
+                &target,
+                "--",
+            ])
             .arg(format!("-runs={runs}"))
             .env("AYA_BUILD_SKIP", "1")
             .stdout(std::process::Stdio::inherit())
@@ -392,7 +403,7 @@ fn fuzz_runs_table(root: &Path, runs: u64) -> anyhow::Result<String> {
             })
             .with_context(|| format!("no run count in {target}'s output"))?;
         table.push_str(&format!(
-            "| {target} | {done} | {secs} | no crash, no leak, no timeout |\n"
+            "| {target} | {done} | {secs} | no panic, no timeout, no out-of-memory |\n"
         ));
     }
     Ok(table)
