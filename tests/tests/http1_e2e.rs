@@ -504,7 +504,7 @@ fn killing_the_agent_leaves_nothing_attached() {
     let ours = || {
         loaded_programs()
             .iter()
-            .filter(|p| *p == "sys_enter_sendf")
+            .filter(|p| *p == "sys_enter_sendfile64")
             .count()
     };
     let before = ours();
