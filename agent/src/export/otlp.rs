@@ -586,8 +586,9 @@ impl OtlpSink {
         } else {
             format!("{dropped} spans dropped because the export queue was full, {failed} given up")
         };
+        let what = self.what();
         tracing::info!(
-            "OTLP export to {} works again: outage of {:.1} s ended after {} failed attempts; {lost}",
+            "{what} to {} works again: outage of {:.1} s ended after {} failed attempts; {lost}",
             self.endpoint,
             outage.since.elapsed().as_secs_f64(),
             outage.attempts,
@@ -607,6 +608,14 @@ impl OtlpSink {
         self.send_payload(payload, n, shutdown).await;
     }
 
+    /// How log lines name this sink's exports.
+    fn what(&self) -> &'static str {
+        match self.signal {
+            Signal::Traces => "OTLP export",
+            Signal::Metrics => "OTLP metrics export",
+        }
+    }
+
     /// What the counters of this sink count.
     fn items(&self) -> &'static str {
         match self.signal {
@@ -618,7 +627,7 @@ impl OtlpSink {
     /// Sends one encoded request holding `n` items (spans or data points), retrying as
     /// [`Self::send`] does.
     pub(crate) async fn send_payload(&mut self, payload: Bytes, n: u64, shutdown: &mut Shutdown) {
-        let items = self.items();
+        let (what, items) = (self.what(), self.items());
         let started = Instant::now();
         let mut attempt: u32 = 1;
         loop {
@@ -635,7 +644,7 @@ impl OtlpSink {
                 Some(r) => r,
                 None if shutdown.deadline_passed() => {
                     tracing::warn!(
-                        "OTLP export to {}: shutdown deadline reached; dropping {n} {items}",
+                        "{what} to {}: shutdown deadline reached; dropping {n} {items}",
                         self.endpoint
                     );
                     self.counters.add_failed(n);
@@ -656,7 +665,7 @@ impl OtlpSink {
                         let endpoint = &self.endpoint;
                         self.warn_rejected.warn(|| {
                             format!(
-                                "OTLP export to {endpoint}: partial success, {} of {n} {items} rejected: {}",
+                                "{what} to {endpoint}: partial success, {} of {n} {items} rejected: {}",
                                 acc.rejected_spans,
                                 truncate(&sanitize(&acc.error_message), 300)
                             )
@@ -671,7 +680,7 @@ impl OtlpSink {
             if !failure.retryable {
                 self.warn_rejected.warn(|| {
                     format!(
-                        "OTLP export to {endpoint} failed: {}; dropping {n} {items} (not retryable)",
+                        "{what} to {endpoint} failed: {}; dropping {n} {items} (not retryable)",
                         failure.description
                     )
                 });
@@ -684,7 +693,7 @@ impl OtlpSink {
             if self.limit_reached(attempt, started, delay) {
                 self.warn_transient.warn(|| {
                     format!(
-                        "OTLP export to {endpoint} failed: {}; giving up on {n} {items} after {attempt} attempts (retry limit)",
+                        "{what} to {endpoint} failed: {}; giving up on {n} {items} after {attempt} attempts (retry limit)",
                         failure.description
                     )
                 });
@@ -693,14 +702,14 @@ impl OtlpSink {
             }
             self.warn_transient.warn(|| {
                 format!(
-                    "OTLP export to {endpoint} failed: {}; will retry",
+                    "{what} to {endpoint} failed: {}; will retry",
                     failure.description
                 )
             });
             self.counters.add_retry();
             if !shutdown.sleep(delay).await {
                 tracing::warn!(
-                    "OTLP export to {}: shutdown deadline reached; dropping {n} {items}",
+                    "{what} to {}: shutdown deadline reached; dropping {n} {items}",
                     self.endpoint
                 );
                 self.counters.add_failed(n);

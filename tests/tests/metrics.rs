@@ -1,0 +1,323 @@
+//! RED metrics and the service graph, computed by the real agent from real traffic (a Python
+//! HTTP server and curl), arrive over OTLP (both transports) and on `--metrics-listen` with the
+//! exact counts of the requests made.
+
+use std::time::{Duration, Instant};
+
+use socktrace_tests::{
+    harness::{Agent, PyServer, curl, free_port, require_root},
+    otlp_receiver::{OtlpReceiver, PointValue, Protocol, ReceivedPoint},
+};
+
+const OK: usize = 7;
+const FAILED: usize = 3;
+
+fn histogram<'a>(
+    points: &'a [ReceivedPoint],
+    metric: &str,
+    service: &str,
+    status: i64,
+) -> Vec<&'a ReceivedPoint> {
+    points
+        .iter()
+        .filter(|p| {
+            p.metric == metric
+                && p.resource_str("service.name") == Some(service)
+                && p.attr_int("http.response.status_code") == Some(status)
+        })
+        .collect()
+}
+
+fn count_of(points: &[&ReceivedPoint]) -> u64 {
+    points.iter().filter_map(|p| p.count()).sum()
+}
+
+fn edge<'a>(points: &'a [ReceivedPoint], metric: &str) -> Option<&'a ReceivedPoint> {
+    points.iter().find(|p| {
+        p.metric == metric
+            && p.attr_str("client") == Some("curl")
+            && p.attr_str("server") == Some("py-server")
+    })
+}
+
+/// The value of the one sample of `name` whose labels contain every one of `labels`.
+fn prom(text: &str, name: &str, labels: &[&str]) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labelset, value) = rest.strip_prefix('{')?.rsplit_once("} ")?;
+            labels
+                .iter()
+                .all(|want| labelset.split(',').any(|have| have == *want))
+                .then(|| value.parse().ok())?
+        })
+        .collect()
+}
+
+fn run(protocol: Protocol) {
+    require_root();
+    let receiver = OtlpReceiver::start_blocking(protocol);
+    let server = PyServer::start(&[("OTEL_SERVICE_NAME", "py-server")]);
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    let proto = match protocol {
+        Protocol::Grpc => "grpc",
+        Protocol::HttpProtobuf => "http/protobuf",
+    };
+    let mut agent = Agent::start_with_env(
+        &[
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            proto,
+            "--metrics-listen",
+            &prom_addr,
+        ],
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "500")],
+    );
+    assert!(
+        agent
+            .stderr()
+            .contains(&format!("; Prometheus: http://{prom_addr}/metrics")),
+        "{}",
+        agent.stderr()
+    );
+
+    for i in 0..OK {
+        curl(&[&server.url(&format!("/item/{i}"))]);
+    }
+    for _ in 0..FAILED {
+        curl(&[&server.url("/status/500")]);
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let points = rt
+        .block_on(receiver.wait_for_metrics(
+            |p| {
+                count_of(&histogram(
+                    p,
+                    "http.server.request.duration",
+                    "py-server",
+                    200,
+                )) >= OK as u64
+                    && count_of(&histogram(
+                        p,
+                        "http.server.request.duration",
+                        "py-server",
+                        500,
+                    )) >= FAILED as u64
+                    && count_of(&histogram(p, "http.client.request.duration", "curl", 500))
+                        >= FAILED as u64
+                    // The agent's counters are published each second, the first time a
+                    // second after start.
+                    && p.iter().any(|p| p.metric == "socktrace.pipeline.spans")
+                    && edge(p, "traces_service_graph_request_total")
+                        .and_then(ReceivedPoint::count)
+                        .is_some_and(|n| n >= (OK + FAILED) as u64)
+            },
+            Duration::from_secs(30),
+        ))
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.stderr()));
+    let dump = || {
+        points
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    // Server side: one series per route and status, exact counts, buckets adding up.
+    let ok = histogram(&points, "http.server.request.duration", "py-server", 200);
+    assert_eq!(ok.len(), 1, "{}", dump());
+    let p = ok[0];
+    assert_eq!(p.unit, "s");
+    assert_eq!(p.scope, "socktrace");
+    assert_eq!(p.attr_str("http.route"), Some("/item/{id}"), "{p}");
+    assert_eq!(p.attr_str("http.request.method"), Some("GET"), "{p}");
+    assert!(p.attributes.get("url.path").is_none(), "no raw paths: {p}");
+    let PointValue::Histogram {
+        count,
+        sum,
+        bounds,
+        counts,
+        cumulative,
+    } = &p.value
+    else {
+        panic!("{p}")
+    };
+    assert_eq!(*count, OK as u64);
+    assert!(*cumulative);
+    assert_eq!(counts.iter().sum::<u64>(), OK as u64, "{p}");
+    assert_eq!(
+        bounds,
+        &[
+            0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+        ]
+    );
+    assert!(*sum > 0.0 && *sum < 30.0, "{p}");
+    let failed = histogram(&points, "http.server.request.duration", "py-server", 500);
+    assert_eq!(failed.len(), 1, "{}", dump());
+    assert_eq!(failed[0].count(), Some(FAILED as u64));
+    assert_eq!(failed[0].attr_str("http.route"), Some("/status/{id}"));
+    assert_eq!(failed[0].attr_str("error.type"), Some("500"));
+    // Nothing else for this server.
+    let server_total: u64 = points
+        .iter()
+        .filter(|p| {
+            p.metric == "http.server.request.duration"
+                && p.resource_str("service.name") == Some("py-server")
+        })
+        .filter_map(ReceivedPoint::count)
+        .sum();
+    assert_eq!(server_total, (OK + FAILED) as u64, "{}", dump());
+
+    // Client side: curl's requests, by status, with the server's address.
+    let client_ok = histogram(&points, "http.client.request.duration", "curl", 200);
+    assert_eq!(count_of(&client_ok), OK as u64, "{}", dump());
+    assert_eq!(client_ok[0].attr_str("server.address"), Some("127.0.0.1"));
+    assert_eq!(
+        client_ok[0].attr_int("server.port"),
+        Some(i64::from(server.port))
+    );
+    let client_failed = histogram(&points, "http.client.request.duration", "curl", 500);
+    assert_eq!(count_of(&client_failed), FAILED as u64, "{}", dump());
+
+    // The service graph: curl -> py-server, 10 requests, 3 failed, seen from both sides.
+    let total = edge(&points, "traces_service_graph_request_total").expect("edge");
+    assert_eq!(total.count(), Some((OK + FAILED) as u64), "{}", dump());
+    assert_eq!(total.attr_str("connection_type"), Some(""));
+    assert_eq!(total.resource_str("service.name"), Some("socktrace"));
+    assert_eq!(total.scope, "traces_service_graph");
+    assert!(matches!(
+        total.value,
+        PointValue::Sum {
+            monotonic: true,
+            cumulative: true,
+            ..
+        }
+    ));
+    let failed = edge(&points, "traces_service_graph_request_failed_total").expect("failed");
+    assert_eq!(failed.count(), Some(FAILED as u64), "{}", dump());
+    for side in ["server", "client"] {
+        let h = edge(
+            &points,
+            &format!("traces_service_graph_request_{side}_seconds"),
+        )
+        .unwrap_or_else(|| panic!("{side} histogram\n{}", dump()));
+        assert_eq!(h.count(), Some((OK + FAILED) as u64), "{h}");
+    }
+
+    // The agent's own counters, as real metrics under its own resource.
+    let spans = points
+        .iter()
+        .find(|p| p.metric == "socktrace.pipeline.spans")
+        .unwrap_or_else(|| panic!("no agent counters\n{}", dump()));
+    assert_eq!(spans.resource_str("service.name"), Some("socktrace"));
+    assert!(spans.count().is_some_and(|n| n >= 2 * (OK + FAILED) as u64));
+    assert!(
+        points
+            .iter()
+            .any(|p| p.metric == "socktrace.export.pending"
+                && matches!(p.value, PointValue::Gauge(_))),
+        "{}",
+        dump()
+    );
+
+    // The same numbers on the Prometheus endpoint (published every second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = curl(&[&format!("http://{prom_addr}/metrics")]);
+        if prom(&text, "socktrace_pipeline_spans_total", &[]).is_empty()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        break text;
+    };
+    let svc = "service_name=\"py-server\"";
+    assert_eq!(
+        prom(
+            &text,
+            "http_server_request_duration_seconds_count",
+            &[
+                svc,
+                "http_route=\"/item/{id}\"",
+                "http_response_status_code=\"200\""
+            ]
+        ),
+        [OK as u64],
+        "{text}"
+    );
+    assert_eq!(
+        prom(
+            &text,
+            "http_server_request_duration_seconds_bucket",
+            &[svc, "http_route=\"/item/{id}\"", "le=\"+Inf\""]
+        ),
+        [OK as u64],
+        "{text}"
+    );
+    assert_eq!(
+        prom(
+            &text,
+            "http_server_request_duration_seconds_count",
+            &[
+                svc,
+                "http_route=\"/status/{id}\"",
+                "http_response_status_code=\"500\""
+            ]
+        ),
+        [FAILED as u64],
+        "{text}"
+    );
+    let pair = ["client=\"curl\"", "server=\"py-server\""];
+    assert_eq!(
+        prom(&text, "traces_service_graph_request_total", &pair),
+        [(OK + FAILED) as u64],
+        "{text}"
+    );
+    assert_eq!(
+        prom(&text, "traces_service_graph_request_failed_total", &pair),
+        [FAILED as u64],
+        "{text}"
+    );
+    assert_eq!(
+        prom(
+            &text,
+            "traces_service_graph_request_server_seconds_count",
+            &pair
+        ),
+        [(OK + FAILED) as u64],
+        "{text}"
+    );
+    assert!(text.contains("\nsocktrace_export_pending "), "{text}");
+    // Only /metrics there.
+    let probe = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{prom_addr}/healthz"),
+    ]);
+    assert_eq!(probe, "404");
+
+    assert_eq!(agent.stop(), Some(0));
+    let stderr = agent.stderr();
+    assert!(
+        !stderr.contains("OTLP metrics export to"),
+        "metrics export never failed:\n{stderr}"
+    );
+}
+
+#[test]
+fn red_metrics_and_service_graph_over_otlp_http_and_prometheus() {
+    run(Protocol::HttpProtobuf);
+}
+
+#[test]
+fn red_metrics_and_service_graph_over_otlp_grpc() {
+    run(Protocol::Grpc);
+}
