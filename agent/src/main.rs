@@ -262,7 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
     eprintln!(
-        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; exporter: {}{}",
+        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; exporter: {}{}{}{}",
         env!("CARGO_PKG_VERSION"),
         probes.attached(),
         loaded_in.as_secs_f64(),
@@ -271,16 +271,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cli.capture_bytes,
         inject_state,
         exporter_desc,
-        format!(
-            "{}{}{}",
-            cli.health_listen
-                .map(|a| format!("; health: http://{a}/healthz, /readyz and /metrics"))
-                .unwrap_or_default(),
-            metrics_otlp.unwrap_or_default(),
-            cli.metrics_listen
-                .map(|a| format!("; Prometheus: http://{a}/metrics"))
-                .unwrap_or_default(),
-        ),
+        cli.health_listen
+            .map(|a| format!("; health: http://{a}/healthz, /readyz and /metrics"))
+            .unwrap_or_default(),
+        metrics_otlp.unwrap_or_default(),
+        cli.metrics_listen
+            .map(|a| format!("; Prometheus: http://{a}/metrics"))
+            .unwrap_or_default(),
     );
 
     let pipeline = Pipeline::new(

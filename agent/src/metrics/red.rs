@@ -29,7 +29,12 @@ pub struct Instrument {
     pub bounds: &'static [f64],
     /// Span attributes copied onto the point, when the span has them.
     pub attributes: &'static [&'static str],
+    /// Also `server.address` and `server.port` (client metrics).
+    pub peer: bool,
 }
+
+/// The attributes client metrics add.
+const PEER_ATTRIBUTES: &[&str] = &["server.address", "server.port"];
 
 impl Instrument {
     /// The span's duration in this instrument's unit.
@@ -42,13 +47,22 @@ impl Instrument {
     }
 }
 
-const HTTP_COMMON: [&str; 6] = [
+/// The attributes of the HTTP histograms (`http.route` is only on server spans).
+const HTTP_ATTRIBUTES: &[&str] = &[
     "http.request.method",
     "http.response.status_code",
+    "http.route",
     "error.type",
     "url.scheme",
     "network.protocol.name",
     "network.protocol.version",
+];
+const RPC_ATTRIBUTES: &[&str] = &[
+    "rpc.system",
+    "rpc.service",
+    "rpc.method",
+    "rpc.grpc.status_code",
+    "error.type",
 ];
 
 pub const HTTP_SERVER: Instrument = Instrument {
@@ -56,59 +70,32 @@ pub const HTTP_SERVER: Instrument = Instrument {
     description: "Duration of HTTP server requests.",
     unit: "s",
     bounds: HTTP_SECONDS,
-    attributes: &[
-        HTTP_COMMON[0],
-        HTTP_COMMON[1],
-        "http.route",
-        HTTP_COMMON[2],
-        HTTP_COMMON[3],
-        HTTP_COMMON[4],
-        HTTP_COMMON[5],
-    ],
+    attributes: HTTP_ATTRIBUTES,
+    peer: false,
 };
 pub const HTTP_CLIENT: Instrument = Instrument {
     name: "http.client.request.duration",
     description: "Duration of HTTP client requests.",
     unit: "s",
     bounds: HTTP_SECONDS,
-    attributes: &[
-        HTTP_COMMON[0],
-        HTTP_COMMON[1],
-        "server.address",
-        "server.port",
-        HTTP_COMMON[2],
-        HTTP_COMMON[3],
-        HTTP_COMMON[4],
-        HTTP_COMMON[5],
-    ],
+    attributes: HTTP_ATTRIBUTES,
+    peer: true,
 };
 pub const RPC_SERVER: Instrument = Instrument {
     name: "rpc.server.duration",
     description: "Measures the duration of inbound RPC.",
     unit: "ms",
     bounds: DEFAULT_MILLIS,
-    attributes: &[
-        "rpc.system",
-        "rpc.service",
-        "rpc.method",
-        "rpc.grpc.status_code",
-        "error.type",
-    ],
+    attributes: RPC_ATTRIBUTES,
+    peer: false,
 };
 pub const RPC_CLIENT: Instrument = Instrument {
     name: "rpc.client.duration",
     description: "Measures the duration of outbound RPC.",
     unit: "ms",
     bounds: DEFAULT_MILLIS,
-    attributes: &[
-        "rpc.system",
-        "rpc.service",
-        "rpc.method",
-        "rpc.grpc.status_code",
-        "error.type",
-        "server.address",
-        "server.port",
-    ],
+    attributes: RPC_ATTRIBUTES,
+    peer: true,
 };
 pub const DB_CLIENT: Instrument = Instrument {
     name: "db.client.operation.duration",
@@ -122,9 +109,8 @@ pub const DB_CLIENT: Instrument = Instrument {
         "db.collection.name",
         "db.response.status_code",
         "error.type",
-        "server.address",
-        "server.port",
     ],
+    peer: true,
 };
 
 /// Every instrument, in export order.
@@ -169,9 +155,11 @@ impl Red {
             return false;
         };
         let inst = INSTRUMENTS[i];
+        let peer = if inst.peer { PEER_ATTRIBUTES } else { &[] };
         let attributes: Vec<KeyValue> = inst
             .attributes
             .iter()
+            .chain(peer)
             .filter_map(|k| {
                 span.attributes
                     .iter()
