@@ -304,7 +304,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         selector,
         pid_filter,
     );
-    let mut pipeline = pipeline.with_resources(resources).with_metrics(metrics);
+    let mut pipeline = pipeline.with_resources(resources);
+    // Spans are measured when someone reads the metrics.
+    if export_metrics || metrics_port.is_some() || health_port.is_some() {
+        pipeline = pipeline.with_metrics(metrics);
+    }
     pipeline.sock_capture = Some(sock_capture);
     let stop = Arc::new(AtomicBool::new(false));
     let stats_interval = (cli.stats_interval > 0).then(|| Duration::from_secs(cli.stats_interval));

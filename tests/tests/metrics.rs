@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use socktrace_tests::{
     harness::{Agent, PyServer, curl, free_port, require_root},
-    otlp_receiver::{OtlpReceiver, PointValue, Protocol, ReceivedPoint},
+    otlp_receiver::{OtlpReceiver, PointValue, Protocol, ReceivedPoint, ReceivedSpan},
 };
 
 const OK: usize = 7;
@@ -320,4 +320,134 @@ fn red_metrics_and_service_graph_over_otlp_http_and_prometheus() {
 #[test]
 fn red_metrics_and_service_graph_over_otlp_grpc() {
     run(Protocol::Grpc);
+}
+
+/// PostgreSQL: `db.client.operation.duration` per operation and SQLSTATE, and the edge from
+/// psql to the PostgreSQL server (whose SERVER spans are the children of psql's CLIENT spans).
+#[test]
+fn database_operations_and_the_edge_to_postgresql() {
+    use socktrace_tests::pg::PgServer;
+    require_root();
+    let receiver = OtlpReceiver::start_blocking(Protocol::Grpc);
+    let pg = PgServer::start("shop");
+    let port = pg.port.to_string();
+    let mut agent = Agent::start_with_env(
+        &[
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--otlp-protocol",
+            "grpc",
+            "--protocols",
+            "postgres",
+            "--port",
+            &port,
+        ],
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "500")],
+    );
+    const SELECTS: u64 = 4;
+    const ERRORS: u64 = 2;
+    for i in 0..SELECTS {
+        let o = pg.psql("shop", &["-c", &format!("SELECT {i}")]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for _ in 0..ERRORS {
+        assert!(!pg.psql("shop", &["-c", "SELEC 1"]).status.success());
+    }
+    let db_count = |p: &[ReceivedPoint], op: &str, sqlstate: Option<&str>| -> u64 {
+        p.iter()
+            .filter(|p| {
+                p.metric == "db.client.operation.duration"
+                    && p.resource_str("service.name") == Some("psql")
+                    && p.attr_str("db.operation.name") == Some(op)
+                    && p.attr_str("db.response.status_code") == sqlstate
+            })
+            .filter_map(ReceivedPoint::count)
+            .sum()
+    };
+    let psql_edge = |p: &[ReceivedPoint], metric: &str| -> Option<(String, u64)> {
+        p.iter()
+            .find(|p| {
+                p.metric == metric
+                    && p.attr_str("client") == Some("psql")
+                    && p.attr_str("connection_type") == Some("database")
+            })
+            .map(|p| {
+                (
+                    p.attr_str("server").unwrap_or_default().to_owned(),
+                    p.count().unwrap_or_default(),
+                )
+            })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let points = rt
+        .block_on(receiver.wait_for_metrics(
+            |p| {
+                db_count(p, "SELECT", None) >= SELECTS
+                    && db_count(p, "SELEC", Some("42601")) >= ERRORS
+                    && psql_edge(p, "traces_service_graph_request_total")
+                        .is_some_and(|(_, n)| n >= SELECTS + ERRORS)
+            },
+            Duration::from_secs(30),
+        ))
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.stderr()));
+    let dump = points
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(db_count(&points, "SELECT", None), SELECTS, "{dump}");
+    assert_eq!(db_count(&points, "SELEC", Some("42601")), ERRORS, "{dump}");
+    let select = points
+        .iter()
+        .find(|p| {
+            p.metric == "db.client.operation.duration"
+                && p.attr_str("db.operation.name") == Some("SELECT")
+        })
+        .expect("select");
+    assert_eq!(select.unit, "s");
+    assert_eq!(select.attr_str("db.system.name"), Some("postgresql"));
+    assert_eq!(select.attr_str("db.namespace"), Some("shop"));
+    assert_eq!(select.attr_int("server.port"), Some(i64::from(pg.port)));
+    assert!(
+        !select.attributes.contains_key("db.query.text"),
+        "no query text in metrics: {select}"
+    );
+    let PointValue::Histogram { bounds, .. } = &select.value else {
+        panic!("{select}")
+    };
+    assert_eq!(
+        bounds,
+        &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0]
+    );
+    // No RED metric of the database server's own spans.
+    assert!(
+        !points
+            .iter()
+            .any(|p| p.metric.starts_with("db.") && p.resource_str("service.name") != Some("psql")),
+        "{dump}"
+    );
+
+    // The edge pairs psql's spans with the server's: named after the server's service.
+    // (Metrics are computed before the spans' batch is sent: wait for the spans.)
+    let is_server = |s: &ReceivedSpan| {
+        s.kind() == opentelemetry_proto::tonic::trace::v1::span::SpanKind::Server
+    };
+    let spans = rt
+        .block_on(receiver.wait_for(|s| s.iter().any(is_server), Duration::from_secs(30)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let server_service = spans
+        .iter()
+        .find(|s| is_server(s))
+        .and_then(|s| s.resource_str("service.name").map(str::to_owned))
+        .expect("a PostgreSQL server span");
+    let (server, total) = psql_edge(&points, "traces_service_graph_request_total").expect("edge");
+    assert_eq!(server, server_service, "{dump}");
+    assert_eq!(total, SELECTS + ERRORS, "{dump}");
+    let (_, failed) =
+        psql_edge(&points, "traces_service_graph_request_failed_total").expect("failed");
+    assert_eq!(failed, ERRORS, "{dump}");
+    assert_eq!(agent.stop(), Some(0));
 }
