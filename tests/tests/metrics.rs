@@ -54,6 +54,14 @@ fn prom(text: &str, name: &str, labels: &[&str]) -> Vec<u64> {
         .collect()
 }
 
+/// A runtime to wait on the receiver from a plain test.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn run(protocol: Protocol) {
     require_root();
     let receiver = OtlpReceiver::start_blocking(protocol);
@@ -89,10 +97,7 @@ fn run(protocol: Protocol) {
         curl(&[&server.url("/status/500")]);
     }
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = current_thread();
     let points = rt
         .block_on(receiver.wait_for_metrics(
             |p| {
@@ -378,10 +383,7 @@ fn database_operations_and_the_edge_to_postgresql() {
                 )
             })
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = current_thread();
     let points = rt
         .block_on(receiver.wait_for_metrics(
             |p| {
@@ -450,4 +452,141 @@ fn database_operations_and_the_edge_to_postgresql() {
         psql_edge(&points, "traces_service_graph_request_failed_total").expect("failed");
     assert_eq!(failed, ERRORS, "{dump}");
     assert_eq!(agent.stop(), Some(0));
+}
+
+/// Without the agent (no root): the metrics exporter's last request at shutdown, over both
+/// transports, carries every span recorded, whatever the interval.
+#[test]
+fn the_last_metrics_go_out_at_shutdown_over_both_transports() {
+    use std::sync::Arc;
+
+    use socktrace::{
+        export::{self, ExportCli, MetricsSource, resolve_config},
+        metrics::Metrics,
+        telemetry::{Published, Snapshot},
+        trace::span::{KeyValue, Resource, Span, SpanId, SpanKind, Status, TraceId, Value},
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        rt.block_on(async {
+            let receiver = OtlpReceiver::start(protocol).await;
+            let cli = ExportCli {
+                endpoint: Some(receiver.endpoint()),
+                protocol: Some(
+                    match protocol {
+                        Protocol::Grpc => "grpc",
+                        Protocol::HttpProtobuf => "http/protobuf",
+                    }
+                    .to_owned(),
+                ),
+                ..ExportCli::default()
+            };
+            // An hour: only the final export can bring the metrics.
+            let config = resolve_config(&cli, &|k| {
+                (k == "OTEL_METRIC_EXPORT_INTERVAL").then(|| "3600000".to_owned())
+            })
+            .expect("config");
+            let metrics = Metrics::default();
+            let telemetry = Published::default();
+            let mut snapshot = Snapshot::default();
+            snapshot.counter("pipeline", "spans", "Spans.", 5);
+            telemetry.publish(snapshot);
+            let handle = export::start_with_metrics(
+                config,
+                Some(MetricsSource {
+                    metrics: metrics.clone(),
+                    telemetry,
+                    agent_resource: vec![KeyValue::new("service.name", "socktrace")],
+                }),
+            )
+            .expect("exporter");
+            let web = Arc::new(Resource {
+                key: "pid:1".into(),
+                attributes: vec![KeyValue::new("service.name", "web")],
+            });
+            let spans: Vec<Span> = (0..5u8)
+                .map(|n| Span {
+                    trace_id: TraceId([n + 1; 16]),
+                    span_id: SpanId([n + 1; 8]),
+                    // Remote parents: each waits for a client that never comes.
+                    parent_span_id: Some(SpanId([0xee; 8])),
+                    trace_state: String::new(),
+                    name: "GET /".into(),
+                    kind: SpanKind::Server,
+                    start_unix_nanos: 1_000_000_000,
+                    end_unix_nanos: 1_000_000_000 + 3_000_000,
+                    attributes: vec![
+                        KeyValue::new("http.request.method", Value::text("GET")),
+                        KeyValue::new("http.route", "/"),
+                        KeyValue::new(
+                            "http.response.status_code",
+                            if n < 2 { 503i64 } else { 200 },
+                        ),
+                        KeyValue::new("client.address", "10.9.8.7"),
+                    ],
+                    status: if n < 2 {
+                        Status::Error {
+                            message: String::new(),
+                        }
+                    } else {
+                        Status::Unset
+                    },
+                    resource: web.clone(),
+                    scope: "socktrace.http",
+                })
+                .collect();
+            metrics.record(&spans);
+            handle.submit_all(spans);
+            handle.shutdown().await;
+
+            let requests = receiver.metrics_requests();
+            assert_eq!(requests.len(), 1, "{protocol:?}: only the final export");
+            let points = receiver.metrics();
+            let server = |status: i64| {
+                points
+                    .iter()
+                    .find(|p| {
+                        p.metric == "http.server.request.duration"
+                            && p.attr_int("http.response.status_code") == Some(status)
+                    })
+                    .and_then(ReceivedPoint::count)
+            };
+            assert_eq!(
+                (server(200), server(503)),
+                (Some(3), Some(2)),
+                "{protocol:?}"
+            );
+            // The sides still waiting at shutdown are completed as virtual edges.
+            let edge = |metric: &str| {
+                points
+                    .iter()
+                    .find(|p| {
+                        p.metric == metric
+                            && p.attr_str("client") == Some("10.9.8.7")
+                            && p.attr_str("server") == Some("web")
+                            && p.attr_str("connection_type") == Some("virtual_node")
+                    })
+                    .and_then(ReceivedPoint::count)
+            };
+            assert_eq!(edge("traces_service_graph_request_total"), Some(5));
+            assert_eq!(edge("traces_service_graph_request_failed_total"), Some(2));
+            assert_eq!(edge("traces_service_graph_request_client_seconds"), Some(5));
+            let counter = points
+                .iter()
+                .find(|p| p.metric == "socktrace.pipeline.spans")
+                .expect("agent counter");
+            assert_eq!(counter.count(), Some(5));
+            // 2 HTTP series, 4 graph metrics, 1 counter; all accepted.
+            let stats = handle.metrics_stats().expect("metrics exporter");
+            assert_eq!((stats.points_exported, stats.points_failed), (7, 0));
+            // Trace requests are unaffected by the metrics ones.
+            assert_eq!(receiver.request_count(), 1, "{protocol:?}");
+            assert_eq!(receiver.accepted_span_count(), 5);
+        });
+    }
 }
