@@ -590,3 +590,117 @@ fn the_last_metrics_go_out_at_shutdown_over_both_transports() {
         });
     }
 }
+
+/// gRPC (grpcio client and server): the RPC duration histograms per method and status code on
+/// both sides, and the echo-client -> echo-server edge.
+#[test]
+fn grpc_calls_give_rpc_durations_and_an_edge() {
+    use socktrace_tests::harness::{peer, python};
+    require_root();
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let server = PyServer::start_peer(
+        &python(),
+        "grpc_server.py",
+        &[("OTEL_SERVICE_NAME", "echo-server")],
+    );
+    let port = server.port.to_string();
+    let mut agent = Agent::start_with_env(
+        &["--otlp-endpoint", &receiver.endpoint(), "--port", &port],
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "500")],
+    );
+    let out = std::process::Command::new(python())
+        .arg(peer("grpc_client.py"))
+        .args([port.as_str(), "basic"])
+        .env("OTEL_SERVICE_NAME", "echo-client")
+        .output()
+        .expect("running grpc_client.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Unary OK, Unary NOT_FOUND, ServerStream, ClientStream, Bidi.
+    const CALLS: u64 = 5;
+    let rpc = |p: &[ReceivedPoint], metric: &str, service: &str, method: &str, code: i64| -> u64 {
+        p.iter()
+            .filter(|p| {
+                p.metric == metric
+                    && p.resource_str("service.name") == Some(service)
+                    && p.attr_str("rpc.method") == Some(method)
+                    && p.attr_int("rpc.grpc.status_code") == Some(code)
+            })
+            .filter_map(ReceivedPoint::count)
+            .sum()
+    };
+    let total = |p: &[ReceivedPoint], metric: &str, service: &str| -> u64 {
+        p.iter()
+            .filter(|p| p.metric == metric && p.resource_str("service.name") == Some(service))
+            .filter_map(ReceivedPoint::count)
+            .sum()
+    };
+    let edge_count = |p: &[ReceivedPoint], metric: &str| {
+        p.iter()
+            .find(|p| {
+                p.metric == metric
+                    && p.attr_str("client") == Some("echo-client")
+                    && p.attr_str("server") == Some("echo-server")
+            })
+            .and_then(ReceivedPoint::count)
+    };
+    let rt = current_thread();
+    let points = rt
+        .block_on(receiver.wait_for_metrics(
+            |p| {
+                total(p, "rpc.server.duration", "echo-server") >= CALLS
+                    && total(p, "rpc.client.duration", "echo-client") >= CALLS
+                    && edge_count(p, "traces_service_graph_request_total")
+                        .is_some_and(|n| n >= CALLS)
+            },
+            Duration::from_secs(30),
+        ))
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.stderr()));
+    let dump = points
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (metric, service) in [
+        ("rpc.server.duration", "echo-server"),
+        ("rpc.client.duration", "echo-client"),
+    ] {
+        assert_eq!(total(&points, metric, service), CALLS, "{dump}");
+        assert_eq!(rpc(&points, metric, service, "Unary", 0), 1, "{dump}");
+        assert_eq!(rpc(&points, metric, service, "Unary", 5), 1, "{dump}");
+        for method in ["ServerStream", "ClientStream", "Bidi"] {
+            assert_eq!(rpc(&points, metric, service, method, 0), 1, "{dump}");
+        }
+    }
+    let client = points
+        .iter()
+        .find(|p| {
+            p.metric == "rpc.client.duration" && p.attr_int("rpc.grpc.status_code") == Some(5)
+        })
+        .expect("NOT_FOUND");
+    assert_eq!(client.unit, "ms");
+    assert_eq!(client.attr_str("rpc.system"), Some("grpc"));
+    assert_eq!(client.attr_str("rpc.service"), Some("socktrace.test.Echo"));
+    assert_eq!(client.attr_str("error.type"), Some("NOT_FOUND"));
+    assert_eq!(client.attr_int("server.port"), Some(i64::from(server.port)));
+    // No HTTP metric for gRPC calls.
+    assert!(
+        !points.iter().any(|p| p.metric.starts_with("http.")),
+        "{dump}"
+    );
+    assert_eq!(
+        edge_count(&points, "traces_service_graph_request_total"),
+        Some(CALLS),
+        "{dump}"
+    );
+    // NOT_FOUND is an error on the client side only, which fails the request.
+    assert_eq!(
+        edge_count(&points, "traces_service_graph_request_failed_total"),
+        Some(1),
+        "{dump}"
+    );
+    assert_eq!(agent.stop(), Some(0));
+}
