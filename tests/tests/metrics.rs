@@ -54,6 +54,15 @@ fn prom(text: &str, name: &str, labels: &[&str]) -> Vec<u64> {
         .collect()
 }
 
+/// One line per point, for assertion messages.
+fn lines(points: &[ReceivedPoint]) -> String {
+    points
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A runtime to wait on the receiver from a plain test.
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -125,13 +134,7 @@ fn run(protocol: Protocol) {
             Duration::from_secs(30),
         ))
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.stderr()));
-    let dump = || {
-        points
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let dump = || lines(&points);
 
     // Server side: one series per route and status, exact counts, buckets adding up.
     let ok = histogram(&points, "http.server.request.duration", "py-server", 200);
@@ -395,11 +398,7 @@ fn database_operations_and_the_edge_to_postgresql() {
             Duration::from_secs(30),
         ))
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.stderr()));
-    let dump = points
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let dump = lines(&points);
     assert_eq!(db_count(&points, "SELECT", None), SELECTS, "{dump}");
     assert_eq!(db_count(&points, "SELEC", Some("42601")), ERRORS, "{dump}");
     let select = points
@@ -659,11 +658,7 @@ fn grpc_calls_give_rpc_durations_and_an_edge() {
             Duration::from_secs(30),
         ))
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.stderr()));
-    let dump = points
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let dump = lines(&points);
     for (metric, service) in [
         ("rpc.server.duration", "echo-server"),
         ("rpc.client.duration", "echo-client"),
