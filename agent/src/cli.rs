@@ -150,6 +150,13 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR:PORT", env = "SOCKTRACE_HEALTH_LISTEN")]
     pub health_listen: Option<std::net::SocketAddr>,
 
+    /// Serve `GET /metrics` over HTTP on this address, e.g. `0.0.0.0:9464`: the RED histograms
+    /// and the service graph computed from every span, and the agent's own counters, in the
+    /// Prometheus text format. Off by default (the `/metrics` of `--health-listen` serves the
+    /// same text).
+    #[arg(long, value_name = "ADDR:PORT", env = "SOCKTRACE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// Export only spans of processes in pods of these Kubernetes namespaces (patterns with `*`
     /// and `?`). Applied in user space to the resolved resource. Comma-separated or repeated.
     #[arg(long, value_name = "PATTERN", value_delimiter = ',')]

@@ -6,13 +6,15 @@
 //! `capture` (kernel programs: load, attach, read the ring buffer) -> `conn` (connections,
 //! protocol detection, turns) -> `protocol` (one folder per protocol behind one contract) ->
 //! `trace` (spans, context, linking) -> `resource` (who made the span, which processes are
-//! traced) -> `export` (OTLP and console). `pipeline` runs the chain on one thread;
+//! traced) -> `metrics` (RED histograms and the service graph from every span) -> `export`
+//! (OTLP spans and metrics, console). `pipeline` runs the chain on one thread;
 //! `telemetry` holds the agent's own counters and the health endpoint; `cli` is the command
 //! line.
 pub mod capture;
 pub mod cli;
 pub mod conn;
 pub mod export;
+pub mod metrics;
 pub mod pipeline;
 pub mod protocol;
 pub mod resource;

@@ -15,7 +15,8 @@ use socktrace::{
     },
     cli::{Cli, QueryTextMode, RouteMode},
     conn::ConnConfig,
-    export::{self, ExportCli},
+    export::{self, ExportCli, MetricsSource},
+    metrics::{Metrics, prometheus},
     pipeline::{self, Pipeline},
     protocol::{Enabled, SpanConfig, http1::Http1},
     resource::{
@@ -23,10 +24,11 @@ use socktrace::{
         process::{ProcRoot, ResourceCache},
         select::{ResourceFilter, Selector},
     },
-    telemetry::health::{self, Health},
+    telemetry::health::{self, Health, Routes},
     trace::{
         db::{DbSpanConfig, QueryText},
         http::HttpSpanConfig,
+        span::KeyValue,
     },
 };
 
@@ -94,6 +96,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         health_port = Some(listener.local_addr().map_or(addr.port(), |a| a.port()));
         runtime.spawn(health::serve(listener, health.clone()));
     }
+    // The span metrics: RED histograms and the service graph, on `/metrics` and over OTLP.
+    let metrics = Metrics::default();
+    health.set_extra_metrics(Arc::new({
+        let metrics = metrics.clone();
+        move || {
+            metrics
+                .collect(false)
+                .map(|c| prometheus::render(&c))
+                .unwrap_or_default()
+        }
+    }));
+    let mut metrics_port = None;
+    if let Some(addr) = cli.metrics_listen {
+        let listener = {
+            let _guard = runtime.enter();
+            health::bind(addr)
+                .with_context(|| format!("cannot serve --metrics-listen on {addr}"))?
+        };
+        metrics_port = Some(listener.local_addr().map_or(addr.port(), |a| a.port()));
+        runtime.spawn(health::serve_routes(
+            listener,
+            health.clone(),
+            Routes::MetricsOnly,
+        ));
+    }
+    let metrics_otlp = export_config
+        .metrics
+        .as_ref()
+        .map(|m| format!("; metrics: OTLP {} to {}", m.protocol, m.endpoint));
     let exporter_desc = match &export_config.otlp {
         Some(o) => format!(
             "OTLP {} to {}{}",
@@ -107,9 +138,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         None => "console (no OTLP endpoint set)".to_owned(),
     };
+    let export_metrics = export_config.metrics.is_some();
     let exporter = {
         let _guard = runtime.enter();
-        export::start(export_config).context("starting the exporter")?
+        let source = MetricsSource {
+            metrics: metrics.clone(),
+            telemetry: health.metrics().clone(),
+            agent_resource: vec![
+                KeyValue::new("service.name", "socktrace"),
+                KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+                KeyValue::new("host.name", k8s::host_name()),
+                KeyValue::new("process.pid", i64::from(std::process::id())),
+            ],
+        };
+        export::start_with_metrics(export_config, Some(source)).context("starting the exporter")?
     };
     // Kubernetes pod metadata (a watch task on the runtime) and the user-space resource filter.
     let k8s = k8s::start(
@@ -168,9 +210,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             programs.join(", ")
         );
     }
-    if let Some(port) = health_port {
-        // Probes of the health endpoint are the agent's own traffic.
-        probes.add_self_port(port)?;
+    for port in health_port.iter().chain(&metrics_port) {
+        // Probes of the health endpoint and scrapes are the agent's own traffic.
+        probes.add_self_port(*port)?;
     }
     let reader = probes.take_events()?;
     let kernel_stats = probes.take_stats()?;
@@ -220,7 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
     eprintln!(
-        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; exporter: {}{}",
+        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; exporter: {}{}{}{}",
         env!("CARGO_PKG_VERSION"),
         probes.attached(),
         loaded_in.as_secs_f64(),
@@ -231,6 +273,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         exporter_desc,
         cli.health_listen
             .map(|a| format!("; health: http://{a}/healthz, /readyz and /metrics"))
+            .unwrap_or_default(),
+        metrics_otlp.unwrap_or_default(),
+        cli.metrics_listen
+            .map(|a| format!("; Prometheus: http://{a}/metrics"))
             .unwrap_or_default(),
     );
 
@@ -259,6 +305,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         pid_filter,
     );
     let mut pipeline = pipeline.with_resources(resources);
+    // Spans are measured when someone reads the metrics.
+    if export_metrics || metrics_port.is_some() || health_port.is_some() {
+        pipeline = pipeline.with_metrics(metrics);
+    }
     pipeline.sock_capture = Some(sock_capture);
     let stop = Arc::new(AtomicBool::new(false));
     let stats_interval = (cli.stats_interval > 0).then(|| Duration::from_secs(cli.stats_interval));
@@ -268,8 +318,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("socktrace-capture".into())
             .spawn(move || {
-                // Counters are published only when `/metrics` can be read.
-                let published = health_port.map(|_| health.metrics().clone());
+                // Counters are published only when someone reads them: `/metrics` or OTLP.
+                let published = (health_port.is_some() || metrics_port.is_some() || export_metrics)
+                    .then(|| health.metrics().clone());
                 pipeline::run(
                     reader,
                     pipeline,

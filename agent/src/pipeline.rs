@@ -18,6 +18,7 @@ use crate::{
     capture::probes::{Event, EventReader, KernelStats, PidFilter, SockCapture, decode},
     conn::{ConnConfig, ConnExchange, ConnTable, ProcfsResolver, Role, resolve::comm_of},
     export::ExporterHandle,
+    metrics::Metrics,
     protocol::SpanConfig,
     resource::{
         process::{ProcRoot, ResourceCache},
@@ -62,6 +63,8 @@ pub struct Pipeline {
     /// which wakes its task once instead of once per span.
     pending: Vec<Span>,
     linker: Linker,
+    /// The span metrics, fed every span handed to the exporter (before any sampling).
+    metrics: Option<Metrics>,
 }
 
 impl Pipeline {
@@ -86,7 +89,14 @@ impl Pipeline {
             out: Vec::new(),
             pending: Vec::new(),
             linker: Linker::new(LinkConfig::default()),
+            metrics: None,
         }
+    }
+
+    /// Computes the span metrics from every span this pipeline hands to the exporter.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Replaces the resource cache (to add Kubernetes metadata and the resource filter).
@@ -211,6 +221,9 @@ impl Pipeline {
     /// Hands the spans built so far to the exporter.
     pub fn flush(&mut self) {
         if !self.pending.is_empty() {
+            if let Some(m) = &self.metrics {
+                m.record(&self.pending);
+            }
             self.exporter.submit_all(std::mem::take(&mut self.pending));
         }
     }
@@ -259,6 +272,18 @@ impl Pipeline {
             "1 while the export endpoint fails and a batch waits to be retried, else 0.",
             u64::from(self.exporter.failing()),
         );
+        if let Some(m) = &self.metrics {
+            m.stats().collect("metrics", &mut s);
+            s.gauge(
+                "metrics",
+                "edges_waiting",
+                "Service-graph spans waiting for the span of their other side now.",
+                m.waiting(),
+            );
+        }
+        if let Some(m) = self.exporter.metrics_stats() {
+            m.collect("metrics_export", &mut s);
+        }
         if let Some(k8s) = self.resources.k8s() {
             k8s.index.collect(&mut s);
         }

@@ -5,6 +5,10 @@
 //! scripted ([`OtlpReceiver::reply_next`], [`OtlpReceiver::set_default_reply`]) and offers the
 //! spans of accepted requests flattened as [`ReceivedSpan`]s.
 //!
+//! Metrics requests (`/v1/metrics`, gRPC `MetricsService/Export`) are always accepted and kept
+//! apart: they are not in [`OtlpReceiver::requests`], do not count in
+//! [`OtlpReceiver::request_count`] and do not use the script. See [`OtlpReceiver::metrics`].
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use socktrace_tests::otlp_receiver::{OtlpReceiver, Reply};
@@ -43,8 +47,16 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+pub use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+pub use opentelemetry_proto::tonic::metrics::v1::{
+    HistogramDataPoint, NumberDataPoint, metric::Data as MetricData,
+};
 use opentelemetry_proto::tonic::{
+    collector::metrics::v1::{
+        ExportMetricsServiceResponse,
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+    },
     collector::trace::v1::{
         ExportTracePartialSuccess, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
@@ -65,6 +77,10 @@ pub use tonic::Code;
 pub const HTTP_TRACES_PATH: &str = "/v1/traces";
 /// The gRPC method path of `TraceService/Export`.
 pub const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The HTTP path of OTLP/HTTP metrics requests.
+pub const HTTP_METRICS_PATH: &str = "/v1/metrics";
+/// The gRPC service of metrics.
+pub const GRPC_METRICS_SERVICE: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/";
 
 /// Which OTLP transport a receiver speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -414,6 +430,154 @@ pub fn flatten(requests: &[ReceivedRequest]) -> Vec<ReceivedSpan> {
     out
 }
 
+/// One metric data point with the metric, resource and scope it was sent under.
+#[derive(Clone, Debug)]
+pub struct ReceivedPoint {
+    pub resource: HashMap<String, AttrValue>,
+    pub scope: String,
+    pub metric: String,
+    pub unit: String,
+    pub attributes: HashMap<String, AttrValue>,
+    pub value: PointValue,
+}
+
+/// The value of a data point.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PointValue {
+    /// A cumulative Sum (monotonic or not).
+    Sum {
+        value: i64,
+        monotonic: bool,
+        cumulative: bool,
+    },
+    Gauge(i64),
+    Histogram {
+        count: u64,
+        sum: f64,
+        bounds: Vec<f64>,
+        counts: Vec<u64>,
+        cumulative: bool,
+    },
+    /// Anything else (not sent by the agent).
+    Other,
+}
+
+impl ReceivedPoint {
+    pub fn attr_str(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).and_then(AttrValue::as_str)
+    }
+
+    pub fn attr_int(&self, key: &str) -> Option<i64> {
+        self.attributes.get(key).and_then(AttrValue::as_int)
+    }
+
+    pub fn resource_str(&self, key: &str) -> Option<&str> {
+        self.resource.get(key).and_then(AttrValue::as_str)
+    }
+
+    /// The count of a histogram, the value of a Sum or Gauge.
+    pub fn count(&self) -> Option<u64> {
+        match &self.value {
+            PointValue::Histogram { count, .. } => Some(*count),
+            PointValue::Sum { value, .. } | PointValue::Gauge(value) => u64::try_from(*value).ok(),
+            PointValue::Other => None,
+        }
+    }
+}
+
+impl fmt::Display for ReceivedPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{}] {} {:?}",
+            self.resource_str("service.name").unwrap_or("?"),
+            self.metric,
+            self.value
+        )?;
+        let mut attrs: Vec<_> = self.attributes.iter().collect();
+        attrs.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in attrs {
+            write!(f, " {k}={v:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every data point of a metrics request.
+pub fn flatten_metrics(req: &ExportMetricsServiceRequest) -> Vec<ReceivedPoint> {
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, metric::Data, number_data_point::Value as N,
+    };
+    let cumulative = |t: i32| t == AggregationTemporality::Cumulative as i32;
+    let int = |p: &NumberDataPoint| match p.value {
+        Some(N::AsInt(i)) => i,
+        Some(N::AsDouble(d)) => d as i64,
+        None => 0,
+    };
+    let mut out = Vec::new();
+    for rm in &req.resource_metrics {
+        let resource = rm
+            .resource
+            .as_ref()
+            .map(|r| attr_map(&r.attributes))
+            .unwrap_or_default();
+        for sm in &rm.scope_metrics {
+            let scope = sm
+                .scope
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            for m in &sm.metrics {
+                let mut push = |attributes: &[KeyValue], value: PointValue| {
+                    out.push(ReceivedPoint {
+                        resource: resource.clone(),
+                        scope: scope.clone(),
+                        metric: m.name.clone(),
+                        unit: m.unit.clone(),
+                        attributes: attr_map(attributes),
+                        value,
+                    })
+                };
+                match &m.data {
+                    Some(Data::Sum(s)) => {
+                        for p in &s.data_points {
+                            push(
+                                &p.attributes,
+                                PointValue::Sum {
+                                    value: int(p),
+                                    monotonic: s.is_monotonic,
+                                    cumulative: cumulative(s.aggregation_temporality),
+                                },
+                            );
+                        }
+                    }
+                    Some(Data::Gauge(g)) => {
+                        for p in &g.data_points {
+                            push(&p.attributes, PointValue::Gauge(int(p)));
+                        }
+                    }
+                    Some(Data::Histogram(h)) => {
+                        for p in &h.data_points {
+                            push(
+                                &p.attributes,
+                                PointValue::Histogram {
+                                    count: p.count,
+                                    sum: p.sum.unwrap_or_default(),
+                                    bounds: p.explicit_bounds.clone(),
+                                    counts: p.bucket_counts.clone(),
+                                    cumulative: cumulative(h.aggregation_temporality),
+                                },
+                            );
+                        }
+                    }
+                    _ => push(&[], PointValue::Other),
+                }
+            }
+        }
+    }
+    out
+}
+
 // ---- google.rpc.Status with RetryInfo, encoded by hand ----
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -482,6 +646,8 @@ struct State {
     accepted_spans: AtomicUsize,
     /// Cleared by [`OtlpReceiver::forget_bodies`]: requests are counted, not kept.
     keep: std::sync::atomic::AtomicBool,
+    /// Metrics requests, all accepted, with their arrival time.
+    metrics: Mutex<Vec<(Instant, ExportMetricsServiceRequest)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -583,6 +749,7 @@ impl OtlpReceiver {
             count: AtomicUsize::new(0),
             accepted_spans: AtomicUsize::new(0),
             keep: std::sync::atomic::AtomicBool::new(true),
+            metrics: Mutex::new(Vec::new()),
         });
         let (stop, stopped) = oneshot::channel();
         let task = match protocol {
@@ -704,6 +871,50 @@ impl OtlpReceiver {
             .into_iter()
             .filter(|s| requests[s.request_index].reply.is_accept())
             .collect()
+    }
+
+    /// Every metrics request received, in arrival order (all were accepted).
+    pub fn metrics_requests(&self) -> Vec<ExportMetricsServiceRequest> {
+        lock(&self.state.metrics)
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// The data points of the last metrics request: with cumulative temporality, the totals.
+    pub fn metrics(&self) -> Vec<ReceivedPoint> {
+        lock(&self.state.metrics)
+            .last()
+            .map(|(_, r)| flatten_metrics(r))
+            .unwrap_or_default()
+    }
+
+    /// Polls [`Self::metrics`] until `pred` holds; returns them, or on timeout an error listing
+    /// what the last request held.
+    pub async fn wait_for_metrics(
+        &self,
+        pred: impl Fn(&[ReceivedPoint]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<ReceivedPoint>, String> {
+        let start = Instant::now();
+        loop {
+            let points = self.metrics();
+            if pred(&points) {
+                return Ok(points);
+            }
+            if start.elapsed() >= timeout {
+                let mut msg = format!(
+                    "metrics condition not met within {timeout:?}: {} metrics requests",
+                    lock(&self.state.metrics).len()
+                );
+                for p in points.iter().take(200) {
+                    msg.push_str("\n  ");
+                    msg.push_str(&p.to_string());
+                }
+                return Err(msg);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Forgets the requests received so far (the request count too).
@@ -875,10 +1086,28 @@ impl TraceService for GrpcService {
     }
 }
 
+struct GrpcMetrics {
+    state: Arc<State>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for GrpcMetrics {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        lock(&self.state.metrics).push((Instant::now(), request.into_inner()));
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
 /// Serves each connection itself (not with tonic's `Server`), so that stopping the receiver
 /// closes its connections at once, like a collector that goes away: tonic's server would shut
 /// them down gracefully and keep answering what the client sends meanwhile.
 async fn serve_grpc(listener: TcpListener, state: Arc<State>, mut stopped: oneshot::Receiver<()>) {
+    let metrics = MetricsServiceServer::new(GrpcMetrics {
+        state: state.clone(),
+    });
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -892,10 +1121,18 @@ async fn serve_grpc(listener: TcpListener, state: Arc<State>, mut stopped: onesh
             state: state.clone(),
             reset: reset.clone(),
         });
+        let metrics = metrics.clone();
         connections.spawn(serve_until_reset(stream, reset, move |io| async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let mut service = service.clone();
-                async move { tonic::codegen::Service::call(&mut service, req).await }
+                let mut metrics = metrics.clone();
+                async move {
+                    if req.uri().path().starts_with(GRPC_METRICS_SERVICE) {
+                        tonic::codegen::Service::call(&mut metrics, req).await
+                    } else {
+                        tonic::codegen::Service::call(&mut service, req).await
+                    }
+                }
             });
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(io, svc)
@@ -1009,6 +1246,21 @@ async fn handle_http(
             ));
         }
     };
+
+    // Metrics: always accepted, kept apart from the trace requests.
+    if path == HTTP_METRICS_PATH && method == "POST" {
+        return Ok(match ExportMetricsServiceRequest::decode(body.as_ref()) {
+            Ok(decoded) => {
+                lock(&state.metrics).push((Instant::now(), decoded));
+                http_response(
+                    200,
+                    "application/x-protobuf",
+                    ExportMetricsServiceResponse::default().encode_to_vec(),
+                )
+            }
+            Err(e) => http_response(400, "text/plain", format!("bad protobuf: {e}").into_bytes()),
+        });
+    }
 
     // Malformed requests are recorded with the reply they get; they do not consume the script.
     let protocol_error = |http: u16, grpc: Code, message: String| Reply::Error {

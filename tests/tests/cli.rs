@@ -59,6 +59,8 @@ fn version_and_help_document_every_flag() {
         "--k8s-node-name",
         "--k8s-cluster-name",
         "--health-listen",
+        "--metrics-listen",
+        "SOCKTRACE_METRICS_LISTEN",
         "--no-inject",
         "NODE_NAME",
         "OTEL_EXPORTER_OTLP_ENDPOINT",

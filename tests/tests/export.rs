@@ -759,6 +759,7 @@ async fn unreachable_endpoint(protocol: OtlpProtocol) {
             max_backoff: Duration::from_millis(60),
             ..RetryConfig::default()
         },
+        ..ExportConfig::default()
     })
     .unwrap();
 

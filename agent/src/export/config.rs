@@ -58,6 +58,8 @@ pub const DEFAULT_MAX_BATCH: usize = 512;
 pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default of [`OtlpConfig::timeout`].
 pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`ExportConfig::metrics_interval`] (the OpenTelemetry SDK's 60 s).
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
 /// Default of [`ExportConfig::shutdown_timeout`].
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -66,6 +68,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ExportConfig {
     /// OTLP destination; `None` means console only.
     pub otlp: Option<OtlpConfig>,
+    /// OTLP destination of the metrics (`/v1/metrics` for a base URL); `None`: not exported
+    /// over OTLP.
+    pub metrics: Option<OtlpConfig>,
+    /// Period of the metrics export (`OTEL_METRIC_EXPORT_INTERVAL`).
+    pub metrics_interval: Duration,
     /// Print spans to stdout (in addition to OTLP when both are set).
     pub console: bool,
     /// Capacity of the bounded queue between the pipeline and each exporter task.
@@ -85,6 +92,8 @@ impl Default for ExportConfig {
     fn default() -> Self {
         Self {
             otlp: None,
+            metrics: None,
+            metrics_interval: DEFAULT_METRICS_INTERVAL,
             console: true,
             max_queue: DEFAULT_MAX_QUEUE,
             max_batch: DEFAULT_MAX_BATCH,
@@ -241,23 +250,50 @@ fn pick(
     })
 }
 
-/// Resolve the exporter configuration from CLI values (which win) and the standard environment
-/// variables, read through `env` so tests can pass a map.
-///
-/// Variables: `OTEL_EXPORTER_OTLP_[TRACES_]{ENDPOINT,PROTOCOL,HEADERS,TIMEOUT}`,
-/// `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
-/// (milliseconds / counts).
-pub fn resolve_config(
+/// One OTLP signal: the infix of its variables and the path appended to a base URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    fn infix(self) -> &'static str {
+        match self {
+            Signal::Traces => "TRACES",
+            Signal::Metrics => "METRICS",
+        }
+    }
+
+    /// The OTLP/HTTP path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    /// `OTEL_EXPORTER_OTLP_{SIGNAL}_{setting}` then `OTEL_EXPORTER_OTLP_{setting}`.
+    fn vars(self, setting: &str) -> [String; 2] {
+        [
+            format!("OTEL_EXPORTER_OTLP_{}_{setting}", self.infix()),
+            format!("OTEL_EXPORTER_OTLP_{setting}"),
+        ]
+    }
+}
+
+/// The OTLP destination of one signal, `None` without an endpoint.
+fn resolve_otlp(
     cli: &ExportCli,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<ExportConfig, ConfigError> {
+    signal: Signal,
+) -> Result<Option<OtlpConfig>, ConfigError> {
+    let vars = |setting| signal.vars(setting);
+    let protocol_vars = vars("PROTOCOL");
     let protocol = match pick(
         cli.protocol.as_ref(),
         FLAG_PROTOCOL,
-        &[
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ],
+        &[protocol_vars[0].as_str(), protocol_vars[1].as_str()],
         env,
     ) {
         None => OtlpProtocol::default(),
@@ -266,57 +302,72 @@ pub fn resolve_config(
             origin: s.origin,
         })?,
     };
-
-    let endpoint = pick(
+    let endpoint_vars = vars("ENDPOINT");
+    let Some(src) = pick(
         cli.endpoint.as_ref(),
         FLAG_ENDPOINT,
-        &[
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ],
+        &[endpoint_vars[0].as_str(), endpoint_vars[1].as_str()],
         env,
-    );
-    let otlp = match endpoint {
-        None => None,
-        Some(src) => {
-            // Only the signal-specific variable is a complete URL; the flag and the generic
-            // variable are a base URL for HTTP.
-            let signal_specific = src.origin == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
-            let endpoint = resolve_endpoint(&src, protocol, !signal_specific)?;
-            let headers = match pick(
-                cli.headers.as_ref(),
-                FLAG_HEADERS,
-                &[
-                    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-                    "OTEL_EXPORTER_OTLP_HEADERS",
-                ],
-                env,
-            ) {
-                None => Vec::new(),
-                Some(s) => {
-                    parse_headers(&s.value).map_err(|reason| ConfigError::InvalidHeaders {
-                        value: s.value.clone(),
-                        origin: s.origin.clone(),
-                        reason,
-                    })?
-                }
-            };
-            let timeout = millis(
-                env,
-                &[
-                    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-                    "OTEL_EXPORTER_OTLP_TIMEOUT",
-                ],
-            )?
-            .unwrap_or(DEFAULT_OTLP_TIMEOUT);
-            Some(OtlpConfig {
-                endpoint,
-                protocol,
-                headers,
-                timeout,
-            })
-        }
+    ) else {
+        return Ok(None);
     };
+    // Only the signal-specific variable is a complete URL; the flag and the generic variable
+    // are a base URL for HTTP.
+    let signal_specific = src.origin == endpoint_vars[0];
+    let endpoint = resolve_endpoint(&src, protocol, (!signal_specific).then_some(signal))?;
+    let header_vars = vars("HEADERS");
+    let headers = match pick(
+        cli.headers.as_ref(),
+        FLAG_HEADERS,
+        &[header_vars[0].as_str(), header_vars[1].as_str()],
+        env,
+    ) {
+        None => Vec::new(),
+        Some(s) => parse_headers(&s.value).map_err(|reason| ConfigError::InvalidHeaders {
+            value: s.value.clone(),
+            origin: s.origin.clone(),
+            reason,
+        })?,
+    };
+    let timeout_vars = vars("TIMEOUT");
+    let timeout = millis(env, &[timeout_vars[0].as_str(), timeout_vars[1].as_str()])?
+        .unwrap_or(DEFAULT_OTLP_TIMEOUT);
+    Ok(Some(OtlpConfig {
+        endpoint,
+        protocol,
+        headers,
+        timeout,
+    }))
+}
+
+/// Resolve the exporter configuration from CLI values (which win) and the standard environment
+/// variables, read through `env` so tests can pass a map.
+///
+/// Variables: `OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]{ENDPOINT,PROTOCOL,HEADERS,TIMEOUT}`,
+/// `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
+/// (milliseconds / counts), `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds) and
+/// `OTEL_METRICS_EXPORTER` (`otlp`, the default, or `none`).
+pub fn resolve_config(
+    cli: &ExportCli,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ExportConfig, ConfigError> {
+    let otlp = resolve_otlp(cli, env, Signal::Traces)?;
+    let metrics = match pick(None, "", &["OTEL_METRICS_EXPORTER"], env) {
+        None => resolve_otlp(cli, env, Signal::Metrics)?,
+        Some(s) => match s.value.trim() {
+            "otlp" => resolve_otlp(cli, env, Signal::Metrics)?,
+            "none" => None,
+            _ => {
+                return Err(ConfigError::InvalidNumber {
+                    value: s.value,
+                    origin: s.origin,
+                    reason: "expected otlp or none".to_owned(),
+                });
+            }
+        },
+    };
+    let metrics_interval =
+        millis(env, &["OTEL_METRIC_EXPORT_INTERVAL"])?.unwrap_or(DEFAULT_METRICS_INTERVAL);
 
     let batch_timeout = millis(env, &["OTEL_BSP_SCHEDULE_DELAY"])?.unwrap_or(DEFAULT_BATCH_TIMEOUT);
     let max_queue = count(env, "OTEL_BSP_MAX_QUEUE_SIZE")?.unwrap_or(DEFAULT_MAX_QUEUE);
@@ -328,6 +379,8 @@ pub fn resolve_config(
     Ok(ExportConfig {
         console: cli.console || otlp.is_none(),
         otlp,
+        metrics,
+        metrics_interval,
         max_queue,
         max_batch,
         batch_timeout,
@@ -335,11 +388,11 @@ pub fn resolve_config(
     })
 }
 
-/// Validates the URL and, for a base URL with HTTP, appends `/v1/traces` to its path.
+/// Validates the URL and, for a base URL with HTTP, appends the signal's path (`/v1/traces`).
 fn resolve_endpoint(
     src: &Sourced,
     protocol: OtlpProtocol,
-    is_base: bool,
+    base_of: Option<Signal>,
 ) -> Result<String, ConfigError> {
     let raw = src.value.trim();
     let invalid = |reason: String| ConfigError::InvalidEndpoint {
@@ -362,11 +415,11 @@ fn resolve_endpoint(
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host".to_owned()));
     }
-    if protocol == OtlpProtocol::Grpc || !is_base {
+    let Some(signal) = base_of.filter(|_| protocol == OtlpProtocol::HttpProtobuf) else {
         return Ok(raw.to_owned());
-    }
+    };
     let path = url.path().trim_end_matches('/');
-    let path = format!("{path}/v1/traces");
+    let path = format!("{path}{}", signal.path());
     url.set_path(&path);
     Ok(url.to_string())
 }
@@ -711,6 +764,58 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid value \"10s\" for OTEL_EXPORTER_OTLP_TIMEOUT: expected a positive integer number of milliseconds"
+        );
+    }
+
+    #[test]
+    fn metrics_follow_the_generic_settings_unless_their_own_are_set() {
+        let c = resolve(&cli_endpoint("http://c:4318"), &[]).unwrap();
+        assert_eq!(c.metrics.unwrap().endpoint, "http://c:4318/v1/metrics");
+        assert_eq!(c.metrics_interval, Duration::from_secs(60));
+        let c = resolve(
+            &ExportCli::default(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317"),
+                ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "k=m"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "k=g"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "250"),
+            ],
+        )
+        .unwrap();
+        let m = c.metrics.unwrap();
+        assert_eq!(m.endpoint, "http://m:4317");
+        assert_eq!(m.protocol, OtlpProtocol::Grpc);
+        assert_eq!(m.headers, vec![("k".to_owned(), "m".to_owned())]);
+        assert_eq!(c.metrics_interval, Duration::from_millis(250));
+        let t = c.otlp.unwrap();
+        assert_eq!(t.endpoint, "http://c:4318/v1/traces");
+        assert_eq!(t.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(t.headers, vec![("k".to_owned(), "g".to_owned())]);
+        // Only a traces endpoint: no metrics over OTLP; `none` turns them off.
+        let c = resolve(
+            &ExportCli::default(),
+            &[(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://t:4318/v1/traces",
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.metrics, None);
+        let c = resolve(
+            &cli_endpoint("http://c:4318"),
+            &[("OTEL_METRICS_EXPORTER", "none")],
+        )
+        .unwrap();
+        assert_eq!(c.metrics, None);
+        assert!(resolve(&cli_endpoint("http://c"), &[("OTEL_METRICS_EXPORTER", "x")]).is_err());
+        assert!(
+            resolve(
+                &ExportCli::default(),
+                &[("OTEL_METRIC_EXPORT_INTERVAL", "0")]
+            )
+            .is_err()
         );
     }
 

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod console;
 mod encode;
+pub mod metrics;
 pub mod otlp;
 mod pipeline;
 mod text;
@@ -33,10 +34,12 @@ use tokio::{
 
 pub use self::{
     config::{
-        ConfigError, ExportCli, ExportConfig, OtlpConfig, OtlpProtocol, RetryConfig, resolve_config,
+        ConfigError, ExportCli, ExportConfig, OtlpConfig, OtlpProtocol, RetryConfig, Signal,
+        resolve_config,
     },
     console::format_span,
     encode::encode_request,
+    metrics::MetricsSource,
 };
 use self::{
     console::ConsoleSink,
@@ -120,9 +123,29 @@ impl Lane {
     }
 }
 
+/// The metrics exporter task.
+struct MetricsLane {
+    counters: Arc<Counters>,
+    done: watch::Receiver<bool>,
+    abort: AbortHandle,
+}
+
+crate::counters! {
+    /// Counters of the OTLP metrics exporter.
+    pub struct MetricsExportStats {
+        /// Metric data points the backend accepted (each export sends every series again).
+        points_exported,
+        /// Metric data points given up on: rejected, not retryable, or still failing after one interval.
+        points_failed,
+        /// Retry attempts of metrics requests.
+        retries,
+    }
+}
+
 struct Inner {
     /// Primary (OTLP if configured) first.
     lanes: Vec<Lane>,
+    metrics: Option<MetricsLane>,
     closed: AtomicBool,
     shutdown_tx: watch::Sender<Option<Instant>>,
     shutdown_timeout: Duration,
@@ -150,6 +173,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
 
 /// Starts the exporter task(s) on the current tokio runtime.
 pub fn start(config: ExportConfig) -> Result<ExporterHandle, ExportError> {
+    start_with_metrics(config, None)
+}
+
+/// [`start`], plus the OTLP metrics exporter reading `metrics` when the configuration has a
+/// metrics endpoint.
+pub fn start_with_metrics(
+    config: ExportConfig,
+    metrics: Option<MetricsSource>,
+) -> Result<ExporterHandle, ExportError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(None);
     let mut lanes = Vec::new();
@@ -189,9 +221,42 @@ pub fn start(config: ExportConfig) -> Result<ExporterHandle, ExportError> {
     if lanes.is_empty() {
         return Err(ExportError::NothingToDo);
     }
+    let metrics = match (config.metrics.as_ref(), metrics) {
+        (Some(otlp), Some(source)) => {
+            let counters = Arc::new(Counters::default());
+            // Cumulative values: the next interval's request carries everything a request
+            // given up on carried.
+            let retry = RetryConfig {
+                max_elapsed: Some(config.metrics_interval),
+                ..config.retry
+            };
+            let sink = OtlpSink::for_signal(otlp, retry, counters.clone(), Signal::Metrics)?;
+            let (done_tx, done) = watch::channel(false);
+            let shutdown = Shutdown::new(shutdown_rx.clone());
+            let task_counters = counters.clone();
+            let interval = config.metrics_interval;
+            let task = runtime.spawn(async move {
+                metrics::run(sink, source, interval, shutdown, task_counters).await;
+                let _ = done_tx.send(true);
+            });
+            tracing::info!(
+                "exporting metrics with OTLP {} to {} every {:?}",
+                otlp.protocol,
+                otlp.endpoint,
+                interval
+            );
+            Some(MetricsLane {
+                counters,
+                done,
+                abort: task.abort_handle(),
+            })
+        }
+        _ => None,
+    };
     Ok(ExporterHandle {
         inner: Arc::new(Inner {
             lanes,
+            metrics,
             closed: AtomicBool::new(false),
             shutdown_tx,
             shutdown_timeout: config.shutdown_timeout,
@@ -289,6 +354,18 @@ impl ExporterHandle {
         s.queued.saturating_sub(s.exported.saturating_add(s.failed))
     }
 
+    /// Counters of the OTLP metrics exporter, if it runs.
+    pub fn metrics_stats(&self) -> Option<MetricsExportStats> {
+        self.inner.metrics.as_ref().map(|m| {
+            let s = m.counters.snapshot();
+            MetricsExportStats {
+                points_exported: s.exported,
+                points_failed: s.failed,
+                retries: s.retries,
+            }
+        })
+    }
+
     /// Whether the primary exporter's endpoint is failing now: a batch waits to be retried
     /// (from the first retryable failure until a batch is accepted).
     pub fn failing(&self) -> bool {
@@ -311,15 +388,17 @@ impl ExporterHandle {
             }
         });
         let deadline = inner.shutdown_tx.borrow().unwrap_or(requested);
-        for lane in &inner.lanes {
-            let mut done = lane.done.clone();
+        let lanes = inner.lanes.iter().map(|l| (&l.done, &l.abort));
+        let metrics = inner.metrics.iter().map(|m| (&m.done, &m.abort));
+        for (done, abort) in lanes.chain(metrics) {
+            let mut done = done.clone();
             // `Err` means the task is gone, which is just as done.
             if timeout_at(deadline + SHUTDOWN_GRACE, done.wait_for(|d| *d))
                 .await
                 .is_err()
             {
                 tracing::warn!("exporter did not stop within its shutdown deadline; aborting it");
-                lane.abort.abort();
+                abort.abort();
             }
         }
     }

@@ -37,7 +37,7 @@ use tonic::{
 use super::encode::encode_request;
 use super::{
     ExportError,
-    config::{OtlpConfig, OtlpProtocol, RetryConfig},
+    config::{OtlpConfig, OtlpProtocol, RetryConfig, Signal},
     pipeline::{Counters, Shutdown, Sink},
     text::sanitize,
 };
@@ -127,11 +127,21 @@ enum Transport {
     },
 }
 
-/// The OTLP/gRPC method.
+/// The OTLP/gRPC method of each signal.
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const GRPC_METRICS_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
-/// gRPC codec sending an already encoded `ExportTraceServiceRequest` (see
-/// [`encode_request`]) and decoding the response.
+fn grpc_path(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Traces => GRPC_EXPORT_PATH,
+        Signal::Metrics => GRPC_METRICS_PATH,
+    }
+}
+
+/// gRPC codec sending an already encoded export request (see [`encode_request`]) and decoding
+/// the response. The responses of both signals are decoded as `ExportTraceServiceResponse`:
+/// `ExportMetricsServiceResponse` has the same wire layout (field 1, `partial_success`, holding
+/// the rejected count as field 1 and the message as field 2).
 #[derive(Clone, Copy, Debug, Default)]
 struct PreEncoded;
 
@@ -216,8 +226,8 @@ impl Transport {
         }
     }
 
-    /// Sends one encoded `ExportTraceServiceRequest`.
-    async fn send(&self, url: &str, payload: &Bytes) -> Result<Accepted, Failure> {
+    /// Sends one encoded export request of `signal`.
+    async fn send(&self, url: &str, signal: Signal, payload: &Bytes) -> Result<Accepted, Failure> {
         match self {
             Transport::Grpc { client, metadata } => {
                 let mut req = tonic::Request::new(payload.clone());
@@ -226,7 +236,11 @@ impl Transport {
                 let sent = match client.ready().await {
                     Ok(()) => {
                         client
-                            .unary(req, PathAndQuery::from_static(GRPC_EXPORT_PATH), PreEncoded)
+                            .unary(
+                                req,
+                                PathAndQuery::from_static(grpc_path(signal)),
+                                PreEncoded,
+                            )
                             .await
                     }
                     Err(e) => Err(tonic::Status::unavailable(format!(
@@ -457,6 +471,7 @@ struct Outage {
 /// Exports batches to one OTLP endpoint.
 pub(crate) struct OtlpSink {
     endpoint: String,
+    signal: Signal,
     timeout: Duration,
     retry: RetryConfig,
     transport: Transport,
@@ -470,11 +485,21 @@ pub(crate) struct OtlpSink {
 }
 
 impl OtlpSink {
-    /// Builds the client; does not connect (the first batch does).
+    /// Builds the client of spans; does not connect (the first batch does).
     pub(crate) fn new(
         cfg: &OtlpConfig,
         retry: RetryConfig,
         counters: Arc<Counters>,
+    ) -> Result<Self, ExportError> {
+        Self::for_signal(cfg, retry, counters, Signal::Traces)
+    }
+
+    /// Builds the client of one signal; its counters count spans or metric data points.
+    pub(crate) fn for_signal(
+        cfg: &OtlpConfig,
+        retry: RetryConfig,
+        counters: Arc<Counters>,
+        signal: Signal,
     ) -> Result<Self, ExportError> {
         let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
@@ -488,6 +513,7 @@ impl OtlpSink {
         }
         Ok(Self {
             endpoint: cfg.endpoint.clone(),
+            signal,
             timeout: cfg.timeout,
             retry,
             transport: Transport::new(cfg, headers)?,
@@ -556,12 +582,13 @@ impl OtlpSink {
         let dropped = now.dropped_queue_full.saturating_sub(outage.dropped_before);
         let failed = now.failed.saturating_sub(outage.failed_before);
         let lost = if dropped + failed == 0 {
-            "no spans lost".to_owned()
+            format!("no {} lost", self.items())
         } else {
             format!("{dropped} spans dropped because the export queue was full, {failed} given up")
         };
+        let what = self.what();
         tracing::info!(
-            "OTLP export to {} works again: outage of {:.1} s ended after {} failed attempts; {lost}",
+            "{what} to {} works again: outage of {:.1} s ended after {} failed attempts; {lost}",
             self.endpoint,
             outage.since.elapsed().as_secs_f64(),
             outage.attempts,
@@ -578,6 +605,29 @@ impl OtlpSink {
         }
         let payload = Bytes::from(encode_request(&spans));
         drop(spans);
+        self.send_payload(payload, n, shutdown).await;
+    }
+
+    /// How log lines name this sink's exports.
+    fn what(&self) -> &'static str {
+        match self.signal {
+            Signal::Traces => "OTLP export",
+            Signal::Metrics => "OTLP metrics export",
+        }
+    }
+
+    /// What the counters of this sink count.
+    fn items(&self) -> &'static str {
+        match self.signal {
+            Signal::Traces => "spans",
+            Signal::Metrics => "data points",
+        }
+    }
+
+    /// Sends one encoded request holding `n` items (spans or data points), retrying as
+    /// [`Self::send`] does.
+    pub(crate) async fn send_payload(&mut self, payload: Bytes, n: u64, shutdown: &mut Shutdown) {
+        let (what, items) = (self.what(), self.items());
         let started = Instant::now();
         let mut attempt: u32 = 1;
         loop {
@@ -585,13 +635,16 @@ impl OtlpSink {
             // cuts the attempt short at the shutdown deadline.
             let limit = Instant::now() + self.timeout + Duration::from_millis(500);
             let result = match shutdown
-                .bound(self.transport.send(&self.endpoint, &payload), limit)
+                .bound(
+                    self.transport.send(&self.endpoint, self.signal, &payload),
+                    limit,
+                )
                 .await
             {
                 Some(r) => r,
                 None if shutdown.deadline_passed() => {
                     tracing::warn!(
-                        "OTLP export to {}: shutdown deadline reached; dropping {n} spans",
+                        "{what} to {}: shutdown deadline reached; dropping {n} {items}",
                         self.endpoint
                     );
                     self.counters.add_failed(n);
@@ -612,7 +665,7 @@ impl OtlpSink {
                         let endpoint = &self.endpoint;
                         self.warn_rejected.warn(|| {
                             format!(
-                                "OTLP export to {endpoint}: partial success, {} of {n} spans rejected: {}",
+                                "{what} to {endpoint}: partial success, {} of {n} {items} rejected: {}",
                                 acc.rejected_spans,
                                 truncate(&sanitize(&acc.error_message), 300)
                             )
@@ -627,7 +680,7 @@ impl OtlpSink {
             if !failure.retryable {
                 self.warn_rejected.warn(|| {
                     format!(
-                        "OTLP export to {endpoint} failed: {}; dropping {n} spans (not retryable)",
+                        "{what} to {endpoint} failed: {}; dropping {n} {items} (not retryable)",
                         failure.description
                     )
                 });
@@ -640,7 +693,7 @@ impl OtlpSink {
             if self.limit_reached(attempt, started, delay) {
                 self.warn_transient.warn(|| {
                     format!(
-                        "OTLP export to {endpoint} failed: {}; giving up on {n} spans after {attempt} attempts (retry limit)",
+                        "{what} to {endpoint} failed: {}; giving up on {n} {items} after {attempt} attempts (retry limit)",
                         failure.description
                     )
                 });
@@ -649,14 +702,14 @@ impl OtlpSink {
             }
             self.warn_transient.warn(|| {
                 format!(
-                    "OTLP export to {endpoint} failed: {}; will retry",
+                    "{what} to {endpoint} failed: {}; will retry",
                     failure.description
                 )
             });
             self.counters.add_retry();
             if !shutdown.sleep(delay).await {
                 tracing::warn!(
-                    "OTLP export to {}: shutdown deadline reached; dropping {n} spans",
+                    "{what} to {}: shutdown deadline reached; dropping {n} {items}",
                     self.endpoint
                 );
                 self.counters.add_failed(n);

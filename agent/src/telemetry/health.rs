@@ -2,7 +2,9 @@
 //! runtime. `GET /readyz` answers 200 once the probes are attached; `GET /healthz` answers 200
 //! while the capture loop keeps making progress (it beats at least every poll interval, 20 ms);
 //! `GET /metrics` gives the agent's own counters (published each second) in the Prometheus text
-//! format.
+//! format, followed by whatever [`Health::set_extra_metrics`] renders (the span metrics).
+//! The same server code serves `--metrics-listen`, which answers only `/metrics`
+//! ([`Routes::MetricsOnly`]).
 //! Its sockets belong to the agent, which the kernel programs never trace.
 
 use std::{
@@ -21,11 +23,32 @@ use super::Published;
 /// The capture loop counts as stalled when it has not beaten for this long.
 pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
+/// Renders more Prometheus text for `/metrics`.
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Liveness and readiness shared by the capture thread (which beats) and the endpoint.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Health {
     inner: Arc<Inner>,
     metrics: Published,
+    extra: Arc<std::sync::OnceLock<ExtraMetrics>>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+/// Which paths a server answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routes {
+    /// `/healthz`, `/readyz` and `/metrics` (`--health-listen`).
+    All,
+    /// `/metrics` only (`--metrics-listen`).
+    MetricsOnly,
 }
 
 #[derive(Debug)]
@@ -50,7 +73,22 @@ impl Health {
                 ready: AtomicBool::new(false),
             }),
             metrics: Published::default(),
+            extra: Arc::default(),
         }
+    }
+
+    /// Adds `render`'s text to every `/metrics` answer (set once; later calls are ignored).
+    pub fn set_extra_metrics(&self, render: ExtraMetrics) {
+        let _ = self.extra.set(render);
+    }
+
+    /// The text of `/metrics`: the agent's counters, then the extra metrics.
+    pub fn metrics_text(&self) -> String {
+        let mut text = self.metrics.latest().prometheus();
+        if let Some(extra) = self.extra.get() {
+            text.push_str(&extra());
+        }
+        text
     }
 
     fn now_ms(&self) -> u64 {
@@ -94,6 +132,11 @@ impl Health {
 /// The response to one request head (request line and headers): status line, headers, body.
 /// Pure, so the routing is unit-tested without sockets.
 pub fn respond(head: &[u8], health: &Health) -> Vec<u8> {
+    respond_on(head, health, Routes::All)
+}
+
+/// [`respond`] for a server answering `routes`.
+pub fn respond_on(head: &[u8], health: &Health, routes: Routes) -> Vec<u8> {
     let line = head
         .split(|&b| b == b'\n')
         .next()
@@ -109,6 +152,10 @@ pub fn respond(head: &[u8], health: &Health) -> Vec<u8> {
     }
     let path = target.split('?').next().unwrap_or(target);
     let head_only = method == "HEAD";
+    let path = match (routes, path) {
+        (Routes::MetricsOnly, "/healthz" | "/readyz") => "",
+        _ => path,
+    };
     let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
     if known && method != "GET" && !head_only {
         return reply(405, "Method Not Allowed", "use GET\n", false);
@@ -131,7 +178,7 @@ pub fn respond(head: &[u8], health: &Health) -> Vec<u8> {
             "probes not attached yet\n",
             head_only,
         ),
-        "/metrics" => reply(200, "OK", &health.metrics.latest().prometheus(), head_only),
+        "/metrics" => reply(200, "OK", &health.metrics_text(), head_only),
         _ => reply(404, "Not Found", "not found\n", head_only),
     }
 }
@@ -161,6 +208,11 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 /// Serves probes until the runtime stops: one request per connection, heads up to 8 KiB, read
 /// within 5 s.
 pub async fn serve(listener: tokio::net::TcpListener, health: Health) {
+    serve_routes(listener, health, Routes::All).await;
+}
+
+/// [`serve`] answering only `routes`.
+pub async fn serve_routes(listener: tokio::net::TcpListener, health: Health, routes: Routes) {
     loop {
         let (mut stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -187,7 +239,7 @@ pub async fn serve(listener: tokio::net::TcpListener, health: Health) {
             if read != Ok(true) {
                 return;
             }
-            let _ = stream.write_all(&respond(&head, &health)).await;
+            let _ = stream.write_all(&respond_on(&head, &health, routes)).await;
             let _ = stream.shutdown().await;
         });
     }
@@ -238,6 +290,33 @@ mod tests {
     }
 
     #[test]
+    fn metrics_only_routes_and_extra_text() {
+        let h = Health::new();
+        h.set_ready();
+        let mut s = crate::telemetry::Snapshot::default();
+        s.gauge("export", "pending", "Spans pending.", 2);
+        h.metrics().publish(s);
+        h.set_extra_metrics(Arc::new(|| "red_total 7\n".to_owned()));
+        let get = b"GET /metrics HTTP/1.1\r\n\r\n";
+        for routes in [Routes::All, Routes::MetricsOnly] {
+            let r = String::from_utf8_lossy(&respond_on(get, &h, routes)).into_owned();
+            assert!(
+                r.ends_with("\r\n\r\n# HELP socktrace_export_pending Spans pending.\n# TYPE socktrace_export_pending gauge\nsocktrace_export_pending 2\nred_total 7\n"),
+                "{r}"
+            );
+        }
+        let probe = b"GET /healthz HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            status(&respond_on(probe, &h, Routes::MetricsOnly)),
+            "HTTP/1.1 404 Not Found"
+        );
+        assert_eq!(
+            status(&respond_on(probe, &h, Routes::All)),
+            "HTTP/1.1 200 OK"
+        );
+    }
+
+    #[test]
     fn liveness_needs_recent_beats_once_ready() {
         let h = Health::new();
         let get = b"GET /healthz HTTP/1.1\r\n\r\n";
@@ -254,6 +333,7 @@ mod tests {
                 ready: AtomicBool::new(true),
             }),
             metrics: Published::default(),
+            extra: Arc::default(),
         };
         let r = respond(get, &stalled);
         assert_eq!(status(&r), "HTTP/1.1 503 Service Unavailable");

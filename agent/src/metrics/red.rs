@@ -1,0 +1,177 @@
+//! Request rate, errors and duration: one semantic-convention histogram per kind of span, with
+//! the attributes the convention lists for it, copied from the span.
+//!
+//! | spans | metric | unit | buckets |
+//! | --- | --- | --- | --- |
+//! | HTTP server / client | `http.server.request.duration`, `http.client.request.duration` (stable) | s | advised |
+//! | gRPC server / client | `rpc.server.duration`, `rpc.client.duration` | ms | SDK default |
+//! | database client | `db.client.operation.duration` (stable) | s | advised |
+//!
+//! The RPC metrics are those of the RPC conventions the spans follow (`rpc.system`,
+//! `rpc.grpc.status_code`, semconv 1.37 and before): the newer RPC conventions rename both the
+//! attributes and the metrics (`rpc.server.call.duration`, in seconds), and say an
+//! instrumentation switches only with `OTEL_SEMCONV_STABILITY_OPT_IN=rpc`, spans and metrics
+//! together. A span of no known kind (a database server span) gives no point.
+
+use super::{
+    histogram::{DB_SECONDS, DEFAULT_MILLIS, HTTP_SECONDS, Histogram},
+    table::Table,
+};
+use crate::trace::span::{KeyValue, Span, SpanKind};
+
+/// One histogram instrument.
+#[derive(Debug, PartialEq)]
+pub struct Instrument {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// UCUM unit: `s` or `ms`.
+    pub unit: &'static str,
+    pub bounds: &'static [f64],
+    /// Span attributes copied onto the point, when the span has them.
+    pub attributes: &'static [&'static str],
+    /// Also `server.address` and `server.port` (client metrics).
+    pub peer: bool,
+}
+
+/// The attributes client metrics add.
+const PEER_ATTRIBUTES: &[&str] = &["server.address", "server.port"];
+
+impl Instrument {
+    /// The span's duration in this instrument's unit.
+    fn value(&self, span: &Span) -> f64 {
+        let nanos = span.end_unix_nanos.saturating_sub(span.start_unix_nanos) as f64;
+        match self.unit {
+            "ms" => nanos / 1e6,
+            _ => nanos / 1e9,
+        }
+    }
+}
+
+/// The attributes of the HTTP histograms (`http.route` is only on server spans).
+const HTTP_ATTRIBUTES: &[&str] = &[
+    "http.request.method",
+    "http.response.status_code",
+    "http.route",
+    "error.type",
+    "url.scheme",
+    "network.protocol.name",
+    "network.protocol.version",
+];
+const RPC_ATTRIBUTES: &[&str] = &[
+    "rpc.system",
+    "rpc.service",
+    "rpc.method",
+    "rpc.grpc.status_code",
+    "error.type",
+];
+
+pub const HTTP_SERVER: Instrument = Instrument {
+    name: "http.server.request.duration",
+    description: "Duration of HTTP server requests.",
+    unit: "s",
+    bounds: HTTP_SECONDS,
+    attributes: HTTP_ATTRIBUTES,
+    peer: false,
+};
+pub const HTTP_CLIENT: Instrument = Instrument {
+    name: "http.client.request.duration",
+    description: "Duration of HTTP client requests.",
+    unit: "s",
+    bounds: HTTP_SECONDS,
+    attributes: HTTP_ATTRIBUTES,
+    peer: true,
+};
+pub const RPC_SERVER: Instrument = Instrument {
+    name: "rpc.server.duration",
+    description: "Measures the duration of inbound RPC.",
+    unit: "ms",
+    bounds: DEFAULT_MILLIS,
+    attributes: RPC_ATTRIBUTES,
+    peer: false,
+};
+pub const RPC_CLIENT: Instrument = Instrument {
+    name: "rpc.client.duration",
+    description: "Measures the duration of outbound RPC.",
+    unit: "ms",
+    bounds: DEFAULT_MILLIS,
+    attributes: RPC_ATTRIBUTES,
+    peer: true,
+};
+pub const DB_CLIENT: Instrument = Instrument {
+    name: "db.client.operation.duration",
+    description: "Duration of database client operations.",
+    unit: "s",
+    bounds: DB_SECONDS,
+    attributes: &[
+        "db.system.name",
+        "db.namespace",
+        "db.operation.name",
+        "db.collection.name",
+        "db.response.status_code",
+        "error.type",
+    ],
+    peer: true,
+};
+
+/// Every instrument, in export order.
+pub const INSTRUMENTS: [&Instrument; 5] = [
+    &HTTP_SERVER,
+    &HTTP_CLIENT,
+    &RPC_SERVER,
+    &RPC_CLIENT,
+    &DB_CLIENT,
+];
+
+/// The instrument a span is measured by, if any.
+pub fn instrument_of(span: &Span) -> Option<usize> {
+    let server = span.kind == SpanKind::Server;
+    if span.attr("rpc.system").is_some() {
+        Some(if server { 2 } else { 3 })
+    } else if span.attr("db.system.name").is_some() {
+        (!server).then_some(4)
+    } else if span.attr("http.request.method").is_some() {
+        Some(if server { 0 } else { 1 })
+    } else {
+        None
+    }
+}
+
+/// The RED histograms, one table of series per instrument.
+#[derive(Debug)]
+pub struct Red {
+    pub tables: Vec<Table<Histogram>>,
+}
+
+impl Red {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            tables: INSTRUMENTS.iter().map(|_| Table::new(cap)).collect(),
+        }
+    }
+
+    /// Records one finished span; false if it is of no known kind.
+    pub fn record(&mut self, span: &Span) -> bool {
+        let Some(i) = instrument_of(span) else {
+            return false;
+        };
+        let inst = INSTRUMENTS[i];
+        let peer = if inst.peer { PEER_ATTRIBUTES } else { &[] };
+        let attributes: Vec<KeyValue> = inst
+            .attributes
+            .iter()
+            .chain(peer)
+            .filter_map(|k| {
+                span.attributes
+                    .iter()
+                    .find(|kv| kv.key == *k)
+                    .map(|kv| KeyValue::new(*k, kv.value.clone()))
+            })
+            .collect();
+        if let Some(h) = self.tables[i].entry(Some(&span.resource), attributes, || {
+            Histogram::new(inst.bounds)
+        }) {
+            h.record(inst.value(span));
+        }
+        true
+    }
+}
