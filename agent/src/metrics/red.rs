@@ -13,11 +13,13 @@
 //! instrumentation switches only with `OTEL_SEMCONV_STABILITY_OPT_IN=rpc`, spans and metrics
 //! together. A span of no known kind (a database server span) gives no point.
 
+use std::{collections::HashMap, fmt::Write as _, sync::Arc};
+
 use super::{
     histogram::{DB_SECONDS, DEFAULT_MILLIS, HTTP_SECONDS, Histogram},
     table::Table,
 };
-use crate::trace::span::{KeyValue, Span, SpanKind};
+use crate::trace::span::{KeyValue, Resource, Span, SpanKind};
 
 /// One histogram instrument.
 #[derive(Debug, PartialEq)]
@@ -136,17 +138,69 @@ pub fn instrument_of(span: &Span) -> Option<usize> {
     }
 }
 
+/// Resource attributes that tell one process from another. Metrics leave them out: the RED
+/// figures are per service (on this host, in this container or pod), so a service that forks a
+/// process per request, or a client run from a shell loop, stays one set of series instead of
+/// a new set per process (which the series cap would soon turn into overflow and drops).
+const PER_PROCESS: [&str; 3] = [
+    "process.pid",
+    "service.instance.id",
+    "process.executable.path",
+];
+
+/// Bound on remembered process resources (each maps to its service's resource).
+const MAX_RESOURCES: usize = 4096;
+
 /// The RED histograms, one table of series per instrument.
 #[derive(Debug)]
 pub struct Red {
     pub tables: Vec<Table<Histogram>>,
+    /// Process resource key -> the resource its points are recorded under.
+    by_process: HashMap<String, Arc<Resource>>,
+    /// Service resources, by their attributes (shared by the processes of one service).
+    services: HashMap<String, Arc<Resource>>,
 }
 
 impl Red {
     pub fn new(cap: usize) -> Self {
         Self {
             tables: INSTRUMENTS.iter().map(|_| Table::new(cap)).collect(),
+            by_process: HashMap::new(),
+            services: HashMap::new(),
         }
+    }
+
+    /// The resource a span's points are recorded under: its own without [`PER_PROCESS`].
+    fn service_resource(&mut self, resource: &Arc<Resource>) -> Arc<Resource> {
+        if let Some(r) = self.by_process.get(&resource.key) {
+            return r.clone();
+        }
+        if self.by_process.len() >= MAX_RESOURCES {
+            // Processes come and go; their services stay (the series keep them, keyed by the
+            // resource's attributes, so a service met again after a clear is the same).
+            self.by_process.clear();
+        }
+        if self.services.len() >= MAX_RESOURCES {
+            self.services.clear();
+        }
+        let attributes: Vec<KeyValue> = resource
+            .attributes
+            .iter()
+            .filter(|kv| !PER_PROCESS.contains(&kv.key.as_ref()))
+            .cloned()
+            .collect();
+        let mut key = String::new();
+        for kv in &attributes {
+            let _ = write!(key, "{}={:?}\0", kv.key, kv.value);
+        }
+        let service = self
+            .services
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Resource { key, attributes }))
+            .clone();
+        self.by_process
+            .insert(resource.key.clone(), service.clone());
+        service
     }
 
     /// Records one finished span; false if it is of no known kind.
@@ -167,9 +221,10 @@ impl Red {
                     .map(|kv| KeyValue::new(*k, kv.value.clone()))
             })
             .collect();
-        if let Some(h) = self.tables[i].entry(Some(&span.resource), attributes, || {
-            Histogram::new(inst.bounds)
-        }) {
+        let resource = self.service_resource(&span.resource);
+        if let Some(h) =
+            self.tables[i].entry(Some(&resource), attributes, || Histogram::new(inst.bounds))
+        {
             h.record(inst.value(span));
         }
         true

@@ -363,3 +363,52 @@ fn prometheus_text_has_cumulative_buckets_sums_and_counts() {
     );
     let _ = Histogram::new(&[]);
 }
+
+/// A process of `service` with its own pid: what the resource cache makes of a curl run.
+fn process(service: &str, pid: i64) -> Arc<Resource> {
+    Arc::new(Resource {
+        key: format!("{pid}:1:0"),
+        attributes: vec![
+            KeyValue::new("service.name", service.to_owned()),
+            KeyValue::new("service.instance.id", format!("host-{pid}-1")),
+            KeyValue::new("process.pid", pid),
+            KeyValue::new("process.executable.name", service.to_owned()),
+            KeyValue::new("process.executable.path", format!("/usr/bin/{service}")),
+            KeyValue::new("host.name", "host"),
+        ],
+    })
+}
+
+#[test]
+fn processes_of_one_service_share_its_series() {
+    let mut a = Aggregator::new(3);
+    // 500 short-lived processes of one client, and one of another service: with one series
+    // per process the cap of 3 would overflow at once.
+    let spans: Vec<Span> = (0..500)
+        .map(|pid| http_server(1, &process("curl", pid), 5, "/", 200))
+        .chain(std::iter::once(http_server(2, &process("py", 9000), 5, "/", 200)))
+        .collect();
+    a.record(&spans, Instant::now());
+    let t = &a.red.tables[0];
+    assert_eq!((t.overflowed, t.dropped), (0, 0));
+    assert_eq!(t.series().len(), 2);
+    let counts: Vec<(String, u64)> = t
+        .series()
+        .iter()
+        .map(|s| {
+            let r = s.resource.as_ref().expect("a process resource");
+            (r.service_name().to_owned(), s.value.count)
+        })
+        .collect();
+    assert_eq!(counts, [("curl".to_owned(), 500), ("py".to_owned(), 1)]);
+    // The series' resource names the service and host, not one of its processes.
+    let keys: Vec<&str> = t.series()[0]
+        .resource
+        .as_ref()
+        .expect("resource")
+        .attributes
+        .iter()
+        .map(|kv| kv.key.as_ref())
+        .collect();
+    assert_eq!(keys, ["service.name", "process.executable.name", "host.name"]);
+}
