@@ -386,7 +386,13 @@ fn processes_of_one_service_share_its_series() {
     // per process the cap of 3 would overflow at once.
     let spans: Vec<Span> = (0..500)
         .map(|pid| http_server(1, &process("curl", pid), 5, "/", 200))
-        .chain(std::iter::once(http_server(2, &process("py", 9000), 5, "/", 200)))
+        .chain(std::iter::once(http_server(
+            2,
+            &process("py", 9000),
+            5,
+            "/",
+            200,
+        )))
         .collect();
     a.record(&spans, Instant::now());
     let t = &a.red.tables[0];
@@ -410,5 +416,8 @@ fn processes_of_one_service_share_its_series() {
         .iter()
         .map(|kv| kv.key.as_ref())
         .collect();
-    assert_eq!(keys, ["service.name", "process.executable.name", "host.name"]);
+    assert_eq!(
+        keys,
+        ["service.name", "process.executable.name", "host.name"]
+    );
 }
