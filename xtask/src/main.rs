@@ -62,7 +62,7 @@ enum Task {
     /// collector outage, ring-buffer overload (latency against untraced), minutes of connection
     /// and process churn, SIGKILL and restart, and every parser fuzzed for a number of runs.
     /// Writes target/soak/report.md (with `--record`, also the README's reliability table).
-    /// About 25 minutes with the defaults; not part of `test`. Needs root.
+    /// About 50 minutes with the defaults on a 2-core machine (fuzzing is most of it); not part of `test`. Needs root.
     Soak {
         /// libFuzzer runs per parser (0 skips fuzzing).
         #[arg(long, default_value_t = 10_000_000)]
