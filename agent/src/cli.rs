@@ -127,6 +127,12 @@ pub struct Cli {
     #[arg(long)]
     pub no_inject: bool,
 
+    /// Read the plaintext of TLS connections at OpenSSL (shared `libssl` and binaries that
+    /// link it statically with symbols), with uprobes: `--tls false` turns it off.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          env = "SOCKTRACE_TLS")]
+    pub tls: bool,
+
     /// Kernel ring buffer size in bytes (power of two, at least 65536).
     #[arg(long, value_name = "BYTES", default_value = "8388608", value_parser = parse_ringbuf_size)]
     pub ringbuf_size: u32,

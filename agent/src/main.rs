@@ -12,6 +12,7 @@ use socktrace::{
     capture::{
         caps, inject,
         probes::{self, ProbeConfig, Probes},
+        tls::{ScanReport, TlsAttacher},
     },
     cli::{Cli, QueryTextMode, RouteMode},
     conn::ConnConfig,
@@ -58,6 +59,25 @@ fn main() -> ExitCode {
             eprintln!("socktrace: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How often new processes are inspected for TLS libraries (shared `libssl` found at start is
+/// covered for every process at once).
+const TLS_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+fn log_tls_scan(report: &ScanReport) {
+    for path in &report.attached {
+        tracing::info!("TLS: attached to {}", path.display());
+    }
+    for path in &report.detached {
+        tracing::info!(
+            "TLS: detached from {} (its processes exited)",
+            path.display()
+        );
+    }
+    for (path, why) in &report.failed {
+        tracing::warn!("TLS: cannot attach to {}: {why}", path.display());
     }
 }
 
@@ -175,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let enabled = Enabled::from_names(&cli.protocols).map_err(anyhow::Error::msg)?;
     // traceparent injection: only where HTTP/1 client spans are made to carry the same ids.
     let mut inject_state = "off".to_owned();
+    let tls_state;
     let inject_root = if cli.no_inject {
         inject_state = "off (--no-inject)".to_owned();
         None
@@ -194,7 +215,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         filter_pids: selector.is_filtering(),
         wakeup_bytes: probes::WAKEUP_BYTES,
         inject: inject_root.is_some(),
+        tls: cli.tls,
     })?;
+    let mut tls = match probes.tls() {
+        Ok(()) => {
+            let mut attacher = TlsAttacher::new();
+            log_tls_scan(&probes.scan_tls(&mut attacher));
+            tls_state = match attacher.attached().as_slice() {
+                [] => "on (no OpenSSL found yet)".to_owned(),
+                paths => format!(
+                    "on ({})",
+                    paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            Some(attacher)
+        }
+        Err(why) => {
+            if cli.tls {
+                eprintln!("socktrace: warning: TLS capture is off: {why}");
+            }
+            tls_state = format!("off ({why})");
+            None
+        }
+    };
     // Once per missing feature: what is off, and why.
     let mut notes: Vec<(&str, Vec<&str>)> = Vec::new();
     for program in probes.fallbacks() {
@@ -262,7 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
     eprintln!(
-        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; exporter: {}{}{}{}",
+        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; TLS: {}; exporter: {}{}{}{}",
         env!("CARGO_PKG_VERSION"),
         probes.attached(),
         loaded_in.as_secs_f64(),
@@ -270,6 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         selection.join(", "),
         cli.capture_bytes,
         inject_state,
+        tls_state,
         exporter_desc,
         cli.health_listen
             .map(|a| format!("; health: http://{a}/healthz, /readyz and /metrics"))
@@ -339,9 +387,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        let mut rescan = tokio::time::interval(TLS_SCAN_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = rescan.tick() => {
+                    if let Some(attacher) = tls.as_mut() {
+                        log_tls_scan(&probes.scan_tls(attacher));
+                    }
+                }
+            }
         }
         anyhow::Ok(())
     })?;

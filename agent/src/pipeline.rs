@@ -201,6 +201,7 @@ impl Pipeline {
                 local: cx.local,
                 peer: cx.peer,
                 resource,
+                tls: cx.tls,
             };
             let clock = self.clock;
             let to_unix = |t| clock.to_unix(t);

@@ -11,8 +11,10 @@ Routes (all answer with Content-Length unless noted):
   POST /echo             200, body = "received <n>\n" where n is the decoded body length
                           (Content-Length or chunked request bodies)
 Prints "PORT <n>" on stdout once listening. Threaded, keep-alive.
+Arguments: [PORT] [--tls CERT KEY] (HTTPS with that certificate).
 """
 import http.server
+import ssl
 import sys
 
 
@@ -97,9 +99,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def main():
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    args = sys.argv[1:]
+    tls = None
+    if "--tls" in args:
+        i = args.index("--tls")
+        tls = args[i + 1 : i + 3]
+        del args[i : i + 3]
+    port = int(args[0]) if args else 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
+    if tls:
+        # HTTPS through Python's ssl module (OpenSSL): what the agent reads at the library.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls[0], tls[1])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"PORT {server.server_address[1]}", flush=True)
     server.serve_forever()
 

@@ -28,16 +28,36 @@ impl Drop for Stopped {
     }
 }
 
-/// nginx with one worker on 127.0.0.1, answering every request with 200 and a 17-byte body;
-/// its files live in a directory of its own, removed on drop.
+/// nginx with one worker on 127.0.0.1, answering every request with 200 and a 17-byte body
+/// (404 under `/missing`); its files live in a directory of its own, removed on drop.
 pub struct Nginx {
     pub port: u16,
     child: Option<Stopped>,
     dir: PathBuf,
+    tls: bool,
+}
+
+/// A certificate and its key, as PEM files.
+pub struct Cert<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
 }
 
 impl Nginx {
     pub fn start(port: u16) -> Result<Self, String> {
+        Self::start_with(port, None)
+    }
+
+    /// With `tls`, HTTPS (OpenSSL through nginx's shared libssl) with that certificate.
+    pub fn start_with(port: u16, tls: Option<Cert<'_>>) -> Result<Self, String> {
+        let listen = match &tls {
+            None => format!("listen 127.0.0.1:{port};"),
+            Some(c) => format!(
+                "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};",
+                c.cert.display(),
+                c.key.display()
+            ),
+        };
         let dir =
             std::env::temp_dir().join(format!("socktrace-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -46,7 +66,7 @@ impl Nginx {
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{\n    listen 127.0.0.1:{port};\n    location / {{ return 200 \"hello from nginx\\n\"; }}\n  }}\n}}\n",
+               server {{\n    {listen}\n    location / {{ return 200 \"hello from nginx\\n\"; }}\n    location /missing {{ return 404 \"missing\\n\"; }}\n  }}\n}}\n",
             d = dir.display()
         );
         let path = dir.join("nginx.conf");
@@ -63,6 +83,7 @@ impl Nginx {
             port,
             child: Some(Stopped(child)),
             dir,
+            tls: tls.is_some(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -75,7 +96,8 @@ impl Nginx {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 }
 

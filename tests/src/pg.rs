@@ -2,7 +2,7 @@
 //! `postgres` user on 127.0.0.1 with a free port, stopped and removed on drop.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -27,6 +27,16 @@ fn as_postgres(program: &std::path::Path) -> Command {
     cmd
 }
 
+/// Makes `path` the `postgres` user's.
+fn give_to_postgres(path: &Path) {
+    let status = Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success(), "chown postgres {}", path.display());
+}
+
 pub struct PgServer {
     pub port: u16,
     dir: PathBuf,
@@ -36,6 +46,11 @@ pub struct PgServer {
 impl PgServer {
     /// Creates a cluster (trust authentication) and starts it; creates database `db`.
     pub fn start(db: &str) -> Self {
+        Self::start_with(db, None)
+    }
+
+    /// As [`PgServer::start`]; with `tls` (certificate and key PEM files), `ssl=on` with them.
+    pub fn start_with(db: &str, tls: Option<(&Path, &Path)>) -> Self {
         let bin = bin_dir();
         let dir = std::env::temp_dir().join(format!(
             "socktrace-pg-{}-{}",
@@ -43,12 +58,7 @@ impl PgServer {
             free_port()
         ));
         std::fs::create_dir_all(&dir).expect("pg dir");
-        let status = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&dir)
-            .status()
-            .expect("chown");
-        assert!(status.success());
+        give_to_postgres(&dir);
         let data = dir.join("data");
         let out = as_postgres(&bin.join("initdb"))
             .args([
@@ -70,7 +80,30 @@ impl PgServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
+        let mut ssl = Vec::new();
+        if let Some((cert, key)) = tls {
+            // The server insists on a key readable by its own user only.
+            for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = dir.join(name);
+                std::fs::copy(from, &to).expect("copy certificate");
+                give_to_postgres(&to);
+                std::fs::set_permissions(
+                    &to,
+                    <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+                )
+                .expect("chmod");
+            }
+            ssl = vec![
+                "-c".to_owned(),
+                "ssl=on".to_owned(),
+                "-c".to_owned(),
+                format!("ssl_cert_file={}", dir.join("server.crt").display()),
+                "-c".to_owned(),
+                format!("ssl_key_file={}", dir.join("server.key").display()),
+            ];
+        }
         let child = as_postgres(&bin.join("postgres"))
+            .args(&ssl)
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])

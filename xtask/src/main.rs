@@ -101,6 +101,8 @@ const APT_TEST: &[&str] = &[
     "redis-tools",
     "mariadb-server",
     "mariadb-client",
+    // HTTPS server for the TLS tests (OpenSSL through the shared libssl).
+    "nginx",
 ];
 /// Load generator and server for `bench`.
 const APT_BENCH: &[&str] = &["nginx", "wrk"];

@@ -36,9 +36,9 @@ pub struct Configuration {
     pub config: ProbeConfig,
 }
 
-/// Every configuration that changes what the verifier sees. The kernel side knows three
-/// settings (read-only globals the verifier treats as constants): injection on or off, the
-/// process filter, and the capture size; `--protocols` reaches it only by turning injection off
+/// Every configuration that changes what the verifier sees. The kernel side knows four
+/// settings (read-only globals the verifier treats as constants): injection on or off, TLS
+/// capture on or off (only `lean` has it off), the process filter, and the capture size; `--protocols` reaches it only by turning injection off
 /// (a protocol list without `http`), and the other flags are applied in user space.
 pub fn configurations() -> Vec<Configuration> {
     let config = |inject, filter_pids, capture_bytes| ProbeConfig {
@@ -47,6 +47,7 @@ pub fn configurations() -> Vec<Configuration> {
         filter_pids,
         wakeup_bytes: WAKEUP_BYTES,
         inject,
+        tls: inject || !filter_pids,
     };
     let default = socktrace_common::DEFAULT_CAPTURE;
     let max = socktrace_common::MAX_CAPTURE as u32;
@@ -78,7 +79,7 @@ pub fn configurations() -> Vec<Configuration> {
         },
         Configuration {
             name: "lean",
-            flags: "--no-inject --pid P --capture-bytes 8192",
+            flags: "--no-inject --pid P --capture-bytes 8192 --tls false",
             config: config(false, true, max),
         },
     ]
@@ -182,6 +183,12 @@ pub fn verify_all(config: &ProbeConfig) -> Result<Vec<Verified>, ProbeError> {
             ProgramSection::TracePoint => bpf_prog_type::BPF_PROG_TYPE_TRACEPOINT,
             ProgramSection::SkMsg => bpf_prog_type::BPF_PROG_TYPE_SK_MSG,
             ProgramSection::SockOps => bpf_prog_type::BPF_PROG_TYPE_SOCK_OPS,
+            ProgramSection::UProbe { .. } | ProgramSection::URetProbe { .. } => {
+                if !config.tls {
+                    continue;
+                }
+                bpf_prog_type::BPF_PROG_TYPE_KPROBE
+            }
             ref other => {
                 return Err(ProbeError::Object(format!(
                     "program {name}: section {other:?} is not measured"

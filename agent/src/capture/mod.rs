@@ -8,4 +8,5 @@ pub mod caps;
 pub mod inject;
 pub mod object;
 pub mod probes;
+pub mod tls;
 pub mod tracepoints;

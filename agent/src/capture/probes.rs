@@ -18,7 +18,7 @@ use aya::{
 };
 use socktrace_common::{
     GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS, GLOBAL_INJECT_ENABLED,
-    GLOBAL_TP_OFFSETS, GLOBAL_WAKEUP_BYTES, stats,
+    GLOBAL_TLS_ENABLED, GLOBAL_TP_OFFSETS, GLOBAL_WAKEUP_BYTES, stats,
 };
 
 /// Every tracepoint, in attach order, with the programs to try for it: the first that the
@@ -147,6 +147,9 @@ pub struct ProbeConfig {
     /// Insert `traceparent` into outgoing HTTP/1 requests once [`Probes::attach_injection`]
     /// attaches the programs that do it.
     pub inject: bool,
+    /// Follow TLS library calls: load the uprobe programs (attached per library by
+    /// [`crate::capture::tls::TlsAttacher`]) and let the socket hooks look for a call in progress.
+    pub tls: bool,
 }
 
 /// Bytes waiting in the ring buffer before the kernel wakes the reader (it also polls).
@@ -165,6 +168,7 @@ pub(crate) fn loader_globals(
         (GLOBAL_FILTER_PIDS, word(u32::from(config.filter_pids))),
         (GLOBAL_WAKEUP_BYTES, word(config.wakeup_bytes)),
         (GLOBAL_INJECT_ENABLED, word(u32::from(config.inject))),
+        (GLOBAL_TLS_ENABLED, word(u32::from(config.tls))),
         (GLOBAL_TP_OFFSETS, offsets.to_ne_bytes().to_vec()),
     ])
 }
@@ -199,8 +203,9 @@ impl ProbeConfig {
     /// The settings the kernel programs see, in words (for error messages).
     pub fn describe(&self) -> String {
         format!(
-            "injection {}, capture {} bytes, {}",
+            "injection {}, TLS {}, capture {} bytes, {}",
             if self.inject { "on" } else { "off" },
+            if self.tls { "on" } else { "off" },
             self.capture_bytes,
             if self.filter_pids {
                 "selected processes"
@@ -269,6 +274,8 @@ pub struct Probes {
     ebpf: Ebpf,
     attached: usize,
     fallbacks: Vec<&'static str>,
+    /// The TLS programs are loaded, or why not.
+    tls: Result<(), String>,
 }
 
 /// Loads tracepoint program `name` (logging what the verifier said), not attached yet.
@@ -412,6 +419,14 @@ impl Probes {
             }
             attached += 1;
         }
+        let tls = if config.tls {
+            match super::tls::load(&mut ebpf) {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            Err("--tls false".to_owned())
+        };
         if let Err(e) = load_chunk_programs(&mut ebpf, config) {
             tracing::warn!(
                 "large reads and writes of HTTP/2 connections are cut to their first {} bytes: {e}",
@@ -422,6 +437,7 @@ impl Probes {
             ebpf,
             attached,
             fallbacks,
+            tls,
         })
     }
 
@@ -432,6 +448,19 @@ impl Probes {
         root: &crate::capture::inject::Cgroup2Root,
     ) -> Result<(), crate::capture::inject::InjectError> {
         crate::capture::inject::attach(&mut self.ebpf, root)
+    }
+
+    /// Whether the TLS programs are loaded (ready for [`Probes::scan_tls`]), or why not.
+    pub fn tls(&self) -> Result<(), &str> {
+        self.tls.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// Attaches the TLS programs to libraries and binaries found since the last scan.
+    pub fn scan_tls(
+        &mut self,
+        attacher: &mut crate::capture::tls::TlsAttacher,
+    ) -> crate::capture::tls::ScanReport {
+        attacher.scan(&mut self.ebpf)
     }
 
     /// Number of attached tracepoints.
@@ -787,6 +816,7 @@ mod tests {
             filter_pids: true,
             wakeup_bytes: WAKEUP_BYTES,
             inject: true,
+            tls: true,
         };
         let message = rejected("sys_exit_readv", &config, error).to_string();
         for part in [
@@ -806,6 +836,7 @@ mod tests {
         let plain = ProbeConfig {
             capture_bytes: socktrace_common::DEFAULT_CAPTURE,
             inject: false,
+            tls: false,
             ..config
         };
         let error = aya::programs::ProgramError::LoadError {

@@ -95,6 +95,12 @@ crate::counters! {
         /// full): what they held unanswered was dropped, and parsing began again as if joined
         /// mid-stream.
         reset_after_loss,
+        /// Connections whose plaintext began to come from a TLS library: what the socket carried
+        /// before (the handshake's ciphertext) was dropped and parsing began again.
+        tls_plaintext,
+        /// Socket records of TLS connections outside the library's calls (handshake, alerts):
+        /// ciphertext, skipped.
+        tls_ciphertext_skipped,
         /// Connections that ended while the kernel was losing records: the requests they held
         /// unanswered were dropped rather than reported as failed (their answers may be in what
         /// was lost).
@@ -118,6 +124,8 @@ pub struct ConnExchange {
     pub local: SocketAddr,
     pub peer: SocketAddr,
     pub exchange: Box<dyn Exchange>,
+    /// The exchange was read at a TLS library: the connection is encrypted.
+    pub tls: bool,
     /// What span linking needs to know about the exchange.
     pub link: ExchangeLink,
 }

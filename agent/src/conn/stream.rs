@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use socktrace_common::{CTX_SERVER_REQUEST, DIR_INGRESS, DataEvent};
+use socktrace_common::{CTX_SERVER_REQUEST, DATA_TLS, DIR_INGRESS, DataEvent};
 
 use super::{ConnExchange, Role};
 use crate::{
@@ -86,6 +86,8 @@ pub(super) struct Conn {
     /// The kernel lost records while this connection was open (ring buffer full): what it
     /// holds unanswered at its end may be answered in what was lost.
     pub lost: bool,
+    /// The bytes come from a TLS library (`DATA_TLS`), not from the socket.
+    pub tls: bool,
 }
 
 impl Conn {
@@ -114,6 +116,7 @@ impl Conn {
             turns: 0,
             sequence: 0,
             lost: false,
+            tls: ev.ctx_flags & DATA_TLS != 0,
         }
     }
 
@@ -331,6 +334,7 @@ impl Conn {
                 local: self.local,
                 peer: self.peer,
                 exchange,
+                tls: self.tls,
             });
         }
         next

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use socktrace_common::{
-    ConnectEvent, DATA_LOST_BEFORE, DIR_INGRESS, DataEvent, InjectEvent, ROLE_CLIENT, ROLE_SERVER,
-    TCP_CLOSE,
+    ConnectEvent, DATA_LOST_BEFORE, DATA_TLS, DIR_INGRESS, DataEvent, InjectEvent, ROLE_CLIENT,
+    ROLE_SERVER, TCP_CLOSE,
 };
 
 use super::{
@@ -160,6 +160,24 @@ impl ConnTable {
             // connection starts over, as if joined mid-stream.
             self.stats.reset_after_loss += 1;
             if let State::Active { protocol, session } = conn.state {
+                retire(&mut self.retired, protocol, session.as_ref());
+            }
+        }
+        let tls = ev.ctx_flags & DATA_TLS != 0;
+        if let Some(conn) = self.conns.get(&ev.sk)
+            && conn.tls != tls
+        {
+            if conn.tls {
+                // Ciphertext outside the library's calls (an alert, a late handshake message).
+                self.stats.tls_ciphertext_skipped += 1;
+                return;
+            }
+            // The first plaintext from the TLS library: what the socket showed so far was the
+            // handshake. The connection starts over, reading the plaintext from its beginning.
+            self.stats.tls_plaintext += 1;
+            if let Some(conn) = self.conns.remove(&ev.sk)
+                && let State::Active { protocol, session } = conn.state
+            {
                 retire(&mut self.retired, protocol, session.as_ref());
             }
         }

@@ -272,7 +272,8 @@ pub fn build_http_span(
             if let Some(q) = query {
                 attrs.push(KeyValue::new("url.query", redact_query(q)));
             }
-            attrs.push(KeyValue::new("url.scheme", Value::text("http")));
+            let scheme = if conn.tls { "https" } else { "http" };
+            attrs.push(KeyValue::new("url.scheme", Value::text(scheme)));
             if config.route_heuristic {
                 let r = route_from_path(path);
                 attrs.push(KeyValue::new("http.route", r.clone()));
@@ -310,7 +311,8 @@ pub fn build_http_span(
                     str::to_owned,
                 ),
             };
-            let mut full = format!("http://{authority}{path}");
+            let scheme = if conn.tls { "https" } else { "http" };
+            let mut full = format!("{scheme}://{authority}{path}");
             if let Some(q) = query {
                 full.push('?');
                 full.push_str(&redact_query(q));

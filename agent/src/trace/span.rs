@@ -131,6 +131,8 @@ pub struct ConnMeta {
     pub local: SocketAddr,
     pub peer: SocketAddr,
     pub resource: Arc<Resource>,
+    /// Read at a TLS library: the exchange was encrypted on the wire (`https`).
+    pub tls: bool,
 }
 
 /// What every span of one exchange is made of; see [`Span::of_exchange`].

@@ -23,6 +23,8 @@ pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 /// Non-zero: the `sk_msg` program inserts `traceparent` headers (set when it is attached).
 pub const GLOBAL_INJECT_ENABLED: &str = "INJECT_ENABLED";
 pub const GLOBAL_TP_OFFSETS: &str = "TP_OFFSETS";
+/// Non-zero: TLS library calls are followed (the socket hooks look for one in progress).
+pub const GLOBAL_TLS_ENABLED: &str = "TLS_ENABLED";
 
 /// The line the kernel inserts after the request line of an outgoing HTTP/1 request:
 /// `traceparent: 00-<32 hex trace id>-<16 hex span id>-01\r\n`.
@@ -54,6 +56,10 @@ pub const CTX_FROM_HEADER: u32 = 2;
 /// `DataEvent::ctx_flags`: records of this socket were lost (ring buffer full) since its
 /// previous record: the stream has a hole of unknown size before this one.
 pub const DATA_LOST_BEFORE: u32 = 4;
+/// `DataEvent::ctx_flags`: plaintext read or written through a TLS library (`SSL_read`,
+/// `SSL_write`...), not the socket's own bytes; the socket's ciphertext is not sent at all while
+/// the library is in the call.
+pub const DATA_TLS: u32 = 8;
 
 /// Direction of a socket data event, seen from the traced process.
 pub const DIR_INGRESS: u32 = 0;
@@ -379,6 +385,16 @@ pub mod stats {
         /// buffer of a non-blocking socket, a signal): the rest passes unseen, so the connection is
         /// left alone from then on.
         INJECT_PARTIAL_SEND = 20, "inject_partial_send";
+        /// TLS library calls whose plaintext was sent to user space.
+        TLS_PLAINTEXT = 21, "tls_plaintext";
+        /// TLS library calls on a socket the kernel could not name (no socket call happened inside
+        /// this one or an earlier call on the same TLS session, e.g. a memory BIO): plaintext lost.
+        TLS_NO_SOCKET = 22, "tls_no_socket";
+        /// Socket reads and writes of TLS library calls, not sent (their plaintext is).
+        TLS_CIPHERTEXT_SKIPPED = 23, "tls_ciphertext_skipped";
+        /// TLS sessions on memory buffers (no socket call inside the library's calls), tied to the
+        /// socket their thread read last.
+        TLS_BOUND_BY_LAST_READ = 24, "tls_bound_by_last_read";
     }
 }
 

@@ -109,7 +109,7 @@ pub fn server_read(scratch: *mut DataEventBuf) {
     } else {
         random_trace_id(trace_id);
     }
-    header.ctx_flags = flags;
+    header.ctx_flags |= flags;
     let ctx = ThreadCtx {
         trace_id: header.trace_id,
         sk: header.sk,

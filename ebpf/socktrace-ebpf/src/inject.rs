@@ -45,7 +45,7 @@ use crate::{
     context::{THREAD_CTX, random_trace_id},
     http::{self, DUP_CL, HAS_CHUNKED, HAS_CL, HAS_TE, HAS_TP, HAS_UPGRADE, HeadScan},
     maps::{count, current_is_traced, send_event},
-    syscalls::{ACTIVE_IO, ActiveIo},
+    syscalls::{ActiveIo, live_io},
 };
 
 /// Set by user space before load: non-zero once the programs are to be attached.
@@ -255,7 +255,7 @@ fn on_msg(ctx: &SkMsgContext) {
         apply(ctx, ALL);
         return;
     }
-    let io = ACTIVE_IO.get_ptr_mut(bpf_get_current_pid_tgid() as u32);
+    let io = live_io(bpf_get_current_pid_tgid() as u32);
     if io.is_none() {
         // A write the agent does not see (io_uring, sendmmsg, an untraced process): whether
         // the kernel sends it whole could not be checked (`after_send`).
@@ -358,7 +358,7 @@ fn request(msg: *mut sk_msg_md) {
     }
 
     let id = bpf_get_current_pid_tgid();
-    let io = ACTIVE_IO.get_ptr_mut(id as u32);
+    let io = live_io(id as u32);
     let mut added = 0u32;
     if flags & HAS_TP != 0 {
         count(stats::INJECT_SKIP_HAS_TRACEPARENT);
@@ -455,7 +455,7 @@ fn chunk(msg: *mut sk_msg_md) {
     };
     // SAFETY: as in `on_msg`.
     let state = unsafe { &mut *state };
-    let io = ACTIVE_IO.get_ptr_mut(bpf_get_current_pid_tgid() as u32);
+    let io = live_io(bpf_get_current_pid_tgid() as u32);
     let Some(scratch) = INJECT_SCRATCH.get_ptr_mut(0) else {
         state.stopped = 1;
         apply(&ctx, ALL);

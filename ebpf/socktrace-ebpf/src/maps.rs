@@ -19,6 +19,9 @@ static FILTER_PIDS: u32 = 0;
 /// Wake user space only once this many bytes are waiting (it also polls on a timer).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u32 = 0;
+/// Non-zero when TLS library calls are followed (`tls.rs`).
+#[unsafe(no_mangle)]
+static TLS_ENABLED: u32 = 0;
 /// Offsets of the tracepoint fields read, from the format files.
 #[unsafe(no_mangle)]
 static TP_OFFSETS: TpOffsets = TpOffsets::DEFAULT;
@@ -45,6 +48,11 @@ pub fn capture_bytes() -> u32 {
 pub fn filter_pids() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&FILTER_PIDS) != 0 }
+}
+#[inline(always)]
+pub fn tls_enabled() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&TLS_ENABLED) != 0 }
 }
 #[inline(always)]
 pub fn wakeup_bytes() -> u64 {

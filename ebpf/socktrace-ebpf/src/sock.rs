@@ -19,9 +19,10 @@ use crate::{
     inject,
     maps::{
         SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCKS, TRACED_CONNECTING, TRACKED_SOCKS, agent_tgid,
-        count, current_is_traced, send_event, tp_offset,
+        count, current_is_traced, send_event, tls_enabled, tp_offset,
     },
-    syscalls::{ACTIVE_IO, ActiveIo, IO_PEEK},
+    syscalls::{ActiveIo, IO_PEEK, IO_TLS, begin_io, live_io},
+    tls::TLS_CALLS,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -93,7 +94,7 @@ fn on_sock_io(ctx: &TracePointContext, recv: bool, recover: bool) {
         return;
     }
     let tid = id as u32;
-    let Some(io) = ACTIVE_IO.get_ptr_mut(&tid) else {
+    let Some(io) = live_io(tid) else {
         if is_tcp && current_is_traced() {
             let peek = recv && flags & MSG_PEEK != 0;
             // A call that began before the agent attached (a server thread blocked in read() on
@@ -110,6 +111,17 @@ fn on_sock_io(ctx: &TracePointContext, recv: bool, recover: bool) {
     let io = unsafe { &mut *io };
     if is_tcp {
         io.sk = sk;
+        if tls_enabled()
+            && let Some(call) = TLS_CALLS.get_ptr_mut(&tid)
+        {
+            // Inside a TLS library call: this is its socket, and these bytes are ciphertext.
+            // SAFETY: the entry belongs to this thread, which is the one running.
+            unsafe {
+                (*call).sk = sk;
+                (*call).fd = io.fd;
+            }
+            io.flags |= IO_TLS;
+        }
         if recv && flags & MSG_PEEK != 0 {
             io.flags |= IO_PEEK;
         }
@@ -186,8 +198,7 @@ fn recover_from_regs(tid: u32, sk: u64, recv: bool, peek: bool) -> bool {
         flags: if peek { IO_PEEK } else { 0 },
         msg_sent: 0,
     };
-    if ACTIVE_IO.insert(tid, io, 0).is_err() {
-        count(stats::MAP_UPDATE_FAILED);
+    if !begin_io(tid, io) {
         return false;
     }
     count(stats::RECOVERED_ENTRY);

@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use socktrace_common::{
-    DATA_LOST_BEFORE, DIR_EGRESS, DIR_INGRESS, DataEvent, DataEventBuf, EVENT_DATA, MAX_CAPTURE,
-    ROLE_SERVER, ROLE_UNKNOWN, TAIL_CAPTURE, stats,
+    DATA_LOST_BEFORE, DATA_TLS, DIR_EGRESS, DIR_INGRESS, DataEvent, DataEventBuf, EVENT_DATA,
+    MAX_CAPTURE, ROLE_SERVER, ROLE_UNKNOWN, TAIL_CAPTURE, stats,
 };
 
 use crate::{
@@ -31,6 +31,14 @@ use crate::{
 
 /// The peer side of a read was only peeked (`MSG_PEEK`): the bytes will be read again.
 pub const IO_PEEK: u32 = 1;
+/// The call was made by a TLS library inside one of its calls (`tls.rs`): its bytes are
+/// ciphertext, and the plaintext is sent when the library call returns.
+pub const IO_TLS: u32 = 2;
+/// The call is in flight. Without it the entry is the thread's previous call, kept (not
+/// removed) so that the next call updates it in place instead of paying an LRU insert and
+/// delete, and so that a TLS library working on memory buffers can be tied to the socket the
+/// thread last read (`tls.rs`).
+pub const IO_LIVE: u32 = 4;
 /// Most iovecs gathered into one record; later ones count in `len` but are not copied. gRPC's C
 /// core writes up to 260 small iovecs at once (one per header string).
 const MAX_IOV: u64 = 256;
@@ -55,9 +63,34 @@ pub struct ActiveIo {
     pub msg_sent: u32,
 }
 
-/// Thread id -> syscall in flight. LRU so a thread killed mid-call cannot leak an entry forever.
+/// Thread id -> syscall in flight (`IO_LIVE`), or the thread's last one. LRU so that threads
+/// that are gone make room.
 #[map]
 pub static ACTIVE_IO: LruHashMap<u32, ActiveIo> = LruHashMap::with_max_entries(16384, 0);
+
+/// The thread's syscall in flight, if one is.
+#[inline(always)]
+pub fn live_io(tid: u32) -> Option<*mut ActiveIo> {
+    let io = ACTIVE_IO.get_ptr_mut(tid)?;
+    // SAFETY: the entry belongs to this thread, which is the one running.
+    (unsafe { (*io).flags } & IO_LIVE != 0).then_some(io)
+}
+
+/// Records the thread's syscall in flight: in place when the thread has an entry already.
+#[inline(always)]
+pub fn begin_io(tid: u32, mut io: ActiveIo) -> bool {
+    io.flags |= IO_LIVE;
+    if let Some(slot) = ACTIVE_IO.get_ptr_mut(tid) {
+        // SAFETY: as above.
+        unsafe { *slot = io };
+        return true;
+    }
+    if ACTIVE_IO.insert(tid, io, 0).is_err() {
+        count(stats::MAP_UPDATE_FAILED);
+        return false;
+    }
+    true
+}
 
 #[inline(always)]
 fn enter(fd: u64, buf: u64, iovcnt: u64, direction: u32) {
@@ -74,9 +107,7 @@ fn enter(fd: u64, buf: u64, iovcnt: u64, direction: u32) {
         flags: 0,
         msg_sent: 0,
     };
-    if ACTIVE_IO.insert(tid, io, 0).is_err() {
-        count(stats::MAP_UPDATE_FAILED);
-    }
+    begin_io(tid, io);
 }
 
 /// `read`, `write`, `recvfrom`, `sendto`: fd at offset 16, buffer at offset 24.
@@ -194,11 +225,15 @@ fn exit<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     ctx: &TracePointContext,
 ) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(io) = (unsafe { ACTIVE_IO.get(&tid) }).copied() else {
+    let Some(slot) = live_io(tid) else {
         return 0;
     };
-    let _ = ACTIVE_IO.remove(&tid);
+    // SAFETY: the thread's entry, marked finished in place (kept as the thread's last call)
+    // and read where it is: nothing else writes it while this thread is in this program.
+    let io = unsafe {
+        (*slot).flags &= !IO_LIVE;
+        &*slot
+    };
     if io.sk == 0 || io.flags & IO_PEEK != 0 {
         return 0;
     }
@@ -217,8 +252,12 @@ fn exit<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     if ret <= 0 {
         return 0;
     }
+    if io.flags & IO_TLS != 0 {
+        count(stats::TLS_CIPHERTEXT_SKIPPED);
+        return 0;
+    }
     let len = ret as u64;
-    if emit_data::<VECTORED, SERVER_CTX, LOOP>(&io, len, 0) && LOOP {
+    if emit_data::<VECTORED, SERVER_CTX, LOOP, false>(io, len, 0) && LOOP {
         // A full-capture socket (HTTP/2) moved more than one record holds: the rest goes in
         // further records, as if the call had been split, so that a write carrying the
         // HEADERS of a hundred streams is not cut short. Each further record is emitted by a
@@ -230,7 +269,7 @@ fn exit<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
         // SAFETY: per-CPU slot, used only by this call chain on this CPU.
         unsafe {
             *state = Chunks {
-                io,
+                io: *io,
                 len,
                 skip: MAX_CAPTURE as u64,
                 more: 0,
@@ -282,7 +321,7 @@ fn next_chunk<const VECTORED: bool>(ctx: &TracePointContext) -> u32 {
     if skip >= len {
         return 0;
     }
-    if emit_data::<VECTORED, false, true>(&io, len, skip) {
+    if emit_data::<VECTORED, false, true, false>(&io, len, skip) {
         // SAFETY: as above.
         unsafe {
             (*state).skip = skip + MAX_CAPTURE as u64;
@@ -363,6 +402,14 @@ pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
 
 const MASK: usize = MAX_CAPTURE - 1;
 
+/// The plaintext of a TLS library call (`tls.rs`), `len` bytes at `io.buf`: one record marked
+/// `DATA_TLS`, with the usual prefix and tail (no continuation records: a uprobe cannot
+/// tail-call the tracepoint programs that emit them).
+#[inline(always)]
+pub fn emit_tls<const SERVER_CTX: bool>(io: &ActiveIo, len: u64) {
+    let _ = emit_data::<false, SERVER_CTX, true, true>(io, len, 0);
+}
+
 /// Build the record in the per-CPU scratch buffer and copy it to the ring buffer.
 ///
 /// Not inlined: one BPF subprogram per variant, shared by the exit hooks, with its own 512-byte
@@ -373,8 +420,9 @@ const MASK: usize = MAX_CAPTURE - 1;
 ///
 /// `skip` bytes of the call's `total` were sent in earlier records of the same call. Returns
 /// true when this record stopped at `MAX_CAPTURE` bytes and another should follow.
+/// `TLS`: plaintext from a TLS library (never split).
 #[inline(never)]
-fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
+fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool, const TLS: bool>(
     io: &ActiveIo,
     total: u64,
     skip: u64,
@@ -389,7 +437,7 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     let header = &mut scratch.header;
     header.role = ROLE_UNKNOWN;
     header.tuple_known = 0;
-    header.ctx_flags = 0;
+    header.ctx_flags = if TLS { DATA_TLS } else { 0 };
     // SAFETY: the value is read in place and copied field by field into the scratch buffer.
     if let Some(info) = unsafe { SOCKS.get(&io.sk) } {
         if SELF_PEERS.get_ptr(&info.tuple).is_some() {
@@ -409,7 +457,8 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     // This record covers the call's bytes from `skip`: all of the rest, or exactly
     // `MAX_CAPTURE` of them when a full-capture socket's call goes on in further records.
     let rest = total - skip;
-    let more = io.buf != 0
+    let more = !TLS
+        && io.buf != 0
         && cap >= MAX_CAPTURE as u64
         && rest > MAX_CAPTURE as u64
         && skip < (MAX_CHUNKS - 1) * MAX_CAPTURE as u64;

@@ -570,3 +570,47 @@ fn a_socket_reused_for_another_connection_starts_a_new_one() {
     assert_eq!(t.stats.ended_after_loss, 1);
     assert_eq!(t.stats.opened, 2);
 }
+
+/// A TLS connection: the handshake's ciphertext comes from the socket, then the plaintext from
+/// the TLS library (`DATA_TLS`), with more ciphertext in between (an alert, a session ticket).
+#[test]
+fn tls_plaintext_restarts_the_connection_and_later_ciphertext_is_skipped() {
+    use socktrace_common::DATA_TLS;
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 443, [10, 0, 0, 2], 40000);
+    let mut feed = |ts, dir, flags, b: &[u8]| {
+        let mut ev = event(7, ts, 3, dir, ROLE_SERVER, tp, b.len());
+        ev.ctx_flags = flags;
+        t.on_data(&ev, b, &[], &mut r, &mut out);
+    };
+    // ClientHello and ServerHello records: ciphertext to the parsers.
+    feed(100, DIR_INGRESS, 0, b"\x16\x03\x01\x00\x05hello");
+    feed(110, DIR_EGRESS, 0, b"\x16\x03\x03\x00\x05world");
+    feed(
+        200,
+        DIR_INGRESS,
+        DATA_TLS,
+        b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n",
+    );
+    // A record outside the library's calls, between request and response.
+    feed(
+        210,
+        DIR_EGRESS,
+        0,
+        b"\x17\x03\x03\x00\x10GET /x HTTP/1.1\r\n",
+    );
+    feed(
+        300,
+        DIR_EGRESS,
+        DATA_TLS,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+    assert_eq!(out.len(), 1, "one exchange, from the plaintext only");
+    assert!(out[0].tls, "marked as read at the TLS library");
+    let ex = format!("{:?}", out[0].exchange);
+    assert!(ex.contains("target: \"/a\""), "{ex}");
+    assert_eq!(t.stats.tls_plaintext, 1);
+    assert_eq!(t.stats.tls_ciphertext_skipped, 1);
+    assert_eq!(t.stats.opened, 2, "started over at the first plaintext");
+}

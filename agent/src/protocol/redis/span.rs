@@ -75,6 +75,7 @@ mod tests {
             SpanKind::Server => (local, peer),
         };
         ConnMeta {
+            tls: false,
             kind,
             local,
             peer,

@@ -20,6 +20,7 @@ fn meta(kind: SpanKind) -> ConnMeta {
         SpanKind::Server => (server, client),
     };
     ConnMeta {
+        tls: false,
         kind,
         local,
         peer,

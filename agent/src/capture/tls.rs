@@ -1,0 +1,347 @@
+//! TLS capture: attaching the kernel's TLS uprobes (`ebpf/.../tls.rs`) to every copy of
+//! OpenSSL's entry points on the host.
+//!
+//! A uprobe belongs to a file (an inode), not to a process: attached once to a shared
+//! `libssl`, it fires in every process that maps it, including those started later. So the
+//! attacher finds files, not processes: the system library directories once at start, then,
+//! every scan, the `libssl` mapped by processes it has not seen yet (a container's own copy,
+//! reached through `/proc/PID/root`) and executables that define `SSL_write` themselves
+//! (OpenSSL or BoringSSL linked statically, with symbols). Each file is inspected once, cached
+//! by device and inode. Files found through processes are detached when the last of those
+//! processes has exited.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeLinkId, UProbeScope},
+    },
+};
+use object::{Object, ObjectSymbol};
+
+/// The kernel programs, loaded when TLS capture is on.
+pub const PROGRAMS: &[&str] = &[
+    "tls_enter_read",
+    "tls_enter_write",
+    "tls_enter_handshake",
+    "tls_exit",
+    "tls_exit_ex",
+];
+
+/// Function, entry program, return program, required (a file without it is not attached).
+const HOOKS: &[(&str, &str, &str, bool)] = &[
+    ("SSL_read", "tls_enter_read", "tls_exit", true),
+    ("SSL_write", "tls_enter_write", "tls_exit", true),
+    ("SSL_do_handshake", "tls_enter_handshake", "tls_exit", true),
+    // OpenSSL 1.1.1 and later.
+    ("SSL_read_ex", "tls_enter_read", "tls_exit_ex", false),
+    ("SSL_write_ex", "tls_enter_write", "tls_exit_ex", false),
+];
+
+/// Where distributions keep shared libraries.
+const LIB_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+];
+
+/// Loads the TLS programs (verified, not attached).
+pub fn load(ebpf: &mut Ebpf) -> Result<(), ProgramError> {
+    for name in PROGRAMS {
+        let program = uprobe(ebpf, name)?;
+        let started = std::time::Instant::now();
+        program.load()?;
+        super::object::log_verified(name, program.info().ok(), started);
+    }
+    Ok(())
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProgramError> {
+    ebpf.program_mut(name)
+        .ok_or(ProgramError::UnexpectedProgramType)?
+        .try_into()
+}
+
+/// A file the programs are attached to.
+struct Target {
+    path: PathBuf,
+    links: Vec<(&'static str, UProbeLinkId)>,
+    /// Found in a library directory: kept for the agent's lifetime.
+    pinned: bool,
+    /// Live processes that map it (for files found through processes).
+    pids: HashSet<u32>,
+}
+
+/// What a scan found, for the log.
+#[derive(Debug, Default, PartialEq)]
+pub struct ScanReport {
+    pub attached: Vec<PathBuf>,
+    pub detached: Vec<PathBuf>,
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// Finds TLS libraries and attaches the programs to them; see the module docs.
+pub struct TlsAttacher {
+    targets: HashMap<(u64, u64), Target>,
+    /// Files inspected and found without OpenSSL's entry points (or failing to attach).
+    rejected: HashSet<(u64, u64)>,
+    seen_pids: HashSet<u32>,
+    self_pid: u32,
+    started: bool,
+    /// Where `/proc` is (tests point it elsewhere).
+    proc_root: PathBuf,
+}
+
+impl Default for TlsAttacher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TlsAttacher {
+    pub fn new() -> Self {
+        Self {
+            targets: HashMap::new(),
+            rejected: HashSet::new(),
+            seen_pids: HashSet::new(),
+            self_pid: std::process::id(),
+            started: false,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+
+    /// Files the programs are attached to now.
+    pub fn attached(&self) -> Vec<&Path> {
+        let mut paths: Vec<&Path> = self.targets.values().map(|t| t.path.as_path()).collect();
+        paths.sort();
+        paths
+    }
+
+    /// One pass: the library directories (first time only), then processes not seen before,
+    /// then files whose processes have all exited.
+    pub fn scan(&mut self, ebpf: &mut Ebpf) -> ScanReport {
+        let mut report = ScanReport::default();
+        if !self.started {
+            self.started = true;
+            for dir in LIB_DIRS {
+                for path in libssl_in(Path::new(dir)) {
+                    self.consider(ebpf, &path, None, &mut report);
+                }
+            }
+        }
+        let live = self.live_pids();
+        for &pid in &live {
+            if pid == self.self_pid || !self.seen_pids.insert(pid) {
+                continue;
+            }
+            for path in self.files_of(pid) {
+                self.consider(ebpf, &path, Some(pid), &mut report);
+            }
+        }
+        self.seen_pids.retain(|pid| live.contains(pid));
+        let gone: Vec<(u64, u64)> = self
+            .targets
+            .iter_mut()
+            .filter_map(|(key, t)| {
+                t.pids.retain(|pid| live.contains(pid));
+                (!t.pinned && t.pids.is_empty()).then_some(*key)
+            })
+            .collect();
+        for key in gone {
+            if let Some(target) = self.targets.remove(&key) {
+                detach(ebpf, target.links);
+                report.detached.push(target.path);
+            }
+        }
+        report
+    }
+
+    fn live_pids(&self) -> HashSet<u32> {
+        let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
+            return HashSet::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    /// The candidate files of a process: its `libssl` mappings and its executable, as paths
+    /// that reach them from this mount namespace.
+    fn files_of(&self, pid: u32) -> Vec<PathBuf> {
+        let base = self.proc_root.join(pid.to_string());
+        let root = base.join("root");
+        let mut files = Vec::new();
+        if let Ok(maps) = std::fs::read_to_string(base.join("maps")) {
+            let mut libs: Vec<&str> = maps
+                .lines()
+                .filter_map(|line| line.split_whitespace().nth(5))
+                .filter(|path| is_libssl(path))
+                .collect();
+            libs.dedup();
+            files.extend(
+                libs.into_iter()
+                    .map(|p| root.join(p.trim_start_matches('/'))),
+            );
+        }
+        if let Ok(exe) = std::fs::read_link(base.join("exe")) {
+            let exe = exe.to_string_lossy();
+            let exe = exe.trim_end_matches(" (deleted)");
+            files.push(root.join(exe.trim_start_matches('/')));
+        }
+        files
+    }
+
+    /// Attaches to `path` unless its file was seen before; notes `pid` as a user of it.
+    fn consider(&mut self, ebpf: &mut Ebpf, path: &Path, pid: Option<u32>, r: &mut ScanReport) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let key = (meta.dev(), meta.ino());
+        if let Some(target) = self.targets.get_mut(&key) {
+            target.pids.extend(pid);
+            return;
+        }
+        if self.rejected.contains(&key) {
+            return;
+        }
+        if !meta.is_file() || !defines_ssl(path) {
+            self.rejected.insert(key);
+            return;
+        }
+        match attach(ebpf, path) {
+            Ok(links) => {
+                r.attached.push(path.to_owned());
+                self.targets.insert(
+                    key,
+                    Target {
+                        path: path.to_owned(),
+                        links,
+                        pinned: pid.is_none(),
+                        pids: pid.into_iter().collect(),
+                    },
+                );
+            }
+            Err(e) => {
+                self.rejected.insert(key);
+                r.failed.push((path.to_owned(), e));
+            }
+        }
+    }
+}
+
+fn is_libssl(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with("libssl.so"))
+}
+
+/// `libssl.so*` files of a directory.
+fn libssl_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.to_str().is_some_and(is_libssl))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// Whether the ELF file defines (not merely imports) `SSL_write`.
+fn defines_ssl(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let cache = object::ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return false;
+    };
+    elf.dynamic_symbols()
+        .chain(elf.symbols())
+        .any(|s| !s.is_undefined() && s.name() == Ok("SSL_write"))
+}
+
+/// Attaches every hook to `path`: the return probe before the entry probe, so that no entry
+/// is ever left without its return (which would mark the thread's later socket calls as TLS).
+/// On failure of a required hook, what was attached is detached again.
+fn attach(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
+    let mut links = Vec::new();
+    for (symbol, entry, exit, required) in HOOKS {
+        let mut pair = Vec::new();
+        let result = [*exit, *entry].into_iter().try_for_each(|name| {
+            let program = uprobe(ebpf, name).map_err(|e| e.to_string())?;
+            let id = program
+                .attach(*symbol, path, UProbeScope::AllProcesses)
+                .map_err(|e| format!("{symbol}: {e}"))?;
+            pair.push((name, id));
+            Ok::<(), String>(())
+        });
+        match result {
+            Ok(()) => links.extend(pair),
+            Err(e) => {
+                detach(ebpf, pair);
+                if *required {
+                    detach(ebpf, links);
+                    return Err(e);
+                }
+                tracing::debug!("{}: {e}", path.display());
+            }
+        }
+    }
+    Ok(links)
+}
+
+fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
+    for (name, id) in links.into_iter().rev() {
+        if let Ok(program) = uprobe(ebpf, name)
+            && let Err(e) = program.detach(id)
+        {
+            tracing::debug!("detaching {name}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_libssl_names_only() {
+        assert!(is_libssl("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
+        assert!(is_libssl("libssl.so.1.1"));
+        assert!(is_libssl("/opt/x/libssl.so"));
+        assert!(!is_libssl("/usr/lib/libcrypto.so.3"));
+        assert!(!is_libssl("/usr/lib/libssl3.so"));
+        assert!(!is_libssl("/usr/lib/notlibssl.so.3"));
+    }
+
+    #[test]
+    fn finds_openssl_entry_points_in_the_system_library_only() {
+        // Debian's libssl defines SSL_write; curl imports it; the agent itself has none.
+        let lib = LIB_DIRS
+            .iter()
+            .flat_map(|d| libssl_in(Path::new(d)))
+            .find(|p| std::fs::metadata(p).is_ok())
+            .expect("a libssl.so in the library directories (libssl3 is installed by set-up)");
+        assert!(defines_ssl(&lib), "{} defines SSL_write", lib.display());
+        let curl = Path::new("/usr/bin/curl");
+        assert!(curl.exists(), "curl is installed by set-up");
+        assert!(!defines_ssl(curl), "curl only imports SSL_write");
+        assert!(!defines_ssl(&std::env::current_exe().unwrap()));
+        assert!(!defines_ssl(Path::new("/nonexistent")));
+    }
+}

@@ -1,0 +1,222 @@
+//! Plaintext of TLS connections, read at the TLS library with uprobes.
+//!
+//! `SSL_read`/`SSL_write` (and their `_ex` forms, attached to the same programs) are probed at
+//! entry, to remember the buffer, and at return, when the byte count is known. The socket is
+//! learned from the socket calls the library makes inside the call (`sock.rs` fills
+//! `TlsCall::sk` through `ACTIVE_IO`'s socket hook), and remembered per TLS session for calls that
+//! make none (a read served from bytes the library already holds). `SSL_do_handshake` is probed
+//! only to learn the socket before the first read. A library working on memory buffers (node,
+//! Python's asyncio) makes no socket call inside its calls: its session is tied to the socket
+//! its thread read last, at the first read that returns plaintext. The ciphertext of socket calls made inside a
+//! library call is not sent; the plaintext goes out as an ordinary data record of the same
+//! socket, marked `DATA_TLS`, so the same parsers read it and the spans keep the connection's
+//! addresses and role.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, uprobe, uretprobe},
+    maps::LruHashMap,
+    programs::{ProbeContext, RetProbeContext},
+};
+use socktrace_common::{DIR_EGRESS, DIR_INGRESS, stats};
+
+use crate::{
+    maps::{count, current_is_traced},
+    syscalls::{self, ACTIVE_IO, ActiveIo, IO_LIVE},
+};
+
+/// `TlsCall::direction` of a handshake: no data, only the socket is learned.
+const DIR_HANDSHAKE: u32 = 2;
+
+/// A TLS library call in flight on one thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    /// The library's session object (`SSL *`).
+    ssl: u64,
+    /// Plaintext buffer.
+    buf: u64,
+    /// `_ex` forms: where the library stores the byte count (`size_t *`).
+    out: u64,
+    /// Set by the socket hook when the library reads or writes a TCP socket inside the call.
+    pub sk: u64,
+    pub fd: u32,
+    direction: u32,
+}
+
+/// Thread id -> TLS call in flight. LRU: a thread that dies inside a call cannot leak it.
+#[map]
+pub static TLS_CALLS: LruHashMap<u32, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// A TLS session of one process (session pointers are per address space).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SessionKey {
+    ssl: u64,
+    tgid: u32,
+    _pad: u32,
+}
+
+/// The socket a TLS session was last seen using.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SessionSock {
+    sk: u64,
+    fd: u32,
+    _pad: u32,
+}
+
+#[map]
+static TLS_SESSIONS: LruHashMap<SessionKey, SessionSock> = LruHashMap::with_max_entries(65536, 0);
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, direction: u32) -> u32 {
+    if !current_is_traced() {
+        return 0;
+    }
+    let Some(ssl) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let call = TlsCall {
+        ssl,
+        buf: ctx.arg::<u64>(1).unwrap_or(0),
+        out: ctx.arg::<u64>(3).unwrap_or(0),
+        sk: 0,
+        fd: 0,
+        direction,
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // A call nested in another (`SSL_write` implemented with `SSL_write_ex`) replaces it: the
+    // inner return sends the data, the outer one finds nothing, so it is sent once.
+    if TLS_CALLS.insert(tid, call, 0).is_err() {
+        count(stats::MAP_UPDATE_FAILED);
+    }
+    0
+}
+
+/// `SSL_read(ssl, buf, num)`, `SSL_read_ex(ssl, buf, num, &readbytes)`.
+#[uprobe]
+pub fn tls_enter_read(ctx: ProbeContext) -> u32 {
+    enter(&ctx, DIR_INGRESS)
+}
+
+/// `SSL_write(ssl, buf, num)`, `SSL_write_ex(ssl, buf, num, &written)`.
+#[uprobe]
+pub fn tls_enter_write(ctx: ProbeContext) -> u32 {
+    enter(&ctx, DIR_EGRESS)
+}
+
+/// `SSL_do_handshake(ssl)`: the socket, before any data.
+#[uprobe]
+pub fn tls_enter_handshake(ctx: ProbeContext) -> u32 {
+    enter(&ctx, DIR_HANDSHAKE)
+}
+
+/// Return of `SSL_read`/`SSL_write`/`SSL_do_handshake`: an `int`, the byte count (<= 0 on
+/// error or when the library wants more I/O first).
+#[uretprobe]
+pub fn tls_exit(ctx: RetProbeContext) -> u32 {
+    done::<false>(i64::from(ctx.ret::<i32>()))
+}
+
+/// Return of `SSL_read_ex`/`SSL_write_ex`: 1 on success, the count stored through the fourth
+/// argument.
+#[uretprobe]
+pub fn tls_exit_ex(ctx: RetProbeContext) -> u32 {
+    done::<true>(i64::from(ctx.ret::<i32>()))
+}
+
+/// Remembers which socket a TLS session uses.
+#[inline(always)]
+fn bind(key: &SessionKey, sk: u64, fd: u32) {
+    let sock = SessionSock { sk, fd, _pad: 0 };
+    if TLS_SESSIONS.insert(key, sock, 0).is_err() {
+        count(stats::MAP_UPDATE_FAILED);
+    }
+}
+
+#[inline(always)]
+fn done<const EX: bool>(ret: i64) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tid = id as u32;
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(call) = (unsafe { TLS_CALLS.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = TLS_CALLS.remove(&tid);
+    let key = SessionKey {
+        ssl: call.ssl,
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out.
+    let known = unsafe { TLS_SESSIONS.get(&key) }.copied();
+    if call.sk != 0 && known.is_none_or(|s| s.sk != call.sk) {
+        bind(&key, call.sk, call.fd);
+    }
+    if call.direction == DIR_HANDSHAKE {
+        return 0;
+    }
+    let len = if EX {
+        if ret != 1 || call.out == 0 {
+            return 0;
+        }
+        // SAFETY: reads user memory through the helper, which handles faults.
+        match unsafe { bpf_probe_read_user(call.out as *const u64) } {
+            Ok(n) => n,
+            Err(_) => {
+                count(stats::READ_USER_FAILED);
+                return 0;
+            }
+        }
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        return 0;
+    };
+    if len == 0 || call.buf == 0 {
+        return 0;
+    }
+    let (mut sk, mut fd) = match (call.sk, known) {
+        (0, Some(s)) => (s.sk, s.fd),
+        _ => (call.sk, call.fd),
+    };
+    if sk == 0 && call.direction == DIR_INGRESS {
+        // No socket call inside, the session is new, and the library returned plaintext: it
+        // works on memory buffers (node, Python's asyncio) that the application fills with what
+        // it has just read from the socket, on this thread. The session is the socket this
+        // thread read last. (Only a read that returned plaintext binds: a call that merely
+        // advances a handshake may come before anything was read from its socket.)
+        // SAFETY: the value is copied out.
+        if let Some(last) = unsafe { ACTIVE_IO.get(&tid) }.copied()
+            && last.flags & IO_LIVE == 0
+            && last.direction == DIR_INGRESS
+            && last.sk != 0
+        {
+            sk = last.sk;
+            fd = last.fd;
+            bind(&key, sk, fd);
+            count(stats::TLS_BOUND_BY_LAST_READ);
+        }
+    }
+    if sk == 0 {
+        count(stats::TLS_NO_SOCKET);
+        return 0;
+    }
+    let io = ActiveIo {
+        buf: call.buf,
+        iovcnt: 0,
+        sk,
+        fd,
+        direction: call.direction,
+        flags: 0,
+        msg_sent: 0,
+    };
+    count(stats::TLS_PLAINTEXT);
+    if call.direction == DIR_INGRESS {
+        syscalls::emit_tls::<true>(&io, len);
+    } else {
+        syscalls::emit_tls::<false>(&io, len);
+    }
+    0
+}

@@ -1,0 +1,439 @@
+//! End to end, as root: HTTPS between real programs, read by the real agent at OpenSSL with
+//! uprobes. The certificate is made by the test; no program has any tracing code.
+//!
+//! - curl -> nginx (both through Debian's shared libssl; nginx non-blocking, `SSL_read` and
+//!   `SSL_write`), two requests on one connection;
+//! - Python `urllib` -> Python `http.server` (the `ssl` module: `SSL_read_ex`/`SSL_write_ex`);
+//! - curl -> node's `https` server (OpenSSL linked into the node executable, on memory buffers:
+//!   attached when the process is found, detached when it exits);
+//! - `psql` with `sslmode=require` -> PostgreSQL with `ssl=on` (libpq's and the server's own
+//!   socket callbacks under OpenSSL);
+//! - `--tls false`: the same HTTPS traffic gives no span at all (only ciphertext is seen).
+
+use std::{
+    io::BufReader,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use socktrace_tests::{
+    harness::{
+        Agent, ChildGuard, PyServer, exact, free_port, of_kind, python, require_root, wait_line,
+    },
+    load::{Cert, Nginx},
+    otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
+    pg::PgServer,
+};
+
+/// A self-signed certificate for 127.0.0.1 in a directory of its own.
+struct TestCert {
+    dir: PathBuf,
+}
+
+impl TestCert {
+    fn make() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "socktrace-tls-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("cert dir");
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .output()
+            .expect("openssl must be installed");
+        assert!(
+            out.status.success(),
+            "openssl req: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+    fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+    fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+    fn nginx(&self) -> Nginx {
+        Nginx::start_with(
+            free_port(),
+            Some(Cert {
+                cert: &self.cert(),
+                key: &self.key(),
+            }),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn agent_for(receiver: &OtlpReceiver, port: u16, extra: &[&str]) -> Agent {
+    let endpoint = receiver.endpoint();
+    let port = port.to_string();
+    let mut args = vec![
+        "--otlp-endpoint",
+        endpoint.as_str(),
+        "--otlp-protocol",
+        "http/protobuf",
+        "--port",
+        port.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    Agent::start(&args)
+}
+
+fn curl_https(cert: &Path, urls: &[String]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--cacert"])
+        .arg(cert)
+        .args(urls)
+        .output()
+        .expect("curl must be installed");
+    assert!(
+        out.status.success(),
+        "curl {urls:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn attr(s: &ReceivedSpan, k: &str) -> String {
+    s.attr_str(k)
+        .unwrap_or_else(|| panic!("{k} missing on {s}"))
+}
+fn int(s: &ReceivedSpan, k: &str) -> i64 {
+    s.attr_int(k)
+        .unwrap_or_else(|| panic!("{k} missing on {s}"))
+}
+
+/// The server span whose `url.path` is `path`, and the client span whose `url.full` ends with
+/// it; the client must be the server's parent, in one trace.
+fn pair<'a>(
+    servers: &'a [ReceivedSpan],
+    clients: &'a [ReceivedSpan],
+    path: &str,
+) -> (&'a ReceivedSpan, &'a ReceivedSpan) {
+    let server = servers
+        .iter()
+        .find(|s| s.attr_str("url.path").as_deref() == Some(path))
+        .unwrap_or_else(|| panic!("no server span for {path}"));
+    let client = clients
+        .iter()
+        .find(|s| s.attr_str("url.full").is_some_and(|u| u.ends_with(path)))
+        .unwrap_or_else(|| panic!("no client span for {path}"));
+    assert_eq!(client.trace_id(), server.trace_id(), "{client}\n{server}");
+    assert_eq!(
+        server.parent_span_id(),
+        Some(client.span_id()),
+        "the client span is the server span's parent:\n{client}\n{server}"
+    );
+    (server, client)
+}
+
+/// Checks the attributes an HTTPS exchange must have, as over cleartext but `https`.
+fn check_exchange(server: &ReceivedSpan, client: &ReceivedSpan, port: u16, path: &str, code: i64) {
+    assert_eq!(server.name(), format!("GET {path}"));
+    assert_eq!(attr(server, "http.request.method"), "GET");
+    assert_eq!(attr(server, "url.scheme"), "https");
+    assert_eq!(attr(server, "http.route"), path);
+    assert_eq!(int(server, "http.response.status_code"), code);
+    assert_eq!(int(server, "server.port"), i64::from(port));
+    assert_eq!(client.name(), "GET");
+    assert_eq!(attr(client, "http.request.method"), "GET");
+    assert_eq!(
+        attr(client, "url.full"),
+        format!("https://127.0.0.1:{port}{path}")
+    );
+    assert_eq!(int(client, "http.response.status_code"), code);
+    assert_eq!(int(client, "server.port"), i64::from(port));
+}
+
+fn wait_stderr(agent: &Agent, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let err = agent.stderr();
+        if let Some(line) = err.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent never logged {needle:?}:\n{err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn curl_to_nginx_over_https_gives_the_same_spans_as_cleartext() {
+    require_root();
+    let cert = TestCert::make();
+    let nginx = cert.nginx();
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let agent = agent_for(&receiver, nginx.port, &[]);
+    let startup = wait_stderr(&agent, "TLS: ");
+    assert!(
+        startup.contains("libssl.so"),
+        "the shared libssl is attached at start: {startup}"
+    );
+    // Two requests on one kept-alive connection.
+    let body = curl_https(
+        &cert.cert(),
+        &[
+            format!("{}hello", nginx.url()),
+            format!("{}missing", nginx.url()),
+        ],
+    );
+    assert_eq!(body, "hello from nginx\nmissing\n");
+    let (servers, clients) = exact(&receiver, 2, 2);
+    let (s, c) = pair(&servers, &clients, "/hello");
+    check_exchange(s, c, nginx.port, "/hello", 200);
+    assert_eq!(s.resource_str("service.name"), Some("nginx"));
+    assert_eq!(c.resource_str("service.name"), Some("curl"));
+    let (s, c) = pair(&servers, &clients, "/missing");
+    check_exchange(s, c, nginx.port, "/missing", 404);
+    assert_eq!(
+        c.attr_str("error.type").as_deref(),
+        Some("404"),
+        "a 404 is a client error"
+    );
+}
+
+#[test]
+fn python_urllib_to_python_https_server() {
+    require_root();
+    let cert = TestCert::make();
+    let (c, k) = (cert.cert(), cert.key());
+    let server = PyServer::start_peer_args(
+        &python(),
+        "http_server.py",
+        &["--tls", c.to_str().unwrap(), k.to_str().unwrap()],
+        &[("OTEL_SERVICE_NAME", "py-https")],
+    );
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let _agent = agent_for(&receiver, server.port, &[]);
+    let script = "import ssl,sys,urllib.request\n\
+                  ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
+                  for path in sys.argv[2:]:\n\
+                  \x20   try:\n\
+                  \x20       r = urllib.request.urlopen(path, context=ctx)\n\
+                  \x20       print(r.status, r.read().decode().strip())\n\
+                  \x20   except urllib.error.HTTPError as e:\n\
+                  \x20       print(e.code)\n";
+    let base = format!("https://127.0.0.1:{}", server.port);
+    let out = Command::new(python())
+        .env("OTEL_SERVICE_NAME", "py-client")
+        .args(["-c", script])
+        .arg(&c)
+        .arg(format!("{base}/hello"))
+        .arg(format!("{base}/status/503"))
+        .output()
+        .expect("python");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 hello\n503\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (servers, clients) = exact(&receiver, 2, 2);
+    let (s, c) = pair(&servers, &clients, "/hello");
+    check_exchange(s, c, server.port, "/hello", 200);
+    assert_eq!(s.resource_str("service.name"), Some("py-https"));
+    assert_eq!(c.resource_str("service.name"), Some("py-client"));
+    assert_eq!(
+        int(c, "http.response.body.size"),
+        6,
+        "byte counts come from the plaintext"
+    );
+    let s = servers
+        .iter()
+        .find(|s| s.attr_str("url.path").as_deref() == Some("/status/503"))
+        .expect("server span for /status/503");
+    assert_eq!(s.name(), "GET /status/{id}");
+    assert_eq!(int(s, "http.response.status_code"), 503);
+    assert_eq!(attr(s, "error.type"), "503");
+}
+
+#[test]
+fn node_with_its_own_openssl_is_attached_when_found_and_released_when_it_exits() {
+    require_root();
+    let node = Path::new("/usr/bin/node");
+    assert!(node.exists(), "node must be installed (nodejs)");
+    let cert = TestCert::make();
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let port = free_port();
+    let agent = agent_for(&receiver, port, &[]);
+    // An HTTPS server started after the agent: node's OpenSSL is inside the node executable
+    // (memory buffers, not the socket, under the TLS layer), found by the periodic scan.
+    let script = "const https = require('https'), fs = require('fs');\n\
+                  const [port, cert, key] = process.argv.slice(1);\n\
+                  const srv = https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, (req, res) => {\n\
+                  \x20 const ok = req.url === '/hello';\n\
+                  \x20 res.writeHead(ok ? 200 : 404, { 'Content-Type': 'text/plain' });\n\
+                  \x20 res.end(ok ? 'hello from node\\n' : 'missing\\n');\n\
+                  });\n\
+                  srv.listen(Number(port), '127.0.0.1', () => console.log('PORT ' + port));\n";
+    let mut child = Command::new(node)
+        .args(["-e", script])
+        .arg(port.to_string())
+        .arg(cert.cert())
+        .arg(cert.key())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let pid = child.id();
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let guard = ChildGuard::new("node", child);
+    let _ = wait_line(&mut out, "PORT ", Duration::from_secs(20));
+    let attached = wait_stderr(&agent, &format!("TLS: attached to /proc/{pid}/root"));
+    assert!(attached.ends_with("/usr/bin/node"), "{attached}");
+    let base = format!("https://127.0.0.1:{port}");
+    let body = curl_https(
+        &cert.cert(),
+        &[format!("{base}/hello"), format!("{base}/missing")],
+    );
+    assert_eq!(body, "hello from node\nmissing\n");
+    let (servers, clients) = exact(&receiver, 2, 2);
+    let (s, c) = pair(&servers, &clients, "/hello");
+    check_exchange(s, c, port, "/hello", 200);
+    assert_eq!(s.resource_str("process.executable.name"), Some("node"));
+    assert_eq!(int(s, "http.response.body.size"), 16);
+    let (s, c) = pair(&servers, &clients, "/missing");
+    check_exchange(s, c, port, "/missing", 404);
+    drop(guard);
+    wait_stderr(&agent, &format!("TLS: detached from /proc/{pid}/root"));
+}
+
+#[test]
+fn without_tls_capture_https_gives_no_span_and_cleartext_still_does() {
+    require_root();
+    let cert = TestCert::make();
+    let nginx = cert.nginx();
+    let plain = Nginx::start(free_port()).unwrap_or_else(|e| panic!("{e}"));
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let endpoint = receiver.endpoint();
+    let ports = format!("{},{}", nginx.port, plain.port);
+    let agent = Agent::start(&[
+        "--otlp-endpoint",
+        endpoint.as_str(),
+        "--otlp-protocol",
+        "http/protobuf",
+        "--port",
+        ports.as_str(),
+        "--tls",
+        "false",
+    ]);
+    let startup = wait_stderr(&agent, "TLS: ");
+    assert!(startup.contains("TLS: off (--tls false)"), "{startup}");
+    curl_https(&cert.cert(), &[format!("{}hello", nginx.url())]);
+    // A cleartext request after the HTTPS one: once its spans are in, the HTTPS one's would be.
+    socktrace_tests::harness::curl(&[&format!("{}after", plain.url())]);
+    let (servers, _) = exact(&receiver, 1, 1);
+    assert_eq!(
+        servers[0].attr_int("server.port"),
+        Some(i64::from(plain.port))
+    );
+    let spans = receiver.spans();
+    assert_eq!(
+        of_kind(&spans, SpanKind::Server).len(),
+        1,
+        "no span from the HTTPS connection"
+    );
+}
+
+#[test]
+fn postgres_with_sslmode_require_gives_statements_and_sqlstate_as_over_cleartext() {
+    require_root();
+    let cert = TestCert::make();
+    let (c, k) = (cert.cert(), cert.key());
+    let pg = PgServer::start_with("shop", Some((&c, &k)));
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let _agent = agent_for(&receiver, pg.port, &["--protocols", "postgres"]);
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .env("PGSSLMODE", "require")
+            .args(["-X", "-q", "-t", "-A", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &pg.port.to_string(), "-d", "shop", "-c", sql])
+            .output()
+            .expect("psql must be installed")
+    };
+    let out = psql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "t",
+        "the session is encrypted: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        psql("CREATE TABLE users (id int PRIMARY KEY, name text)")
+            .status
+            .success()
+    );
+    assert!(
+        psql("INSERT INTO users VALUES (1, 'alice-secret-1')")
+            .status
+            .success()
+    );
+    assert!(!psql("SELECT 1/0").status.success());
+    let (servers, clients) = exact(&receiver, 4, 4);
+    let expect = [
+        (
+            "SELECT pg_stat_ssl",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            None,
+        ),
+        (
+            "CREATE users",
+            "CREATE TABLE users (id int PRIMARY KEY, name text)",
+            None,
+        ),
+        ("INSERT users", "INSERT INTO users VALUES (?, ?)", None),
+        ("SELECT", "SELECT ?/?", Some("22012")),
+    ];
+    for (spans, kind) in [(&clients, "client"), (&servers, "server")] {
+        for (span, (name, query, sqlstate)) in spans.iter().zip(expect) {
+            assert_eq!(span.name(), name, "{kind}: {span}");
+            assert_eq!(attr(span, "db.system.name"), "postgresql");
+            assert_eq!(attr(span, "db.namespace"), "shop");
+            assert_eq!(attr(span, "db.query.text"), query, "{kind}: {span}");
+            assert_eq!(int(span, "server.port"), i64::from(pg.port));
+            assert_eq!(
+                span.attr_str("db.response.status_code").as_deref(),
+                sqlstate,
+                "{kind}: {span}"
+            );
+        }
+    }
+    assert!(
+        clients
+            .iter()
+            .all(|s| s.resource_str("service.name") == Some("psql"))
+    );
+    assert!(
+        !receiver
+            .spans()
+            .iter()
+            .any(|s| format!("{s}").contains("alice-secret-1")),
+        "literals never leave the host"
+    );
+}
