@@ -106,7 +106,7 @@ impl Pipeline {
         self
     }
 
-    /// Computes the span metrics from every span this pipeline hands to the exporter.
+    /// Computes the span metrics from every span this pipeline makes, before sampling.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
