@@ -350,3 +350,59 @@ fn parent_based_ratio_follows_the_caller_else_the_trace_id() {
     assert_eq!(c["kept"], 2 * (EACH + headerless) as u64, "{c:?}");
     assert_eq!(c["dropped"], 2 * (EACH + EACH - headerless) as u64, "{c:?}");
 }
+
+#[test]
+fn a_full_priority_buffer_decides_early_and_counts_it() {
+    require_root();
+    const N: usize = 10;
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let server = PyServer::start(&[("OTEL_SERVICE_NAME", "py-server")]);
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    let port = server.port.to_string();
+    // Keep everything, decide a trace only a minute after its last span, but let 3 spans wait.
+    let mut agent = Agent::start_with_env(
+        &[
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--metrics-listen",
+            &prom_addr,
+            "--port",
+            &port,
+            "--sampler",
+            "priority",
+            "--sample-ratio",
+            "1",
+            "--sample-wait",
+            "60s",
+            "--sample-buffer",
+            "3",
+        ],
+        &[],
+    );
+    for i in 0..N {
+        curl(&["-o", "/dev/null", &server.url(&format!("/item/{i}"))]);
+    }
+    // Long before the window ends, the bound made room: every trace but the last one or two is
+    // out, whole.
+    receiver
+        .wait_for_blocking(|s| s.len() >= 2 * (N - 2), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.stderr()));
+    let waiting = metric(&prom_addr, "socktrace_sampling_buffered_spans");
+    assert!(waiting.is_some_and(|n| n <= 3), "{waiting:?}");
+    agent.stop();
+    let c = final_counters(&agent.stderr(), "sampling");
+    // Every trace kept whole in the end: those decided early, and at shutdown the rest.
+    let spans = receiver.spans();
+    let by_trace = traces(&spans);
+    assert_eq!(by_trace.len(), N);
+    for trace in by_trace.values() {
+        whole_request(trace);
+    }
+    assert_eq!(c["traces_kept_ratio"], N as u64, "{c:?}");
+    assert_eq!((c["kept"], c["dropped"]), (2 * N as u64, 0), "{c:?}");
+    assert!(
+        (N as u64 - 2..=N as u64).contains(&c["decided_early"]),
+        "{c:?}"
+    );
+    assert_eq!(c["buffered_spans"], 0, "{c:?}");
+}
