@@ -87,6 +87,44 @@ fn binomial_bounds(n: usize, p: f64) -> (usize, usize) {
     (low, high)
 }
 
+/// The agent in priority mode with `extra` flags, tracing only a py-server's connections (so
+/// the sampler's counters are the test's alone), exporting to a receiver, with metrics served.
+struct Priority {
+    receiver: OtlpReceiver,
+    server: PyServer,
+    prom_addr: String,
+    agent: Agent,
+}
+
+impl Priority {
+    fn start(extra: &[&str]) -> Self {
+        require_root();
+        let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+        let server = PyServer::start(&[("OTEL_SERVICE_NAME", "py-server")]);
+        let prom_addr = format!("127.0.0.1:{}", free_port());
+        let port = server.port.to_string();
+        let endpoint = receiver.endpoint();
+        let mut args = vec![
+            "--otlp-endpoint",
+            &endpoint,
+            "--metrics-listen",
+            &prom_addr,
+            "--port",
+            &port,
+            "--sampler",
+            "priority",
+        ];
+        args.extend_from_slice(extra);
+        let agent = Agent::start_with_env(&args, &[]);
+        Self {
+            receiver,
+            server,
+            prom_addr,
+            agent,
+        }
+    }
+}
+
 const REQUESTS: usize = 200;
 const ERRORS: usize = 10;
 const SLOW: usize = 10;
@@ -97,31 +135,19 @@ const CLIENT_ERRORS: usize = 10;
 
 #[test]
 fn priority_keeps_every_error_and_slow_trace_whole_and_a_ratio_of_the_rest() {
-    require_root();
-    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
-    let server = PyServer::start(&[("OTEL_SERVICE_NAME", "py-server")]);
-    let prom_addr = format!("127.0.0.1:{}", free_port());
-    let port = server.port.to_string();
-    let mut agent = Agent::start_with_env(
-        &[
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--metrics-listen",
-            &prom_addr,
-            // Only this server's connections: the sampler's counters are this test's alone.
-            "--port",
-            &port,
-            "--sampler",
-            "priority",
-            "--sample-ratio",
-            &RATIO.to_string(),
-            "--slow-threshold",
-            "300ms",
-            "--sample-wait",
-            "1s",
-        ],
-        &[],
-    );
+    let Priority {
+        receiver,
+        server,
+        prom_addr,
+        mut agent,
+    } = Priority::start(&[
+        "--sample-ratio",
+        &RATIO.to_string(),
+        "--slow-threshold",
+        "300ms",
+        "--sample-wait",
+        "1s",
+    ]);
     assert!(
         agent.stderr().contains(
             "sampling: priority (errors, spans over 300ms, 0.1 of the rest; decided 1s after a trace's last span, at most 16384 spans waiting)"
@@ -353,46 +379,30 @@ fn parent_based_ratio_follows_the_caller_else_the_trace_id() {
 
 #[test]
 fn a_full_priority_buffer_decides_early_and_counts_it() {
-    require_root();
     const N: usize = 10;
-    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
-    let server = PyServer::start(&[("OTEL_SERVICE_NAME", "py-server")]);
-    let prom_addr = format!("127.0.0.1:{}", free_port());
-    let port = server.port.to_string();
     // Keep everything, decide a trace only a minute after its last span, but let 3 spans wait.
-    let mut agent = Agent::start_with_env(
-        &[
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--metrics-listen",
-            &prom_addr,
-            "--port",
-            &port,
-            "--sampler",
-            "priority",
-            "--sample-ratio",
-            "1",
-            "--sample-wait",
-            "60s",
-            "--sample-buffer",
-            "3",
-        ],
-        &[],
-    );
+    let mut p = Priority::start(&[
+        "--sample-ratio",
+        "1",
+        "--sample-wait",
+        "60s",
+        "--sample-buffer",
+        "3",
+    ]);
     for i in 0..N {
-        curl(&["-o", "/dev/null", &server.url(&format!("/item/{i}"))]);
+        curl(&["-o", "/dev/null", &p.server.url(&format!("/item/{i}"))]);
     }
     // Long before the window ends, the bound made room: every trace but the last one or two is
     // out, whole.
-    receiver
+    p.receiver
         .wait_for_blocking(|s| s.len() >= 2 * (N - 2), Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}\n{}", agent.stderr()));
-    let waiting = metric(&prom_addr, "socktrace_sampling_buffered_spans");
+        .unwrap_or_else(|e| panic!("{e}\n{}", p.agent.stderr()));
+    let waiting = metric(&p.prom_addr, "socktrace_sampling_buffered_spans");
     assert!(waiting.is_some_and(|n| n <= 3), "{waiting:?}");
-    agent.stop();
-    let c = final_counters(&agent.stderr(), "sampling");
+    p.agent.stop();
+    let c = final_counters(&p.agent.stderr(), "sampling");
     // Every trace kept whole in the end: those decided early, and at shutdown the rest.
-    let spans = receiver.spans();
+    let spans = p.receiver.spans();
     let by_trace = traces(&spans);
     assert_eq!(by_trace.len(), N);
     for trace in by_trace.values() {
