@@ -53,6 +53,35 @@ fn parse_ringbuf_size(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
+/// A sample ratio: a number in [0, 1].
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err("must be a number from 0 to 1".into());
+    }
+    Ok(v)
+}
+
+/// A duration: a number with a unit, `us`, `ms`, `s` or `m` (`500ms`, `1.5s`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let v: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms or 2s"))?;
+    let seconds = match unit.trim() {
+        "us" => v / 1e6,
+        "ms" => v / 1e3,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("{s:?} needs a unit: us, ms, s or m")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "socktrace",
@@ -196,7 +225,83 @@ pub struct Cli {
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     pub k8s_node_name: Option<String>,
 
+    /// Which spans are exported (RED metrics and the service graph always count every span):
+    /// the OpenTelemetry head samplers, decided per trace id and, for `parentbased_*`, by the
+    /// sampled flag of an incoming `traceparent`; or `priority`: every trace of this node with
+    /// an error span or a span slower than --slow-threshold, and --sample-ratio of the others,
+    /// decided per trace after --sample-wait.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "SAMPLER",
+        env = "OTEL_TRACES_SAMPLER",
+        default_value = "parentbased_always_on"
+    )]
+    pub sampler: crate::sample::SamplerName,
+
+    /// Share of traces kept (0 to 1) by `traceidratio`, `parentbased_traceidratio` (default 1)
+    /// and of the traces without an error or slow span by `priority` (default 0.1). Picked by
+    /// trace id like OpenTelemetry's TraceIdRatioBased sampler, so every agent and SDK with the
+    /// same ratio keeps the same traces.
+    #[arg(long, value_name = "RATIO", env = "OTEL_TRACES_SAMPLER_ARG", value_parser = parse_ratio)]
+    pub sample_ratio: Option<f64>,
+
+    /// `priority` sampling: a span lasting longer than this keeps its whole trace (`500ms`,
+    /// `2s`).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "SOCKTRACE_SLOW_THRESHOLD",
+        default_value = "1s",
+        value_parser = parse_duration
+    )]
+    pub slow_threshold: std::time::Duration,
+
+    /// `priority` sampling: a trace is decided once no span of it finished for this long; its
+    /// spans wait in memory until then.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "SOCKTRACE_SAMPLE_WAIT",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
+    pub sample_wait: std::time::Duration,
+
+    /// `priority` sampling: most spans waiting for their trace's decision. When full, the trace
+    /// due first is decided early (counted as `decided_early`).
+    #[arg(
+        long,
+        value_name = "SPANS",
+        env = "SOCKTRACE_SAMPLE_BUFFER",
+        default_value_t = 16384,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub sample_buffer: u32,
+
     /// Value of `k8s.cluster.name` on every resource (the API has no cluster name).
     #[arg(long, value_name = "NAME")]
     pub k8s_cluster_name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration(" 3 s"), Ok(Duration::from_secs(3)));
+        for bad in ["500", "ms", "1h", "-1s", "1e3ms", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_ratio("0.25"), Ok(0.25));
+        assert!(parse_ratio("1.01").is_err());
+        assert!(parse_ratio("NaN").is_err());
+    }
 }

@@ -6,8 +6,9 @@
 //! `capture` (kernel programs: load, attach, read the ring buffer) -> `conn` (connections,
 //! protocol detection, turns) -> `protocol` (one folder per protocol behind one contract) ->
 //! `trace` (spans, context, linking) -> `resource` (who made the span, which processes are
-//! traced) -> `metrics` (RED histograms and the service graph from every span) -> `export`
-//! (OTLP spans and metrics, console). `pipeline` runs the chain on one thread;
+//! traced) -> `metrics` (RED histograms and the service graph from every span) -> `sample`
+//! (which spans are exported: head samplers, priority sampling) -> `export` (OTLP spans and
+//! metrics, console). `pipeline` runs the chain on one thread;
 //! `telemetry` holds the agent's own counters and the health endpoint; `cli` is the command
 //! line.
 pub mod capture;
@@ -18,5 +19,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod protocol;
 pub mod resource;
+pub mod sample;
 pub mod telemetry;
 pub mod trace;

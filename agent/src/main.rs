@@ -25,6 +25,7 @@ use socktrace::{
         process::{ProcRoot, ResourceCache},
         select::{ResourceFilter, Selector},
     },
+    sample::{Sampler, SamplerConfig, SamplerSettings},
     telemetry::health::{self, Health, Routes},
     trace::{
         db::{DbSpanConfig, QueryText},
@@ -41,6 +42,25 @@ fn log_filter(level: &str) -> String {
         level.to_owned()
     } else {
         format!("{level},kube_client::client::builder=off,kube_runtime::watcher=error")
+    }
+}
+
+/// The sampler and its settings, for the start-up line.
+fn describe_sampling(cli: &Cli) -> String {
+    use socktrace::sample::{DEFAULT_PRIORITY_RATIO, SamplerName};
+    let ratio = |default: f64| cli.sample_ratio.unwrap_or(default);
+    match cli.sampler {
+        SamplerName::TraceIdRatio | SamplerName::ParentBasedTraceIdRatio => {
+            format!("{} {}", cli.sampler.name(), ratio(1.0))
+        }
+        SamplerName::Priority => format!(
+            "priority (errors, spans over {:?}, {} of the rest; decided {:?} after a trace's last span, at most {} spans waiting)",
+            cli.slow_threshold,
+            ratio(DEFAULT_PRIORITY_RATIO),
+            cli.sample_wait,
+            cli.sample_buffer
+        ),
+        name => name.name().to_owned(),
     }
 }
 
@@ -83,6 +103,15 @@ fn log_tls_scan(report: &ScanReport) {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let env = |k: &str| std::env::var(k).ok();
+    let sampler = SamplerConfig::from_settings(&SamplerSettings {
+        name: cli.sampler,
+        ratio: cli.sample_ratio,
+        slow_ns: cli.slow_threshold.as_nanos().try_into().unwrap_or(u64::MAX),
+        wait_ns: cli.sample_wait.as_nanos().try_into().unwrap_or(u64::MAX),
+        max_spans: cli.sample_buffer as usize,
+    })
+    .map_err(anyhow::Error::msg)?;
+    let sampling = describe_sampling(&cli);
     let export_config = export::resolve_config(
         &ExportCli {
             endpoint: cli.otlp_endpoint.clone(),
@@ -309,7 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
     eprintln!(
-        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; TLS: {}; exporter: {}{}{}{}",
+        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; TLS: {}; sampling: {}; exporter: {}{}{}{}",
         env!("CARGO_PKG_VERSION"),
         probes.attached(),
         loaded_in.as_secs_f64(),
@@ -318,6 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cli.capture_bytes,
         inject_state,
         tls_state,
+        sampling,
         exporter_desc,
         cli.health_listen
             .map(|a| format!("; health: http://{a}/healthz, /readyz and /metrics"))
@@ -352,7 +382,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         selector,
         pid_filter,
     );
-    let mut pipeline = pipeline.with_resources(resources);
+    let mut pipeline = pipeline
+        .with_resources(resources)
+        .with_sampler(Sampler::new(sampler));
     // Spans are measured when someone reads the metrics.
     if export_metrics || metrics_port.is_some() || health_port.is_some() {
         pipeline = pipeline.with_metrics(metrics);

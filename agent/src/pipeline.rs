@@ -24,6 +24,7 @@ use crate::{
         process::{ProcRoot, ResourceCache},
         select::Selector,
     },
+    sample::Sampler,
     telemetry::{Published, Snapshot, health::Health},
     trace::{
         clock::Clock,
@@ -39,7 +40,7 @@ crate::counters! {
         records,
         /// Kernel records that could not be decoded (dropped).
         decode_errors,
-        /// Spans handed to the exporter.
+        /// Spans finished: measured by the metrics, then offered to the sampler.
         spans,
         /// Sockets whose capture size could not be raised (kernel map full or failing).
         capture_override_failed,
@@ -63,8 +64,12 @@ pub struct Pipeline {
     /// which wakes its task once instead of once per span.
     pending: Vec<Span>,
     linker: Linker,
-    /// The span metrics, fed every span handed to the exporter (before any sampling).
+    /// The span metrics, fed every span (before any sampling).
     metrics: Option<Metrics>,
+    /// Which measured spans are exported.
+    sampler: Sampler,
+    /// Spans the sampler passed, handed to the exporter together.
+    sampled: Vec<Span>,
 }
 
 impl Pipeline {
@@ -90,10 +95,18 @@ impl Pipeline {
             pending: Vec::new(),
             linker: Linker::new(LinkConfig::default()),
             metrics: None,
+            sampler: Sampler::default(),
+            sampled: Vec::new(),
         }
     }
 
-    /// Computes the span metrics from every span this pipeline hands to the exporter.
+    /// Replaces the default sampler (`parentbased_always_on`).
+    pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Computes the span metrics from every span this pipeline makes, before sampling.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
@@ -219,14 +232,35 @@ impl Pipeline {
         self.conns.on_loss();
     }
 
-    /// Hands the spans built so far to the exporter.
+    /// Measures the spans built so far, then hands those the sampler keeps (now or, for
+    /// priority sampling, once their trace is decided) to the exporter.
     pub fn flush(&mut self) {
+        let now = Clock::monotonic_now();
         if !self.pending.is_empty() {
             if let Some(m) = &self.metrics {
                 m.record(&self.pending);
             }
-            self.exporter.submit_all(std::mem::take(&mut self.pending));
+            let spans = std::mem::take(&mut self.pending);
+            self.sampler.offer(spans, now, &mut self.sampled);
         }
+        self.sampler.tick(now, &mut self.sampled);
+        self.submit();
+    }
+
+    fn submit(&mut self) {
+        if !self.sampled.is_empty() {
+            self.exporter.submit_all(std::mem::take(&mut self.sampled));
+        }
+    }
+
+    /// Releases every span still held for a parent or a sampling decision, measured and
+    /// decided (at shutdown).
+    pub fn finish(&mut self) {
+        self.release_held();
+        self.flush();
+        self.sampler
+            .decide_all(Clock::monotonic_now(), &mut self.sampled);
+        self.submit();
     }
 
     /// Every counter of every stage, the kernel's included.
@@ -254,6 +288,7 @@ impl Pipeline {
         self.resources.stats().collect("resources", &mut s);
         self.conns.collect(&mut s);
         self.linker.stats().collect("links", &mut s);
+        self.sampler.collect(&mut s);
         s.gauge(
             "links",
             "held_now",
@@ -346,8 +381,7 @@ pub fn run(
     // Drain what the kernel already wrote, so no finished request is lost at shutdown.
     let _ = reader.poll(0, |record| pipeline.handle(record));
     pipeline.tick();
-    pipeline.release_held();
-    pipeline.flush();
+    pipeline.finish();
     Stopped {
         pipeline,
         kernel,

@@ -6,6 +6,7 @@ Routes (all answer with Content-Length unless noted):
   GET  /status/<code>    <code> with a short body
   GET  /big?size=N       200 with N bytes (written in pieces of 1 MiB)
   GET  /item/<i>         200 with i+1 bytes (lets tests check request/response pairing)
+  GET  /sleep/<ms>       200 "slept\n" after waiting <ms> milliseconds
   GET  /chunked?n=N      200, Transfer-Encoding: chunked, N chunks of 100 bytes
   GET  /headers          200, body = the request headers as received, one per line
   POST /echo             200, body = "received <n>\n" where n is the decoded body length
@@ -16,6 +17,7 @@ Arguments: [PORT] [--tls CERT KEY] (HTTPS with that certificate).
 import http.server
 import ssl
 import sys
+import time
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -57,6 +59,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 n = min(size, len(piece))
                 self.wfile.write(piece[:n] if n < len(piece) else piece)
                 size -= n
+        elif path.startswith("/sleep/"):
+            time.sleep(int(path.rsplit("/", 1)[1]) / 1000)
+            self._send(200, b"slept\n")
         elif path.startswith("/item/"):
             self._send(200, b"i" * (int(path.rsplit("/", 1)[1]) + 1))
         elif path == "/chunked":

@@ -450,6 +450,21 @@ pub fn metric(health: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The values of the samples of `name` in a Prometheus text whose labels contain every one of
+/// `labels` (`key="value"`).
+pub fn prom(text: &str, name: &str, labels: &[&str]) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labelset, value) = rest.strip_prefix('{')?.rsplit_once("} ")?;
+            labels
+                .iter()
+                .all(|want| labelset.split(',').any(|have| have == *want))
+                .then(|| value.parse().ok())?
+        })
+        .collect()
+}
+
 /// Polls `/metrics` until `name` has `value` (counts, not timing: the deadline is generous).
 pub fn wait_metric(health: &str, name: &str, value: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -62,6 +62,17 @@ fn version_and_help_document_every_flag() {
         "--metrics-listen",
         "SOCKTRACE_METRICS_LISTEN",
         "--no-inject",
+        "--sampler",
+        "OTEL_TRACES_SAMPLER=",
+        "--sample-ratio",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "--slow-threshold",
+        "SOCKTRACE_SLOW_THRESHOLD",
+        "--sample-wait",
+        "SOCKTRACE_SAMPLE_WAIT",
+        "--sample-buffer",
+        "SOCKTRACE_SAMPLE_BUFFER",
+        "parentbased_traceidratio",
         "NODE_NAME",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
@@ -79,6 +90,30 @@ fn unknown_protocol_is_rejected_with_the_valid_names() {
     let err = stderr(&o);
     assert!(err.contains("invalid value 'smtp'"), "{err}");
     assert!(err.contains("possible values: http"), "{err}");
+}
+
+#[test]
+fn invalid_sampler_settings_are_rejected_with_the_reason() {
+    let o = run(&[], &[("OTEL_TRACES_SAMPLER", "jaeger_remote")]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("invalid value 'jaeger_remote'"), "{err}");
+    assert!(err.contains("parentbased_traceidratio"), "{err}");
+    let o = run(
+        &["--sampler", "traceidratio"],
+        &[("OTEL_TRACES_SAMPLER_ARG", "1.5")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("must be a number from 0 to 1"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--sampler", "priority", "--slow-threshold", "500"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("needs a unit"), "{}", stderr(&o));
+    let o = run(&["--sample-buffer", "0"], &[]);
+    assert_eq!(o.status.code(), Some(2));
 }
 
 #[test]

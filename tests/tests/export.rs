@@ -95,6 +95,7 @@ fn scenario() -> Vec<Span> {
         span_id: span_id(n),
         parent_span_id: parent,
         trace_state: String::new(),
+        parent_sampled: None,
         name: format!("GET /step/{n}"),
         kind,
         start_unix_nanos: base + u64::from(n) * 1_000,

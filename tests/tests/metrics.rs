@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use socktrace_tests::{
-    harness::{Agent, PyServer, curl, free_port, require_root},
+    harness::{Agent, PyServer, curl, free_port, prom, require_root},
     otlp_receiver::{OtlpReceiver, PointValue, Protocol, ReceivedPoint, ReceivedSpan},
 };
 
@@ -38,20 +38,6 @@ fn edge<'a>(points: &'a [ReceivedPoint], metric: &str) -> Option<&'a ReceivedPoi
             && p.attr_str("client") == Some("curl")
             && p.attr_str("server") == Some("py-server")
     })
-}
-
-/// The value of the one sample of `name` whose labels contain every one of `labels`.
-fn prom(text: &str, name: &str, labels: &[&str]) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labelset, value) = rest.strip_prefix('{')?.rsplit_once("} ")?;
-            labels
-                .iter()
-                .all(|want| labelset.split(',').any(|have| have == *want))
-                .then(|| value.parse().ok())?
-        })
-        .collect()
 }
 
 /// One line per point, for assertion messages.
@@ -515,6 +501,7 @@ fn the_last_metrics_go_out_at_shutdown_over_both_transports() {
                     // Remote parents: each waits for a client that never comes.
                     parent_span_id: Some(SpanId([0xee; 8])),
                     trace_state: String::new(),
+                    parent_sampled: None,
                     name: "GET /".into(),
                     kind: SpanKind::Server,
                     start_unix_nanos: 1_000_000_000,

@@ -180,6 +180,7 @@ mod tests {
             span_id: SpanId([0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]),
             parent_span_id: Some(SpanId([0x53, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36])),
             trace_state: String::new(),
+            parent_sampled: None,
             name: "GET /orders/{id}".into(),
             kind: SpanKind::Server,
             // 2025-03-01T12:00:00.250Z

@@ -10,6 +10,13 @@ pub struct TraceParent {
     pub flags: u8,
 }
 
+impl TraceParent {
+    /// The `sampled` flag (bit 0 of the trace flags).
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+}
+
 fn hex_nibble(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -70,6 +77,8 @@ pub struct HeaderContext {
     pub trace_id: TraceId,
     pub parent_id: SpanId,
     pub trace_state: String,
+    /// The `sampled` flag: whether the caller recorded its side (parent-based sampling).
+    pub sampled: bool,
 }
 
 /// Finds `traceparent` / `tracestate` in the first bytes of an HTTP/1 request, before the head
@@ -106,6 +115,7 @@ pub fn scan_http1_context(buf: &[u8]) -> Option<HeaderContext> {
         trace_id: tp.trace_id,
         parent_id: tp.parent_id,
         trace_state: states.join(","),
+        sampled: tp.sampled(),
     })
 }
 
@@ -157,6 +167,9 @@ mod tests {
         assert_eq!(c.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(c.parent_id.to_string(), "00f067aa0ba902b7");
         assert_eq!(c.trace_state, "a=1,b=2");
+        assert!(c.sampled);
+        let unsampled = head.replace("-01\r\n", "-00\r\n");
+        assert!(!scan_http1_context(unsampled.as_bytes()).unwrap().sampled);
         // Cut inside the header line: not seen.
         let cut = &head.as_bytes()[..head.find("-01").unwrap()];
         assert_eq!(scan_http1_context(cut), None);

@@ -202,6 +202,7 @@ pub(crate) fn trace_context(headers: &[Header], stats: &HttpSpanStats) -> Option
                     trace_id: tp.trace_id,
                     parent_id: tp.parent_id,
                     trace_state: state,
+                    sampled: tp.sampled(),
                 });
             }
             _ => {

@@ -149,6 +149,8 @@ struct Resolved {
     trace_id: TraceId,
     parent: Option<SpanId>,
     trace_state: String,
+    /// The sampled flag the trace arrived with on this node (see [`Span::parent_sampled`]).
+    sampled: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -232,6 +234,7 @@ impl Resolved {
             trace_id: self.trace_id,
             parent: Some(span_id),
             trace_state: self.trace_state.clone(),
+            sampled: self.sampled,
         }
     }
 }
@@ -242,16 +245,19 @@ fn new_trace(fallback: Option<&HeaderContext>, kernel: Option<TraceId>) -> Resol
             trace_id: h.trace_id,
             parent: Some(h.parent_id),
             trace_state: h.trace_state.clone(),
+            sampled: Some(h.sampled),
         },
         (None, Some(t)) => Resolved {
             trace_id: t,
             parent: None,
             trace_state: String::new(),
+            sampled: None,
         },
         (None, None) => Resolved {
             trace_id: TraceId::random(),
             parent: None,
             trace_state: String::new(),
+            sampled: None,
         },
     }
 }
@@ -263,6 +269,7 @@ fn apply(span: &mut Span, span_id: Option<SpanId>, r: &Resolved) {
     span.trace_id = r.trace_id;
     span.parent_span_id = r.parent;
     span.trace_state = r.trace_state.clone();
+    span.parent_sampled = r.sampled;
 }
 
 /// The span's context as its builder derived it from headers (a parent means a valid header).
@@ -271,6 +278,7 @@ fn span_header(span: &Span) -> Option<HeaderContext> {
         trace_id: span.trace_id,
         parent_id: p,
         trace_state: span.trace_state.clone(),
+        sampled: span.parent_sampled.unwrap_or(true),
     })
 }
 
@@ -589,6 +597,7 @@ impl Linker {
                 trace_id: span.trace_id,
                 parent: Some(span.span_id),
                 trace_state: span.trace_state.clone(),
+                sampled: span.parent_sampled,
             });
             self.peers
                 .insert(pk, (r, super::clock::Clock::monotonic_now()));

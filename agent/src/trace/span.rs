@@ -113,6 +113,10 @@ pub struct Span {
     pub parent_span_id: Option<SpanId>,
     /// W3C `tracestate` received with the parent context, kept verbatim.
     pub trace_state: String,
+    /// The `sampled` flag of the `traceparent` this trace arrived with on this node, shared by
+    /// every span of the trace here (a local parent's decision is its caller's); None when the
+    /// trace began on this node. What parent-based samplers follow.
+    pub parent_sampled: Option<bool>,
     pub name: String,
     pub kind: SpanKind,
     pub start_unix_nanos: u64,
@@ -152,15 +156,21 @@ impl Span {
     /// A span of one exchange on a connection: the header's context or a new trace, and a new
     /// span id (the linker may replace all three with the ones it inferred).
     pub fn of_exchange(conn: &ConnMeta, e: ExchangeSpan) -> Self {
-        let (trace_id, parent_span_id, trace_state) = match e.header {
-            Some(h) => (h.trace_id, Some(h.parent_id), h.trace_state),
-            None => (TraceId::random(), None, String::new()),
+        let (trace_id, parent_span_id, trace_state, parent_sampled) = match e.header {
+            Some(h) => (
+                h.trace_id,
+                Some(h.parent_id),
+                h.trace_state,
+                Some(h.sampled),
+            ),
+            None => (TraceId::random(), None, String::new(), None),
         };
         Span {
             trace_id,
             span_id: SpanId::random(),
             parent_span_id,
             trace_state,
+            parent_sampled,
             name: e.name,
             kind: conn.kind,
             start_unix_nanos: e.start_unix_nanos,
@@ -189,6 +199,7 @@ impl Span {
             span_id: SpanId([n; 8]),
             parent_span_id: None,
             trace_state: String::new(),
+            parent_sampled: None,
             name: format!("span-{n}"),
             kind: SpanKind::Server,
             start_unix_nanos: 1_000 + u64::from(n),

@@ -16,6 +16,7 @@ fn span(name: &str, kind: SpanKind, header: Option<&HeaderContext>) -> Span {
         span_id: SpanId::random(),
         parent_span_id: header.map(|h| h.parent_id),
         trace_state: header.map(|h| h.trace_state.clone()).unwrap_or_default(),
+        parent_sampled: header.map(|h| h.sampled),
         name: name.to_owned(),
         kind,
         start_unix_nanos: 1,
@@ -198,6 +199,7 @@ fn an_incoming_header_is_the_parent_and_its_trace_state_carries_to_children() {
         trace_id: TraceId([7; 16]),
         parent_id: SpanId([9; 8]),
         trace_state: "k=v".into(),
+        sampled: false,
     };
     server.request_with(
         &mut l,
@@ -218,6 +220,9 @@ fn an_incoming_header_is_the_parent_and_its_trace_state_carries_to_children() {
     assert_eq!(call.trace_id, h.trace_id);
     assert_eq!(call.parent_span_id, Some(srv.span_id));
     assert_eq!(call.trace_state, "k=v");
+    // The caller's sampled flag reaches the local child too (parent-based sampling).
+    assert_eq!(srv.parent_sampled, Some(false));
+    assert_eq!(call.parent_sampled, Some(false));
 }
 
 #[test]
