@@ -1,0 +1,59 @@
+use clap::CommandFactory;
+
+use super::Cli;
+
+/// Every argument has its environment variable (clap's own `--help` and `--version` aside), so
+/// a DaemonSet or a systemd unit can configure everything without a command line.
+#[test]
+fn every_flag_has_an_environment_variable() {
+    let cmd = Cli::command();
+    let mut missing = Vec::new();
+    let mut seen = Vec::new();
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if id == "help" || id == "version" {
+            continue;
+        }
+        match arg.get_env() {
+            Some(var) => seen.push((id.to_owned(), var.to_string_lossy().into_owned())),
+            None => missing.push(id.to_owned()),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "flags without an env variable: {missing:?}"
+    );
+    // Our own variables carry the prefix; the only foreign one is the downward-API convention.
+    for (id, var) in &seen {
+        assert!(
+            var.starts_with("SOCKTRACE_") || var == "NODE_NAME",
+            "--{id} reads {var}"
+        );
+    }
+    let var_of = |id: &str| seen.iter().find(|(i, _)| i == id).map(|(_, v)| v.as_str());
+    assert_eq!(var_of("otlp_endpoint"), Some("SOCKTRACE_OTLP_ENDPOINT"));
+    assert_eq!(var_of("log_level"), Some("SOCKTRACE_LOG"));
+    assert_eq!(var_of("k8s_node_name"), Some("NODE_NAME"));
+    // No two flags share a variable.
+    let mut vars: Vec<&str> = seen.iter().map(|(_, v)| v.as_str()).collect();
+    vars.sort_unstable();
+    let before = vars.len();
+    vars.dedup();
+    assert_eq!(vars.len(), before, "a variable is used twice: {seen:?}");
+}
+
+/// `--help` names the variable of each flag (clap prints `[env: NAME=]`).
+#[test]
+fn help_shows_the_variables() {
+    let help = Cli::command().render_long_help().to_string();
+    for var in [
+        "SOCKTRACE_PROTOCOLS",
+        "SOCKTRACE_PORT",
+        "SOCKTRACE_CONSOLE",
+        "SOCKTRACE_NO_INJECT",
+        "SOCKTRACE_K8S_CLUSTER_NAME",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ] {
+        assert!(help.contains(var), "{var} missing from --help");
+    }
+}
