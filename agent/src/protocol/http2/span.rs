@@ -87,6 +87,25 @@ pub fn grpc_is_error(kind: SpanKind, code: i64) -> bool {
     }
 }
 
+/// `host:port`, `[v6]:port` or a bare host -> (host, port).
+fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']')?;
+            (host, rest.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok()?),
+        None => None,
+    };
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
 /// `/package.Service/Method` -> (`package.Service`, `Method`).
 pub fn split_grpc_path(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix('/')?;
@@ -240,28 +259,25 @@ fn build_grpc_span(
         }
     }
     let peer_ip = ip_string(&conn.peer);
-    match conn.kind {
-        SpanKind::Server => {
-            attrs.push(KeyValue::new("server.address", ip_string(&conn.local)));
-            attrs.push(KeyValue::new("server.port", i64::from(conn.local.port())));
-            attrs.push(KeyValue::new("client.address", peer_ip.clone()));
-            attrs.push(KeyValue::new("client.port", i64::from(conn.peer.port())));
-        }
-        SpanKind::Client => {
-            // The authority names the server as the caller addressed it.
-            let (host, port) = stream
-                .request_header(":authority")
-                .and_then(|a| {
-                    let (h, p) = a.rsplit_once(':')?;
-                    Some((
-                        h.trim_matches(['[', ']']).to_owned(),
-                        p.parse::<u16>().ok()?,
-                    ))
-                })
-                .unwrap_or_else(|| (peer_ip.clone(), conn.peer.port()));
-            attrs.push(KeyValue::new("server.address", host));
+    // `server.address` / `server.port`: the server as the caller addressed it, from the
+    // `:authority` (the conventions say not to take them from the connection). The client's
+    // span still needs them without one: then the peer it connected to.
+    let authority = stream
+        .request_header(":authority")
+        .and_then(split_authority);
+    let server = match conn.kind {
+        SpanKind::Server => authority,
+        SpanKind::Client => authority.or_else(|| Some((peer_ip.clone(), Some(conn.peer.port())))),
+    };
+    if let Some((host, port)) = server {
+        attrs.push(KeyValue::new("server.address", host));
+        if let Some(port) = port {
             attrs.push(KeyValue::new("server.port", i64::from(port)));
         }
+    }
+    if conn.kind == SpanKind::Server {
+        attrs.push(KeyValue::new("client.address", peer_ip.clone()));
+        attrs.push(KeyValue::new("client.port", i64::from(conn.peer.port())));
     }
     attrs.push(KeyValue::new("network.peer.address", peer_ip));
     attrs.push(KeyValue::new(
@@ -453,6 +469,34 @@ mod tests {
         for old in ["rpc.system", "rpc.service", "rpc.grpc.status_code"] {
             assert!(!keys(&span).contains(&old), "{old} in {:?}", keys(&span));
         }
+        // A server span takes the server's name from the authority too, not from the socket.
+        let server = span_of(
+            &call("/shop.v1.Cart/AddItem", Some("5")),
+            SpanKind::Server,
+            RpcConventions::Stable,
+        );
+        assert_eq!(
+            server.attr("server.address"),
+            Some(&Value::from("cart.local"))
+        );
+        assert_eq!(server.attr("server.port"), Some(&Value::from(50051i64)));
+        assert_eq!(
+            server.attr("client.address"),
+            Some(&Value::from("10.0.0.2"))
+        );
+        let mut no_authority = call("/shop.v1.Cart/AddItem", Some("0"));
+        no_authority
+            .request_headers
+            .retain(|h| h.name != ":authority");
+        let server = span_of(&no_authority, SpanKind::Server, RpcConventions::Stable);
+        assert_eq!(server.attr("server.address"), None);
+        assert_eq!(server.attr("server.port"), None);
+        let client = span_of(&no_authority, SpanKind::Client, RpcConventions::Stable);
+        assert_eq!(
+            client.attr("server.address"),
+            Some(&Value::from("10.0.0.2"))
+        );
+        assert_eq!(client.attr("server.port"), Some(&Value::from(50051i64)));
         // Success: the status is still named, no error.
         let ok = span_of(
             &call("/shop.v1.Cart/AddItem", Some("0")),
@@ -529,6 +573,13 @@ mod tests {
         assert_eq!(split_grpc_path("/x"), None);
         assert_eq!(split_grpc_path("//m"), None);
         assert_eq!(split_grpc_path("/a/b/c"), None);
+        let some = |h: &str, p| Some((h.to_owned(), p));
+        assert_eq!(split_authority("cart:50051"), some("cart", Some(50051)));
+        assert_eq!(split_authority("cart"), some("cart", None));
+        assert_eq!(split_authority("[::1]:443"), some("::1", Some(443)));
+        assert_eq!(split_authority("[::1]"), some("::1", None));
+        assert_eq!(split_authority("cart:http"), None);
+        assert_eq!(split_authority(":80"), None);
         assert!(grpc_is_error(SpanKind::Client, 5));
         assert!(!grpc_is_error(SpanKind::Server, 5));
         assert!(grpc_is_error(SpanKind::Server, 13));
