@@ -23,10 +23,11 @@ fn every_flag_has_an_environment_variable() {
         missing.is_empty(),
         "flags without an env variable: {missing:?}"
     );
-    // Our own variables carry the prefix; the only foreign one is the downward-API convention.
+    // A standard OpenTelemetry variable where one means the same as the flag, else ours with
+    // its prefix; the only other one is the downward-API convention of DaemonSets.
     for (id, var) in &seen {
         assert!(
-            var.starts_with("SOCKTRACE_") || var == "NODE_NAME",
+            var.starts_with("SOCKTRACE_") || var.starts_with("OTEL_") || var == "NODE_NAME",
             "--{id} reads {var}"
         );
     }
