@@ -1,5 +1,9 @@
-//! Command line. Exporter flags fall back to the standard `OTEL_*` variables (resolved in
-//! `export::resolve_config`, which knows the spec's precedence rules).
+//! Command line. Every flag can also be set by an environment variable (`SOCKTRACE_*`, shown
+//! in `--help`; `tests.rs` fails on a flag without one). The exporter flags then fall back to the
+//! standard `OTEL_*` variables (resolved in `export::resolve_config`, which knows the spec's
+//! precedence rules): the flag or its `SOCKTRACE_*` variable, then the signal-specific `OTEL_*`
+//! variable, then the generic one. Those cannot be the flags' own variables: the flag behaves
+//! like the generic variable, which must lose to the signal-specific one.
 
 use std::sync::LazyLock;
 
@@ -95,22 +99,25 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub struct Cli {
     /// OTLP endpoint (base URL; `/v1/traces` is appended for http/protobuf). Without one, spans
     /// are printed to the terminal.
-    /// [env: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT]
-    #[arg(long, value_name = "URL")]
+    /// Without the flag and `SOCKTRACE_OTLP_ENDPOINT`: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as
+    /// is), then `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[arg(long, value_name = "URL", env = "SOCKTRACE_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
     /// OTLP transport: `grpc` or `http/protobuf` (default).
-    /// [env: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL]
-    #[arg(long, value_name = "PROTOCOL")]
+    /// Without the flag and `SOCKTRACE_OTLP_PROTOCOL`: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    #[arg(long, value_name = "PROTOCOL", env = "SOCKTRACE_OTLP_PROTOCOL")]
     pub otlp_protocol: Option<String>,
 
     /// Extra headers for every OTLP request, `key=value,key2=value2` (values percent-decoded).
-    /// [env: OTEL_EXPORTER_OTLP_TRACES_HEADERS, OTEL_EXPORTER_OTLP_HEADERS]
-    #[arg(long, value_name = "K=V,...")]
+    /// Without the flag and `SOCKTRACE_OTLP_HEADERS`: `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, then
+    /// `OTEL_EXPORTER_OTLP_HEADERS`.
+    #[arg(long, value_name = "K=V,...", env = "SOCKTRACE_OTLP_HEADERS")]
     pub otlp_headers: Option<String>,
 
     /// Also print spans to the terminal when exporting over OTLP.
-    #[arg(long)]
+    #[arg(long, env = "SOCKTRACE_CONSOLE")]
     pub console: bool,
 
     /// Protocols to trace (comma-separated).
@@ -118,42 +125,64 @@ pub struct Cli {
         long,
         value_parser = protocol_values(),
         value_delimiter = ',',
-        default_value = ALL_PROTOCOLS.as_str()
+        default_value = ALL_PROTOCOLS.as_str(),
+        env = "SOCKTRACE_PROTOCOLS"
     )]
     pub protocols: Vec<String>,
 
     /// Trace only these processes (and their children). Comma-separated or repeated.
-    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    #[arg(long, value_name = "PID", value_delimiter = ',', env = "SOCKTRACE_PID")]
     pub pid: Vec<u32>,
 
     /// Trace only processes running these executables (file name, e.g. `nginx`), including ones
     /// started later. Comma-separated or repeated.
-    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_delimiter = ',',
+        env = "SOCKTRACE_EXE"
+    )]
     pub exe: Vec<String>,
 
     /// Trace only connections with one of these ports at either end. Comma-separated or repeated.
-    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "PORT",
+        value_delimiter = ',',
+        env = "SOCKTRACE_PORT"
+    )]
     pub port: Vec<u16>,
 
     /// Payload bytes copied from the start of each socket read or write (64-8192), plus up to
     /// 256 from its end. Larger sees bigger headers; byte counts are always exact, so bodies
     /// never need to be copied. HTTP/2 connections always use 8192.
     #[arg(long, value_name = "BYTES", default_value_t = socktrace_common::DEFAULT_CAPTURE,
-          value_parser = clap::value_parser!(u32).range(64..=socktrace_common::MAX_CAPTURE as i64))]
+          value_parser = clap::value_parser!(u32).range(64..=socktrace_common::MAX_CAPTURE as i64),
+          env = "SOCKTRACE_CAPTURE_BYTES")]
     pub capture_bytes: u32,
 
     /// How `http.route` is derived.
-    #[arg(long, value_enum, default_value = "heuristic")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "heuristic",
+        env = "SOCKTRACE_HTTP_ROUTE"
+    )]
     pub http_route: RouteMode,
 
     /// What `db.query.text` carries. Parameter values of prepared statements are never exported.
-    #[arg(long, value_enum, default_value = "sanitized")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "sanitized",
+        env = "SOCKTRACE_DB_QUERY_TEXT"
+    )]
     pub db_query_text: QueryTextMode,
 
     /// Do not insert W3C `traceparent` headers into outgoing HTTP/1 requests of traced
     /// processes. Injection (on by default) carries the trace to the next host; it needs
     /// CAP_NET_ADMIN and a cgroup v2 hierarchy, and turns itself off with a warning without them.
-    #[arg(long)]
+    #[arg(long, env = "SOCKTRACE_NO_INJECT")]
     pub no_inject: bool,
 
     /// Read the plaintext of TLS connections at OpenSSL (shared `libssl` and binaries that
@@ -163,11 +192,16 @@ pub struct Cli {
     pub tls: bool,
 
     /// Kernel ring buffer size in bytes (power of two, at least 65536).
-    #[arg(long, value_name = "BYTES", default_value = "8388608", value_parser = parse_ringbuf_size)]
+    #[arg(long, value_name = "BYTES", default_value = "8388608", value_parser = parse_ringbuf_size, env = "SOCKTRACE_RINGBUF_SIZE")]
     pub ringbuf_size: u32,
 
     /// Seconds between self-telemetry reports (counters of every stage) in the log; 0: only at exit.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60,
+        env = "SOCKTRACE_STATS_INTERVAL"
+    )]
     pub stats_interval: u64,
 
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or tracing-subscriber directives).
@@ -194,30 +228,51 @@ pub struct Cli {
 
     /// Export only spans of processes in pods of these Kubernetes namespaces (patterns with `*`
     /// and `?`). Applied in user space to the resolved resource. Comma-separated or repeated.
-    #[arg(long, value_name = "PATTERN", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "PATTERN",
+        value_delimiter = ',',
+        env = "SOCKTRACE_K8S_NAMESPACE"
+    )]
     pub k8s_namespace: Vec<String>,
 
     /// Export only spans of processes in these containers: Kubernetes container name or
     /// container id (a plain value also matches an id prefix); patterns with `*` and `?`.
     /// Applied in user space. Comma-separated or repeated.
-    #[arg(long, value_name = "PATTERN", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "PATTERN",
+        value_delimiter = ',',
+        env = "SOCKTRACE_CONTAINER"
+    )]
     pub container: Vec<String>,
 
     /// Export only spans whose resolved `service.name` matches one of these patterns (`*`, `?`).
     /// Applied in user space. Comma-separated or repeated.
-    #[arg(long, value_name = "PATTERN", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "PATTERN",
+        value_delimiter = ',',
+        env = "SOCKTRACE_SERVICE_NAME"
+    )]
     pub service_name: Vec<String>,
 
     /// Kubernetes pod metadata: `auto` uses `--kubeconfig` (else `KUBECONFIG`) when given, or
     /// the in-cluster service account when running in a pod; `on` refuses to start without
     /// either; `off` never contacts the API server.
-    #[arg(long = "k8s", value_enum, value_name = "MODE", default_value = "auto")]
+    #[arg(
+        long = "k8s",
+        value_enum,
+        value_name = "MODE",
+        default_value = "auto",
+        env = "SOCKTRACE_K8S"
+    )]
     pub k8s_mode: crate::resource::k8s::K8sMode,
 
     /// Kubeconfig file for the Kubernetes API (current context; token, client certificate or
     /// exec credential plugin). Without it, the files of `KUBECONFIG` are merged. Either takes
     /// precedence over the in-cluster service account.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "SOCKTRACE_KUBECONFIG")]
     pub kubeconfig: Option<std::path::PathBuf>,
 
     /// Node whose pods are watched (default: the host name). DaemonSets set `NODE_NAME` from
@@ -280,28 +335,9 @@ pub struct Cli {
     pub sample_buffer: u32,
 
     /// Value of `k8s.cluster.name` on every resource (the API has no cluster name).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "SOCKTRACE_K8S_CLUSTER_NAME")]
     pub k8s_cluster_name: Option<String>,
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn durations_need_a_unit() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
-        assert_eq!(parse_duration(" 3 s"), Ok(Duration::from_secs(3)));
-        for bad in ["500", "ms", "1h", "-1s", "1e3ms", ""] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-        assert_eq!(parse_ratio("0.25"), Ok(0.25));
-        assert!(parse_ratio("1.01").is_err());
-        assert!(parse_ratio("NaN").is_err());
-    }
-}
+mod tests;

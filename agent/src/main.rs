@@ -30,6 +30,7 @@ use socktrace::{
     trace::{
         db::{DbSpanConfig, QueryText},
         http::HttpSpanConfig,
+        rpc::RpcConventions,
         span::KeyValue,
     },
 };
@@ -376,6 +377,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     QueryTextMode::Off => QueryText::Off,
                 },
             },
+            rpc: RpcConventions::from_opt_in(
+                std::env::var("OTEL_SEMCONV_STABILITY_OPT_IN")
+                    .ok()
+                    .as_deref(),
+            ),
             http_stats: Default::default(),
         },
         exporter.clone(),

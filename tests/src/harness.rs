@@ -224,9 +224,10 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // The agent must not inherit exporter settings from the test environment.
+        // The agent must not inherit exporter settings or flags (every flag has a
+        // `SOCKTRACE_*` variable) from the test environment; the log filter may come through.
         for (k, _) in std::env::vars() {
-            if k.starts_with("OTEL_") {
+            if k.starts_with("OTEL_") || (k.starts_with("SOCKTRACE_") && k != "SOCKTRACE_LOG") {
                 cmd.env_remove(k);
             }
         }

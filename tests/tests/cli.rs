@@ -12,7 +12,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(agent_bin());
     cmd.args(args);
     for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
+        if k.starts_with("OTEL_") || k.starts_with("SOCKTRACE_") {
             cmd.env_remove(k);
         }
     }
@@ -142,6 +142,40 @@ fn invalid_endpoint_and_protocol_name_their_source() {
     let o = run(&["--capture-bytes", "100000"], &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--capture-bytes"), "{}", stderr(&o));
+}
+
+/// The flags' variables are read by the binary: a bad value in one is refused as the flag's
+/// would be, and names where it came from.
+#[test]
+fn flag_variables_are_read() {
+    let o = run(&[], &[("SOCKTRACE_PROTOCOLS", "http,smtp")]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("invalid value 'smtp'"), "{err}");
+
+    let o = run(&[], &[("SOCKTRACE_OTLP_ENDPOINT", "localhost:4317")]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(
+            "socktrace: invalid OTLP endpoint \"localhost:4317\" from --otlp-endpoint (or SOCKTRACE_OTLP_ENDPOINT)"
+        ),
+        "{err}"
+    );
+    // The flag's variable wins over the standard ones, which then are not even looked at.
+    let o = run(
+        &[],
+        &[
+            ("SOCKTRACE_OTLP_PROTOCOL", "thrift"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("\"thrift\" from --otlp-protocol (or SOCKTRACE_OTLP_PROTOCOL)"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -16,6 +16,15 @@ use socktrace_tests::{
 
 const SERVICE: &str = "socktrace.test.Echo";
 
+/// The calls of `grpc_client.py basic`, in order: method and gRPC status code.
+const BASIC_CALLS: [(&str, i64); 5] = [
+    ("Unary", 0),
+    ("Unary", 5),
+    ("ServerStream", 0),
+    ("ClientStream", 0),
+    ("Bidi", 0),
+];
+
 fn str_attr(s: &ReceivedSpan, k: &str) -> String {
     s.attr_str(k)
         .unwrap_or_else(|| panic!("{k} missing on {s}"))
@@ -27,6 +36,10 @@ fn int_attr(s: &ReceivedSpan, k: &str) -> i64 {
 
 /// Receiver, gRPC server (service name `echo-server`) and an agent limited to its port.
 fn setup(extra: &[&str]) -> (OtlpReceiver, PyServer, Agent) {
+    setup_with_env(extra, &[])
+}
+
+fn setup_with_env(extra: &[&str], env: &[(&str, &str)]) -> (OtlpReceiver, PyServer, Agent) {
     require_root();
     let receiver = OtlpReceiver::start_blocking(Protocol::Grpc);
     let server = PyServer::start_peer(
@@ -45,8 +58,17 @@ fn setup(extra: &[&str]) -> (OtlpReceiver, PyServer, Agent) {
         port.as_str(),
     ];
     args.extend_from_slice(extra);
-    let agent = Agent::start(&args);
+    let agent = Agent::start_with_env(&args, env);
     (receiver, server, agent)
+}
+
+/// The `rpc.status_code` of a gRPC status code, as the status names it.
+fn code_name(code: i64) -> &'static str {
+    match code {
+        0 => "OK",
+        5 => "NOT_FOUND",
+        other => panic!("no name for {other} in this test"),
+    }
 }
 
 /// Runs the gRPC client to completion and returns its report lines.
@@ -69,13 +91,15 @@ fn client(port: u16, args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Checks the attributes every gRPC span must carry.
+/// Checks the attributes every gRPC span must carry: the stable RPC names, none of the old ones.
 fn check_grpc(span: &ReceivedSpan, method: &str, code: i64, server_port: u16) {
     assert_eq!(span.name(), format!("{SERVICE}/{method}"), "{span}");
-    assert_eq!(str_attr(span, "rpc.system"), "grpc");
-    assert_eq!(str_attr(span, "rpc.service"), SERVICE);
-    assert_eq!(str_attr(span, "rpc.method"), method);
-    assert_eq!(int_attr(span, "rpc.grpc.status_code"), code, "{span}");
+    assert_eq!(str_attr(span, "rpc.system.name"), "grpc");
+    assert_eq!(str_attr(span, "rpc.method"), format!("{SERVICE}/{method}"));
+    assert_eq!(str_attr(span, "rpc.status_code"), code_name(code), "{span}");
+    for old in ["rpc.system", "rpc.service", "rpc.grpc.status_code"] {
+        assert!(span.attr(old).is_none(), "{old} on {span}");
+    }
     assert_eq!(str_attr(span, "server.address"), "127.0.0.1");
     assert_eq!(int_attr(span, "server.port"), i64::from(server_port));
     assert_eq!(str_attr(span, "network.peer.address"), "127.0.0.1");
@@ -99,13 +123,7 @@ fn unary_streaming_and_error_calls_on_both_sides() {
         ]
     );
     let (servers, clients) = exact(&receiver, 5, 5);
-    let expect = [
-        ("Unary", 0),
-        ("Unary", 5),
-        ("ServerStream", 0),
-        ("ClientStream", 0),
-        ("Bidi", 0),
-    ];
+    let expect = BASIC_CALLS;
     let client_port = int_attr(&servers[0], "client.port");
     for ((s, c), (method, code)) in servers.iter().zip(&clients).zip(expect) {
         check_grpc(s, method, code, server.port);
@@ -167,11 +185,8 @@ fn messages_much_larger_than_the_capture() {
         assert_eq!(spans[0].name(), format!("{SERVICE}/Unary"), "{kind}");
         assert_eq!(spans[1].name(), format!("{SERVICE}/Big"), "{kind}");
         for s in spans.iter() {
-            assert_eq!(
-                str_attr(s, "rpc.method"),
-                s.name().rsplit('/').next().unwrap()
-            );
-            assert_eq!(int_attr(s, "rpc.grpc.status_code"), 0, "{s}");
+            assert_eq!(str_attr(s, "rpc.method"), s.name());
+            assert_eq!(str_attr(s, "rpc.status_code"), "OK", "{s}");
             assert_eq!(s.status_code(), StatusCode::Unset, "{s}");
         }
     }
@@ -211,13 +226,7 @@ fn connection_established_before_the_agent_is_joined_mid_stream() {
     // The agent keeps working: a new connection afterwards is traced completely.
     let lines = client(server.port, &["basic"]);
     assert_eq!(lines.len(), 5, "{lines:?}");
-    let expect = [
-        ("Unary", 0),
-        ("Unary", 5),
-        ("ServerStream", 0),
-        ("ClientStream", 0),
-        ("Bidi", 0),
-    ];
+    let expect = BASIC_CALLS;
     receiver
         .wait_for_blocking(
             |spans| {
@@ -238,13 +247,14 @@ fn connection_established_before_the_agent_is_joined_mid_stream() {
     // connection or the new one, must be right in everything it carries.
     let by_method = |m: &str| expect.iter().filter(|(x, _)| *x == m).count();
     for s in &spans {
-        assert_eq!(str_attr(s, "rpc.system"), "grpc", "{s}");
+        assert_eq!(str_attr(s, "rpc.system.name"), "grpc", "{s}");
         if let Some(m) = s.attr_str("rpc.method") {
-            assert!(by_method(&m) > 0, "{s}");
-            assert_eq!(s.name(), format!("{SERVICE}/{m}"));
+            let short = m.strip_prefix(&format!("{SERVICE}/")).unwrap_or("");
+            assert!(by_method(short) > 0, "{s}");
+            assert_eq!(s.name(), m);
         }
         let complete =
-            s.attr_str("rpc.method").is_some() && s.attr_int("rpc.grpc.status_code").is_some();
+            s.attr_str("rpc.method").is_some() && s.attr_str("rpc.status_code").is_some();
         if !complete {
             assert_eq!(s.attr_bool("socktrace.partial"), Some(true), "{s}");
         }
@@ -256,19 +266,17 @@ fn connection_established_before_the_agent_is_joined_mid_stream() {
             .filter(|s| s.kind() == kind && s.attr_bool("socktrace.partial").is_none())
             .collect();
         complete.sort_by_key(|s| s.span.start_time_unix_nano);
-        let tail: Vec<(String, i64)> = complete
+        let tail: Vec<(String, String)> = complete
             .iter()
             .rev()
             .take(5)
             .rev()
-            .map(|s| {
-                (
-                    str_attr(s, "rpc.method"),
-                    int_attr(s, "rpc.grpc.status_code"),
-                )
-            })
+            .map(|s| (str_attr(s, "rpc.method"), str_attr(s, "rpc.status_code")))
             .collect();
-        let want: Vec<(String, i64)> = expect.iter().map(|(m, c)| ((*m).to_owned(), *c)).collect();
+        let want: Vec<(String, String)> = expect
+            .iter()
+            .map(|(m, c)| (format!("{SERVICE}/{m}"), code_name(*c).to_owned()))
+            .collect();
         assert_eq!(tail, want, "{kind:?}");
     }
 }
@@ -398,5 +406,24 @@ fn traceparent_in_grpc_metadata_links_the_server_span() {
         assert_eq!(s.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736", "{s}");
         assert_eq!(s.span.trace_state, "vendor=1", "{s}");
         check_grpc(s, "Unary", 0, server.port);
+    }
+}
+
+#[test]
+fn rpc_dup_opt_in_adds_the_old_rpc_names() {
+    let (receiver, server, _agent) =
+        setup_with_env(&[], &[("OTEL_SEMCONV_STABILITY_OPT_IN", "http,rpc/dup")]);
+    assert_eq!(client(server.port, &["basic"]).len(), 5);
+    let (servers, clients) = exact(&receiver, 5, 5);
+    let expect = BASIC_CALLS;
+    for (s, (method, code)) in servers.iter().zip(expect).chain(clients.iter().zip(expect)) {
+        // The stable names as without the opt-in, `rpc.method` fully qualified...
+        assert_eq!(str_attr(s, "rpc.system.name"), "grpc", "{s}");
+        assert_eq!(str_attr(s, "rpc.method"), format!("{SERVICE}/{method}"));
+        assert_eq!(str_attr(s, "rpc.status_code"), code_name(code), "{s}");
+        // ...and those of semantic conventions 1.37.
+        assert_eq!(str_attr(s, "rpc.system"), "grpc", "{s}");
+        assert_eq!(str_attr(s, "rpc.service"), SERVICE, "{s}");
+        assert_eq!(int_attr(s, "rpc.grpc.status_code"), code, "{s}");
     }
 }

@@ -577,8 +577,8 @@ fn the_last_metrics_go_out_at_shutdown_over_both_transports() {
     }
 }
 
-/// gRPC (grpcio client and server): the RPC duration histograms per method and status code on
-/// both sides, and the echo-client -> echo-server edge.
+/// gRPC (grpcio client and server): the stable RPC duration histograms per method and status
+/// code on both sides (and not the old ones), and the echo-client -> echo-server edge.
 #[test]
 fn grpc_calls_give_rpc_durations_and_an_edge() {
     use socktrace_tests::harness::{peer, python};
@@ -607,13 +607,14 @@ fn grpc_calls_give_rpc_durations_and_an_edge() {
     );
     // Unary OK, Unary NOT_FOUND, ServerStream, ClientStream, Bidi.
     const CALLS: u64 = 5;
-    let rpc = |p: &[ReceivedPoint], metric: &str, service: &str, method: &str, code: i64| -> u64 {
+    let rpc = |p: &[ReceivedPoint], metric: &str, service: &str, method: &str, code: &str| -> u64 {
+        let method = format!("socktrace.test.Echo/{method}");
         p.iter()
             .filter(|p| {
                 p.metric == metric
                     && p.resource_str("service.name") == Some(service)
-                    && p.attr_str("rpc.method") == Some(method)
-                    && p.attr_int("rpc.grpc.status_code") == Some(code)
+                    && p.attr_str("rpc.method") == Some(method.as_str())
+                    && p.attr_str("rpc.status_code") == Some(code)
             })
             .filter_map(ReceivedPoint::count)
             .sum()
@@ -637,8 +638,8 @@ fn grpc_calls_give_rpc_durations_and_an_edge() {
     let points = rt
         .block_on(receiver.wait_for_metrics(
             |p| {
-                total(p, "rpc.server.duration", "echo-server") >= CALLS
-                    && total(p, "rpc.client.duration", "echo-client") >= CALLS
+                total(p, "rpc.server.call.duration", "echo-server") >= CALLS
+                    && total(p, "rpc.client.call.duration", "echo-client") >= CALLS
                     && edge_count(p, "traces_service_graph_request_total")
                         .is_some_and(|n| n >= CALLS)
             },
@@ -647,27 +648,47 @@ fn grpc_calls_give_rpc_durations_and_an_edge() {
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.stderr()));
     let dump = lines(&points);
     for (metric, service) in [
-        ("rpc.server.duration", "echo-server"),
-        ("rpc.client.duration", "echo-client"),
+        ("rpc.server.call.duration", "echo-server"),
+        ("rpc.client.call.duration", "echo-client"),
     ] {
         assert_eq!(total(&points, metric, service), CALLS, "{dump}");
-        assert_eq!(rpc(&points, metric, service, "Unary", 0), 1, "{dump}");
-        assert_eq!(rpc(&points, metric, service, "Unary", 5), 1, "{dump}");
+        assert_eq!(rpc(&points, metric, service, "Unary", "OK"), 1, "{dump}");
+        assert_eq!(
+            rpc(&points, metric, service, "Unary", "NOT_FOUND"),
+            1,
+            "{dump}"
+        );
         for method in ["ServerStream", "ClientStream", "Bidi"] {
-            assert_eq!(rpc(&points, metric, service, method, 0), 1, "{dump}");
+            assert_eq!(rpc(&points, metric, service, method, "OK"), 1, "{dump}");
         }
     }
     let client = points
         .iter()
         .find(|p| {
-            p.metric == "rpc.client.duration" && p.attr_int("rpc.grpc.status_code") == Some(5)
+            p.metric == "rpc.client.call.duration"
+                && p.attr_str("rpc.status_code") == Some("NOT_FOUND")
         })
         .expect("NOT_FOUND");
-    assert_eq!(client.unit, "ms");
-    assert_eq!(client.attr_str("rpc.system"), Some("grpc"));
-    assert_eq!(client.attr_str("rpc.service"), Some("socktrace.test.Echo"));
+    assert_eq!(client.unit, "s");
+    assert_eq!(client.attr_str("rpc.system.name"), Some("grpc"));
     assert_eq!(client.attr_str("error.type"), Some("NOT_FOUND"));
     assert_eq!(client.attr_int("server.port"), Some(i64::from(server.port)));
+    // The server's points leave out server.address (opt-in in the conventions).
+    assert!(
+        points
+            .iter()
+            .filter(|p| p.metric == "rpc.server.call.duration")
+            .all(|p| p.attr_str("server.address").is_none()),
+        "{dump}"
+    );
+    // Without OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup, none of the old RPC names.
+    assert!(
+        !points.iter().any(|p| p.metric == "rpc.server.duration"
+            || p.metric == "rpc.client.duration"
+            || p.attr_str("rpc.system").is_some()
+            || p.attr_int("rpc.grpc.status_code").is_some()),
+        "{dump}"
+    );
     // No HTTP metric for gRPC calls.
     assert!(
         !points.iter().any(|p| p.metric.starts_with("http.")),

@@ -109,7 +109,7 @@ fn cli_statements_errors_and_no_literal_leaves_the_host() {
             common(span, &server);
             assert_eq!(text(span, "db.operation.name"), op);
             assert_eq!(text(span, "db.query.text"), query, "{kind}: {span}");
-            assert_eq!(text(span, "db.mysql.command"), "COM_QUERY");
+            assert_eq!(text(span, "socktrace.mysql.command"), "COM_QUERY");
             match error {
                 Some((code, message)) => {
                     assert_eq!(span.status_code(), StatusCode::Error, "{span}");
@@ -191,7 +191,11 @@ fn prepared_statements_carry_their_text() {
         for (span, (name, command, query, rows)) in spans.iter().zip(expect) {
             assert_eq!(span.name(), name, "{kind}: {span}");
             common(span, &server);
-            assert_eq!(text(span, "db.mysql.command"), command, "{kind}: {span}");
+            assert_eq!(
+                text(span, "socktrace.mysql.command"),
+                command,
+                "{kind}: {span}"
+            );
             if let Some(q) = query {
                 assert_eq!(text(span, "db.query.text"), q, "{kind}: {span}");
             }
@@ -201,7 +205,7 @@ fn prepared_statements_carry_their_text() {
         // The executions carry the id the PREPARE answer gave.
         let ids: Vec<Option<i64>> = spans[3..]
             .iter()
-            .map(|x| x.attr_int("db.mysql.statement_id"))
+            .map(|x| x.attr_int("socktrace.mysql.statement_id"))
             .collect();
         assert!(ids[0].is_some());
         assert_eq!(ids[1], ids[0]);

@@ -324,7 +324,7 @@ fn extended_protocol_prepared_statements_and_pipelining() {
         assert_eq!(rest[2].attr_str("db.query.text"), None, "{}", rest[2]);
         assert!(
             rest[2]
-                .attr_str("db.postgresql.prepared_statement")
+                .attr_str("socktrace.postgresql.prepared_statement")
                 .is_some()
         );
         assert_eq!(rest[2].status_code(), StatusCode::Unset);

@@ -93,8 +93,8 @@ fn redis_cli_commands_errors_and_databases() {
         .iter()
         .map(|s| {
             (
-                s.attr_int("db.redis.args_count"),
-                s.attr_int("db.redis.key_count"),
+                s.attr_int("socktrace.redis.args_count"),
+                s.attr_int("socktrace.redis.key_count"),
                 s.attr_str("db.namespace"),
             )
         })
@@ -206,7 +206,7 @@ fn a_pipeline_gives_one_span_per_command_each_with_its_own_reply() {
     );
     let keys: Vec<Option<i64>> = c[4..]
         .iter()
-        .map(|s| s.attr_int("db.redis.key_count"))
+        .map(|s| s.attr_int("socktrace.redis.key_count"))
         .collect();
     assert_eq!(keys, [Some(1), Some(1), Some(1), Some(1), Some(1), Some(3)]);
     // Pipelined: the six commands left in one write, so they start together.

@@ -333,6 +333,49 @@ fn python_env(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
+/// The semantic-conventions registry of `tests/peers/semconv-npm.txt` (an npm package), under
+/// `target/semconv`, for `tests/tests/semconv.rs`; reinstalled only when the pin changes. Returns
+/// the package's directory.
+fn semconv_registry(root: &Path) -> anyhow::Result<PathBuf> {
+    let pin_file = root.join("tests/peers/semconv-npm.txt");
+    let pin = std::fs::read_to_string(&pin_file)
+        .with_context(|| format!("reading {}", pin_file.display()))?;
+    let package = pin
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .with_context(|| format!("no package in {}", pin_file.display()))?;
+    let name = package
+        .rsplit_once('@')
+        .map(|(n, _)| n)
+        .filter(|n| !n.is_empty())
+        .with_context(|| format!("{package:?} is not name@version"))?;
+    let prefix = root.join("target/semconv");
+    let dir = prefix.join("node_modules").join(name);
+    let stamp = prefix.join("installed.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(package) && dir.exists() {
+        return Ok(dir);
+    }
+    if output_ok(Command::new("npm").arg("--version")).is_none() {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    std::fs::create_dir_all(&prefix)?;
+    run(Command::new("npm")
+        .args([
+            "install",
+            "--no-save",
+            "--no-package-lock",
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--prefix",
+        ])
+        .arg(&prefix)
+        .arg(package))?;
+    std::fs::write(&stamp, package)?;
+    Ok(dir)
+}
+
 fn cargo(root: &Path) -> Command {
     let mut c = Command::new("cargo");
     c.current_dir(root);
@@ -447,6 +490,7 @@ fn main() -> anyhow::Result<()> {
             setup(&root)?;
             apt_install(APT_TEST)?;
             let python = python_env(&root)?;
+            let semconv = semconv_registry(&root)?;
             run(cargo(&root).args(["fmt", "--all", "--check"]))?;
             run(cargo(&root).args([
                 "clippy",
@@ -467,7 +511,8 @@ fn main() -> anyhow::Result<()> {
             run(cargo(&root)
                 .args(["test", "--workspace", "--release", "--", "--test-threads=1"])
                 .env("SOCKTRACE_BIN", &bin)
-                .env("SOCKTRACE_PYTHON", &python))?;
+                .env("SOCKTRACE_PYTHON", &python)
+                .env("SOCKTRACE_SEMCONV", &semconv))?;
             Ok(())
         }
         Task::Bench { rounds, seconds } => {

@@ -60,6 +60,8 @@ pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of [`ExportConfig::metrics_interval`] (the OpenTelemetry SDK's 60 s).
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
+/// Default of [`ExportConfig::metrics_timeout`] (the OpenTelemetry SDK's 30 s).
+pub const DEFAULT_METRICS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of [`ExportConfig::shutdown_timeout`].
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -73,6 +75,10 @@ pub struct ExportConfig {
     pub metrics: Option<OtlpConfig>,
     /// Period of the metrics export (`OTEL_METRIC_EXPORT_INTERVAL`).
     pub metrics_interval: Duration,
+    /// Longest one metrics export may take, its retries included (`OTEL_METRIC_EXPORT_TIMEOUT`);
+    /// never longer than [`ExportConfig::metrics_interval`], when the next export carries the
+    /// same cumulative values anyway.
+    pub metrics_timeout: Duration,
     /// Print spans to stdout (in addition to OTLP when both are set).
     pub console: bool,
     /// Capacity of the bounded queue between the pipeline and each exporter task.
@@ -87,6 +93,14 @@ pub struct ExportConfig {
     pub retry: RetryConfig,
 }
 
+impl ExportConfig {
+    /// How long one metrics export may go on retrying: `OTEL_METRIC_EXPORT_TIMEOUT`, and never
+    /// past the next export.
+    pub fn metrics_export_limit(&self) -> Duration {
+        self.metrics_timeout.min(self.metrics_interval)
+    }
+}
+
 impl Default for ExportConfig {
     /// Console only, default queue and batch sizes.
     fn default() -> Self {
@@ -94,6 +108,7 @@ impl Default for ExportConfig {
             otlp: None,
             metrics: None,
             metrics_interval: DEFAULT_METRICS_INTERVAL,
+            metrics_timeout: DEFAULT_METRICS_TIMEOUT,
             console: true,
             max_queue: DEFAULT_MAX_QUEUE,
             max_batch: DEFAULT_MAX_BATCH,
@@ -217,9 +232,9 @@ pub enum ConfigError {
     },
 }
 
-const FLAG_ENDPOINT: &str = "--otlp-endpoint";
-const FLAG_PROTOCOL: &str = "--otlp-protocol";
-const FLAG_HEADERS: &str = "--otlp-headers";
+const FLAG_ENDPOINT: &str = "--otlp-endpoint (or SOCKTRACE_OTLP_ENDPOINT)";
+const FLAG_PROTOCOL: &str = "--otlp-protocol (or SOCKTRACE_OTLP_PROTOCOL)";
+const FLAG_HEADERS: &str = "--otlp-headers (or SOCKTRACE_OTLP_HEADERS)";
 
 /// A value and where it came from, for error messages.
 struct Sourced {
@@ -345,7 +360,8 @@ fn resolve_otlp(
 ///
 /// Variables: `OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]{ENDPOINT,PROTOCOL,HEADERS,TIMEOUT}`,
 /// `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
-/// (milliseconds / counts), `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds) and
+/// (milliseconds / counts), `OTEL_METRIC_EXPORT_INTERVAL` and `OTEL_METRIC_EXPORT_TIMEOUT`
+/// (milliseconds; a metrics request never waits longer than the latter) and
 /// `OTEL_METRICS_EXPORTER` (`otlp`, the default, or `none`).
 pub fn resolve_config(
     cli: &ExportCli,
@@ -368,6 +384,12 @@ pub fn resolve_config(
     };
     let metrics_interval =
         millis(env, &["OTEL_METRIC_EXPORT_INTERVAL"])?.unwrap_or(DEFAULT_METRICS_INTERVAL);
+    let metrics_timeout =
+        millis(env, &["OTEL_METRIC_EXPORT_TIMEOUT"])?.unwrap_or(DEFAULT_METRICS_TIMEOUT);
+    let metrics = metrics.map(|m| OtlpConfig {
+        timeout: m.timeout.min(metrics_timeout),
+        ..m
+    });
 
     let batch_timeout = millis(env, &["OTEL_BSP_SCHEDULE_DELAY"])?.unwrap_or(DEFAULT_BATCH_TIMEOUT);
     let max_queue = count(env, "OTEL_BSP_MAX_QUEUE_SIZE")?.unwrap_or(DEFAULT_MAX_QUEUE);
@@ -381,6 +403,7 @@ pub fn resolve_config(
         otlp,
         metrics,
         metrics_interval,
+        metrics_timeout,
         max_queue,
         max_batch,
         batch_timeout,
@@ -638,7 +661,9 @@ mod tests {
         let err = resolve(&cli_endpoint("localhost:4317"), &[]).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.starts_with("invalid OTLP endpoint \"localhost:4317\" from --otlp-endpoint: "),
+            msg.starts_with(
+                "invalid OTLP endpoint \"localhost:4317\" from --otlp-endpoint (or SOCKTRACE_OTLP_ENDPOINT): "
+            ),
             "{msg}"
         );
         assert!(!msg.contains('\n'));
@@ -784,11 +809,14 @@ mod tests {
             ],
         )
         .unwrap();
-        let m = c.metrics.unwrap();
+        let m = c.metrics.clone().unwrap();
         assert_eq!(m.endpoint, "http://m:4317");
         assert_eq!(m.protocol, OtlpProtocol::Grpc);
         assert_eq!(m.headers, vec![("k".to_owned(), "m".to_owned())]);
         assert_eq!(c.metrics_interval, Duration::from_millis(250));
+        // Without OTEL_METRIC_EXPORT_TIMEOUT: the SDK's 30 s, cut to the interval.
+        assert_eq!(c.metrics_timeout, Duration::from_secs(30));
+        assert_eq!(c.metrics_export_limit(), Duration::from_millis(250));
         let t = c.otlp.unwrap();
         assert_eq!(t.endpoint, "http://c:4318/v1/traces");
         assert_eq!(t.protocol, OtlpProtocol::HttpProtobuf);
@@ -830,5 +858,42 @@ mod tests {
         let c = resolve(&cli, &[]).unwrap();
         assert!(c.console);
         assert_eq!(c.otlp.unwrap().endpoint, "http://c:4317");
+    }
+
+    #[test]
+    fn metric_export_timeout_bounds_each_metrics_request_and_its_retries() {
+        let c = resolve(
+            &cli_endpoint("http://c:4318"),
+            &[
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000"),
+                ("OTEL_METRIC_EXPORT_TIMEOUT", "2500"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "60000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.metrics_timeout, Duration::from_millis(2500));
+        assert_eq!(c.metrics_export_limit(), Duration::from_millis(2500));
+        // The request timeout of the metrics is cut to it; the spans' is not.
+        assert_eq!(c.metrics.unwrap().timeout, Duration::from_millis(2500));
+        assert_eq!(c.otlp.unwrap().timeout, Duration::from_secs(10));
+        // A shorter request timeout stays.
+        let c = resolve(
+            &cli_endpoint("http://c:4318"),
+            &[
+                ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "700"),
+                ("OTEL_METRIC_EXPORT_TIMEOUT", "2500"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.metrics.unwrap().timeout, Duration::from_millis(700));
+        let err = resolve(
+            &cli_endpoint("http://c:4318"),
+            &[("OTEL_METRIC_EXPORT_TIMEOUT", "0")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value \"0\" for OTEL_METRIC_EXPORT_TIMEOUT: expected a positive integer number of milliseconds"
+        );
     }
 }

@@ -225,9 +225,9 @@ pub fn start_with_metrics(
         (Some(otlp), Some(source)) => {
             let counters = Arc::new(Counters::default());
             // Cumulative values: the next interval's request carries everything a request
-            // given up on carried.
+            // given up on carried. OTEL_METRIC_EXPORT_TIMEOUT may end it sooner.
             let retry = RetryConfig {
-                max_elapsed: Some(config.metrics_interval),
+                max_elapsed: Some(config.metrics_export_limit()),
                 ..config.retry
             };
             let sink = OtlpSink::for_signal(otlp, retry, counters.clone(), Signal::Metrics)?;

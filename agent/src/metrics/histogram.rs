@@ -4,6 +4,9 @@
 pub const HTTP_SECONDS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+/// Advised boundaries of `rpc.server.call.duration` and `rpc.client.call.duration` (seconds):
+/// the same as the HTTP ones.
+pub const RPC_SECONDS: &[f64] = HTTP_SECONDS;
 /// Advised boundaries of `db.client.operation.duration` (seconds).
 pub const DB_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 /// The SDK's default boundaries, used for the millisecond RPC histograms (whose convention

@@ -4,22 +4,25 @@
 //! | spans | metric | unit | buckets |
 //! | --- | --- | --- | --- |
 //! | HTTP server / client | `http.server.request.duration`, `http.client.request.duration` (stable) | s | advised |
-//! | gRPC server / client | `rpc.server.duration`, `rpc.client.duration` | ms | SDK default |
+//! | gRPC server / client | `rpc.server.call.duration`, `rpc.client.call.duration` (stable) | s | advised |
+//! | gRPC, with `rpc/dup` | `rpc.server.duration`, `rpc.client.duration` (semconv 1.37) | ms | SDK default |
 //! | database client | `db.client.operation.duration` (stable) | s | advised |
 //!
-//! The RPC metrics are those of the RPC conventions the spans follow (`rpc.system`,
-//! `rpc.grpc.status_code`, semconv 1.37 and before): the newer RPC conventions rename both the
-//! attributes and the metrics (`rpc.server.call.duration`, in seconds), and say an
-//! instrumentation switches only with `OTEL_SEMCONV_STABILITY_OPT_IN=rpc`, spans and metrics
-//! together. A span of no known kind (a database server span) gives no point.
+//! The RPC metrics follow the RPC names the spans carry ([`crate::trace::rpc`]): a span with
+//! `rpc.system.name` is measured by the stable metrics, one with the old `rpc.system` (spans
+//! carry both with `OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup`) also by the old ones, with the old
+//! attributes. A span of no known kind (a database server span) gives no point.
 
 use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 
 use super::{
-    histogram::{DB_SECONDS, DEFAULT_MILLIS, HTTP_SECONDS, Histogram},
+    histogram::{DB_SECONDS, DEFAULT_MILLIS, HTTP_SECONDS, Histogram, RPC_SECONDS},
     table::Table,
 };
-use crate::trace::span::{KeyValue, Resource, Span, SpanKind};
+use crate::trace::{
+    rpc,
+    span::{KeyValue, Resource, Span, SpanKind, Value},
+};
 
 /// One histogram instrument.
 #[derive(Debug, PartialEq)]
@@ -59,11 +62,20 @@ const HTTP_ATTRIBUTES: &[&str] = &[
     "network.protocol.name",
     "network.protocol.version",
 ];
+/// The attributes of the stable RPC histograms (`server.address` is opt-in on the server's).
 const RPC_ATTRIBUTES: &[&str] = &[
-    "rpc.system",
-    "rpc.service",
-    "rpc.method",
-    "rpc.grpc.status_code",
+    rpc::SYSTEM_NAME,
+    rpc::METHOD,
+    rpc::STATUS_CODE,
+    "error.type",
+];
+/// The attributes of the semconv 1.37 RPC histograms (`rpc/dup`): `rpc.method` is the method
+/// name without its service there (see [`Red::record`]).
+const OLD_RPC_ATTRIBUTES: &[&str] = &[
+    rpc::old::SYSTEM,
+    rpc::old::SERVICE,
+    rpc::METHOD,
+    rpc::old::GRPC_STATUS_CODE,
     "error.type",
 ];
 
@@ -84,19 +96,35 @@ pub const HTTP_CLIENT: Instrument = Instrument {
     peer: true,
 };
 pub const RPC_SERVER: Instrument = Instrument {
-    name: "rpc.server.duration",
-    description: "Measures the duration of inbound RPC.",
-    unit: "ms",
-    bounds: DEFAULT_MILLIS,
+    name: "rpc.server.call.duration",
+    description: "Measures the duration of an incoming Remote Procedure Call (RPC).",
+    unit: "s",
+    bounds: RPC_SECONDS,
     attributes: RPC_ATTRIBUTES,
     peer: false,
 };
 pub const RPC_CLIENT: Instrument = Instrument {
+    name: "rpc.client.call.duration",
+    description: "Measures the duration of an outgoing Remote Procedure Call (RPC).",
+    unit: "s",
+    bounds: RPC_SECONDS,
+    attributes: RPC_ATTRIBUTES,
+    peer: true,
+};
+pub const OLD_RPC_SERVER: Instrument = Instrument {
+    name: "rpc.server.duration",
+    description: "Measures the duration of inbound RPC.",
+    unit: "ms",
+    bounds: DEFAULT_MILLIS,
+    attributes: OLD_RPC_ATTRIBUTES,
+    peer: false,
+};
+pub const OLD_RPC_CLIENT: Instrument = Instrument {
     name: "rpc.client.duration",
     description: "Measures the duration of outbound RPC.",
     unit: "ms",
     bounds: DEFAULT_MILLIS,
-    attributes: RPC_ATTRIBUTES,
+    attributes: OLD_RPC_ATTRIBUTES,
     peer: true,
 };
 pub const DB_CLIENT: Instrument = Instrument {
@@ -116,25 +144,51 @@ pub const DB_CLIENT: Instrument = Instrument {
 };
 
 /// Every instrument, in export order.
-pub const INSTRUMENTS: [&Instrument; 5] = [
+pub const INSTRUMENTS: [&Instrument; 7] = [
     &HTTP_SERVER,
     &HTTP_CLIENT,
     &RPC_SERVER,
     &RPC_CLIENT,
     &DB_CLIENT,
+    &OLD_RPC_SERVER,
+    &OLD_RPC_CLIENT,
 ];
 
-/// The instrument a span is measured by, if any.
-pub fn instrument_of(span: &Span) -> Option<usize> {
+/// The instruments a span is measured by (indexes into [`INSTRUMENTS`]): none, one, or with
+/// `rpc/dup` the stable and the old RPC one.
+pub fn instruments_of(span: &Span) -> Vec<usize> {
     let server = span.kind == SpanKind::Server;
-    if span.attr("rpc.system").is_some() {
-        Some(if server { 2 } else { 3 })
-    } else if span.attr("db.system.name").is_some() {
-        (!server).then_some(4)
-    } else if span.attr("http.request.method").is_some() {
-        Some(if server { 0 } else { 1 })
-    } else {
-        None
+    let pick = |s, c| if server { s } else { c };
+    let mut out = Vec::new();
+    if span.attr(rpc::SYSTEM_NAME).is_some() {
+        out.push(pick(2, 3));
+    }
+    if span.attr(rpc::old::SYSTEM).is_some() {
+        out.push(pick(5, 6));
+    }
+    if out.is_empty() {
+        if span.attr("db.system.name").is_some() {
+            out.extend((!server).then_some(4));
+        } else if span.attr("http.request.method").is_some() {
+            out.push(pick(0, 1));
+        }
+    }
+    out
+}
+
+/// The value of a span attribute on an instrument's point: as on the span, except on the old
+/// RPC metrics (those with `rpc.service`), whose `rpc.method` is the method name alone (the
+/// span's is `rpc.service/method`).
+fn point_value(inst: &Instrument, span: &Span, key: &str, value: &Value) -> Value {
+    if key != rpc::METHOD || !inst.attributes.contains(&rpc::old::SERVICE) {
+        return value.clone();
+    }
+    match (value, span.attr(rpc::old::SERVICE)) {
+        (Value::Str(full), Some(Value::Str(service))) => full
+            .strip_prefix(service.as_ref())
+            .and_then(|m| m.strip_prefix('/'))
+            .map_or_else(|| value.clone(), |m| Value::from(m.to_owned())),
+        _ => value.clone(),
     }
 }
 
@@ -205,27 +259,30 @@ impl Red {
 
     /// Records one finished span; false if it is of no known kind.
     pub fn record(&mut self, span: &Span) -> bool {
-        let Some(i) = instrument_of(span) else {
+        let instruments = instruments_of(span);
+        if instruments.is_empty() {
             return false;
-        };
-        let inst = INSTRUMENTS[i];
-        let peer = if inst.peer { PEER_ATTRIBUTES } else { &[] };
-        let attributes: Vec<KeyValue> = inst
-            .attributes
-            .iter()
-            .chain(peer)
-            .filter_map(|k| {
-                span.attributes
-                    .iter()
-                    .find(|kv| kv.key == *k)
-                    .map(|kv| KeyValue::new(*k, kv.value.clone()))
-            })
-            .collect();
+        }
         let resource = self.service_resource(&span.resource);
-        if let Some(h) =
-            self.tables[i].entry(Some(&resource), attributes, || Histogram::new(inst.bounds))
-        {
-            h.record(inst.value(span));
+        for i in instruments {
+            let inst = INSTRUMENTS[i];
+            let peer = if inst.peer { PEER_ATTRIBUTES } else { &[] };
+            let attributes: Vec<KeyValue> = inst
+                .attributes
+                .iter()
+                .chain(peer)
+                .filter_map(|k| {
+                    span.attributes
+                        .iter()
+                        .find(|kv| kv.key == *k)
+                        .map(|kv| KeyValue::new(*k, point_value(inst, span, k, &kv.value)))
+                })
+                .collect();
+            if let Some(h) =
+                self.tables[i].entry(Some(&resource), attributes, || Histogram::new(inst.bounds))
+            {
+                h.record(inst.value(span));
+            }
         }
         true
     }

@@ -8,6 +8,7 @@ use super::{
     graph::{EDGE_WAIT, Edge},
     histogram::Histogram,
     prometheus,
+    red::INSTRUMENTS,
     table::Table,
 };
 use crate::trace::span::{KeyValue, Resource, Span, SpanId, SpanKind, Status, TraceId, Value};
@@ -130,12 +131,30 @@ fn spans_pick_their_instrument_and_unit() {
         &r,
         SpanKind::Client,
         12,
+        // As with OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup: the stable and the old names.
         vec![
+            KeyValue::new("rpc.system.name", Value::text("grpc")),
             KeyValue::new("rpc.system", Value::text("grpc")),
-            KeyValue::new("rpc.service", "Greeter"),
-            KeyValue::new("rpc.method", "Hello"),
+            KeyValue::new("rpc.method", "pkg.Greeter/Hello"),
+            KeyValue::new("rpc.service", "pkg.Greeter"),
+            KeyValue::new("rpc.status_code", "OK"),
             KeyValue::new("rpc.grpc.status_code", 0i64),
             KeyValue::new("http.request.method", Value::text("POST")),
+            KeyValue::new("server.address", "127.0.0.1"),
+            KeyValue::new("server.port", 50051i64),
+        ],
+    );
+    // The stable names only (the default).
+    let grpc_server = span(
+        4,
+        &r,
+        SpanKind::Server,
+        30,
+        vec![
+            KeyValue::new("rpc.system.name", Value::text("grpc")),
+            KeyValue::new("rpc.method", "pkg.Greeter/Hello"),
+            KeyValue::new("rpc.status_code", "UNAVAILABLE"),
+            KeyValue::new("error.type", "UNAVAILABLE"),
             KeyValue::new("server.address", "127.0.0.1"),
             KeyValue::new("server.port", 50051i64),
         ],
@@ -166,22 +185,54 @@ fn spans_pick_their_instrument_and_unit() {
             KeyValue::new("http.response.status_code", 404i64),
         ],
     );
-    a.record(&[grpc, db, db_server, client], Instant::now());
+    a.record(&[grpc, db, db_server, client, grpc_server], Instant::now());
     let counts: Vec<usize> = a.red.tables.iter().map(|t| t.series().len()).collect();
-    assert_eq!(counts, [0, 1, 0, 1, 1]);
-    // rpc.client.duration is in milliseconds: 12 ms in (10, 25].
+    assert_eq!(counts, [0, 1, 1, 1, 1, 0, 1]);
+    let names: Vec<&str> = INSTRUMENTS.iter().map(|i| i.name).collect();
+    assert_eq!(
+        names[2..4],
+        ["rpc.server.call.duration", "rpc.client.call.duration"]
+    );
+    assert_eq!(names[5..], ["rpc.server.duration", "rpc.client.duration"]);
+    // rpc.client.call.duration is in seconds: 0.012 in (0.01, 0.025].
     let rpc = &a.red.tables[3].series()[0];
-    assert_eq!(rpc.value.counts[3], 1);
-    assert_eq!(rpc.value.sum, 12.0);
+    assert_eq!(rpc.value.counts[2], 1);
+    assert_eq!(rpc.value.sum, 0.012);
     assert_eq!(
         attrs_of(&a.red.tables[3], 0),
         [
+            "rpc.system.name=grpc",
+            "rpc.method=pkg.Greeter/Hello",
+            "rpc.status_code=OK",
+            "server.address=127.0.0.1",
+            "server.port=50051"
+        ]
+    );
+    // The old rpc.client.duration (rpc/dup) is in milliseconds: 12 ms in (10, 25], with the
+    // old attributes and the method without its service.
+    let old = &a.red.tables[6].series()[0];
+    assert_eq!(old.value.counts[3], 1);
+    assert_eq!(old.value.sum, 12.0);
+    assert_eq!(
+        attrs_of(&a.red.tables[6], 0),
+        [
             "rpc.system=grpc",
-            "rpc.service=Greeter",
+            "rpc.service=pkg.Greeter",
             "rpc.method=Hello",
             "rpc.grpc.status_code=0",
             "server.address=127.0.0.1",
             "server.port=50051"
+        ]
+    );
+    // The server's: no server.address (opt-in there), 0.03 s in (0.025, 0.05].
+    assert_eq!(a.red.tables[2].series()[0].value.counts[3], 1);
+    assert_eq!(
+        attrs_of(&a.red.tables[2], 0),
+        [
+            "rpc.system.name=grpc",
+            "rpc.method=pkg.Greeter/Hello",
+            "rpc.status_code=UNAVAILABLE",
+            "error.type=UNAVAILABLE"
         ]
     );
     // db.client.operation.duration in seconds, 4 ms in (0.001, 0.005]; no query text.

@@ -11,6 +11,7 @@ pub mod http1;
 pub mod http2;
 pub mod mysql;
 pub mod postgres;
+pub mod recording;
 pub mod redis;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use crate::trace::{
     db::DbSpanConfig,
     http::{HttpSpanConfig, HttpSpanStats},
+    rpc::RpcConventions,
     span::{ConnMeta, Span},
 };
 
@@ -198,6 +200,8 @@ pub struct SpanConfig {
     pub enabled: Enabled,
     pub http: HttpSpanConfig,
     pub db: DbSpanConfig,
+    /// Which RPC attribute names gRPC spans carry (`OTEL_SEMCONV_STABILITY_OPT_IN`).
+    pub rpc: RpcConventions,
     pub http_stats: Arc<HttpSpanStats>,
 }
 

@@ -7,21 +7,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 
 use super::Segment;
-
-/// Direction of a recorded segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum To {
-    /// Client -> server (`>` in the file).
-    Server,
-    /// Server -> client (`<`).
-    Client,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct RecEvent {
-    pub to: To,
-    pub seg: Segment,
-}
+pub(crate) use super::recording::{RecEvent, To, parse_rec};
 
 pub(crate) fn data_dir(protocol: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -47,42 +33,6 @@ pub(crate) fn load_rec(protocol: &str, name: &str) -> Vec<RecEvent> {
     let path = data_dir(protocol).join(format!("{name}.rec"));
     let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     parse_rec(&raw, name)
-}
-
-/// Parses the `.rec` format.
-pub(crate) fn parse_rec(raw: &[u8], name: &str) -> Vec<RecEvent> {
-    let mut events = Vec::new();
-    let mut i = 0;
-    while i < raw.len() {
-        let nl = raw[i..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .expect("header line")
-            + i;
-        let line = std::str::from_utf8(&raw[i..nl]).expect("utf8 header");
-        i = nl + 1;
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let f: Vec<&str> = line.split(' ').collect();
-        let to = match f[0] {
-            ">" => To::Server,
-            "<" => To::Client,
-            other => panic!("{name}: bad direction {other:?}"),
-        };
-        let ts: u64 = f[1].parse().unwrap();
-        let len: u64 = f[2].parse().unwrap();
-        let captured: usize = f.get(3).map_or(len as usize, |c| c.parse().unwrap());
-        let data = Bytes::copy_from_slice(&raw[i..i + captured]);
-        i += captured;
-        assert_eq!(raw[i], b'\n', "{name}: record not followed by a newline");
-        i += 1;
-        events.push(RecEvent {
-            to,
-            seg: Segment::prefix(ts, data, len),
-        });
-    }
-    events
 }
 
 /// Consecutive fully captured segments of the same direction merged into one (the ts of the

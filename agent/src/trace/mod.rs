@@ -1,5 +1,5 @@
 //! Spans and trace context: the span model (`span`, `ids`), the semantic conventions shared by
-//! the protocols' span builders (`http`, `db`), W3C context parsing (`context`), kernel time
+//! the protocols' span builders (`http`, `db`, `rpc`), W3C context parsing (`context`), kernel time
 //! (`clock`), and linking spans into traces (`link`).
 pub mod clock;
 pub mod context;
@@ -7,4 +7,5 @@ pub mod db;
 pub mod http;
 pub mod ids;
 pub mod link;
+pub mod rpc;
 pub mod span;

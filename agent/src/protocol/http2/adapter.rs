@@ -113,6 +113,14 @@ impl protocol::Exchange for H2Stream {
             grpc: config.enabled.has("grpc"),
             http: config.enabled.has("http2"),
         };
-        build_h2_span(self, meta, kinds, &config.http, &config.http_stats, to_unix)
+        build_h2_span(
+            self,
+            meta,
+            kinds,
+            &config.http,
+            config.rpc,
+            &config.http_stats,
+            to_unix,
+        )
     }
 }

@@ -65,9 +65,9 @@ pub fn build_span(
             QueryText::Off => {}
         }
     }
-    attrs.push(KeyValue::new("db.mysql.command", call.command));
+    attrs.push(KeyValue::new("socktrace.mysql.command", call.command));
     if let Some(id) = call.statement_id {
-        attrs.push(KeyValue::new("db.mysql.statement_id", i64::from(id)));
+        attrs.push(KeyValue::new("socktrace.mysql.statement_id", i64::from(id)));
     }
     if let Some(rows) = call.rows {
         attrs.push(KeyValue::new(

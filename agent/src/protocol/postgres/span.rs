@@ -41,7 +41,10 @@ pub fn build_pg_span(
         }
     }
     if let Some(name) = st.prepared_name.as_deref().filter(|n| !n.is_empty()) {
-        attrs.push(KeyValue::new("db.postgresql.prepared_statement", name));
+        attrs.push(KeyValue::new(
+            "socktrace.postgresql.prepared_statement",
+            name,
+        ));
     }
     if let Some(rows) = st.rows {
         attrs.push(KeyValue::new(

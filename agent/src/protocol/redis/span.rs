@@ -11,8 +11,8 @@ use crate::trace::{
 /// Builds the span of one Redis command.
 ///
 /// Attributes: `db.system.name` = "redis", `db.operation.name` (the command, when known),
-/// `db.namespace` (database index, "0" when no `SELECT` was seen and the call is not partial), `db.redis.args_count`,
-/// `db.redis.key_count`, `server.address`/`server.port`, `network.peer.address`/
+/// `db.namespace` (database index, "0" when no `SELECT` was seen and the call is not partial), `socktrace.redis.args_count`,
+/// `socktrace.redis.key_count`, `server.address`/`server.port`, `network.peer.address`/
 /// `network.peer.port`, and on an error reply `db.response.status_code` and `error.type` (the
 /// error prefix, e.g. `WRONGTYPE`) with status Error carrying the error line; `socktrace.partial`
 /// when the call is partial. Name: the command ("redis" when unknown).
@@ -27,8 +27,14 @@ pub fn build_span(call: &Call, meta: &ConnMeta, to_unix: &dyn Fn(u64) -> u64) ->
     if let Some(db) = call.database.or((!call.partial).then_some(0)) {
         attrs.push(KeyValue::new("db.namespace", db.to_string()));
     }
-    attrs.push(KeyValue::new("db.redis.args_count", i64::from(call.args)));
-    attrs.push(KeyValue::new("db.redis.key_count", i64::from(call.keys)));
+    attrs.push(KeyValue::new(
+        "socktrace.redis.args_count",
+        i64::from(call.args),
+    ));
+    attrs.push(KeyValue::new(
+        "socktrace.redis.key_count",
+        i64::from(call.keys),
+    ));
     push_addresses(meta, &mut attrs);
     let mut status = Status::Unset;
     if let (Some(code), Some(message)) = (call.error_code(), call.error.as_ref()) {
@@ -123,8 +129,8 @@ mod tests {
         assert_eq!(text(&s, "db.system.name").as_deref(), Some("redis"));
         assert_eq!(text(&s, "db.operation.name").as_deref(), Some("MSET"));
         assert_eq!(text(&s, "db.namespace").as_deref(), Some("0"));
-        assert_eq!(int(&s, "db.redis.args_count"), Some(4));
-        assert_eq!(int(&s, "db.redis.key_count"), Some(2));
+        assert_eq!(int(&s, "socktrace.redis.args_count"), Some(4));
+        assert_eq!(int(&s, "socktrace.redis.key_count"), Some(2));
         assert_eq!(text(&s, "server.address").as_deref(), Some("10.0.0.1"));
         assert_eq!(int(&s, "server.port"), Some(6379));
         assert_eq!(

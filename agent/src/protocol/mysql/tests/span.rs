@@ -81,7 +81,7 @@ fn select_span() {
         attr(&span, "db.query.text"),
         s("SELECT name FROM `users` WHERE id = ? AND n = ?")
     );
-    assert_eq!(attr(&span, "db.mysql.command"), s("COM_QUERY"));
+    assert_eq!(attr(&span, "socktrace.mysql.command"), s("COM_QUERY"));
     assert_eq!(
         attr(&span, "db.response.returned_rows"),
         Some(Value::Int(2))
@@ -169,5 +169,8 @@ fn commands_without_text() {
     c.statement_id = Some(7);
     let span = build_span(&c, &meta(SpanKind::Client), &sanitized(), &|t| t);
     assert_eq!(span.name, "COM_STMT_EXECUTE");
-    assert_eq!(attr(&span, "db.mysql.statement_id"), Some(Value::Int(7)));
+    assert_eq!(
+        attr(&span, "socktrace.mysql.statement_id"),
+        Some(Value::Int(7))
+    );
 }
