@@ -390,6 +390,7 @@ fn spans(rpc: RpcConventions) -> BTreeMap<&'static str, Vec<Span>> {
             for exchange in halves.iter().flat_map(|e| exchanges(e, &config.enabled)) {
                 for kind in [SpanKind::Client, SpanKind::Server] {
                     let meta = ConnMeta {
+                        tls: false,
                         kind,
                         local: "10.1.0.1:40000".parse().expect("addr"),
                         peer: "10.1.0.2:5432".parse().expect("addr"),

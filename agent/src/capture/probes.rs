@@ -821,7 +821,7 @@ mod tests {
         let message = rejected("sys_exit_readv", &config, error).to_string();
         for part in [
             "program sys_exit_readv",
-            "injection on, capture 8192 bytes, selected processes",
+            "injection on, TLS on, capture 8192 bytes, selected processes",
             "Invalid argument",
             "unknown func bpf_loop#181 | verification time 12 usec | stack depth 56 | processed 2 insns",
             "`--no-inject`",
@@ -846,7 +846,7 @@ mod tests {
         let message = rejected("sys_exit_readv", &plain, error).to_string();
         assert!(!message.contains("--no-inject") && !message.contains("--capture-bytes"));
         assert!(
-            message.contains("injection off, capture 2048 bytes"),
+            message.contains("injection off, TLS off, capture 2048 bytes"),
             "{message}"
         );
     }

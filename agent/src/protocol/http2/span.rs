@@ -407,6 +407,7 @@ mod tests {
 
     fn span_of(stream: &H2Stream, kind: SpanKind, rpc: RpcConventions) -> Span {
         let conn = ConnMeta {
+            tls: false,
             kind,
             local: "10.0.0.1:40000".parse().unwrap(),
             peer: "10.0.0.2:50051".parse().unwrap(),
