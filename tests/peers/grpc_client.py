@@ -9,6 +9,7 @@ usage: grpc_client.py PORT SCENARIO [ARG]
                    same channel (the same connection)
 Each call prints one line "<method> <status code name> <detail>".
 """
+import os
 import sys
 from concurrent import futures
 
@@ -44,7 +45,15 @@ def main():
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.max_send_message_length", 64 << 20),
     ]
-    with grpc.insecure_channel("127.0.0.1:%d" % port, options=options) as channel:
+    address = "127.0.0.1:%d" % port
+    if os.environ.get("GRPC_TLS_CA"):
+        # TLS through grpcio's BoringSSL, trusting the test's certificate.
+        with open(os.environ["GRPC_TLS_CA"], "rb") as f:
+            credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        channel = grpc.secure_channel(address, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(address, options=options)
+    with channel:
         if scenario == "basic":
             basic(channel)
         elif scenario == "concurrent":

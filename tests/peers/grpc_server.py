@@ -6,8 +6,10 @@ No generated code: generic handlers with raw bytes. Service `socktrace.test.Echo
   ServerStream   answers int(request) messages
   ClientStream   answers the number of messages received, as text
   Bidi           echoes every message
-Prints "PORT <n>" once listening on 127.0.0.1 (port 0 = any).
+Prints "PORT <n>" once listening on 127.0.0.1 (port 0 = any). With GRPC_TLS_CERT and
+GRPC_TLS_KEY (PEM files) in the environment it serves over TLS (grpcio's BoringSSL).
 """
+import os
 import sys
 from concurrent import futures
 
@@ -55,7 +57,13 @@ def main():
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=options)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    bound = server.add_insecure_port("127.0.0.1:%d" % port)
+    address = "127.0.0.1:%d" % port
+    if os.environ.get("GRPC_TLS_CERT"):
+        with open(os.environ["GRPC_TLS_KEY"], "rb") as k, open(os.environ["GRPC_TLS_CERT"], "rb") as c:
+            credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
     server.start()
     print("PORT %d" % bound, flush=True)
     server.wait_for_termination()

@@ -43,6 +43,69 @@ pub struct Cert<'a> {
     pub key: &'a Path,
 }
 
+/// A self-signed certificate for 127.0.0.1 (`cert.pem`, `key.pem`) made with `openssl` in a
+/// directory of its own, removed on drop.
+pub struct TestCert {
+    dir: PathBuf,
+}
+
+impl TestCert {
+    pub fn make() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "socktrace-tls-{}-{}",
+            std::process::id(),
+            crate::harness::free_port()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let cert = Self { dir };
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(cert.key())
+            .arg("-out")
+            .arg(cert.cert())
+            .output()
+            .map_err(|e| format!("running openssl (is it installed?): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "openssl req: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(cert)
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+    /// nginx serving HTTPS with this certificate.
+    pub fn nginx(&self) -> Result<Nginx, String> {
+        Nginx::start_with(
+            crate::harness::free_port(),
+            Some(Cert {
+                cert: &self.cert(),
+                key: &self.key(),
+            }),
+        )
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Nginx {
     pub fn start(port: u16) -> Result<Self, String> {
         Self::start_with(port, None)

@@ -8,11 +8,12 @@
 //!   attached when the process is found, detached when it exits);
 //! - `psql` with `sslmode=require` -> PostgreSQL with `ssl=on` (libpq's and the server's own
 //!   socket callbacks under OpenSSL);
+//! - grpcio over TLS (BoringSSL inside, no symbols): no span, counted as unreadable;
 //! - `--tls false`: the same HTTPS traffic gives no span at all (only ciphertext is seen).
 
 use std::{
     io::BufReader,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -20,72 +21,13 @@ use std::{
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
     harness::{
-        Agent, ChildGuard, PyServer, exact, free_port, of_kind, python, require_root, wait_line,
+        Agent, ChildGuard, PyServer, exact, free_port, metric, of_kind, python, require_root,
+        wait_line, wait_metric,
     },
-    load::{Cert, Nginx},
+    load::{Nginx, TestCert},
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
     pg::PgServer,
 };
-
-/// A self-signed certificate for 127.0.0.1 in a directory of its own.
-struct TestCert {
-    dir: PathBuf,
-}
-
-impl TestCert {
-    fn make() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "socktrace-tls-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("cert dir");
-        let out = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args([
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .output()
-            .expect("openssl must be installed");
-        assert!(
-            out.status.success(),
-            "openssl req: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { dir }
-    }
-    fn cert(&self) -> PathBuf {
-        self.dir.join("cert.pem")
-    }
-    fn key(&self) -> PathBuf {
-        self.dir.join("key.pem")
-    }
-    fn nginx(&self) -> Nginx {
-        Nginx::start_with(
-            free_port(),
-            Some(Cert {
-                cert: &self.cert(),
-                key: &self.key(),
-            }),
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
-impl Drop for TestCert {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn agent_for(receiver: &OtlpReceiver, port: u16, extra: &[&str]) -> Agent {
     let endpoint = receiver.endpoint();
@@ -186,8 +128,8 @@ fn wait_stderr(agent: &Agent, needle: &str) -> String {
 #[test]
 fn curl_to_nginx_over_https_gives_the_same_spans_as_cleartext() {
     require_root();
-    let cert = TestCert::make();
-    let nginx = cert.nginx();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
+    let nginx = cert.nginx().unwrap_or_else(|e| panic!("{e}"));
     let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
     let agent = agent_for(&receiver, nginx.port, &[]);
     let startup = wait_stderr(&agent, "TLS: ");
@@ -221,7 +163,7 @@ fn curl_to_nginx_over_https_gives_the_same_spans_as_cleartext() {
 #[test]
 fn python_urllib_to_python_https_server() {
     require_root();
-    let cert = TestCert::make();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
     let (c, k) = (cert.cert(), cert.key());
     let server = PyServer::start_peer_args(
         &python(),
@@ -278,7 +220,7 @@ fn node_with_its_own_openssl_is_attached_when_found_and_released_when_it_exits()
     require_root();
     let node = Path::new("/usr/bin/node");
     assert!(node.exists(), "node must be installed (nodejs)");
-    let cert = TestCert::make();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
     let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
     let port = free_port();
     let agent = agent_for(&receiver, port, &[]);
@@ -327,8 +269,8 @@ fn node_with_its_own_openssl_is_attached_when_found_and_released_when_it_exits()
 #[test]
 fn without_tls_capture_https_gives_no_span_and_cleartext_still_does() {
     require_root();
-    let cert = TestCert::make();
-    let nginx = cert.nginx();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
+    let nginx = cert.nginx().unwrap_or_else(|e| panic!("{e}"));
     let plain = Nginx::start(free_port()).unwrap_or_else(|e| panic!("{e}"));
     let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
     let endpoint = receiver.endpoint();
@@ -364,7 +306,7 @@ fn without_tls_capture_https_gives_no_span_and_cleartext_still_does() {
 #[test]
 fn postgres_with_sslmode_require_gives_statements_and_sqlstate_as_over_cleartext() {
     require_root();
-    let cert = TestCert::make();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
     let (c, k) = (cert.cert(), cert.key());
     let pg = PgServer::start_with("shop", Some((&c, &k)));
     let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
@@ -436,4 +378,48 @@ fn postgres_with_sslmode_require_gives_statements_and_sqlstate_as_over_cleartext
             .any(|s| format!("{s}").contains("alice-secret-1")),
         "literals never leave the host"
     );
+}
+
+/// grpcio carries BoringSSL inside its Python extension, without symbols: its plaintext cannot
+/// be read. What is true is recorded: no span (never one with wrong attributes), and both ends
+/// of the connection counted as unreadable TLS when it closes.
+#[test]
+fn grpcio_over_tls_is_unreadable_and_counted_not_guessed() {
+    require_root();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
+    let (c, k) = (cert.cert(), cert.key());
+    let server = PyServer::start_peer_args(
+        &python(),
+        "grpc_server.py",
+        &[],
+        &[
+            ("GRPC_TLS_CERT", c.to_str().unwrap()),
+            ("GRPC_TLS_KEY", k.to_str().unwrap()),
+        ],
+    );
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let health = format!("127.0.0.1:{}", free_port());
+    let _agent = agent_for(&receiver, server.port, &["--health-listen", &health]);
+    let out = Command::new(python())
+        .arg(socktrace_tests::harness::peer("grpc_client.py"))
+        .arg(server.port.to_string())
+        .arg("basic")
+        .env("GRPC_TLS_CA", &c)
+        .output()
+        .expect("grpc_client.py");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.lines().count() == 5,
+        "the TLS calls work: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.starts_with("Unary OK"), "{report}");
+    // The client exited: its connection closed at both ends.
+    wait_metric(&health, "socktrace_conns_tls_unreadable_total", 2);
+    assert_eq!(
+        metric(&health, "socktrace_kernel_tls_plaintext_total"),
+        Some(0),
+        "no plaintext from grpcio's BoringSSL"
+    );
+    assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
 }

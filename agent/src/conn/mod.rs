@@ -101,6 +101,10 @@ crate::counters! {
         /// Socket records of TLS connections outside the library's calls (handshake, alerts):
         /// ciphertext, skipped.
         tls_ciphertext_skipped,
+        /// Connections that began with a TLS handshake and ended without plaintext from a TLS
+        /// library: a TLS stack socktrace cannot read (no symbols, not OpenSSL, or `--tls
+        /// false`). They give no span.
+        tls_unreadable,
         /// Connections that ended while the kernel was losing records: the requests they held
         /// unanswered were dropped rather than reported as failed (their answers may be in what
         /// was lost).

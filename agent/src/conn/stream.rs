@@ -88,6 +88,8 @@ pub(super) struct Conn {
     pub lost: bool,
     /// The bytes come from a TLS library (`DATA_TLS`), not from the socket.
     pub tls: bool,
+    /// The socket's first bytes were a TLS record (a handshake the library's plaintext may follow).
+    pub tls_records: bool,
 }
 
 impl Conn {
@@ -117,6 +119,7 @@ impl Conn {
             sequence: 0,
             lost: false,
             tls: ev.ctx_flags & DATA_TLS != 0,
+            tls_records: false,
         }
     }
 

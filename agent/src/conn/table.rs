@@ -192,9 +192,10 @@ impl ConnTable {
             self.finish(old, ev.ts_ns, out);
         }
         if !self.conns.contains_key(&ev.sk) {
-            let Some(conn) = self.open(ev, resolver) else {
+            let Some(mut conn) = self.open(ev, resolver) else {
                 return;
             };
+            conn.tls_records = !tls && is_tls_record(payload);
             if self.conns.len() >= self.config.max_conns {
                 self.evict_oldest(out);
             }
@@ -363,6 +364,9 @@ impl ConnTable {
         {
             self.stats.undetected += 1;
         }
+        if conn.tls_records && !conn.tls {
+            self.stats.tls_unreadable += 1;
+        }
         if conn.lost {
             self.stats.ended_after_loss += 1;
         } else {
@@ -430,4 +434,10 @@ fn retire(retired: &mut [Vec<u64>], protocol: &dyn Protocol, session: &dyn Sessi
     if let Some(sum) = registry_index(protocol).and_then(|i| retired.get_mut(i)) {
         session.counters(sum);
     }
+}
+
+/// Whether `b` begins with a TLS record header (RFC 8446 5.1): a content type from
+/// change_cipher_spec (20) to application_data (23), then legacy version 3.x with x <= 4.
+fn is_tls_record(b: &[u8]) -> bool {
+    matches!(b, [20..=23, 3, 0..=4, ..])
 }

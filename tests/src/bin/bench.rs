@@ -6,6 +6,10 @@
 //! is the worst case for a socket tracer - almost no work per request besides the I/O it traces.
 //! The agent traces nginx (`--exe nginx`) and exports every span over OTLP/HTTP to a local sink.
 //!
+//! The same rounds are then run over HTTPS (a second nginx with a certificate made here, wrk over
+//! TLS): the agent reads the plaintext at OpenSSL with uprobes, which cost more than the socket
+//! hooks, so the HTTPS ratio is reported beside the cleartext one.
+//!
 //! Usage: `bench [--rounds N] [--seconds S]`; writes `target/bench/report.md`. Needs root.
 
 use std::time::Duration;
@@ -14,7 +18,8 @@ use clap::Parser;
 use socktrace_tests::{
     harness::{Agent, final_counters, free_port, proc_status_kib},
     load::{
-        BpfStats, Nginx, cpu_ticks, median, prog_delta, prog_stats, report_dir, write_report, wrk,
+        BpfStats, Nginx, TestCert, cpu_ticks, median, prog_delta, prog_stats, report_dir,
+        write_report, wrk,
     },
     otlp_receiver::{OtlpReceiver, Protocol},
 };
@@ -126,14 +131,14 @@ fn profile(nginx: &Nginx, sink: &str, seconds: u64) -> Result<String, String> {
     ))
 }
 
-fn main() -> Result<(), String> {
-    let Args { rounds, seconds } = Args::parse();
-    let (rounds, seconds) = (rounds.max(1), seconds.max(1));
-    let nginx = Nginx::start(free_port())?;
-    // Accepts everything, counts nothing: the benchmark measures the agent, not a receiver.
-    let sink = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
-    sink.forget_bodies();
-
+/// Alternating baseline and agent rounds against `nginx`: the baseline's throughput and p99 per
+/// round, and the agent runs.
+fn rounds_against(
+    nginx: &Nginx,
+    sink: &str,
+    rounds: usize,
+    seconds: u64,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<AgentRun>), String> {
     // Warm-up, not counted.
     wrk(&nginx.url(), 2, 16, &[])?;
     let (mut base_rps, mut base_p99, mut runs) = (Vec::new(), Vec::new(), Vec::new());
@@ -141,9 +146,10 @@ fn main() -> Result<(), String> {
         let base = wrk(&nginx.url(), seconds, 16, &[])?;
         base_rps.push(base.rps);
         base_p99.push(base.p99_us);
-        let run = run_with_agent(&nginx, &sink.endpoint(), seconds)?;
+        let run = run_with_agent(nginx, sink, seconds)?;
         eprintln!(
-            "bench: round {}: baseline {:.0} req/s p99 {:.0}us | agent {:.0} req/s p99 {:.0}us",
+            "bench: {} round {}: baseline {:.0} req/s p99 {:.0}us | agent {:.0} req/s p99 {:.0}us",
+            nginx.url(),
             round + 1,
             base.rps,
             base.p99_us,
@@ -152,6 +158,18 @@ fn main() -> Result<(), String> {
         );
         runs.push(run);
     }
+    Ok((base_rps, base_p99, runs))
+}
+
+fn main() -> Result<(), String> {
+    let Args { rounds, seconds } = Args::parse();
+    let (rounds, seconds) = (rounds.max(1), seconds.max(1));
+    let nginx = Nginx::start(free_port())?;
+    // Accepts everything, counts nothing: the benchmark measures the agent, not a receiver.
+    let sink = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    sink.forget_bodies();
+
+    let (base_rps, base_p99, runs) = rounds_against(&nginx, &sink.endpoint(), rounds, seconds)?;
     let ticks = 100.0; // USER_HZ on Linux
     let agent_rps = median(runs.iter().map(|r| r.rps).collect());
     let agent_p99 = median(runs.iter().map(|r| r.p99_us).collect());
@@ -182,6 +200,28 @@ fn main() -> Result<(), String> {
         rss as f64 / 1024.0,
         if load_max <= 2.0 { "within" } else { "OVER" },
     );
+    let cert = TestCert::make()?;
+    let https = cert.nginx()?;
+    let (tb_rps, tb_p99, truns) = rounds_against(&https, &sink.endpoint(), rounds, seconds)?;
+    let t_rps = median(truns.iter().map(|r| r.rps).collect());
+    let t_p99 = median(truns.iter().map(|r| r.p99_us).collect());
+    let (tb_rps, tb_p99) = (median(tb_rps), median(tb_p99));
+    let t_exported: u64 = truns.iter().map(|r| r.exported).sum();
+    let t_requests: u64 = truns.iter().map(|r| r.requests).sum();
+    let tls = format!(
+        "## HTTPS\n\nThe same rounds against nginx over TLS (OpenSSL, the agent reading the \
+         plaintext with uprobes on `libssl`; wrk maps the same library, so its calls hit the \
+         probes too and are dropped there as untraced).\n\n\
+         | measure | baseline | with socktrace | ratio |\n|---|---|---|---|\n\
+         | throughput (req/s) | {tb_rps:.0} | {t_rps:.0} | {:.3} |\n\
+         | p99 latency (us) | {tb_p99:.0} | {t_p99:.0} | {:.3} |\n\n\
+         spans exported: {t_exported} for {t_requests} requests. Throughput ratio over HTTPS \
+         against the ratio over cleartext: {:.3}.\n",
+        t_rps / tb_rps,
+        t_p99 / tb_p99,
+        (t_rps / tb_rps) / (agent_rps / b_rps),
+    );
     let profile = profile(&nginx, &sink.endpoint(), seconds)?;
-    write_report(&report_dir("bench"), &format!("{report}\n{profile}")).map_err(|e| e.to_string())
+    write_report(&report_dir("bench"), &format!("{report}\n{tls}\n{profile}"))
+        .map_err(|e| e.to_string())
 }

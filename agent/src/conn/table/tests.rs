@@ -614,3 +614,31 @@ fn tls_plaintext_restarts_the_connection_and_later_ciphertext_is_skipped() {
     assert_eq!(t.stats.tls_ciphertext_skipped, 1);
     assert_eq!(t.stats.opened, 2, "started over at the first plaintext");
 }
+
+/// A TLS connection whose library cannot be read gives only ciphertext: counted when it ends,
+/// and a readable one is not.
+#[test]
+fn a_tls_connection_without_plaintext_is_counted_as_unreadable_when_it_ends() {
+    use socktrace_common::DATA_TLS;
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 443, [10, 0, 0, 2], 40000);
+    let hello = b"\x16\x03\x01\x00\x05hello";
+    for (sk, plaintext) in [(7, false), (8, true)] {
+        let ev = event(sk, 100, 3, DIR_INGRESS, ROLE_SERVER, tp, hello.len());
+        t.on_data(&ev, hello, &[], &mut r, &mut out);
+        if plaintext {
+            let req = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
+            let mut ev = event(sk, 200, 3, DIR_INGRESS, ROLE_SERVER, tp, req.len());
+            ev.ctx_flags = DATA_TLS;
+            t.on_data(&ev, req, &[], &mut r, &mut out);
+        }
+        t.on_close(sk, TCP_CLOSE as u32, 300, &mut out);
+    }
+    assert_eq!(t.stats.tls_unreadable, 1);
+    // Cleartext that merely starts with a byte of that range is not a TLS record.
+    let ev = event(9, 100, 3, DIR_INGRESS, ROLE_SERVER, tp, 4);
+    t.on_data(&ev, b"\x16\x04ab", &[], &mut r, &mut out);
+    t.on_close(9, TCP_CLOSE as u32, 300, &mut out);
+    assert_eq!(t.stats.tls_unreadable, 1);
+}
