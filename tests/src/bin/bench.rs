@@ -131,14 +131,21 @@ fn profile(nginx: &Nginx, sink: &str, seconds: u64) -> Result<String, String> {
     ))
 }
 
-/// Alternating baseline and agent rounds against `nginx`: the baseline's throughput and p99 per
-/// round, and the agent runs.
+/// What alternating rounds measured: the baseline's throughput and p99 per round, and the
+/// agent runs.
+struct Rounds {
+    base_rps: Vec<f64>,
+    base_p99: Vec<f64>,
+    runs: Vec<AgentRun>,
+}
+
+/// Alternating baseline and agent rounds against `nginx`.
 fn rounds_against(
     nginx: &Nginx,
     sink: &str,
     rounds: usize,
     seconds: u64,
-) -> Result<(Vec<f64>, Vec<f64>, Vec<AgentRun>), String> {
+) -> Result<Rounds, String> {
     // Warm-up, not counted.
     wrk(&nginx.url(), 2, 16, &[])?;
     let (mut base_rps, mut base_p99, mut runs) = (Vec::new(), Vec::new(), Vec::new());
@@ -158,7 +165,11 @@ fn rounds_against(
         );
         runs.push(run);
     }
-    Ok((base_rps, base_p99, runs))
+    Ok(Rounds {
+        base_rps,
+        base_p99,
+        runs,
+    })
 }
 
 fn main() -> Result<(), String> {
@@ -169,7 +180,11 @@ fn main() -> Result<(), String> {
     let sink = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
     sink.forget_bodies();
 
-    let (base_rps, base_p99, runs) = rounds_against(&nginx, &sink.endpoint(), rounds, seconds)?;
+    let Rounds {
+        base_rps,
+        base_p99,
+        runs,
+    } = rounds_against(&nginx, &sink.endpoint(), rounds, seconds)?;
     let ticks = 100.0; // USER_HZ on Linux
     let agent_rps = median(runs.iter().map(|r| r.rps).collect());
     let agent_p99 = median(runs.iter().map(|r| r.p99_us).collect());
@@ -202,7 +217,11 @@ fn main() -> Result<(), String> {
     );
     let cert = TestCert::make()?;
     let https = cert.nginx()?;
-    let (tb_rps, tb_p99, truns) = rounds_against(&https, &sink.endpoint(), rounds, seconds)?;
+    let Rounds {
+        base_rps: tb_rps,
+        base_p99: tb_p99,
+        runs: truns,
+    } = rounds_against(&https, &sink.endpoint(), rounds, seconds)?;
     let t_rps = median(truns.iter().map(|r| r.rps).collect());
     let t_p99 = median(truns.iter().map(|r| r.p99_us).collect());
     let (tb_rps, tb_p99) = (median(tb_rps), median(tb_p99));
