@@ -310,3 +310,135 @@ fn security_scan_fails_nothing_and_every_skip_is_explained() {
         }
     }
 }
+
+/// `--help` text of the agent's flag `flag`, up to the next flag.
+fn flag_help(help: &str, flag: &str) -> String {
+    let start = help
+        .find(&format!("      {flag} "))
+        .unwrap_or_else(|| panic!("{flag} not in --help"));
+    let rest = &help[start + flag.len() + 6..];
+    let end = rest.find("\n      --").unwrap_or(rest.len());
+    rest[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The tail-sampling overlay: valid manifests, the agents export everything to the
+/// load-balancing tier, which routes by trace id to the sampling tier's headless Service, whose
+/// policy is the agent's `--sampler priority` with its default settings (read from `--help`, so
+/// a changed default fails here until the collector follows).
+#[test]
+fn tail_sampling_overlay_routes_by_trace_and_keeps_the_agents_priority_policy() {
+    let dir = deploy().join("overlays/tail-sampling");
+    let kustomization = dir.join("kustomization.yaml");
+    let resources = listed(&kustomization, "resources");
+    assert_eq!(resources[0], dir.join("../../base"));
+    let collector = dir.join("collector.yaml");
+    assert_eq!(resources[1..], *std::slice::from_ref(&collector));
+    let patches = listed(&kustomization, "patches");
+    let mut files = patches.clone();
+    files.push(collector.clone());
+    validate(&files);
+
+    let text = std::fs::read_to_string(&collector).expect("collector.yaml");
+    let docs: Vec<Value> = text
+        .split("\n---\n")
+        .map(|d| serde_saphyr::from_str(d).expect("collector.yaml document"))
+        .collect();
+    let find = |kind: &str, name: &str| -> &Value {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let config = |key: &str| -> Value {
+        let data = find("ConfigMap", "socktrace-collector")["data"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key}"))
+            .to_owned();
+        serde_saphyr::from_str(&data).unwrap_or_else(|e| panic!("{key}: {e}"))
+    };
+
+    // Agents -> load-balancing Service.
+    let patch = yaml(&patches[0]);
+    assert_eq!(patch["data"]["OTEL_TRACES_SAMPLER"], "always_on");
+    assert_eq!(
+        patch["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"],
+        "http://socktrace-collector-lb.socktrace.svc.cluster.local:4317"
+    );
+    assert_eq!(patch["data"]["OTEL_EXPORTER_OTLP_PROTOCOL"], "grpc");
+    let lb_service = find("Service", "socktrace-collector-lb");
+    assert!(
+        lb_service["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["port"] == 4317)
+    );
+    // Load-balancing tier -> every sampler replica, by trace id.
+    let lb = config("loadbalancer.yaml");
+    let exporter = &lb["exporters"]["loadbalancing"];
+    assert_eq!(exporter["routing_key"], "traceID");
+    assert_eq!(
+        exporter["resolver"]["dns"]["hostname"],
+        "socktrace-collector-sampler.socktrace.svc.cluster.local"
+    );
+    assert_eq!(
+        find("Service", "socktrace-collector-sampler")["spec"]["clusterIP"],
+        "None",
+        "headless: the exporter must see every replica"
+    );
+    assert_eq!(
+        lb["service"]["pipelines"]["traces"]["exporters"][0],
+        "loadbalancing"
+    );
+
+    // The sampling tier's policy, against the agent's defaults.
+    let out = Command::new(socktrace_tests::harness::agent_bin())
+        .arg("--help")
+        .output()
+        .expect("socktrace --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let default = |flag: &str| -> String {
+        let h = flag_help(&help, flag);
+        h.split("[default: ")
+            .nth(1)
+            .and_then(|r| r.split(']').next())
+            .unwrap_or_else(|| panic!("{flag}: no default in {h}"))
+            .to_owned()
+    };
+    let slow = default("--slow-threshold");
+    let wait = default("--sample-wait");
+    let ratio_help = flag_help(&help, "--sample-ratio");
+    let ratio: f64 = ratio_help
+        .split("`priority` (default ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no priority default in {ratio_help}"));
+    let sampler = config("sampler.yaml");
+    let tail = &sampler["processors"]["tail_sampling"];
+    assert_eq!(tail["decision_wait"].as_str(), Some(wait.as_str()));
+    let policies = tail["policies"].as_array().expect("policies");
+    assert_eq!(policies.len(), 3, "{policies:?}");
+    let policy = |kind: &str| -> &Value {
+        policies
+            .iter()
+            .find(|p| p["type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} policy"))
+    };
+    assert_eq!(
+        policy("status_code")["status_code"]["status_codes"],
+        serde_json::json!(["ERROR"])
+    );
+    let slow_ms = match slow.strip_suffix("ms") {
+        Some(ms) => ms.parse::<u64>().expect("ms"),
+        None => slow.trim_end_matches('s').parse::<u64>().expect("s") * 1000,
+    };
+    assert_eq!(policy("latency")["latency"]["threshold_ms"], slow_ms);
+    assert_eq!(
+        policy("probabilistic")["probabilistic"]["sampling_percentage"].as_f64(),
+        Some(ratio * 100.0)
+    );
+    assert_eq!(
+        sampler["service"]["pipelines"]["traces"]["processors"],
+        serde_json::json!(["tail_sampling"])
+    );
+}

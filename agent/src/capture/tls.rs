@@ -136,8 +136,13 @@ impl TlsAttacher {
         let mut report = ScanReport::default();
         if !self.started {
             self.started = true;
+            // This mount namespace's directories, and the host's through pid 1 (the agent in a
+            // container with the host's pids): the same files are attached once (by inode).
+            let host = self.proc_root.join("1/root");
             for dir in LIB_DIRS {
-                for path in libssl_in(Path::new(dir)) {
+                let dir = Path::new(dir);
+                let on_host = host.join(dir.strip_prefix("/").unwrap_or(dir));
+                for path in libssl_in(dir).into_iter().chain(libssl_in(&on_host)) {
                     self.consider(ebpf, &path, None, &mut report);
                 }
             }
