@@ -21,7 +21,7 @@ use std::{
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
     harness::{
-        Agent, ChildGuard, PyServer, exact, free_port, metric, of_kind, python, require_root,
+        Agent, ChildGuard, PyServer, curl, exact, free_port, metric, of_kind, python, require_root,
         wait_line, wait_metric,
     },
     load::{Nginx, TestCert},
@@ -44,19 +44,12 @@ fn agent_for(receiver: &OtlpReceiver, port: u16, extra: &[&str]) -> Agent {
     Agent::start(&args)
 }
 
+/// `curl` (see [`curl`]) trusting the test's certificate.
 fn curl_https(cert: &Path, urls: &[String]) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "--cacert"])
-        .arg(cert)
-        .args(urls)
-        .output()
-        .expect("curl must be installed");
-    assert!(
-        out.status.success(),
-        "curl {urls:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let cert = cert.to_str().expect("UTF-8 path");
+    let mut args = vec!["--cacert", cert];
+    args.extend(urls.iter().map(String::as_str));
+    curl(&args)
 }
 
 fn attr(s: &ReceivedSpan, k: &str) -> String {
@@ -289,7 +282,7 @@ fn without_tls_capture_https_gives_no_span_and_cleartext_still_does() {
     assert!(startup.contains("TLS: off (--tls false)"), "{startup}");
     curl_https(&cert.cert(), &[format!("{}hello", nginx.url())]);
     // A cleartext request after the HTTPS one: once its spans are in, the HTTPS one's would be.
-    socktrace_tests::harness::curl(&[&format!("{}after", plain.url())]);
+    curl(&[&format!("{}after", plain.url())]);
     let (servers, _) = exact(&receiver, 1, 1);
     assert_eq!(
         servers[0].attr_int("server.port"),

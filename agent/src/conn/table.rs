@@ -153,15 +153,10 @@ impl ConnTable {
         resolver: &mut dyn Resolver,
         out: &mut Vec<ConnExchange>,
     ) {
-        if ev.ctx_flags & DATA_LOST_BEFORE != 0
-            && let Some(conn) = self.conns.remove(&ev.sk)
-        {
+        if ev.ctx_flags & DATA_LOST_BEFORE != 0 && self.start_over(ev.sk) {
             // A hole of unknown size: nothing held can be paired with what comes next. The
             // connection starts over, as if joined mid-stream.
             self.stats.reset_after_loss += 1;
-            if let State::Active { protocol, session } = conn.state {
-                retire(&mut self.retired, protocol, session.as_ref());
-            }
         }
         let tls = ev.ctx_flags & DATA_TLS != 0;
         if let Some(conn) = self.conns.get(&ev.sk)
@@ -175,11 +170,7 @@ impl ConnTable {
             // The first plaintext from the TLS library: what the socket showed so far was the
             // handshake. The connection starts over, reading the plaintext from its beginning.
             self.stats.tls_plaintext += 1;
-            if let Some(conn) = self.conns.remove(&ev.sk)
-                && let State::Active { protocol, session } = conn.state
-            {
-                retire(&mut self.retired, protocol, session.as_ref());
-            }
+            self.start_over(ev.sk);
         }
         if ev.tuple_known != 0
             && let Some(conn) = self.conns.get(&ev.sk)
@@ -240,6 +231,18 @@ impl ConnTable {
                 }
             }
         }
+    }
+
+    /// Forgets connection `sk` without finishing it (what it holds is dropped), keeping its
+    /// session's counters; its next record opens it again. False if it was not tracked.
+    fn start_over(&mut self, sk: u64) -> bool {
+        let Some(conn) = self.conns.remove(&sk) else {
+            return false;
+        };
+        if let State::Active { protocol, session } = conn.state {
+            retire(&mut self.retired, protocol, session.as_ref());
+        }
+        true
     }
 
     /// One I/O of a connection whose protocol is known: turns, then its session.
