@@ -11,7 +11,7 @@ use clap::Parser as _;
 use socktrace::{
     capture::{
         caps, inject,
-        probes::{self, ProbeConfig, Probes},
+        probes::{self, InjectFlags, ProbeConfig, Probes},
         tls::{ScanReport, TlsAttacher},
     },
     cli::{Cli, QueryTextMode, RouteMode},
@@ -246,6 +246,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         wakeup_bytes: probes::WAKEUP_BYTES,
         inject: inject_root.is_some(),
         tls: cli.tls,
+        inject_flags: {
+            let (threshold, parent_based) = sampler.injected_flags();
+            InjectFlags {
+                threshold,
+                parent_based,
+            }
+        },
     })?;
     let mut tls = match probes.tls() {
         Ok(()) => {

@@ -299,6 +299,8 @@ fn written(steps: &[Step]) -> Vec<u8> {
 struct Injected {
     trace_id: String,
     span_id: String,
+    /// The flags say "sampled" (`-01`, not `-00`).
+    sampled: bool,
 }
 
 fn show(b: &[u8]) -> String {
@@ -332,7 +334,7 @@ fn injected_at(original: &[u8], received: &[u8], at: &[usize]) -> Vec<Injected> 
         let line = &received[pos + k * LINE..pos + (k + 1) * LINE];
         let text = std::str::from_utf8(line).unwrap_or("");
         let well_formed = text.starts_with("traceparent: 00-")
-            && text.ends_with("-01\r\n")
+            && (text.ends_with("-01\r\n") || text.ends_with("-00\r\n"))
             && text.as_bytes()[48] == b'-'
             && text[16..48]
                 .bytes()
@@ -346,6 +348,7 @@ fn injected_at(original: &[u8], received: &[u8], at: &[usize]) -> Vec<Injected> 
         ids.push(Injected {
             trace_id: text[16..48].to_owned(),
             span_id: text[49..65].to_owned(),
+            sampled: text.ends_with("-01\r\n"),
         });
         assert_ne!(ids[k].trace_id, "0".repeat(32));
         assert_ne!(ids[k].span_id, "0".repeat(16));
@@ -748,8 +751,9 @@ fn large_bodies_arrive_intact() {
     assert_linked(&client, &server, &ids);
 }
 
-#[test]
-fn a_server_passes_its_callers_trace_to_the_calls_it_makes_while_serving() {
+/// client host -> relay (server host) -> sink (server host): the relay calls the sink while it
+/// serves each request.
+fn chain() -> (Hosts, Sink, Sink, Client) {
     require_root();
     let hosts = Hosts::new();
     let sink = Sink::start(&hosts, &hosts.server, "inject_sink.py", &["127.0.0.1"]);
@@ -761,6 +765,12 @@ fn a_server_passes_its_callers_trace_to_the_calls_it_makes_while_serving() {
         &[SERVER_ADDR, &down_port],
     );
     let client = Client::start(&hosts, relay.port);
+    (hosts, sink, relay, client)
+}
+
+#[test]
+fn a_server_passes_its_callers_trace_to_the_calls_it_makes_while_serving() {
+    let (_hosts, sink, relay, client) = chain();
     let (client_pid, relay_pid, sink_pid) = (client.pid(), relay.pid(), sink.pid());
     let (receiver, _agent) = agent_for(&[client_pid, relay_pid, sink_pid], &[]);
     let steps = [
@@ -824,6 +834,103 @@ fn a_server_passes_its_callers_trace_to_the_calls_it_makes_while_serving() {
             "{}",
             relay_out[i]
         );
+    }
+}
+
+/// Whether a trace id (32 hex digits) is sampled at `ratio` by OpenTelemetry's trace-id ratio
+/// rule: its 56 low bits against the rejection threshold (1 - ratio) * 2^56.
+fn sampled_at(trace_id: &str, ratio: f64) -> bool {
+    let r = u64::from_str_radix(&trace_id[18..], 16).expect("hex trace id");
+    r >= ((1.0 - ratio) * (1u64 << 56) as f64).round() as u64
+}
+
+/// Carries its own context, flags "not sampled", with a trace id the ratio 0.5 would sample.
+const GET_TRACED_00: &[u8] = b"GET /d HTTP/1.1\r\nHost: sink\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00\r\n\r\n";
+
+#[test]
+fn injected_flags_carry_the_head_samplers_decision() {
+    const ROOTS: usize = 24;
+    let (_hosts, sink, relay, client) = chain();
+    let pids = [client.pid(), relay.pid(), sink.pid()];
+    let (receiver, _agent) = agent_for(
+        &pids,
+        &[
+            "--sampler",
+            "parentbased_traceidratio",
+            "--sample-ratio",
+            "0.5",
+        ],
+    );
+    // Requests without context (the client's injected header starts each trace), then one
+    // that arrives "not sampled" with an id the ratio keeps, and one "sampled" with an id
+    // (0af7...: low bits 0x48eb...) the ratio drops.
+    let mut steps = Vec::new();
+    for _ in 0..ROOTS {
+        steps.extend([Step::Send(GET_A), Step::Responses(1)]);
+    }
+    steps.extend([Step::Send(GET_TRACED_00), Step::Responses(1)]);
+    steps.extend([Step::Send(GET_TRACED), Step::Responses(1)]);
+    client.run(&steps);
+    let original = written(&steps);
+    let at: Vec<usize> = (0..ROOTS)
+        .map(|i| after_request_line(&original, i * GET_A.len()))
+        .collect();
+    let upstream = injected_at(&original, &relay.next_conn(), &at);
+    const DOWN: &[u8] = b"GET /down HTTP/1.1\r\nHost: down\r\n\r\n";
+    let calls = DOWN.repeat(ROOTS + 2);
+    let at: Vec<usize> = (0..ROOTS + 2)
+        .map(|i| after_request_line(&calls, i * DOWN.len()))
+        .collect();
+    let downstream = injected_at(&calls, &sink.next_conn(), &at);
+
+    // A trace this node starts: the ratio rule on its id, in the kernel as in the test.
+    for (i, up) in upstream.iter().enumerate() {
+        assert_eq!(
+            up.sampled,
+            sampled_at(&up.trace_id, 0.5),
+            "request {i}: {up:?}"
+        );
+        // The relay continues it and passes the caller's decision on.
+        assert_eq!(
+            (&downstream[i].trace_id, downstream[i].sampled),
+            (&up.trace_id, up.sampled),
+            "call {i}"
+        );
+    }
+    let kept = upstream.iter().filter(|u| u.sampled).count();
+    assert!(
+        kept > 0 && kept < ROOTS,
+        "with ratio 0.5, {ROOTS} random traces are neither all kept nor all dropped: {kept}"
+    );
+    // Incoming flags win over the ratio (parent-based).
+    let (d00, d01) = (&downstream[ROOTS], &downstream[ROOTS + 1]);
+    assert_eq!(
+        (d00.trace_id.as_str(), d00.sampled),
+        ("4bf92f3577b34da6a3ce929d0e0e4736", false)
+    );
+    assert!(sampled_at(&d00.trace_id, 0.5));
+    assert_eq!(
+        (d01.trace_id.as_str(), d01.sampled),
+        ("0af7651916cd43dd8448eb211c80319c", true)
+    );
+    assert!(!sampled_at(&d01.trace_id, 0.5));
+
+    // What this node exports agrees with what it told the next hop: every span of the sampled
+    // traces (client, relay in and out, sink), none of the others.
+    let traces = kept + 1;
+    let (server, client) = exact(&receiver, 2 * traces, 2 * traces);
+    let mut expected: Vec<String> = upstream
+        .iter()
+        .filter(|u| u.sampled)
+        .map(|u| u.trace_id.clone())
+        .chain([d01.trace_id.clone()])
+        .collect();
+    expected.sort();
+    for spans in [&server, &client] {
+        let mut got: Vec<String> = spans.iter().map(|s| s.trace_id()).collect();
+        got.sort();
+        got.dedup();
+        assert_eq!(got, expected);
     }
 }
 

@@ -20,7 +20,9 @@ use aya_obj::{
 };
 
 use super::object::log_tail;
-use super::probes::{ProbeConfig, ProbeError, WAKEUP_BYTES, loader_globals, object_for};
+use super::probes::{
+    InjectFlags, ProbeConfig, ProbeError, WAKEUP_BYTES, loader_globals, object_for,
+};
 
 /// The verifier's hard limits (Linux 5.2+).
 pub const STACK_LIMIT: u32 = 512;
@@ -48,6 +50,7 @@ pub fn configurations() -> Vec<Configuration> {
         wakeup_bytes: WAKEUP_BYTES,
         inject,
         tls: inject || !filter_pids,
+        inject_flags: InjectFlags::default(),
     };
     let default = socktrace_common::DEFAULT_CAPTURE;
     let max = socktrace_common::MAX_CAPTURE as u32;
@@ -69,8 +72,14 @@ pub fn configurations() -> Vec<Configuration> {
         },
         Configuration {
             name: "capture-64",
-            flags: "--capture-bytes 64",
-            config: config(true, false, 64),
+            flags: "--capture-bytes 64 --sampler traceidratio --sample-ratio 0.5",
+            config: ProbeConfig {
+                inject_flags: InjectFlags {
+                    threshold: 1 << 55,
+                    parent_based: false,
+                },
+                ..config(true, false, 64)
+            },
         },
         Configuration {
             name: "capture-8192",

@@ -18,7 +18,8 @@ use aya::{
 };
 use socktrace_common::{
     GLOBAL_AGENT_TGID, GLOBAL_CAPTURE_BYTES, GLOBAL_FILTER_PIDS, GLOBAL_INJECT_ENABLED,
-    GLOBAL_TLS_ENABLED, GLOBAL_TP_OFFSETS, GLOBAL_WAKEUP_BYTES, stats,
+    GLOBAL_SAMPLE_PARENT, GLOBAL_SAMPLE_THRESHOLD, GLOBAL_TLS_ENABLED, GLOBAL_TP_OFFSETS,
+    GLOBAL_WAKEUP_BYTES, stats,
 };
 
 /// Every tracepoint, in attach order, with the programs to try for it: the first that the
@@ -150,6 +151,29 @@ pub struct ProbeConfig {
     /// Follow TLS library calls: load the uprobe programs (attached per library by
     /// [`crate::capture::tls::TlsAttacher`]) and let the socket hooks look for a call in progress.
     pub tls: bool,
+    /// The flags the injected `traceparent` headers carry.
+    pub inject_flags: InjectFlags,
+}
+
+/// How the kernel sets the sampled flag of the `traceparent` headers it injects, so that the
+/// next hop hears the decision this node's head sampler makes for the same trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InjectFlags {
+    /// The trace-id ratio rule: sampled when the 56 low bits of the trace id are at least this
+    /// (0: every trace; 2^56: none).
+    pub threshold: u64,
+    /// A request that arrived with a `traceparent` passes its sampled flag on instead.
+    pub parent_based: bool,
+}
+
+impl Default for InjectFlags {
+    /// Everything sampled, incoming flags followed (`parentbased_always_on`).
+    fn default() -> Self {
+        InjectFlags {
+            threshold: 0,
+            parent_based: true,
+        }
+    }
 }
 
 /// Bytes waiting in the ring buffer before the kernel wakes the reader (it also polls).
@@ -170,6 +194,14 @@ pub(crate) fn loader_globals(
         (GLOBAL_INJECT_ENABLED, word(u32::from(config.inject))),
         (GLOBAL_TLS_ENABLED, word(u32::from(config.tls))),
         (GLOBAL_TP_OFFSETS, offsets.to_ne_bytes().to_vec()),
+        (
+            GLOBAL_SAMPLE_THRESHOLD,
+            config.inject_flags.threshold.to_ne_bytes().to_vec(),
+        ),
+        (
+            GLOBAL_SAMPLE_PARENT,
+            word(u32::from(config.inject_flags.parent_based)),
+        ),
     ])
 }
 
@@ -817,6 +849,7 @@ mod tests {
             wakeup_bytes: WAKEUP_BYTES,
             inject: true,
             tls: true,
+            inject_flags: InjectFlags::default(),
         };
         let message = rejected("sys_exit_readv", &config, error).to_string();
         for part in [

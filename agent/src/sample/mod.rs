@@ -143,6 +143,25 @@ impl SamplerConfig {
             })),
         }
     }
+
+    /// The rule the kernel applies to the sampled flag of the `traceparent` headers it
+    /// injects, so the next hop hears what this sampler decides for the trace: the trace-id
+    /// ratio threshold and whether an incoming header's flag wins. Priority sampling decides
+    /// after the trace ends, so its headers always say "sampled": the next hop records
+    /// everything and this node's decision keeps or drops the whole trace later.
+    pub fn injected_flags(&self) -> (u64, bool) {
+        match self {
+            SamplerConfig::Head(h) => {
+                let threshold = match h.root {
+                    Root::AlwaysOn => Ratio::ONE.threshold(),
+                    Root::AlwaysOff => Ratio::ZERO.threshold(),
+                    Root::Ratio(r) => r.threshold(),
+                };
+                (threshold, h.parent_based)
+            }
+            SamplerConfig::Priority(_) => (Ratio::ONE.threshold(), false),
+        }
+    }
 }
 
 crate::counters! {

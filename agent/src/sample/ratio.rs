@@ -19,6 +19,10 @@ pub struct Ratio {
 impl Ratio {
     /// Everything sampled.
     pub const ONE: Ratio = Ratio { threshold: 0 };
+    /// Nothing sampled: no 56-bit value reaches the threshold.
+    pub const ZERO: Ratio = Ratio {
+        threshold: MAX_THRESHOLD,
+    };
 
     /// The ratio `p`; None outside [0, 1] (NaN included).
     pub fn new(p: f64) -> Option<Self> {

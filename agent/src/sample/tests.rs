@@ -334,3 +334,63 @@ fn late_spans_follow_their_trace_and_an_error_keeps_the_rest() {
     assert_eq!(ids(&out), [3, 5, 6]);
     assert_eq!(s.stats().dropped, 3);
 }
+
+/// The kernel's rule for injected flags, applied the way `inject.rs` applies it (threshold on
+/// the 56 low bits; an incoming header's flag first when parent-based), decides exactly as the
+/// user-space head sampler does for the same trace: the next hop hears this node's decision.
+#[test]
+fn injected_flags_agree_with_the_head_sampler() {
+    let kernel = |rule: (u64, bool), trace: TraceId, incoming: Option<bool>| match incoming {
+        Some(flag) if rule.1 => flag,
+        _ => Ratio::randomness(trace) >= rule.0,
+    };
+    let settings = |name, ratio| SamplerSettings {
+        name,
+        ratio,
+        slow_ns: 1_000 * MS,
+        wait_ns: 5_000 * MS,
+        max_spans: 16,
+    };
+    let mut seen = [0usize; 2];
+    for name in [
+        SamplerName::AlwaysOn,
+        SamplerName::AlwaysOff,
+        SamplerName::TraceIdRatio,
+        SamplerName::ParentBasedAlwaysOn,
+        SamplerName::ParentBasedAlwaysOff,
+        SamplerName::ParentBasedTraceIdRatio,
+    ] {
+        let config = SamplerConfig::from_settings(&settings(name, Some(0.25))).expect("valid");
+        let SamplerConfig::Head(head) = config else {
+            panic!("{name:?} is a head sampler")
+        };
+        for r in [
+            0,
+            1,
+            (1 << 56) / 4 * 3 - 1,
+            (1 << 56) / 4 * 3,
+            (1 << 56) - 1,
+        ] {
+            for incoming in [None, Some(false), Some(true)] {
+                let trace = trace_with(0x5a, r);
+                let mut s = span(trace, 1, 1);
+                s.parent_sampled = incoming;
+                let user = head.samples(&s);
+                assert_eq!(
+                    kernel(config.injected_flags(), trace, incoming),
+                    user,
+                    "{name:?}, R = {r:#x}, incoming {incoming:?}"
+                );
+                seen[usize::from(user)] += 1;
+            }
+        }
+    }
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "both decisions exercised: {seen:?}"
+    );
+    // Priority decides after the trace: every header says sampled.
+    let priority =
+        SamplerConfig::from_settings(&settings(SamplerName::Priority, Some(0.1))).expect("valid");
+    assert_eq!(priority.injected_flags(), (0, false));
+}

@@ -26,8 +26,14 @@ pub const GLOBAL_TP_OFFSETS: &str = "TP_OFFSETS";
 /// Non-zero: TLS library calls are followed (the socket hooks look for one in progress).
 pub const GLOBAL_TLS_ENABLED: &str = "TLS_ENABLED";
 
+/// The head sampler's rule for the flags of injected headers: the trace-id ratio threshold
+/// (`u64`, the 56 low bits of a trace id at least this much: sampled) and whether a request's
+/// own `traceparent` flags are followed instead (`u32`, non-zero for parent-based samplers).
+pub const GLOBAL_SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
+pub const GLOBAL_SAMPLE_PARENT: &str = "SAMPLE_PARENT";
+
 /// The line the kernel inserts after the request line of an outgoing HTTP/1 request:
-/// `traceparent: 00-<32 hex trace id>-<16 hex span id>-01\r\n`.
+/// `traceparent: 00-<32 hex trace id>-<16 hex span id>-<01 or 00>\r\n`.
 pub const TRACEPARENT_LINE_LEN: u32 = 70;
 /// Most bytes of an outgoing message the `sk_msg` program reads to find the end of a request
 /// head: a request whose header block is longer is sent unchanged, and the socket is left alone

@@ -30,6 +30,10 @@ pub struct ThreadCtx {
     /// The server socket the request came in on: a write there by the thread ends the context.
     pub sk: u64,
     pub ts_ns: u64,
+    /// The request's own `traceparent`, when it had one: `http::TP_VALID`, with `TP_SAMPLED`
+    /// when its flags say sampled (a parent-based sampler follows them). 0: no header.
+    pub header: u32,
+    pub _pad: u32,
 }
 
 /// Thread id -> the request it is serving. LRU: threads that exit mid-request are forgotten.
@@ -103,7 +107,12 @@ pub fn server_read(scratch: *mut DataEventBuf) {
         )
     };
     // The value (at most 2 spaces, 55 characters and its line end) must lie in the copied bytes.
-    if found && tp_at + 58 <= n && http::traceparent_trace_id::<W>(data, tp_at, trace_id) {
+    let incoming = if found && tp_at + 58 <= n {
+        http::traceparent_trace_id::<W>(data, tp_at, trace_id)
+    } else {
+        0
+    };
+    if incoming != 0 {
         flags |= CTX_FROM_HEADER;
         count(stats::SERVER_CTX_FROM_HEADER);
     } else {
@@ -115,6 +124,8 @@ pub fn server_read(scratch: *mut DataEventBuf) {
         sk: header.sk,
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
+        header: incoming,
+        _pad: 0,
     };
     if THREAD_CTX.insert(header.tid, ctx, 0).is_err() {
         count(stats::MAP_UPDATE_FAILED);

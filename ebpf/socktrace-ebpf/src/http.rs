@@ -481,12 +481,18 @@ pub fn hex8(x: u32) -> u64 {
     n + lanes(b'0') + letters * 39
 }
 
+/// [`traceparent_trace_id`]: the value is well formed (its trace id is in `out`).
+pub const TP_VALID: u32 = 1;
+/// [`traceparent_trace_id`]: with `TP_VALID`, the trace flags have the sampled bit.
+pub const TP_SAMPLED: u32 = 2;
+
 /// Decodes a W3C `traceparent` value at `buf[at..]` (after the colon): optional spaces or tabs,
 /// then `00-<32 lowercase hex>-<16 lowercase hex>-<2 hex>`. When it is well formed and its
 /// trace id not all zero, stores the trace id in `out` (16 bytes, 4-byte aligned) and returns
-/// true. The caller guarantees that `buf[at..at + 58]` is valid.
+/// `TP_VALID`, with `TP_SAMPLED` when the flags' low bit is set; otherwise 0. The caller
+/// guarantees that `buf[at..at + 58]` is valid.
 #[inline(always)]
-pub fn traceparent_trace_id<const W: usize>(buf: *const u8, at: usize, out: *mut u32) -> bool {
+pub fn traceparent_trace_id<const W: usize>(buf: *const u8, at: usize, out: *mut u32) -> u32 {
     let mut at = at & (W - 1);
     // SAFETY (all reads): at < W + 2 and at most 56 bytes past it: inside the W + 64 byte buffer.
     let byte = |i: usize| unsafe { *buf.add(i) };
@@ -500,10 +506,10 @@ pub fn traceparent_trace_id<const W: usize>(buf: *const u8, at: usize, out: *mut
         skipped += 1;
     }
     if byte(at) != b'0' || byte(at + 1) != b'0' || byte(at + 2) != b'-' {
-        return false;
+        return 0;
     }
     if byte(at + 35) != b'-' || byte(at + 52) != b'-' {
-        return false;
+        return 0;
     }
     // The flags: two digits, padded to eight with '0'.
     let flags = (word(buf, at + 53) & 0xffff) | (lanes(b'0') & !0xffff);
@@ -524,5 +530,12 @@ pub fn traceparent_trace_id<const W: usize>(buf: *const u8, at: usize, out: *mut
         k += 1;
     }
     let end = byte(at + 55);
-    bad == 0 && any != 0 && matches!(end, b'\r' | b'\n' | b' ' | b'\t')
+    if bad != 0 || any == 0 || !matches!(end, b'\r' | b'\n' | b' ' | b'\t') {
+        return 0;
+    }
+    // The flags' second digit is valid hex here: its value is odd ('1', '3'... 'b', 'd', 'f')
+    // when the ASCII code's parity says so for digits, and the opposite for letters.
+    let last = byte(at + 54);
+    let odd = u32::from(last & 1) ^ u32::from(last > b'9');
+    TP_VALID | (odd * TP_SAMPLED)
 }

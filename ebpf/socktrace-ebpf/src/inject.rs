@@ -52,6 +52,16 @@ use crate::{
 #[unsafe(no_mangle)]
 static INJECT_ENABLED: u32 = 0;
 
+/// Set by user space before load: the head sampler's rule for the `traceparent` flags it
+/// injects. A trace this node starts (or that arrived without a header) is marked sampled when
+/// the 56 low bits of its id are at least `SAMPLE_THRESHOLD` (OpenTelemetry's trace-id ratio
+/// rule: 0 samples all, 2^56 none); one that arrived with a header keeps that header's sampled
+/// flag when `SAMPLE_PARENT` is non-zero (the parent-based samplers).
+#[unsafe(no_mangle)]
+static SAMPLE_THRESHOLD: u64 = 0;
+#[unsafe(no_mangle)]
+static SAMPLE_PARENT: u32 = 1;
+
 /// Whether injection is on: the header scans elsewhere (the server context of
 /// `context.rs`) are skipped when it is not. A read-only global, so the verifier sees the value
 /// and does not even walk the code it guards.
@@ -619,6 +629,26 @@ fn parse_head(msg: *mut sk_msg_md, scratch: *mut InjectScratch, size: u32) -> u3
     kind
 }
 
+/// Whether the injected header says "sampled" for this trace (four words as stored in memory)
+/// and the header its request arrived with (`ThreadCtx::header`): see `SAMPLE_THRESHOLD`.
+#[inline(always)]
+fn sampled(trace: &[u32; 4], header: u32) -> bool {
+    // SAFETY: reads of globals the loader rewrites before load.
+    let (threshold, parent) = unsafe {
+        (
+            core::ptr::read_volatile(&SAMPLE_THRESHOLD),
+            core::ptr::read_volatile(&SAMPLE_PARENT),
+        )
+    };
+    if parent != 0 && header & http::TP_VALID != 0 {
+        return header & http::TP_SAMPLED != 0;
+    }
+    // Bytes 9..16 of the id, big-endian: the low three bytes of word 2 and all of word 3.
+    let hi = u64::from(u32::from_be(trace[2]) & 0x00ff_ffff);
+    let lo = u64::from(u32::from_be(trace[3]));
+    (hi << 32 | lo) >= threshold
+}
+
 /// Inserts the `traceparent` line at offset `at` (just after the request line of a head of
 /// `head_len` bytes) and reports it. Returns false, with the message unchanged, if the kernel
 /// could not make room.
@@ -627,10 +657,12 @@ fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> 
     let msg = ctx.msg;
     // On the stack (72 bytes), not in the per-CPU scratch value: another run preempting this
     // one on the same CPU cannot change it between composing and copying.
+    let word = http::text_word;
     let mut words = [0u64; 9];
     let line = words.as_mut_ptr();
     let tid = id as u32;
     let mut trace = [0u32; 4];
+    let mut header = 0u32;
     // SAFETY: the value is read in place: the trace id is at offset 0 of an 8-aligned value.
     match unsafe { THREAD_CTX.get(tid) } {
         Some(c) => {
@@ -641,18 +673,24 @@ fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> 
                 trace[k] = unsafe { core::ptr::read_volatile(words.add(k)) };
                 k += 1;
             }
+            // SAFETY: as above.
+            header = unsafe { core::ptr::read_volatile(&raw const c.header) };
         }
         None => random_trace_id(trace.as_mut_ptr()),
     }
+    let flags = if sampled(&trace, header) {
+        word(b"-01\r\n")
+    } else {
+        word(b"-00\r\n")
+    };
     // SAFETY: helper without arguments.
     let (a, mut b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
     if a | b == 0 {
         b = 1 << 24;
     }
-    // "traceparent: 00-" + 32 + "-" + 16 + "-01\r\n", built a word at a time: hex digits from
+    // "traceparent: 00-" + 32 + "-" + 16 + "-0X\r\n", built a word at a time: hex digits from
     // word arithmetic, not a byte at a time (that kept dozens of values live and took a
     // 320-byte frame).
-    let word = http::text_word;
     let (span0, span1) = (http::hex8(a), http::hex8(b));
     // SAFETY: `line` has nine words.
     unsafe {
@@ -665,7 +703,7 @@ fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> 
         }
         core::ptr::write_volatile(line.add(6), u64::from(b'-') | (span0 << 8));
         core::ptr::write_volatile(line.add(7), (span0 >> 56) | (span1 << 8));
-        core::ptr::write_volatile(line.add(8), (span1 >> 56) | (word(b"-01\r\n") << 8));
+        core::ptr::write_volatile(line.add(8), (span1 >> 56) | (flags << 8));
     }
 
     // SAFETY: the program's own context.
