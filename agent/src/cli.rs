@@ -186,7 +186,8 @@ pub struct Cli {
     pub no_inject: bool,
 
     /// Read the plaintext of TLS connections at OpenSSL (shared `libssl` and binaries that
-    /// link it statically with symbols), with uprobes: `--tls false` turns it off.
+    /// link it statically with symbols) and Go's `crypto/tls` (binaries with symbols), with
+    /// uprobes: `--tls false` turns it off.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
           env = "SOCKTRACE_TLS")]
     pub tls: bool,

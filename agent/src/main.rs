@@ -100,6 +100,12 @@ fn log_tls_scan(report: &ScanReport) {
     for (path, why) in &report.failed {
         tracing::warn!("TLS: cannot attach to {}: {why}", path.display());
     }
+    for path in &report.stripped {
+        tracing::warn!(
+            "TLS: {} is a Go program using crypto/tls without a symbol table (stripped, e.g. -ldflags=-s): its TLS plaintext cannot be read; its connections are counted as tls_unreadable",
+            path.display()
+        );
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

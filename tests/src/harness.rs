@@ -60,6 +60,44 @@ pub fn peer(name: &str) -> PathBuf {
     workspace().join("tests/peers").join(name)
 }
 
+/// The Go test peer `tests/peers/go/<name>`, built once per test process into
+/// `target/go/` with Debian's Go (`golang-go`, installed by `cargo xtask test`) in GOPATH mode
+/// against Debian's Go libraries (`/usr/share/gocode`: grpc-go from
+/// `golang-google-grpc-dev`), so nothing is downloaded; `stripped` builds it without a symbol
+/// table (`-ldflags=-s -w`).
+pub fn go_peer(name: &str, stripped: bool) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let out = workspace().join("target/go").join(if stripped {
+        format!("{name}-stripped")
+    } else {
+        name.to_owned()
+    });
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.contains(&out) {
+        return out;
+    }
+    let mut cmd = Command::new("go");
+    cmd.arg("build").arg("-buildvcs=false").arg("-o").arg(&out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    let result = cmd
+        .arg(".")
+        .current_dir(peer(&format!("go/{name}")))
+        .env("GOCACHE", workspace().join("target/go-cache"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .output()
+        .unwrap_or_else(|e| panic!("running `go build` (is golang-go installed?): {e}"));
+    assert!(
+        result.status.success(),
+        "go build of tests/peers/go/{name} failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    built.push(out.clone());
+    out
+}
+
 /// A child process killed (SIGKILL) and reaped on drop.
 pub struct ChildGuard {
     pub child: Child,

@@ -9,7 +9,11 @@
 //! - `psql` with `sslmode=require` -> PostgreSQL with `ssl=on` (libpq's and the server's own
 //!   socket callbacks under OpenSSL);
 //! - grpcio over TLS (BoringSSL inside, no symbols): no span, counted as unreadable;
-//! - `--tls false`: the same HTTPS traffic gives no span at all (only ciphertext is seen).
+//! - `--tls false`: the same HTTPS traffic gives no span at all (only ciphertext is seen);
+//! - a Go HTTPS client -> a Go HTTPS server (`crypto/tls`, built by the test with Debian's Go):
+//!   probes at the functions' entries and return instructions, goroutines followed across
+//!   threads; a stripped Go server is reported by name and its connections counted unreadable;
+//! - grpc-go over TLS, client and server (HTTP/2 plaintext at `crypto/tls`).
 
 use std::{
     io::BufReader,
@@ -21,8 +25,8 @@ use std::{
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
     harness::{
-        Agent, ChildGuard, PyServer, curl, exact, free_port, metric, of_kind, python, require_root,
-        wait_line, wait_metric,
+        Agent, ChildGuard, PyServer, curl, exact, free_port, go_peer, metric, of_kind, python,
+        require_root, wait_line, wait_metric,
     },
     load::{Nginx, TestCert},
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
@@ -227,19 +231,9 @@ fn node_with_its_own_openssl_is_attached_when_found_and_released_when_it_exits()
                   \x20 res.end(ok ? 'hello from node\\n' : 'missing\\n');\n\
                   });\n\
                   srv.listen(Number(port), '127.0.0.1', () => console.log('PORT ' + port));\n";
-    let mut child = Command::new(node)
-        .args(["-e", script])
-        .arg(port.to_string())
-        .arg(cert.cert())
-        .arg(cert.key())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let pid = child.id();
-    let mut out = BufReader::new(child.stdout.take().expect("piped"));
-    let guard = ChildGuard::new("node", child);
-    let _ = wait_line(&mut out, "PORT ", Duration::from_secs(20));
+    let mut cmd = Command::new(node);
+    cmd.args(["-e", script]);
+    let (guard, pid) = tls_server(cmd, "node", &cert, port);
     let attached = wait_stderr(&agent, &format!("TLS: attached to /proc/{pid}/root"));
     assert!(attached.ends_with("/usr/bin/node"), "{attached}");
     let base = format!("https://127.0.0.1:{port}");
@@ -415,4 +409,172 @@ fn grpcio_over_tls_is_unreadable_and_counted_not_guessed() {
         "no plaintext from grpcio's BoringSSL"
     );
     assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
+}
+
+/// `<peer> server` (a Go peer; tlspeer may be stripped) on `port`, once it listens.
+fn go_server(cert: &TestCert, port: u16, stripped: bool) -> (ChildGuard, u32) {
+    go_server_of("tlspeer", cert, port, stripped)
+}
+
+fn go_server_of(peer: &str, cert: &TestCert, port: u16, stripped: bool) -> (ChildGuard, u32) {
+    let mut cmd = Command::new(go_peer(peer, stripped));
+    cmd.arg("server");
+    tls_server(cmd, peer, cert, port)
+}
+
+/// `cmd PORT CERT KEY`, once it prints `PORT `; its guard and pid.
+fn tls_server(mut cmd: Command, name: &str, cert: &TestCert, port: u16) -> (ChildGuard, u32) {
+    let mut child = cmd
+        .arg(port.to_string())
+        .arg(cert.cert())
+        .arg(cert.key())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let pid = child.id();
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let guard = ChildGuard::new(name, child);
+    let _ = wait_line(&mut out, "PORT ", Duration::from_secs(20));
+    (guard, pid)
+}
+
+#[test]
+fn go_client_to_go_server_over_crypto_tls() {
+    require_root();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let port = free_port();
+    go_peer("tlspeer", false);
+    let agent = agent_for(&receiver, port, &[]);
+    // Started after the agent: found by the scan, attached by its own symbols.
+    let (server, pid) = go_server(&cert, port, false);
+    let attached = wait_stderr(&agent, &format!("TLS: attached to /proc/{pid}/root"));
+    assert!(attached.ends_with("/target/go/tlspeer"), "{attached}");
+    // The client is the same executable: already attached when it starts.
+    let base = format!("https://127.0.0.1:{port}");
+    let out = Command::new(go_peer("tlspeer", false))
+        .arg("client")
+        .arg(cert.cert())
+        .args([
+            format!("{base}/hello"),
+            format!("{base}/status/503"),
+            format!("{base}/again"),
+        ])
+        .output()
+        .expect("tlspeer client");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "STATUS 200 14\nSTATUS 503 14\nSTATUS 200 14\nDONE\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (servers, clients) = exact(&receiver, 3, 3);
+    for path in ["/hello", "/again"] {
+        let (s, c) = pair(&servers, &clients, path);
+        check_exchange(s, c, port, path, 200);
+        assert_eq!(int(s, "http.response.body.size"), 14);
+        assert_eq!(int(c, "http.response.body.size"), 14);
+    }
+    let (s, c) = pair(&servers, &clients, "/status/503");
+    assert_eq!(s.name(), "GET /status/{id}");
+    assert_eq!(int(s, "http.response.status_code"), 503);
+    assert_eq!(attr(s, "url.scheme"), "https");
+    assert_eq!(attr(s, "error.type"), "503");
+    assert_eq!(int(c, "http.response.status_code"), 503);
+    assert_eq!(attr(c, "url.full"), format!("{base}/status/503"));
+    for span in servers.iter().chain(&clients) {
+        assert_eq!(
+            span.resource_str("process.executable.name"),
+            Some("tlspeer"),
+            "{span}"
+        );
+    }
+    // The server's exit releases its probes.
+    drop(server);
+    wait_stderr(&agent, &format!("TLS: detached from /proc/{pid}/root"));
+}
+
+#[test]
+fn a_stripped_go_server_is_named_and_its_connections_counted_unreadable() {
+    require_root();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let port = free_port();
+    let health = format!("127.0.0.1:{}", free_port());
+    // Built before the agent starts: the Go toolchain's own stripped `go` is reported too.
+    go_peer("tlspeer", true);
+    let agent = agent_for(&receiver, port, &["--health-listen", &health]);
+    let (_server, pid) = go_server(&cert, port, true);
+    let warning = wait_stderr(&agent, "tlspeer-stripped is a Go program");
+    assert!(
+        warning.contains(&format!("/proc/{pid}/root"))
+            && warning.contains("/target/go/tlspeer-stripped"),
+        "{warning}"
+    );
+    let body = curl_https(&cert.cert(), &[format!("https://127.0.0.1:{port}/hello")]);
+    assert_eq!(body, "hello from go\n");
+    // curl's side is OpenSSL: its span is whole. The server's side is not guessed.
+    let (servers, clients) = exact(&receiver, 0, 1);
+    assert!(servers.is_empty());
+    assert_eq!(int(&clients[0], "http.response.status_code"), 200);
+    wait_metric(&health, "socktrace_conns_tls_unreadable_total", 1);
+}
+
+#[test]
+fn grpc_go_over_tls_on_both_sides() {
+    require_root();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let port = free_port();
+    go_peer("grpcpeer", false);
+    let agent = agent_for(&receiver, port, &[]);
+    let (_server, pid) = go_server_of("grpcpeer", &cert, port, false);
+    wait_stderr(&agent, &format!("TLS: attached to /proc/{pid}/root"));
+    let out = Command::new(go_peer("grpcpeer", false))
+        .arg("client")
+        .arg(port.to_string())
+        .arg(cert.cert())
+        .arg("3")
+        .output()
+        .expect("grpcpeer client");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "OK\nOK\nOK\nNotFound\nDONE\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (servers, clients) = exact(&receiver, 4, 4);
+    const METHOD: &str = "grpc.health.v1.Health/Check";
+    for spans in [&servers, &clients] {
+        let mut codes: Vec<String> = spans
+            .iter()
+            .map(|s| {
+                assert_eq!(s.name(), METHOD, "{s}");
+                assert_eq!(attr(s, "rpc.system.name"), "grpc");
+                assert_eq!(attr(s, "rpc.method"), METHOD);
+                assert_eq!(attr(s, "network.protocol.version"), "2");
+                // grpc-go sends the certificate's name alone as :authority (no port).
+                assert_eq!(attr(s, "server.address"), "127.0.0.1");
+                if s.kind() == SpanKind::Client {
+                    assert_eq!(int(s, "network.peer.port"), i64::from(port));
+                } else {
+                    assert_eq!(attr(s, "client.address"), "127.0.0.1");
+                }
+                assert_eq!(s.resource_str("process.executable.name"), Some("grpcpeer"));
+                attr(s, "rpc.status_code")
+            })
+            .collect();
+        codes.sort();
+        assert_eq!(codes, ["NOT_FOUND", "OK", "OK", "OK"]);
+    }
+    // Each call's client span is its server span's parent (same-host link over TLS).
+    for s in &servers {
+        let c = clients
+            .iter()
+            .find(|c| Some(c.span_id()) == s.parent_span_id())
+            .unwrap_or_else(|| panic!("no client span is the parent of {s}"));
+        assert_eq!(c.trace_id(), s.trace_id());
+        assert_eq!(attr(c, "rpc.status_code"), attr(s, "rpc.status_code"));
+    }
 }

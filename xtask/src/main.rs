@@ -103,6 +103,10 @@ const APT_TEST: &[&str] = &[
     "mariadb-client",
     // HTTPS server for the TLS tests (OpenSSL through the shared libssl).
     "nginx",
+    // Go 1.19 and grpc-go: the tests build Go peers (crypto/tls, gRPC over TLS) from
+    // tests/peers/go.
+    "golang-go",
+    "golang-google-grpc-dev",
 ];
 /// Load generator and server for `bench`.
 const APT_BENCH: &[&str] = &["nginx", "wrk"];

@@ -9,6 +9,13 @@
 //! (OpenSSL or BoringSSL linked statically, with symbols). Each file is inspected once, cached
 //! by device and inode. Files found through processes are detached when the last of those
 //! processes has exited.
+//!
+//! Go binaries carry their own TLS (`crypto/tls`): the entry programs go on the first
+//! instruction of `(*Conn).Read` and `(*Conn).Write`, found in the binary's symbol table, and
+//! the return program on each of their `RET` instructions, found by decoding the functions
+//! (Go moves goroutine stacks, so a return probe's rewritten return address would break the
+//! program). A Go binary using `crypto/tls` without a symbol table (built with `-ldflags=-s`)
+//! is reported: its plaintext cannot be read.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,10 +27,10 @@ use aya::{
     Ebpf,
     programs::{
         ProgramError, UProbe,
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
-use object::{Object, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol};
 
 /// The kernel programs, loaded when TLS capture is on.
 pub const PROGRAMS: &[&str] = &[
@@ -32,6 +39,30 @@ pub const PROGRAMS: &[&str] = &[
     "tls_enter_handshake",
     "tls_exit",
     "tls_exit_ex",
+    "go_tls_enter_read",
+    "go_tls_enter_write",
+    "go_tls_enter_handshake",
+    "go_tls_return",
+    "go_tls_handshake_return",
+];
+
+/// Go's `crypto/tls` functions: function, entry program, program for each `RET`.
+const GO_HOOKS: &[(&str, &str, &str)] = &[
+    (
+        "crypto/tls.(*Conn).Read",
+        "go_tls_enter_read",
+        "go_tls_return",
+    ),
+    (
+        "crypto/tls.(*Conn).Write",
+        "go_tls_enter_write",
+        "go_tls_return",
+    ),
+    (
+        "crypto/tls.(*Conn).handshakeContext",
+        "go_tls_enter_handshake",
+        "go_tls_handshake_return",
+    ),
 ];
 
 /// Function, entry program, return program, required (a file without it is not attached).
@@ -91,6 +122,8 @@ pub struct ScanReport {
     pub attached: Vec<PathBuf>,
     pub detached: Vec<PathBuf>,
     pub failed: Vec<(PathBuf, String)>,
+    /// Go binaries using `crypto/tls` without a symbol table.
+    pub stripped: Vec<PathBuf>,
 }
 
 /// Finds TLS libraries and attaches the programs to them; see the module docs.
@@ -221,11 +254,19 @@ impl TlsAttacher {
         if self.rejected.contains(&key) {
             return;
         }
-        if !meta.is_file() || !defines_ssl(path) {
+        let found = if meta.is_file() {
+            inspect(path)
+        } else {
+            Inspection::default()
+        };
+        if found.go_stripped {
+            r.stripped.push(path.to_owned());
+        }
+        if !found.openssl && found.go.is_none() {
             self.rejected.insert(key);
             return;
         }
-        match attach(ebpf, path) {
+        match attach(ebpf, path, &found) {
             Ok(links) => {
                 r.attached.push(path.to_owned());
                 self.targets.insert(
@@ -266,25 +307,106 @@ fn libssl_in(dir: &Path) -> Vec<PathBuf> {
     paths
 }
 
-/// Whether the ELF file defines (not merely imports) `SSL_write`.
-fn defines_ssl(path: &Path) -> bool {
+/// What an ELF file offers to TLS capture.
+#[derive(Debug, Default, PartialEq)]
+struct Inspection {
+    /// Defines (not merely imports) `SSL_write`.
+    openssl: bool,
+    /// Go's `crypto/tls` with its symbols: file offsets of each hook's entry and returns, in
+    /// `GO_HOOKS` order.
+    go: Option<Vec<GoFunction>>,
+    /// A Go binary that uses `crypto/tls` but has no symbol table.
+    go_stripped: bool,
+}
+
+#[derive(Debug, PartialEq)]
+struct GoFunction {
+    entry: u64,
+    returns: Vec<u64>,
+}
+
+fn inspect(path: &Path) -> Inspection {
     let Ok(file) = std::fs::File::open(path) else {
-        return false;
+        return Inspection::default();
     };
     let cache = object::ReadCache::new(file);
     let Ok(elf) = object::File::parse(&cache) else {
-        return false;
+        return Inspection::default();
     };
-    elf.dynamic_symbols()
+    let openssl = elf
+        .dynamic_symbols()
         .chain(elf.symbols())
-        .any(|s| !s.is_undefined() && s.name() == Ok("SSL_write"))
+        .any(|s| !s.is_undefined() && s.name() == Ok("SSL_write"));
+    let is_go = elf.section_by_name(".go.buildinfo").is_some();
+    let go = is_go.then(|| go_functions(&elf)).flatten();
+    let go_stripped = is_go && go.is_none() && elf.symbols().next().is_none() && {
+        // Function names stay in the line table when the symbol table is stripped.
+        let names = elf
+            .section_by_name(".gopclntab")
+            .or_else(|| elf.section_by_name(".data.rel.ro"))
+            .and_then(|s| s.data().ok());
+        names.is_some_and(|d| contains(d, GO_HOOKS[0].0.as_bytes()))
+    };
+    Inspection {
+        openssl,
+        go,
+        go_stripped,
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The Go hooks' functions, located through the symbol table; None unless all are there.
+fn go_functions<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>) -> Option<Vec<GoFunction>> {
+    GO_HOOKS
+        .iter()
+        .map(|(name, _, _)| {
+            let sym = elf
+                .symbols()
+                .find(|s| s.name() == Ok(*name) && !s.is_undefined() && s.size() > 0)?;
+            let section = elf.section_by_index(sym.section_index()?).ok()?;
+            let (file_start, _) = section.file_range()?;
+            let entry = sym.address() - section.address() + file_start;
+            let code = section.data_range(sym.address(), sym.size()).ok()??;
+            let returns = return_offsets(code, sym.address())
+                .into_iter()
+                .map(|at| entry + at)
+                .collect::<Vec<_>>();
+            (!returns.is_empty()).then_some(GoFunction { entry, returns })
+        })
+        .collect()
+}
+
+/// Offsets of the `RET` instructions in a function's x86-64 code (loaded at `address`).
+fn return_offsets(code: &[u8], address: u64) -> Vec<u64> {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    Decoder::with_ip(64, code, address, DecoderOptions::NONE)
+        .into_iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Ret)
+        .map(|i| i.ip() - address)
+        .collect()
 }
 
 /// Attaches every hook to `path`: the return probe before the entry probe, so that no entry
 /// is ever left without its return (which would mark the thread's later socket calls as TLS).
 /// On failure of a required hook, what was attached is detached again.
-fn attach(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
+fn attach(
+    ebpf: &mut Ebpf,
+    path: &Path,
+    found: &Inspection,
+) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
     let mut links = Vec::new();
+    if let Some(functions) = &found.go
+        && let Err(e) = attach_go(ebpf, path, functions, &mut links)
+    {
+        detach(ebpf, links);
+        return Err(e);
+    }
+    if !found.openssl {
+        return Ok(links);
+    }
     for (symbol, entry, exit, required) in HOOKS {
         let mut pair = Vec::new();
         let result = [*exit, *entry].into_iter().try_for_each(|name| {
@@ -310,6 +432,32 @@ fn attach(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<(&'static str, UProbeLinkI
     Ok(links)
 }
 
+/// The Go hooks: every return first, then the entries (an entry without its returns would
+/// leave the goroutine's call behind, and its later socket calls taken for TLS).
+fn attach_go(
+    ebpf: &mut Ebpf,
+    path: &Path,
+    functions: &[GoFunction],
+    links: &mut Vec<(&'static str, UProbeLinkId)>,
+) -> Result<(), String> {
+    let hooks = || GO_HOOKS.iter().zip(functions);
+    let points = hooks()
+        .flat_map(|((_, _, ret), f)| f.returns.iter().map(|&at| (*ret, at)))
+        .chain(hooks().map(|((_, entry, _), f)| (*entry, f.entry)));
+    for (name, at) in points {
+        let program = uprobe(ebpf, name).map_err(|e| e.to_string())?;
+        let id = program
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(at),
+                path,
+                UProbeScope::AllProcesses,
+            )
+            .map_err(|e| format!("{name} at {at:#x}: {e}"))?;
+        links.push((name, id));
+    }
+    Ok(())
+}
+
 fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
     for (name, id) in links.into_iter().rev() {
         if let Ok(program) = uprobe(ebpf, name)
@@ -323,6 +471,16 @@ fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_return_instructions_not_return_bytes() {
+        // sub rsp, 8 | ret | mov eax, 0xc3 | ret 8 | ret
+        let code = [
+            0x48, 0x83, 0xec, 0x08, 0xc3, 0xb8, 0xc3, 0x00, 0x00, 0x00, 0xc2, 0x08, 0x00, 0xc3,
+        ];
+        assert_eq!(return_offsets(&code, 0x401000), vec![4, 10, 13]);
+        assert_eq!(return_offsets(&[], 0x401000), Vec::<u64>::new());
+    }
 
     #[test]
     fn recognises_libssl_names_only() {
@@ -342,11 +500,13 @@ mod tests {
             .flat_map(|d| libssl_in(Path::new(d)))
             .find(|p| std::fs::metadata(p).is_ok())
             .expect("a libssl.so in the library directories (libssl3 is installed by set-up)");
+        let defines_ssl = |p: &Path| inspect(p).openssl;
         assert!(defines_ssl(&lib), "{} defines SSL_write", lib.display());
         let curl = Path::new("/usr/bin/curl");
         assert!(curl.exists(), "curl is installed by set-up");
         assert!(!defines_ssl(curl), "curl only imports SSL_write");
         assert!(!defines_ssl(&std::env::current_exe().unwrap()));
-        assert!(!defines_ssl(Path::new("/nonexistent")));
+        assert_eq!(inspect(Path::new("/nonexistent")), Inspection::default());
+        assert_eq!(inspect(curl).go, None);
     }
 }

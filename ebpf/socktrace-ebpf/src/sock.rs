@@ -22,7 +22,7 @@ use crate::{
         count, current_is_traced, send_event, tls_enabled, tp_offset,
     },
     syscalls::{ActiveIo, IO_PEEK, IO_TLS, begin_io, live_io},
-    tls::TLS_CALLS,
+    tls::{GO_CALLS, GO_PROCS, GoKey, TLS_CALLS, TlsCall},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -111,16 +111,22 @@ fn on_sock_io(ctx: &TracePointContext, recv: bool, recover: bool) {
     let io = unsafe { &mut *io };
     if is_tcp {
         io.sk = sk;
-        if tls_enabled()
-            && let Some(call) = TLS_CALLS.get_ptr_mut(&tid)
-        {
-            // Inside a TLS library call: this is its socket, and these bytes are ciphertext.
-            // SAFETY: the entry belongs to this thread, which is the one running.
-            unsafe {
-                (*call).sk = sk;
-                (*call).fd = io.fd;
+        if tls_enabled() {
+            // Inside a TLS library call (of this thread, or of the goroutine it runs): this is
+            // its socket, and these bytes are ciphertext.
+            let call = match TLS_CALLS.get_ptr_mut(&tid) {
+                Some(call) => Some(call),
+                None if recover => go_call((id >> 32) as u32),
+                None => None,
+            };
+            if let Some(call) = call {
+                // SAFETY: the call is this thread's, or its goroutine's, now running here.
+                unsafe {
+                    (*call).sk = sk;
+                    (*call).fd = io.fd;
+                }
+                io.flags |= IO_TLS;
             }
-            io.flags |= IO_TLS;
         }
         if recv && flags & MSG_PEEK != 0 {
             io.flags |= IO_PEEK;
@@ -128,8 +134,26 @@ fn on_sock_io(ctx: &TracePointContext, recv: bool, recover: bool) {
     }
 }
 
+/// The `crypto/tls` call of the goroutine this thread runs, in a process whose goroutines use
+/// it: Go keeps the running goroutine (`g`) in R14, saved with the other user registers at
+/// syscall entry.
+#[inline(always)]
+fn go_call(tgid: u32) -> Option<*mut TlsCall> {
+    // SAFETY: presence check only.
+    unsafe { GO_PROCS.get(&tgid) }?;
+    // SAFETY: BTF helpers; the returned pointer is only read with bpf_probe_read_kernel.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64 as *const u64;
+    if regs.is_null() {
+        return None;
+    }
+    // SAFETY: a kernel read of a saved register; failure is handled.
+    let g = unsafe { bpf_probe_read_kernel(regs.add(REG_R14)) }.ok()?;
+    GO_CALLS.get_ptr_mut(&GoKey { g, tgid, _pad: 0 })
+}
+
 /// Word offsets in x86_64 `struct pt_regs` (user ABI, `asm/ptrace.h`): syscall arguments are
 /// saved there at entry and stay until return.
+const REG_R14: usize = 1;
 const REG_DX: usize = 12;
 const REG_SI: usize = 13;
 const REG_DI: usize = 14;

@@ -11,8 +11,18 @@
 //! library call is not sent; the plaintext goes out as an ordinary data record of the same
 //! socket, marked `DATA_TLS`, so the same parsers read it and the spans keep the connection's
 //! addresses and role.
+//!
+//! Go's `crypto/tls` is followed at `(*Conn).Read` and `(*Conn).Write` of each Go binary: Go
+//! moves goroutine stacks, so return probes (which rewrite the return address on the stack)
+//! must not be used; user space attaches `go_tls_return` at every `RET` instruction of the two
+//! functions instead. Arguments and results are in registers (Go 1.17+ register ABI: receiver
+//! in RAX, buffer in RBX, count in RCX; `n` in RAX at return), and a call is keyed by its
+//! goroutine (`g`, always in R14), not its thread: a goroutine parked in a read resumes on
+//! another thread. The socket hook finds the goroutine's call by the same key, from the user
+//! registers saved at syscall entry.
 
 use aya_ebpf::{
+    bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
@@ -68,6 +78,160 @@ struct SessionSock {
 
 #[map]
 static TLS_SESSIONS: LruHashMap<SessionKey, SessionSock> = LruHashMap::with_max_entries(65536, 0);
+
+/// A goroutine of one process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoKey {
+    pub g: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// Goroutine -> `crypto/tls` call in flight (`ssl` is the `*tls.Conn`).
+#[map]
+pub static GO_CALLS: LruHashMap<GoKey, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// Processes in which a goroutine has entered `crypto/tls`: only their socket calls pay for
+/// the goroutine lookup.
+#[map]
+pub static GO_PROCS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// A saved register of the probed user context.
+#[inline(always)]
+fn reg(ctx: &ProbeContext, field: impl Fn(*const pt_regs) -> *const u64) -> u64 {
+    // SAFETY: the program's own context (the kernel's copy of the user registers), read at a
+    // fixed offset.
+    unsafe { core::ptr::read_volatile(field(ctx.regs)) }
+}
+
+/// `TlsCall::out` of a Go write whose plaintext was sent at entry.
+const GO_SENT: u64 = 1;
+
+#[inline(always)]
+fn go_enter(ctx: &ProbeContext, direction: u32) -> u32 {
+    if !current_is_traced() {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // SAFETY (the closures): field addresses of the context.
+    let key = GoKey {
+        g: reg(ctx, |r| unsafe { &raw const (*r).r14 }),
+        tgid,
+        _pad: 0,
+    };
+    let mut call = TlsCall {
+        ssl: reg(ctx, |r| unsafe { &raw const (*r).rax }),
+        buf: reg(ctx, |r| unsafe { &raw const (*r).rbx }),
+        out: 0,
+        sk: 0,
+        fd: 0,
+        direction,
+    };
+    // SAFETY: the value is copied out.
+    if let Some(prev) = unsafe { GO_CALLS.get(&key) }.copied() {
+        if direction == DIR_HANDSHAKE {
+            // The handshake a Read or Write starts with: that call learns the socket.
+            return 0;
+        }
+        if direction == DIR_EGRESS
+            && prev.out == GO_SENT
+            && prev.ssl == call.ssl
+            && prev.buf == call.buf
+        {
+            // The same Write entering again after growing its stack (the prologue jumps back
+            // to the start after `morestack`): its plaintext is already sent.
+            return 0;
+        }
+    }
+    if direction == DIR_EGRESS {
+        let session = SessionKey {
+            ssl: call.ssl,
+            tgid,
+            _pad: 0,
+        };
+        // SAFETY: presence check only.
+        if unsafe { TLS_SESSIONS.get(&session) }.is_some() {
+            // The whole buffer is written (Go's Write returns less only with an error), and
+            // sending it now keeps it ahead of the answer: the reader may return the answer
+            // before this goroutine reaches its return.
+            let len = reg(ctx, |r| unsafe { &raw const (*r).rcx });
+            finish(&call, len, id);
+            call.out = GO_SENT;
+        }
+    }
+    // A call that grew its stack enters twice: the second entry, with the registers moved
+    // with the stack, replaces the first.
+    if GO_CALLS.insert(&key, &call, 0).is_err() {
+        count(stats::MAP_UPDATE_FAILED);
+    }
+    // SAFETY: presence check only.
+    if unsafe { GO_PROCS.get(&tgid) }.is_none() && GO_PROCS.insert(&tgid, &1, 0).is_err() {
+        count(stats::MAP_UPDATE_FAILED);
+    }
+    0
+}
+
+/// `crypto/tls.(*Conn).Read(b []byte) (int, error)`, at its first instruction.
+#[uprobe]
+pub fn go_tls_enter_read(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, DIR_INGRESS)
+}
+
+/// `crypto/tls.(*Conn).Write(b []byte) (int, error)`, at its first instruction.
+#[uprobe]
+pub fn go_tls_enter_write(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, DIR_EGRESS)
+}
+
+/// `crypto/tls.(*Conn).handshakeContext`, at its first instruction: the socket of a
+/// handshake made outside Read and Write (Go's HTTP client dials and shakes hands first).
+#[uprobe]
+pub fn go_tls_enter_handshake(ctx: ProbeContext) -> u32 {
+    go_enter(&ctx, DIR_HANDSHAKE)
+}
+
+/// The goroutine's call, removed, if it is a handshake (`HANDSHAKE`) or not.
+#[inline(always)]
+fn go_take<const HANDSHAKE: bool>(ctx: &ProbeContext, id: u64) -> Option<TlsCall> {
+    let key = GoKey {
+        g: reg(ctx, |r| unsafe { &raw const (*r).r14 }),
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let call = (unsafe { GO_CALLS.get(&key) }).copied()?;
+    if (call.direction == DIR_HANDSHAKE) != HANDSHAKE {
+        return None;
+    }
+    let _ = GO_CALLS.remove(&key);
+    Some(call)
+}
+
+/// Every `RET` of `(*Conn).Read` and `(*Conn).Write`: `n` is in RAX.
+#[uprobe]
+pub fn go_tls_return(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = go_take::<false>(&ctx, id) else {
+        return 0;
+    };
+    let n = reg(&ctx, |r| unsafe { &raw const (*r).rax }) as i64;
+    if n > 0 && call.out != GO_SENT {
+        finish(&call, n as u64, id);
+    }
+    0
+}
+
+/// Every `RET` of `(*Conn).handshakeContext`: the session's socket is remembered.
+#[uprobe]
+pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if let Some(call) = go_take::<true>(&ctx, id) {
+        session_socket(&call, id);
+    }
+    0
+}
 
 #[inline(always)]
 fn enter(ctx: &ProbeContext, direction: u32) -> u32 {
@@ -144,17 +308,8 @@ fn done<const EX: bool>(ret: i64) -> u32 {
         return 0;
     };
     let _ = TLS_CALLS.remove(&tid);
-    let key = SessionKey {
-        ssl: call.ssl,
-        tgid: (id >> 32) as u32,
-        _pad: 0,
-    };
-    // SAFETY: the value is copied out.
-    let known = unsafe { TLS_SESSIONS.get(&key) }.copied();
-    if call.sk != 0 && known.is_none_or(|s| s.sk != call.sk) {
-        bind(&key, call.sk, call.fd);
-    }
     if call.direction == DIR_HANDSHAKE {
+        session_socket(&call, id);
         return 0;
     }
     let len = if EX {
@@ -174,13 +329,38 @@ fn done<const EX: bool>(ret: i64) -> u32 {
     } else {
         return 0;
     };
-    if len == 0 || call.buf == 0 {
-        return 0;
-    }
-    let (mut sk, mut fd) = match (call.sk, known) {
-        (0, Some(s)) => (s.sk, s.fd),
-        _ => (call.sk, call.fd),
+    finish(&call, len, id);
+    0
+}
+
+/// The socket of the call's session: the one the call used (remembered for the session),
+/// else the one remembered.
+#[inline(always)]
+fn session_socket(call: &TlsCall, id: u64) -> (u64, u32, SessionKey) {
+    let key = SessionKey {
+        ssl: call.ssl,
+        tgid: (id >> 32) as u32,
+        _pad: 0,
     };
+    // SAFETY: the value is copied out.
+    let known = unsafe { TLS_SESSIONS.get(&key) }.copied();
+    if call.sk != 0 && known.is_none_or(|s| s.sk != call.sk) {
+        bind(&key, call.sk, call.fd);
+    }
+    match (call.sk, known) {
+        (0, Some(s)) => (s.sk, s.fd, key),
+        _ => (call.sk, call.fd, key),
+    }
+}
+
+/// A finished library call that moved `len` plaintext bytes: sent as a record of its socket.
+#[inline(always)]
+fn finish(call: &TlsCall, len: u64, id: u64) {
+    let tid = id as u32;
+    let (mut sk, mut fd, key) = session_socket(call, id);
+    if len == 0 || call.buf == 0 {
+        return;
+    }
     if sk == 0 && call.direction == DIR_INGRESS {
         // No socket call inside, the session is new, and the library returned plaintext: it
         // works on memory buffers (node, Python's asyncio) that the application fills with what
@@ -201,7 +381,7 @@ fn done<const EX: bool>(ret: i64) -> u32 {
     }
     if sk == 0 {
         count(stats::TLS_NO_SOCKET);
-        return 0;
+        return;
     }
     let io = ActiveIo {
         buf: call.buf,
@@ -218,5 +398,4 @@ fn done<const EX: bool>(ret: i64) -> u32 {
     } else {
         syscalls::emit_tls::<false>(&io, len);
     }
-    0
 }
