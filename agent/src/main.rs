@@ -119,6 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             protocol: cli.otlp_protocol.clone(),
             headers: cli.otlp_headers.clone(),
             console: cli.console,
+            zipkin_endpoint: cli.zipkin_endpoint.clone(),
         },
         &env,
     )?;
@@ -175,19 +176,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .metrics
         .as_ref()
         .map(|m| format!("; metrics: OTLP {} to {}", m.protocol, m.endpoint));
-    let exporter_desc = match &export_config.otlp {
-        Some(o) => format!(
-            "OTLP {} to {}{}",
-            o.protocol,
-            o.endpoint,
-            if export_config.console {
-                " + console"
-            } else {
-                ""
-            }
-        ),
-        None => "console (no OTLP endpoint set)".to_owned(),
-    };
+    let mut exporters = Vec::new();
+    if let Some(o) = &export_config.otlp {
+        exporters.push(format!("OTLP {} to {}", o.protocol, o.endpoint));
+    }
+    if let Some(z) = &export_config.zipkin {
+        exporters.push(format!("Zipkin v2 JSON to {}", z.endpoint));
+    }
+    if export_config.console {
+        exporters.push(if exporters.is_empty() {
+            "console (no OTLP endpoint set)".to_owned()
+        } else {
+            "console".to_owned()
+        });
+    }
+    let exporter_desc = exporters.join(" + ");
     let export_metrics = export_config.metrics.is_some();
     let exporter = {
         let _guard = runtime.enter();

@@ -56,6 +56,9 @@ fn help_shows_the_variables() {
         "SOCKTRACE_NO_INJECT",
         "SOCKTRACE_K8S_CLUSTER_NAME",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "SOCKTRACE_ZIPKIN_ENDPOINT",
+        "OTEL_TRACES_EXPORTER=zipkin",
+        "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
     ] {
         assert!(help.contains(var), "{var} missing from --help");
     }
