@@ -24,7 +24,8 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// About 10 MB of spans at most: enough for minutes of a busy service's traces.
+    /// Bounded by counts, not bytes: a span's size depends on its attributes (URLs, query
+    /// texts), so the store's memory follows the traffic's, within these counts.
     fn default() -> Self {
         Self {
             max_traces: 2_000,
