@@ -28,6 +28,9 @@ static ALL_PROTOCOLS: LazyLock<String> = LazyLock::new(|| {
         .join(",")
 });
 
+/// Where `--ui` without an address serves the viewer: loopback only.
+pub const DEFAULT_UI: &str = "127.0.0.1:9412";
+
 /// What `db.query.text` carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum QueryTextMode {
@@ -234,6 +237,14 @@ pub struct Cli {
     /// same text).
     #[arg(long, value_name = "ADDR:PORT", env = "SOCKTRACE_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Serve the local viewer on this address: a web page with the recent traces (search by
+    /// service, status, duration), a waterfall of each and the service map, from the spans the
+    /// agent exports, kept in a bounded store in memory. `--ui` alone serves
+    /// http://127.0.0.1:9412/. Off by default.
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1,
+          default_missing_value = DEFAULT_UI, env = "SOCKTRACE_UI")]
+    pub ui: Option<std::net::SocketAddr>,
 
     /// Export only spans of processes in pods of these Kubernetes namespaces (patterns with `*`
     /// and `?`). Applied in user space to the resolved resource. Comma-separated or repeated.

@@ -64,6 +64,8 @@ fn version_and_help_document_every_flag() {
         "--health-listen",
         "--metrics-listen",
         "SOCKTRACE_METRICS_LISTEN",
+        "--ui",
+        "SOCKTRACE_UI",
         "--no-inject",
         "--sampler",
         "OTEL_TRACES_SAMPLER=",

@@ -103,6 +103,8 @@ const APT_TEST: &[&str] = &[
     "mariadb-client",
     // HTTPS server for the TLS tests (OpenSSL through the shared libssl).
     "nginx",
+    // A real headless browser for the viewer's test (`tests/tests/ui.rs`).
+    "chromium",
 ];
 /// Load generator and server for `bench`.
 const APT_BENCH: &[&str] = &["nginx", "wrk"];
