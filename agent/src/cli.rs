@@ -28,6 +28,9 @@ static ALL_PROTOCOLS: LazyLock<String> = LazyLock::new(|| {
         .join(",")
 });
 
+/// Where `--ui` without an address serves the viewer: loopback only.
+pub const DEFAULT_UI: &str = "127.0.0.1:9412";
+
 /// What `db.query.text` carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum QueryTextMode {
@@ -93,8 +96,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     about = "Zero-code distributed tracing: eBPF socket capture to OpenTelemetry spans",
     long_about = "Zero-code distributed tracing for Linux. Captures TCP traffic of unmodified \
                   programs at the socket layer with eBPF tracepoints (no kprobes needed), parses \
-                  HTTP/1.x and PostgreSQL, and exports OpenTelemetry spans over OTLP, or prints them when no \
-                  endpoint is configured. Must run as root (or with CAP_BPF and CAP_PERFMON)."
+                  HTTP/1.x and PostgreSQL, and exports OpenTelemetry spans over OTLP or to \
+                  Zipkin, or prints them when no endpoint is configured. Must run as root (or \
+                  with CAP_BPF and CAP_PERFMON)."
 )]
 pub struct Cli {
     /// OTLP endpoint (base URL; `/v1/traces` is appended for http/protobuf). Without one, spans
@@ -116,9 +120,17 @@ pub struct Cli {
     #[arg(long, value_name = "K=V,...", env = "SOCKTRACE_OTLP_HEADERS")]
     pub otlp_headers: Option<String>,
 
-    /// Also print spans to the terminal when exporting over OTLP.
+    /// Also print spans to the terminal when exporting over OTLP or to Zipkin.
     #[arg(long, env = "SOCKTRACE_CONSOLE")]
     pub console: bool,
+
+    /// Send spans to Zipkin as v2 JSON, POSTed to this URL (e.g.
+    /// `http://zipkin:9411/api/v2/spans`), instead of over OTLP (metrics still go to the OTLP
+    /// endpoint). Also `OTEL_TRACES_EXPORTER=zipkin` (a list of `otlp`, `zipkin`, `console`),
+    /// whose endpoint is then `OTEL_EXPORTER_ZIPKIN_ENDPOINT`, default
+    /// `http://localhost:9411/api/v2/spans`.
+    #[arg(long, value_name = "URL", env = "SOCKTRACE_ZIPKIN_ENDPOINT")]
+    pub zipkin_endpoint: Option<String>,
 
     /// Protocols to trace (comma-separated).
     #[arg(
@@ -226,6 +238,14 @@ pub struct Cli {
     /// same text).
     #[arg(long, value_name = "ADDR:PORT", env = "SOCKTRACE_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Serve the local viewer on this address: a web page with the recent traces (search by
+    /// service, status, duration), a waterfall of each and the service map, from the spans the
+    /// agent exports, kept in a bounded store in memory. `--ui` alone serves
+    /// http://127.0.0.1:9412/. Off by default.
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1,
+          default_missing_value = DEFAULT_UI, env = "SOCKTRACE_UI")]
+    pub ui: Option<std::net::SocketAddr>,
 
     /// Export only spans of processes in pods of these Kubernetes namespaces (patterns with `*`
     /// and `?`). Applied in user space to the resolved resource. Comma-separated or repeated.

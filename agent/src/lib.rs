@@ -8,7 +8,8 @@
 //! `trace` (spans, context, linking) -> `resource` (who made the span, which processes are
 //! traced) -> `metrics` (RED histograms and the service graph from every span) -> `sample`
 //! (which spans are exported: head samplers, priority sampling) -> `export` (OTLP spans and
-//! metrics, console). `pipeline` runs the chain on one thread;
+//! metrics, Zipkin spans, console), and beside it `ui` (the local viewer: a bounded store of the
+//! exported spans and the web page over it). `pipeline` runs the chain on one thread;
 //! `telemetry` holds the agent's own counters and the health endpoint; `cli` is the command
 //! line.
 pub mod capture;
@@ -22,3 +23,4 @@ pub mod resource;
 pub mod sample;
 pub mod telemetry;
 pub mod trace;
+pub mod ui;

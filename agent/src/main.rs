@@ -33,6 +33,7 @@ use socktrace::{
         rpc::RpcConventions,
         span::KeyValue,
     },
+    ui::{self, Ui},
 };
 
 /// The log filter: `--log-level` plus, unless it names kube itself, quiet for kube-rs's own
@@ -125,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             protocol: cli.otlp_protocol.clone(),
             headers: cli.otlp_headers.clone(),
             console: cli.console,
+            zipkin_endpoint: cli.zipkin_endpoint.clone(),
         },
         &env,
     )?;
@@ -177,23 +179,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Routes::MetricsOnly,
         ));
     }
+    // The local viewer: its store is fed by the capture thread, its page served here.
+    let viewer = cli.ui.map(|_| Ui::default());
+    let mut ui_addr = None;
+    if let (Some(addr), Some(viewer)) = (cli.ui, &viewer) {
+        let listener = {
+            let _guard = runtime.enter();
+            health::bind(addr).with_context(|| format!("cannot serve --ui on {addr}"))?
+        };
+        ui_addr = Some(listener.local_addr().unwrap_or(addr));
+        let viewer = viewer.clone();
+        runtime.spawn(health::serve_with(listener, "viewer", move |head| {
+            ui::server::respond(head, &viewer)
+        }));
+    }
     let metrics_otlp = export_config
         .metrics
         .as_ref()
         .map(|m| format!("; metrics: OTLP {} to {}", m.protocol, m.endpoint));
-    let exporter_desc = match &export_config.otlp {
-        Some(o) => format!(
-            "OTLP {} to {}{}",
-            o.protocol,
-            o.endpoint,
-            if export_config.console {
-                " + console"
-            } else {
-                ""
-            }
-        ),
-        None => "console (no OTLP endpoint set)".to_owned(),
-    };
+    let mut exporters = Vec::new();
+    if let Some(o) = &export_config.otlp {
+        exporters.push(format!("OTLP {} to {}", o.protocol, o.endpoint));
+    }
+    if let Some(z) = &export_config.zipkin {
+        exporters.push(format!("Zipkin v2 JSON to {}", z.endpoint));
+    }
+    if export_config.console {
+        exporters.push(if exporters.is_empty() {
+            "console (no OTLP endpoint set)".to_owned()
+        } else {
+            "console".to_owned()
+        });
+    }
+    let exporter_desc = exporters.join(" + ");
     let export_metrics = export_config.metrics.is_some();
     let exporter = {
         let _guard = runtime.enter();
@@ -300,8 +318,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             programs.join(", ")
         );
     }
-    for port in health_port.iter().chain(&metrics_port) {
-        // Probes of the health endpoint and scrapes are the agent's own traffic.
+    let ui_port = ui_addr.map(|a| a.port());
+    for port in health_port.iter().chain(&metrics_port).chain(&ui_port) {
+        // Probes of the health endpoint, scrapes and the viewer's page are the agent's own
+        // traffic.
         probes.add_self_port(*port)?;
     }
     let reader = probes.take_events()?;
@@ -352,7 +372,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
     eprintln!(
-        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; TLS: {}; sampling: {}; exporter: {}{}{}{}",
+        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; TLS: {}; sampling: {}; exporter: {}{}{}{}{}",
         env!("CARGO_PKG_VERSION"),
         probes.attached(),
         loaded_in.as_secs_f64(),
@@ -369,6 +389,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         metrics_otlp.unwrap_or_default(),
         cli.metrics_listen
             .map(|a| format!("; Prometheus: http://{a}/metrics"))
+            .unwrap_or_default(),
+        ui_addr
+            .map(|a| format!("; viewer: http://{a}/"))
             .unwrap_or_default(),
     );
 
@@ -407,6 +430,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // Spans are measured when someone reads the metrics.
     if export_metrics || metrics_port.is_some() || health_port.is_some() {
         pipeline = pipeline.with_metrics(metrics);
+    }
+    if let Some(viewer) = &viewer {
+        pipeline = pipeline.with_ui(viewer);
     }
     pipeline.sock_capture = Some(sock_capture);
     let stop = Arc::new(AtomicBool::new(false));

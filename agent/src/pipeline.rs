@@ -31,6 +31,7 @@ use crate::{
         link::{LinkConfig, Linker},
         span::{ConnMeta, Span, SpanKind},
     },
+    ui::{Ui, UiFeed},
 };
 
 crate::counters! {
@@ -70,6 +71,8 @@ pub struct Pipeline {
     sampler: Sampler,
     /// Spans the sampler passed, handed to the exporter together.
     sampled: Vec<Span>,
+    /// The local viewer's store (`--ui`), given what the exporter is given.
+    ui: Option<UiFeed>,
 }
 
 impl Pipeline {
@@ -97,7 +100,14 @@ impl Pipeline {
             metrics: None,
             sampler: Sampler::default(),
             sampled: Vec::new(),
+            ui: None,
         }
+    }
+
+    /// Also keeps the exported spans in the viewer's store.
+    pub fn with_ui(mut self, ui: &Ui) -> Self {
+        self.ui = Some(ui.feed());
+        self
     }
 
     /// Replaces the default sampler (`parentbased_always_on`).
@@ -248,6 +258,10 @@ impl Pipeline {
     }
 
     fn submit(&mut self) {
+        // Every call, so that spans held while the viewer was busy reach it.
+        if let Some(ui) = &mut self.ui {
+            ui.offer(&self.sampled);
+        }
         if !self.sampled.is_empty() {
             self.exporter.submit_all(std::mem::take(&mut self.sampled));
         }
@@ -319,6 +333,9 @@ impl Pipeline {
         }
         if let Some(m) = self.exporter.metrics_stats() {
             m.collect("metrics_export", &mut s);
+        }
+        if let Some(ui) = &self.ui {
+            ui.collect(&mut s);
         }
         if let Some(k8s) = self.resources.k8s() {
             k8s.index.collect(&mut s);

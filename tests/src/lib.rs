@@ -3,6 +3,8 @@
 //! - [`harness`]: running the agent binary and peer programs, killed on drop.
 //! - [`otlp_receiver`]: an in-process OTLP trace receiver (gRPC or HTTP/protobuf) that records
 //!   what the agent exports and can be told to fail.
+//! - [`zipkin_receiver`]: a Zipkin-compatible receiver (Python) that checks every body against
+//!   the Zipkin v2 span schema.
 //! - [`load`]: nginx and wrk for the benchmark and the soak run, and process readings.
 //! - [`pg`], [`mysql`], [`redis`]: real database servers started per test.
 pub mod harness;
@@ -11,3 +13,4 @@ pub mod mysql;
 pub mod otlp_receiver;
 pub mod pg;
 pub mod redis;
+pub mod zipkin_receiver;

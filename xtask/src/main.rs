@@ -107,6 +107,8 @@ const APT_TEST: &[&str] = &[
     // tests/peers/go.
     "golang-go",
     "golang-google-grpc-dev",
+    // A real headless browser for the viewer's test (`tests/tests/ui.rs`).
+    "chromium",
 ];
 /// Load generator and server for `bench`.
 const APT_BENCH: &[&str] = &["nginx", "wrk"];

@@ -55,7 +55,11 @@ fn help_shows_the_variables() {
         "SOCKTRACE_CONSOLE",
         "SOCKTRACE_NO_INJECT",
         "SOCKTRACE_K8S_CLUSTER_NAME",
+        "SOCKTRACE_UI",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "SOCKTRACE_ZIPKIN_ENDPOINT",
+        "OTEL_TRACES_EXPORTER=zipkin",
+        "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
     ] {
         assert!(help.contains(var), "{var} missing from --help");
     }
@@ -74,4 +78,29 @@ fn durations_need_a_unit() {
     assert_eq!(parse_ratio("0.25"), Ok(0.25));
     assert!(parse_ratio("1.01").is_err());
     assert!(parse_ratio("NaN").is_err());
+}
+
+/// `--ui` alone serves the viewer on loopback; an address may follow; without it, no viewer.
+#[test]
+fn ui_takes_an_optional_address() {
+    use clap::Parser as _;
+    let ui = |args: &[&str]| {
+        Cli::try_parse_from(std::iter::once("socktrace").chain(args.iter().copied()))
+            .map(|c| c.ui.map(|a| a.to_string()))
+            .map_err(|e| e.to_string())
+    };
+    if std::env::var_os("SOCKTRACE_UI").is_none() {
+        assert_eq!(ui(&[]), Ok(None));
+    }
+    assert_eq!(ui(&["--ui"]), Ok(Some(super::DEFAULT_UI.to_owned())));
+    assert_eq!(
+        ui(&["--ui", "--no-inject"]),
+        Ok(Some("127.0.0.1:9412".to_owned()))
+    );
+    assert_eq!(
+        ui(&["--ui", "0.0.0.0:8080"]),
+        Ok(Some("0.0.0.0:8080".to_owned()))
+    );
+    assert_eq!(ui(&["--ui=[::1]:9000"]), Ok(Some("[::1]:9000".to_owned())));
+    assert!(ui(&["--ui", "nowhere"]).is_err());
 }

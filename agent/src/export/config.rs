@@ -5,8 +5,11 @@
 //! count as unset. The most specific source of a setting wins as a whole (headers from two
 //! sources are not merged).
 //!
-//! OTLP is enabled when an endpoint is configured (flag or variable); otherwise spans only go to
-//! the console.
+//! Which exporters get the spans: `OTEL_TRACES_EXPORTER` when set (a comma-separated list of
+//! `otlp`, `zipkin`, `console`); otherwise Zipkin when `--zipkin-endpoint` is given (instead of
+//! OTLP), else OTLP when an OTLP endpoint is configured (flag or variable), else the console.
+//! `--console` adds the console to any of them. The Zipkin endpoint comes from the flag, then
+//! `OTEL_EXPORTER_ZIPKIN_ENDPOINT`, then `http://localhost:9411/api/v2/spans`.
 
 use std::time::Duration;
 
@@ -50,6 +53,11 @@ impl std::fmt::Display for OtlpProtocol {
     }
 }
 
+/// Default of [`ZipkinConfig::endpoint`] (`OTEL_EXPORTER_ZIPKIN_ENDPOINT`).
+pub const DEFAULT_ZIPKIN_ENDPOINT: &str = "http://localhost:9411/api/v2/spans";
+/// Default of [`ZipkinConfig::timeout`] (`OTEL_EXPORTER_ZIPKIN_TIMEOUT`).
+pub const DEFAULT_ZIPKIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Default of [`ExportConfig::max_queue`].
 pub const DEFAULT_MAX_QUEUE: usize = 4096;
 /// Default of [`ExportConfig::max_batch`].
@@ -68,8 +76,10 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Everything the export stage needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportConfig {
-    /// OTLP destination; `None` means console only.
+    /// OTLP destination of the spans; `None`: spans are not sent over OTLP.
     pub otlp: Option<OtlpConfig>,
+    /// Zipkin destination of the spans (v2 JSON); `None`: not sent to Zipkin.
+    pub zipkin: Option<ZipkinConfig>,
     /// OTLP destination of the metrics (`/v1/metrics` for a base URL); `None`: not exported
     /// over OTLP.
     pub metrics: Option<OtlpConfig>,
@@ -106,6 +116,7 @@ impl Default for ExportConfig {
     fn default() -> Self {
         Self {
             otlp: None,
+            zipkin: None,
             metrics: None,
             metrics_interval: DEFAULT_METRICS_INTERVAL,
             metrics_timeout: DEFAULT_METRICS_TIMEOUT,
@@ -193,6 +204,15 @@ impl std::fmt::Debug for OtlpConfig {
     }
 }
 
+/// Where to send Zipkin v2 JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZipkinConfig {
+    /// The URL spans are POSTed to, e.g. `http://zipkin:9411/api/v2/spans`.
+    pub endpoint: String,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
 /// The export-related command-line values (`None`/`false` when not given).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExportCli {
@@ -205,6 +225,8 @@ pub struct ExportCli {
     pub headers: Option<String>,
     /// `--console`: print spans to stdout even when OTLP is configured.
     pub console: bool,
+    /// `--zipkin-endpoint`: send spans to Zipkin (v2 JSON) at this URL.
+    pub zipkin_endpoint: Option<String>,
 }
 
 /// A configuration value that cannot be used. The message names the value and where it came from.
@@ -224,6 +246,14 @@ pub enum ConfigError {
         origin: String,
         reason: String,
     },
+    #[error("invalid Zipkin endpoint {value:?} from {origin}: {reason}")]
+    InvalidZipkinEndpoint {
+        value: String,
+        origin: String,
+        reason: String,
+    },
+    #[error("invalid traces exporter {value:?} in {origin}: expected a comma-separated list of {valid}", valid = TracesExporters::VALID_VALUES)]
+    InvalidExporter { value: String, origin: String },
     #[error("invalid value {value:?} for {origin}: {reason}")]
     InvalidNumber {
         value: String,
@@ -235,6 +265,34 @@ pub enum ConfigError {
 const FLAG_ENDPOINT: &str = "--otlp-endpoint (or SOCKTRACE_OTLP_ENDPOINT)";
 const FLAG_PROTOCOL: &str = "--otlp-protocol (or SOCKTRACE_OTLP_PROTOCOL)";
 const FLAG_HEADERS: &str = "--otlp-headers (or SOCKTRACE_OTLP_HEADERS)";
+const FLAG_ZIPKIN_ENDPOINT: &str = "--zipkin-endpoint (or SOCKTRACE_ZIPKIN_ENDPOINT)";
+
+/// The span exporters `OTEL_TRACES_EXPORTER` names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TracesExporters {
+    otlp: bool,
+    zipkin: bool,
+    console: bool,
+}
+
+impl TracesExporters {
+    /// The values accepted in the list.
+    const VALID_VALUES: &'static str = "otlp, zipkin, console";
+
+    /// Parses `otlp,zipkin,console` (any subset, at least one, in any order).
+    fn parse(value: &str) -> Option<Self> {
+        let mut out = Self::default();
+        for name in value.split(',') {
+            match name.trim() {
+                "otlp" => out.otlp = true,
+                "zipkin" => out.zipkin = true,
+                "console" => out.console = true,
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+}
 
 /// A value and where it came from, for error messages.
 struct Sourced {
@@ -297,6 +355,73 @@ impl Signal {
     }
 }
 
+/// The OTLP protocol of one signal.
+fn resolve_otlp_protocol(
+    cli: &ExportCli,
+    env: &dyn Fn(&str) -> Option<String>,
+    signal: Signal,
+) -> Result<OtlpProtocol, ConfigError> {
+    let protocol_vars = signal.vars("PROTOCOL");
+    match pick(
+        cli.protocol.as_ref(),
+        FLAG_PROTOCOL,
+        &[protocol_vars[0].as_str(), protocol_vars[1].as_str()],
+        env,
+    ) {
+        None => Ok(OtlpProtocol::default()),
+        Some(s) => OtlpProtocol::parse(&s.value).ok_or(ConfigError::InvalidProtocol {
+            value: s.value,
+            origin: s.origin,
+        }),
+    }
+}
+
+/// The Zipkin destination: `--zipkin-endpoint`, then `OTEL_EXPORTER_ZIPKIN_ENDPOINT`, then the
+/// default; `OTEL_EXPORTER_ZIPKIN_TIMEOUT` (milliseconds).
+fn resolve_zipkin(
+    cli: &ExportCli,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ZipkinConfig, ConfigError> {
+    let src = pick(
+        cli.zipkin_endpoint.as_ref(),
+        FLAG_ZIPKIN_ENDPOINT,
+        &["OTEL_EXPORTER_ZIPKIN_ENDPOINT"],
+        env,
+    )
+    .unwrap_or_else(|| Sourced {
+        value: DEFAULT_ZIPKIN_ENDPOINT.to_owned(),
+        origin: "the default".to_owned(),
+    });
+    check_url(&src, DEFAULT_ZIPKIN_ENDPOINT).map_err(|reason| {
+        ConfigError::InvalidZipkinEndpoint {
+            value: src.value.clone(),
+            origin: src.origin.clone(),
+            reason,
+        }
+    })?;
+    let timeout = millis(env, &["OTEL_EXPORTER_ZIPKIN_TIMEOUT"])?.unwrap_or(DEFAULT_ZIPKIN_TIMEOUT);
+    Ok(ZipkinConfig {
+        endpoint: src.value.trim().to_owned(),
+        timeout,
+    })
+}
+
+/// The URL of `src` if it is an http or https URL with a host; `example` goes into the reason.
+fn check_url(src: &Sourced, example: &str) -> Result<Url, String> {
+    let url = Url::parse(src.value.trim())
+        .map_err(|e| format!("{e} (expected a URL such as {example})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "unsupported scheme {:?} (expected http or https)",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host".to_owned());
+    }
+    Ok(url)
+}
+
 /// The OTLP destination of one signal, `None` without an endpoint.
 fn resolve_otlp(
     cli: &ExportCli,
@@ -304,19 +429,7 @@ fn resolve_otlp(
     signal: Signal,
 ) -> Result<Option<OtlpConfig>, ConfigError> {
     let vars = |setting| signal.vars(setting);
-    let protocol_vars = vars("PROTOCOL");
-    let protocol = match pick(
-        cli.protocol.as_ref(),
-        FLAG_PROTOCOL,
-        &[protocol_vars[0].as_str(), protocol_vars[1].as_str()],
-        env,
-    ) {
-        None => OtlpProtocol::default(),
-        Some(s) => OtlpProtocol::parse(&s.value).ok_or(ConfigError::InvalidProtocol {
-            value: s.value,
-            origin: s.origin,
-        })?,
-    };
+    let protocol = resolve_otlp_protocol(cli, env, signal)?;
     let endpoint_vars = vars("ENDPOINT");
     let Some(src) = pick(
         cli.endpoint.as_ref(),
@@ -367,7 +480,45 @@ pub fn resolve_config(
     cli: &ExportCli,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ExportConfig, ConfigError> {
-    let otlp = resolve_otlp(cli, env, Signal::Traces)?;
+    let zipkin_flag = cli
+        .zipkin_endpoint
+        .as_ref()
+        .is_some_and(|v| !v.trim().is_empty());
+    let configured_otlp = resolve_otlp(cli, env, Signal::Traces)?;
+    let exporters = match pick(None, "", &["OTEL_TRACES_EXPORTER"], env) {
+        Some(s) => TracesExporters::parse(&s.value).ok_or(ConfigError::InvalidExporter {
+            value: s.value,
+            origin: s.origin,
+        })?,
+        None => TracesExporters {
+            otlp: !zipkin_flag && configured_otlp.is_some(),
+            zipkin: zipkin_flag,
+            console: false,
+        },
+    };
+    let otlp = match (exporters.otlp, configured_otlp) {
+        (false, _) => None,
+        (true, Some(o)) => Some(o),
+        // Asked for by name without an endpoint: the specification's default one.
+        (true, None) => {
+            let protocol = resolve_otlp_protocol(cli, env, Signal::Traces)?;
+            let endpoint = format!("http://localhost:{}", default_port(protocol));
+            resolve_otlp(
+                &ExportCli {
+                    endpoint: Some(endpoint),
+                    ..cli.clone()
+                },
+                env,
+                Signal::Traces,
+            )?
+        }
+    };
+    let zipkin = if exporters.zipkin {
+        Some(resolve_zipkin(cli, env)?)
+    } else {
+        None
+    };
+    let console = cli.console || exporters.console || (otlp.is_none() && zipkin.is_none());
     let metrics = match pick(None, "", &["OTEL_METRICS_EXPORTER"], env) {
         None => resolve_otlp(cli, env, Signal::Metrics)?,
         Some(s) => match s.value.trim() {
@@ -399,8 +550,9 @@ pub fn resolve_config(
         .min(max_queue);
 
     Ok(ExportConfig {
-        console: cli.console || otlp.is_none(),
+        console,
         otlp,
+        zipkin,
         metrics,
         metrics_interval,
         metrics_timeout,
@@ -423,21 +575,8 @@ fn resolve_endpoint(
         origin: src.origin.clone(),
         reason,
     };
-    let mut url = Url::parse(raw).map_err(|e| {
-        invalid(format!(
-            "{e} (expected a URL such as http://localhost:{})",
-            default_port(protocol)
-        ))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!(
-            "unsupported scheme {:?} (expected http or https)",
-            url.scheme()
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("no host".to_owned()));
-    }
+    let example = format!("http://localhost:{}", default_port(protocol));
+    let mut url = check_url(src, &example).map_err(invalid)?;
     let Some(signal) = base_of.filter(|_| protocol == OtlpProtocol::HttpProtobuf) else {
         return Ok(raw.to_owned());
     };
@@ -894,6 +1033,153 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid value \"0\" for OTEL_METRIC_EXPORT_TIMEOUT: expected a positive integer number of milliseconds"
+        );
+    }
+
+    fn zipkin_cli(e: &str) -> ExportCli {
+        ExportCli {
+            zipkin_endpoint: Some(e.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn zipkin_flag_replaces_otlp_for_spans() {
+        let c = resolve(
+            &ExportCli {
+                endpoint: Some("http://c:4318".into()),
+                ..zipkin_cli("http://z:9411/api/v2/spans")
+            },
+            &[("OTEL_EXPORTER_ZIPKIN_ENDPOINT", "http://ignored:9411")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.zipkin,
+            Some(ZipkinConfig {
+                endpoint: "http://z:9411/api/v2/spans".into(),
+                timeout: Duration::from_secs(10),
+            })
+        );
+        assert_eq!(c.otlp, None);
+        assert!(!c.console);
+        // The metrics still go to the OTLP endpoint.
+        assert_eq!(c.metrics.unwrap().endpoint, "http://c:4318/v1/metrics");
+        let c = resolve(
+            &ExportCli {
+                console: true,
+                ..zipkin_cli("http://z:9411/api/v2/spans")
+            },
+            &[],
+        )
+        .unwrap();
+        assert!(c.console);
+    }
+
+    #[test]
+    fn otel_traces_exporter_chooses_the_exporters() {
+        // The standard variables: the default endpoint, or OTEL_EXPORTER_ZIPKIN_*.
+        let c = resolve(&ExportCli::default(), &[("OTEL_TRACES_EXPORTER", "zipkin")]).unwrap();
+        assert_eq!(
+            c.zipkin.unwrap().endpoint,
+            "http://localhost:9411/api/v2/spans"
+        );
+        assert_eq!(c.otlp, None);
+        assert!(!c.console);
+        let c = resolve(
+            &ExportCli::default(),
+            &[
+                ("OTEL_TRACES_EXPORTER", "zipkin"),
+                (
+                    "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+                    "https://z.example/api/v2/spans",
+                ),
+                ("OTEL_EXPORTER_ZIPKIN_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.zipkin,
+            Some(ZipkinConfig {
+                endpoint: "https://z.example/api/v2/spans".into(),
+                timeout: Duration::from_millis(2500),
+            })
+        );
+        assert_eq!(c.otlp, None, "zipkin alone: no OTLP spans");
+        // Both, and the console.
+        let c = resolve(
+            &ExportCli::default(),
+            &[
+                ("OTEL_TRACES_EXPORTER", "otlp, zipkin,console"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.otlp.unwrap().endpoint, "http://c:4318/v1/traces");
+        assert!(c.zipkin.is_some());
+        assert!(c.console);
+        // `otlp` by name without an endpoint: the specification's default.
+        let c = resolve(&ExportCli::default(), &[("OTEL_TRACES_EXPORTER", "otlp")]).unwrap();
+        assert_eq!(c.otlp.unwrap().endpoint, "http://localhost:4318/v1/traces");
+        assert!(!c.console);
+        let c = resolve(
+            &ExportCli::default(),
+            &[
+                ("OTEL_TRACES_EXPORTER", "otlp"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.otlp.unwrap().endpoint, "http://localhost:4317");
+        // `console` alone, even with an OTLP endpoint.
+        let c = resolve(
+            &cli_endpoint("http://c:4318"),
+            &[("OTEL_TRACES_EXPORTER", "console")],
+        )
+        .unwrap();
+        assert_eq!((c.otlp, c.zipkin, c.console), (None, None, true));
+    }
+
+    #[test]
+    fn bad_zipkin_settings_are_named() {
+        let err =
+            resolve(&ExportCli::default(), &[("OTEL_TRACES_EXPORTER", "jaeger")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid traces exporter \"jaeger\" in OTEL_TRACES_EXPORTER: expected a comma-separated list of otlp, zipkin, console"
+        );
+        assert!(
+            resolve(
+                &ExportCli::default(),
+                &[("OTEL_TRACES_EXPORTER", "zipkin,")]
+            )
+            .is_err()
+        );
+        let err = resolve(&zipkin_cli("zipkin:9411"), &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid Zipkin endpoint \"zipkin:9411\" from --zipkin-endpoint (or SOCKTRACE_ZIPKIN_ENDPOINT): unsupported scheme \"zipkin\" (expected http or https)"
+        );
+        let err = resolve(
+            &ExportCli::default(),
+            &[
+                ("OTEL_TRACES_EXPORTER", "zipkin"),
+                ("OTEL_EXPORTER_ZIPKIN_ENDPOINT", "not a url"),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::InvalidZipkinEndpoint { ref origin, .. } if origin == "OTEL_EXPORTER_ZIPKIN_ENDPOINT"),
+            "{err}"
+        );
+        let err = resolve(
+            &zipkin_cli("http://z:9411/api/v2/spans"),
+            &[("OTEL_EXPORTER_ZIPKIN_TIMEOUT", "5s")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value \"5s\" for OTEL_EXPORTER_ZIPKIN_TIMEOUT: expected a positive integer number of milliseconds"
         );
     }
 }

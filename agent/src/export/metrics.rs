@@ -22,7 +22,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::{
     encode::SCOPE_VERSION,
-    otlp::OtlpSink,
+    otlp::RemoteSink,
     pipeline::{Counters, Shutdown},
 };
 use crate::{
@@ -290,7 +290,7 @@ pub fn build_request(
 
 /// The metrics exporter task: one request per interval, a last one at shutdown.
 pub(crate) async fn run(
-    mut sink: OtlpSink,
+    mut sink: RemoteSink,
     source: MetricsSource,
     interval: Duration,
     mut shutdown: Shutdown,

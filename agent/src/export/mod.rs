@@ -1,12 +1,12 @@
-//! Exporters: OTLP (gRPC, HTTP/protobuf) and the console.
+//! Exporters: OTLP (gRPC, HTTP/protobuf), Zipkin (v2 JSON) and the console.
 //!
-//! [`start`] spawns one task per exporter (OTLP and/or console), each fed by its own bounded
+//! [`start`] spawns one task per exporter (OTLP, Zipkin, console), each fed by its own bounded
 //! queue. [`ExporterHandle::submit_all`] never blocks: what does not fit in a full queue is
 //! dropped and counted. Spans travel in chunks (one per capture poll), so the exporter task is
 //! woken once per chunk, not once per span.
 //! Each task batches spans (up to `max_batch`, or whatever arrived within `batch_timeout`) and
-//! sends one batch at a time; OTLP failures are retried per the OTLP specification (see
-//! [`otlp`]) until the batch is accepted: during a collector outage the queue is the only
+//! sends one batch at a time; OTLP and Zipkin failures are retried (see [`otlp`]) until the
+//! batch is accepted: during a collector outage the queue is the only
 //! buffer, so memory stays bounded and what does not fit is dropped at submission, counted.
 //! [`ExporterHandle::shutdown`] flushes what is queued within a deadline.
 
@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod otlp;
 mod pipeline;
 mod text;
+pub mod zipkin;
 
 use std::{
     sync::{
@@ -35,7 +36,7 @@ use tokio::{
 pub use self::{
     config::{
         ConfigError, ExportCli, ExportConfig, OtlpConfig, OtlpProtocol, RetryConfig, Signal,
-        resolve_config,
+        ZipkinConfig, resolve_config,
     },
     console::format_span,
     encode::encode_request,
@@ -43,7 +44,7 @@ pub use self::{
 };
 use self::{
     console::ConsoleSink,
-    otlp::OtlpSink,
+    otlp::RemoteSink,
     pipeline::{BatchConfig, Counters, Shutdown, Sink},
 };
 use crate::trace::span::Span;
@@ -57,12 +58,13 @@ pub enum ExportError {
     InvalidHeader { name: String, reason: String },
     #[error("cannot set up the OTLP client for {endpoint}: {reason}")]
     Client { endpoint: String, reason: String },
-    #[error("no exporter configured (neither OTLP nor console)")]
+    #[error("no exporter configured (neither OTLP, Zipkin nor console)")]
     NothingToDo,
 }
 
 crate::counters! {
-    /// Counters of the primary exporter: OTLP when configured, otherwise the console.
+    /// Counters of the primary exporter: OTLP when configured, else Zipkin when configured,
+    /// otherwise the console.
     ///
     /// All values are cumulative. Once the exporter is idle (e.g. after shutdown)
     /// `queued == exported + failed`.
@@ -143,7 +145,7 @@ crate::counters! {
 }
 
 struct Inner {
-    /// Primary (OTLP if configured) first.
+    /// Primary (OTLP, else Zipkin, if configured) first.
     lanes: Vec<Lane>,
     metrics: Option<MetricsLane>,
     closed: AtomicBool,
@@ -191,7 +193,7 @@ pub fn start_with_metrics(
     };
     if let Some(otlp) = &config.otlp {
         let counters = Arc::new(Counters::default());
-        let sink = OtlpSink::new(otlp, config.retry, counters.clone())?;
+        let sink = RemoteSink::new(otlp, config.retry, counters.clone())?;
         lanes.push(Lane::start(
             &runtime,
             sink,
@@ -205,6 +207,19 @@ pub fn start_with_metrics(
             otlp.protocol,
             otlp.endpoint
         );
+    }
+    if let Some(zipkin) = &config.zipkin {
+        let counters = Arc::new(Counters::default());
+        let sink = RemoteSink::zipkin(zipkin, config.retry, counters.clone())?;
+        lanes.push(Lane::start(
+            &runtime,
+            sink,
+            counters,
+            batch(),
+            &shutdown_rx,
+            config.max_queue,
+        ));
+        tracing::info!("exporting spans as Zipkin v2 JSON to {}", zipkin.endpoint);
     }
     if config.console {
         let counters = Arc::new(Counters::default());
@@ -230,7 +245,7 @@ pub fn start_with_metrics(
                 max_elapsed: Some(config.metrics_export_limit()),
                 ..config.retry
             };
-            let sink = OtlpSink::for_signal(otlp, retry, counters.clone(), Signal::Metrics)?;
+            let sink = RemoteSink::for_signal(otlp, retry, counters.clone(), Signal::Metrics)?;
             let (done_tx, done) = watch::channel(false);
             let shutdown = Shutdown::new(shutdown_rx.clone());
             let task_counters = counters.clone();
@@ -341,7 +356,8 @@ impl ExporterHandle {
         }
     }
 
-    /// Snapshot of the primary exporter's counters (OTLP when configured, else the console).
+    /// Snapshot of the primary exporter's counters (OTLP when configured, else Zipkin when
+    /// configured, else the console).
     pub fn stats(&self) -> ExportStats {
         self.inner.lanes[0].counters.snapshot()
     }

@@ -1,4 +1,5 @@
-//! OTLP exporter: span conversion, gRPC and HTTP/protobuf transports, retries.
+//! Network exporters: the OTLP gRPC and HTTP/protobuf transports and the Zipkin v2 JSON one
+//! (encoded by [`super::zipkin`]), sharing one retry, backoff and outage machinery.
 //!
 //! Retry policy (OTLP specification, "Failures"):
 //! - gRPC: UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, DATA_LOSS are
@@ -7,6 +8,8 @@
 //!   (reset, broken pipe), which tonic reports with any code (often UNKNOWN), are retried too.
 //! - HTTP: 429, 502, 503, 504 are retried, honouring `Retry-After` given in seconds (an HTTP-date
 //!   is ignored and the normal backoff used).
+//! - Zipkin (whose API defines no retry policy): 429 and every 5xx but 501 and 505 are
+//!   retried, honouring `Retry-After` the same way.
 //! - Connection errors (refused, reset) and timeouts are retried.
 //! - Everything else fails the batch at once; the spans are counted as failed.
 //!
@@ -37,9 +40,10 @@ use tonic::{
 use super::encode::encode_request;
 use super::{
     ExportError,
-    config::{OtlpConfig, OtlpProtocol, RetryConfig, Signal},
+    config::{OtlpConfig, OtlpProtocol, RetryConfig, Signal, ZipkinConfig},
     pipeline::{Counters, Shutdown, Sink},
     text::sanitize,
+    zipkin::encode_spans,
 };
 use crate::trace::span::Span;
 
@@ -125,6 +129,34 @@ enum Transport {
     Http {
         client: reqwest::Client,
     },
+    /// Zipkin v2 JSON over HTTP.
+    Zipkin {
+        client: reqwest::Client,
+    },
+}
+
+/// What a sink sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    /// OTLP export requests of one signal.
+    Otlp(Signal),
+    /// A Zipkin v2 JSON list of spans.
+    Zipkin,
+}
+
+/// The `Retry-After` of a response, when given in seconds.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// Whether a Zipkin server's HTTP status is worth retrying: overload (429) and server-side
+/// failures (a storage outage answers 500), but not what will never work (501, 505).
+fn zipkin_retryable(code: u16) -> bool {
+    code == 429 || ((500..600).contains(&code) && !matches!(code, 501 | 505))
 }
 
 /// The OTLP/gRPC method of each signal.
@@ -226,7 +258,21 @@ impl Transport {
         }
     }
 
-    /// Sends one encoded export request of `signal`.
+    /// A Zipkin client: JSON bodies POSTed to the endpoint.
+    fn zipkin(cfg: &ZipkinConfig) -> Result<Self, ExportError> {
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .build()
+            .map_err(|e| ExportError::Client {
+                endpoint: cfg.endpoint.clone(),
+                reason: error_chain(&e),
+            })?;
+        Ok(Transport::Zipkin { client })
+    }
+
+    /// Sends one encoded request: an OTLP export request of `signal`, or a Zipkin list of spans.
     async fn send(&self, url: &str, signal: Signal, payload: &Bytes) -> Result<Accepted, Failure> {
         match self {
             Transport::Grpc { client, metadata } => {
@@ -263,12 +309,7 @@ impl Transport {
                     .await
                     .map_err(|e| reqwest_failure(&e))?;
                 let status = resp.status();
-                let retry_after = resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                let retry_after = retry_after(resp.headers());
                 let body = resp.bytes().await;
                 if status.is_success() {
                     // An unreadable body after a 2xx still means the data was accepted.
@@ -284,6 +325,34 @@ impl Transport {
                 let code = status.as_u16();
                 Err(Failure {
                     retryable: matches!(code, 429 | 502 | 503 | 504),
+                    retry_after,
+                    description: match detail {
+                        Some(m) => format!("HTTP {status}: {m}"),
+                        None => format!("HTTP {status}"),
+                    },
+                })
+            }
+            Transport::Zipkin { client } => {
+                let resp = client
+                    .post(url)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(payload.clone())
+                    .send()
+                    .await
+                    .map_err(|e| reqwest_failure(&e))?;
+                let status = resp.status();
+                let retry_after = retry_after(resp.headers());
+                let body = resp.bytes().await;
+                // Zipkin answers 202 with no body; there is no partial success.
+                if status.is_success() {
+                    return Ok(Accepted::default());
+                }
+                let detail = body
+                    .ok()
+                    .map(|b| truncate(&sanitize(String::from_utf8_lossy(&b).trim()), 300))
+                    .filter(|m| !m.is_empty());
+                Err(Failure {
+                    retryable: zipkin_retryable(status.as_u16()),
                     retry_after,
                     description: match detail {
                         Some(m) => format!("HTTP {status}: {m}"),
@@ -468,10 +537,10 @@ struct Outage {
     failed_before: u64,
 }
 
-/// Exports batches to one OTLP endpoint.
-pub(crate) struct OtlpSink {
+/// Exports batches to one endpoint: OTLP (spans or metrics) or Zipkin (spans).
+pub(crate) struct RemoteSink {
     endpoint: String,
-    signal: Signal,
+    wire: Wire,
     timeout: Duration,
     retry: RetryConfig,
     transport: Transport,
@@ -484,7 +553,7 @@ pub(crate) struct OtlpSink {
     outage: Option<Outage>,
 }
 
-impl OtlpSink {
+impl RemoteSink {
     /// Builds the client of spans; does not connect (the first batch does).
     pub(crate) fn new(
         cfg: &OtlpConfig,
@@ -511,17 +580,51 @@ impl OtlpSink {
             let value = HeaderValue::from_str(v).map_err(|_| invalid("invalid value"))?;
             headers.append(name, value);
         }
-        Ok(Self {
-            endpoint: cfg.endpoint.clone(),
-            signal,
-            timeout: cfg.timeout,
+        Ok(Self::with_transport(
+            cfg.endpoint.clone(),
+            Wire::Otlp(signal),
+            cfg.timeout,
             retry,
-            transport: Transport::new(cfg, headers)?,
+            Transport::new(cfg, headers)?,
+            counters,
+        ))
+    }
+
+    /// Builds the Zipkin client of spans; does not connect (the first batch does).
+    pub(crate) fn zipkin(
+        cfg: &ZipkinConfig,
+        retry: RetryConfig,
+        counters: Arc<Counters>,
+    ) -> Result<Self, ExportError> {
+        Ok(Self::with_transport(
+            cfg.endpoint.clone(),
+            Wire::Zipkin,
+            cfg.timeout,
+            retry,
+            Transport::zipkin(cfg)?,
+            counters,
+        ))
+    }
+
+    fn with_transport(
+        endpoint: String,
+        wire: Wire,
+        timeout: Duration,
+        retry: RetryConfig,
+        transport: Transport,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            endpoint,
+            wire,
+            timeout,
+            retry,
+            transport,
             counters,
             warn_transient: WarnLimiter::new(WARN_INTERVAL),
             warn_rejected: WarnLimiter::new(WARN_INTERVAL),
             outage: None,
-        })
+        }
     }
 
     /// The delay before retry number `retry_number` (1 for the first retry), without a
@@ -603,24 +706,36 @@ impl OtlpSink {
         if n == 0 {
             return;
         }
-        let payload = Bytes::from(encode_request(&spans));
+        let payload = Bytes::from(match self.wire {
+            Wire::Zipkin => encode_spans(&spans),
+            Wire::Otlp(_) => encode_request(&spans),
+        });
         drop(spans);
         self.send_payload(payload, n, shutdown).await;
     }
 
+    /// The OTLP signal of the requests (a Zipkin sink sends spans).
+    fn signal(&self) -> Signal {
+        match self.wire {
+            Wire::Otlp(signal) => signal,
+            Wire::Zipkin => Signal::Traces,
+        }
+    }
+
     /// How log lines name this sink's exports.
     fn what(&self) -> &'static str {
-        match self.signal {
-            Signal::Traces => "OTLP export",
-            Signal::Metrics => "OTLP metrics export",
+        match self.wire {
+            Wire::Otlp(Signal::Traces) => "OTLP export",
+            Wire::Otlp(Signal::Metrics) => "OTLP metrics export",
+            Wire::Zipkin => "Zipkin export",
         }
     }
 
     /// What the counters of this sink count.
     fn items(&self) -> &'static str {
-        match self.signal {
-            Signal::Traces => "spans",
-            Signal::Metrics => "data points",
+        match self.wire {
+            Wire::Otlp(Signal::Traces) | Wire::Zipkin => "spans",
+            Wire::Otlp(Signal::Metrics) => "data points",
         }
     }
 
@@ -636,7 +751,7 @@ impl OtlpSink {
             let limit = Instant::now() + self.timeout + Duration::from_millis(500);
             let result = match shutdown
                 .bound(
-                    self.transport.send(&self.endpoint, self.signal, &payload),
+                    self.transport.send(&self.endpoint, self.signal(), &payload),
                     limit,
                 )
                 .await
@@ -720,7 +835,7 @@ impl OtlpSink {
     }
 }
 
-impl Sink for OtlpSink {
+impl Sink for RemoteSink {
     fn export(
         &mut self,
         batch: Vec<Span>,
@@ -966,6 +1081,16 @@ mod tests {
     }
 
     #[test]
+    fn zipkin_retry_classification() {
+        for code in [429, 500, 502, 503, 504, 507] {
+            assert!(zipkin_retryable(code), "{code}");
+        }
+        for code in [200, 400, 401, 403, 404, 413, 415, 501, 505] {
+            assert!(!zipkin_retryable(code), "{code}");
+        }
+    }
+
+    #[test]
     fn http_error_bodies() {
         let status = RpcStatus {
             code: 3,
@@ -994,7 +1119,7 @@ mod tests {
             max_attempts: None,
             max_elapsed: None,
         };
-        let sink = OtlpSink::new(&cfg, retry, counters).unwrap();
+        let sink = RemoteSink::new(&cfg, retry, counters).unwrap();
         for _ in 0..50 {
             let b1 = sink.backoff(1);
             assert!(
@@ -1041,7 +1166,7 @@ mod tests {
             timeout: Duration::from_secs(1),
         };
         let start = Instant::now();
-        let sink = |retry| OtlpSink::new(&cfg, retry, Arc::new(Counters::default())).unwrap();
+        let sink = |retry| RemoteSink::new(&cfg, retry, Arc::new(Counters::default())).unwrap();
         let unlimited = sink(RetryConfig::default());
         assert!(!unlimited.limit_reached(u32::MAX, start, Duration::from_secs(3600)));
         let attempts = sink(RetryConfig {

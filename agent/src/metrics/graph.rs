@@ -65,25 +65,38 @@ struct Side {
     database: bool,
 }
 
+/// Whether the span is a database call (its edge has `connection_type="database"`).
+pub fn is_database(span: &Span) -> bool {
+    span.attr("db.system.name").is_some()
+}
+
+/// The name of the virtual node on the other side of `span` when that side is not seen: a
+/// client span's `db.namespace` (databases) or `server.address`, a server span's
+/// `client.address`; `unknown` without them.
+pub fn virtual_peer(span: &Span) -> String {
+    let text = |k: &str| match span.attr(k) {
+        Some(Value::Str(s)) if !s.is_empty() => Some(s.to_string()),
+        Some(v @ Value::Int(_)) => Some(v.to_string()),
+        _ => None,
+    };
+    let peer = match span.kind {
+        SpanKind::Client if is_database(span) => {
+            text("db.namespace").or_else(|| text("server.address"))
+        }
+        SpanKind::Client => text("server.address"),
+        SpanKind::Server => text("client.address").or_else(|| text("network.peer.address")),
+    };
+    peer.unwrap_or_else(|| "unknown".to_owned())
+}
+
 impl Side {
     fn of(span: &Span) -> Self {
-        let text = |k: &str| match span.attr(k) {
-            Some(Value::Str(s)) if !s.is_empty() => Some(s.to_string()),
-            Some(v @ Value::Int(_)) => Some(v.to_string()),
-            _ => None,
-        };
-        let database = span.attr("db.system.name").is_some();
-        let peer = match span.kind {
-            SpanKind::Client if database => text("db.namespace").or_else(|| text("server.address")),
-            SpanKind::Client => text("server.address"),
-            SpanKind::Server => text("client.address").or_else(|| text("network.peer.address")),
-        };
         Side {
             service: span.resource.service_name().to_owned(),
-            peer: peer.unwrap_or_else(|| "unknown".to_owned()),
+            peer: virtual_peer(span),
             seconds: span.end_unix_nanos.saturating_sub(span.start_unix_nanos) as f64 / 1e9,
             failed: matches!(span.status, Status::Error { .. }),
-            database,
+            database: is_database(span),
         }
     }
 }

@@ -213,16 +213,29 @@ pub async fn serve(listener: tokio::net::TcpListener, health: Health) {
 
 /// [`serve`] answering only `routes`.
 pub async fn serve_routes(listener: tokio::net::TcpListener, health: Health, routes: Routes) {
+    serve_with(listener, "health endpoint", move |head| {
+        respond_on(head, &health, routes)
+    })
+    .await;
+}
+
+/// Serves `respond`'s answer to each request head until the runtime stops: one request per
+/// connection, heads up to 8 KiB, read within 5 s. `what` names the server in warnings. The
+/// health endpoint, `--metrics-listen` and the viewer (`--ui`) all run on it.
+pub async fn serve_with<F>(listener: tokio::net::TcpListener, what: &'static str, respond: F)
+where
+    F: Fn(&[u8]) -> Vec<u8> + Clone + Send + Sync + 'static,
+{
     loop {
         let (mut stream, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("health endpoint: accept failed: {e}");
+                tracing::warn!("{what}: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let health = health.clone();
+        let respond = respond.clone();
         tokio::spawn(async move {
             let mut head = Vec::with_capacity(512);
             let mut buf = [0u8; 1024];
@@ -239,7 +252,7 @@ pub async fn serve_routes(listener: tokio::net::TcpListener, health: Health, rou
             if read != Ok(true) {
                 return;
             }
-            let _ = stream.write_all(&respond_on(&head, &health, routes)).await;
+            let _ = stream.write_all(&respond(&head)).await;
             let _ = stream.shutdown().await;
         });
     }
