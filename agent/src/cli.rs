@@ -101,8 +101,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
                   with CAP_BPF and CAP_PERFMON)."
 )]
 pub struct Cli {
-    /// OTLP endpoint (base URL; `/v1/traces` is appended for http/protobuf). Without one, spans
-    /// are printed to the terminal.
+    /// OTLP endpoint (base URL; `/v1/traces` is appended for http/protobuf). Without it (and
+    /// without a Zipkin endpoint), spans are printed to the terminal.
     /// Without the flag and `SOCKTRACE_OTLP_ENDPOINT`: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as
     /// is), then `OTEL_EXPORTER_OTLP_ENDPOINT`.
     #[arg(long, value_name = "URL", env = "SOCKTRACE_OTLP_ENDPOINT")]

@@ -287,10 +287,18 @@ impl TlsAttacher {
     }
 }
 
+/// `libssl.so*`, and the copies Python wheels bundle under a hashed name (`auditwheel`:
+/// `libssl-1a2b3c4d.so.3`, e.g. psycopg2-binary's).
 fn is_libssl(path: &str) -> bool {
-    path.rsplit('/')
-        .next()
-        .is_some_and(|name| name.starts_with("libssl.so"))
+    path.rsplit('/').next().is_some_and(|name| {
+        name.starts_with("libssl.so")
+            || name
+                .strip_prefix("libssl-")
+                .and_then(|rest| rest.split_once(".so"))
+                .is_some_and(|(hash, _)| {
+                    !hash.is_empty() && hash.bytes().all(|b| b.is_ascii_alphanumeric())
+                })
+    })
 }
 
 /// `libssl.so*` files of a directory.
@@ -490,6 +498,11 @@ mod tests {
         assert!(!is_libssl("/usr/lib/libcrypto.so.3"));
         assert!(!is_libssl("/usr/lib/libssl3.so"));
         assert!(!is_libssl("/usr/lib/notlibssl.so.3"));
+        assert!(is_libssl(
+            "/venv/lib/python3.11/site-packages/psycopg2_binary.libs/libssl-81ffa89e.so.3"
+        ));
+        assert!(!is_libssl("/usr/lib/libssl-dev.txt"));
+        assert!(!is_libssl("/usr/lib/libssl-.so.3"));
     }
 
     #[test]
