@@ -7,9 +7,10 @@
 //! - curl -> node's `https` server (OpenSSL linked into the node executable, on memory buffers:
 //!   attached when the process is found, detached when it exits);
 //! - `psql` with `sslmode=require` -> PostgreSQL with `ssl=on` (libpq's and the server's own
-//!   socket callbacks under OpenSSL);
-//! - grpcio over TLS (BoringSSL inside, no symbols): no span, counted as unreadable;
-//! - `--tls false`: the same HTTPS traffic gives no span at all (only ciphertext is seen);
+//!   socket callbacks under OpenSSL), and the Python driver pg8000 with a TLS context;
+//! - grpcio over TLS (BoringSSL inside, no symbols): a span per end for the connection only
+//!   (nothing guessed about its calls), counted as unreadable;
+//! - `--tls false`: the same HTTPS traffic gives only those connection spans;
 //! - a Go HTTPS client -> a Go HTTPS server (`crypto/tls`, built by the test with Debian's Go):
 //!   probes at the functions' entries and return instructions, goroutines followed across
 //!   threads; a stripped Go server is reported by name and its connections counted unreadable;
@@ -25,8 +26,8 @@ use std::{
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
     harness::{
-        Agent, ChildGuard, PyServer, curl, exact, free_port, go_peer, metric, of_kind, python,
-        require_root, wait_line, wait_metric,
+        Agent, ChildGuard, PyServer, curl, exact, free_port, go_peer, metric, python, require_root,
+        wait_line, wait_metric,
     },
     load::{Nginx, TestCert},
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
@@ -254,7 +255,7 @@ fn node_with_its_own_openssl_is_attached_when_found_and_released_when_it_exits()
 }
 
 #[test]
-fn without_tls_capture_https_gives_no_span_and_cleartext_still_does() {
+fn without_tls_capture_https_gives_only_connection_spans_and_cleartext_still_does() {
     require_root();
     let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
     let nginx = cert.nginx().unwrap_or_else(|e| panic!("{e}"));
@@ -277,17 +278,31 @@ fn without_tls_capture_https_gives_no_span_and_cleartext_still_does() {
     curl_https(&cert.cert(), &[format!("{}hello", nginx.url())]);
     // A cleartext request after the HTTPS one: once its spans are in, the HTTPS one's would be.
     curl(&[&format!("{}after", plain.url())]);
-    let (servers, _) = exact(&receiver, 1, 1);
-    assert_eq!(
-        servers[0].attr_int("server.port"),
-        Some(i64::from(plain.port))
-    );
-    let spans = receiver.spans();
-    assert_eq!(
-        of_kind(&spans, SpanKind::Server).len(),
-        1,
-        "no span from the HTTPS connection"
-    );
+    // The HTTPS connection gives one span per end, for the connection, with no request in it.
+    let (servers, clients) = exact(&receiver, 2, 2);
+    for (spans, kind) in [(&servers, "server"), (&clients, "client")] {
+        let (opaque, http): (Vec<&ReceivedSpan>, Vec<&ReceivedSpan>) =
+            spans.iter().partition(|s| s.name() == "TLS");
+        assert_eq!((opaque.len(), http.len()), (1, 1), "{kind}: {spans:?}");
+        check_opaque(opaque[0], nginx.port);
+        assert_eq!(http[0].attr_int("server.port"), Some(i64::from(plain.port)));
+    }
+}
+
+/// A span of a TLS connection whose plaintext was not read: the connection, nothing guessed.
+fn check_opaque(span: &ReceivedSpan, server_port: u16) {
+    assert_eq!(span.name(), "TLS");
+    assert_eq!(attr(span, "tls.protocol.name"), "tls");
+    assert_eq!(int(span, "server.port"), i64::from(server_port));
+    assert_eq!(attr(span, "network.peer.address"), "127.0.0.1");
+    for guessed in [
+        "http.request.method",
+        "rpc.method",
+        "db.system.name",
+        "url.path",
+    ] {
+        assert!(span.attr(guessed).is_none(), "{guessed} on {span}");
+    }
 }
 
 #[test]
@@ -367,9 +382,74 @@ fn postgres_with_sslmode_require_gives_statements_and_sqlstate_as_over_cleartext
     );
 }
 
+/// pg8000 (a pure-Python driver: Python's `ssl` module over the system OpenSSL) with a TLS
+/// context -> PostgreSQL with `ssl=on`: the extended query protocol, read as plaintext.
+#[test]
+fn python_driver_over_tls_gives_statements_and_sqlstate() {
+    require_root();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
+    let (c, k) = (cert.cert(), cert.key());
+    let pg = PgServer::start_with("shop", Some((&c, &k)));
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let _agent = agent_for(&receiver, pg.port, &["--protocols", "postgres"]);
+    let script = "import ssl, sys, pg8000.native\n\
+                  ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+                  con = pg8000.native.Connection('postgres', host='127.0.0.1', port=int(sys.argv[1]), database='shop', ssl_context=ctx)\n\
+                  print(con.run('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()')[0][0])\n\
+                  con.run('CREATE TABLE items (id int PRIMARY KEY, name text)')\n\
+                  con.run('INSERT INTO items VALUES (:id, :name)', id=7, name='bob-secret-2')\n\
+                  try:\n\
+                  \x20   con.run('SELECT 1/0')\n\
+                  except pg8000.native.DatabaseError as e:\n\
+                  \x20   print(e.args[0]['C'])\n\
+                  con.close()\n";
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(pg.port.to_string())
+        .arg(&c)
+        .output()
+        .expect("python");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "True\n22012\n",
+        "the session is encrypted and the error comes back: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (servers, clients) = exact(&receiver, 4, 4);
+    let expect = [
+        (
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            None,
+        ),
+        ("CREATE TABLE items (id int PRIMARY KEY, name text)", None),
+        ("INSERT INTO items VALUES ($1, $2)", None),
+        ("SELECT ?/?", Some("22012")),
+    ];
+    for (spans, kind) in [(&clients, "client"), (&servers, "server")] {
+        for (span, (query, sqlstate)) in spans.iter().zip(expect) {
+            assert_eq!(attr(span, "db.system.name"), "postgresql");
+            assert_eq!(attr(span, "db.namespace"), "shop");
+            assert_eq!(attr(span, "db.query.text"), query, "{kind}: {span}");
+            assert_eq!(int(span, "server.port"), i64::from(pg.port));
+            assert_eq!(
+                span.attr_str("db.response.status_code").as_deref(),
+                sqlstate,
+                "{kind}: {span}"
+            );
+        }
+    }
+    assert!(
+        !receiver
+            .spans()
+            .iter()
+            .any(|s| format!("{s}").contains("bob-secret-2")),
+        "parameter values never leave the host"
+    );
+}
+
 /// grpcio carries BoringSSL inside its Python extension, without symbols: its plaintext cannot
-/// be read. What is true is recorded: no span (never one with wrong attributes), and both ends
-/// of the connection counted as unreadable TLS when it closes.
+/// be read. What is true is recorded: a span per end for the connection (never one with
+/// guessed calls), and both ends counted as unreadable TLS when it closes.
 #[test]
 fn grpcio_over_tls_is_unreadable_and_counted_not_guessed() {
     require_root();
@@ -408,7 +488,11 @@ fn grpcio_over_tls_is_unreadable_and_counted_not_guessed() {
         Some(0),
         "no plaintext from grpcio's BoringSSL"
     );
-    assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
+    // One span per end for the connection, the client's the parent of the server's.
+    let (servers, clients) = exact(&receiver, 1, 1);
+    check_opaque(&servers[0], server.port);
+    check_opaque(&clients[0], server.port);
+    assert_eq!(servers[0].parent_span_id(), Some(clients[0].span_id()));
 }
 
 /// `<peer> server` (a Go peer; tlspeer may be stripped) on `port`, once it listens.
@@ -514,9 +598,9 @@ fn a_stripped_go_server_is_named_and_its_connections_counted_unreadable() {
     );
     let body = curl_https(&cert.cert(), &[format!("https://127.0.0.1:{port}/hello")]);
     assert_eq!(body, "hello from go\n");
-    // curl's side is OpenSSL: its span is whole. The server's side is not guessed.
-    let (servers, clients) = exact(&receiver, 0, 1);
-    assert!(servers.is_empty());
+    // curl's side is OpenSSL: its span is whole. The server's side is the connection only.
+    let (servers, clients) = exact(&receiver, 1, 1);
+    check_opaque(&servers[0], port);
     assert_eq!(int(&clients[0], "http.response.status_code"), 200);
     wait_metric(&health, "socktrace_conns_tls_unreadable_total", 1);
 }

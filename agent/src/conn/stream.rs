@@ -71,6 +71,7 @@ pub(super) struct Conn {
     pub local: SocketAddr,
     pub peer: SocketAddr,
     pub state: State,
+    pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     /// The kernel saw the connection established, so both ends count requests from the start.
     pub tuple_known: bool,
@@ -111,6 +112,7 @@ impl Conn {
             local,
             peer,
             state,
+            first_seen_ns: ev.ts_ns,
             last_seen_ns: ev.ts_ns,
             tuple_known: ev.tuple_known != 0,
             peer_traced,
@@ -308,39 +310,48 @@ impl Conn {
         };
         let mut finished: Vec<Box<dyn Exchange>> = Vec::new();
         let next = session.drain(enabled, &mut finished);
-        let peer_linkable = self.peer_linkable();
         for exchange in finished {
-            let pairing = exchange.pairing();
-            let disc = match pairing {
-                Pairing::Turn => None,
-                Pairing::Stream(id) => Some(PeerDisc::Stream(id)),
-                Pairing::Sequence => {
-                    self.sequence += 1;
-                    Some(PeerDisc::Sequence(self.sequence - 1))
-                }
-            };
-            let link = ExchangeLink {
-                sk: self.sk,
-                start_ns: exchange.start_ns(),
-                side: side(role),
-                local: self.local,
-                peer: self.peer,
-                http1: pairing == Pairing::Turn,
-                peer_linkable,
-                disc,
-            };
-            out.push(ConnExchange {
-                link,
-                pid: self.pid,
-                comm: self.comm.clone(),
-                role,
-                local: self.local,
-                peer: self.peer,
-                exchange,
-                tls: self.tls,
-            });
+            self.hand_over(role, exchange, out);
         }
         next
+    }
+
+    /// One finished exchange of this connection, with what linking needs.
+    pub(super) fn hand_over(
+        &mut self,
+        role: Role,
+        exchange: Box<dyn Exchange>,
+        out: &mut Vec<ConnExchange>,
+    ) {
+        let pairing = exchange.pairing();
+        let disc = match pairing {
+            Pairing::Turn => None,
+            Pairing::Stream(id) => Some(PeerDisc::Stream(id)),
+            Pairing::Sequence => {
+                self.sequence += 1;
+                Some(PeerDisc::Sequence(self.sequence - 1))
+            }
+        };
+        let link = ExchangeLink {
+            sk: self.sk,
+            start_ns: exchange.start_ns(),
+            side: side(role),
+            local: self.local,
+            peer: self.peer,
+            http1: pairing == Pairing::Turn,
+            peer_linkable: self.peer_linkable(),
+            disc,
+        };
+        out.push(ConnExchange {
+            link,
+            pid: self.pid,
+            comm: self.comm.clone(),
+            role,
+            local: self.local,
+            peer: self.peer,
+            exchange,
+            tls: self.tls,
+        });
     }
 }
 

@@ -16,7 +16,7 @@ use super::{
     stream::{Conn, Detection, State},
 };
 use crate::{
-    protocol::{End, Next, Protocol, REGISTRY, Segment, Sender, Session},
+    protocol::{End, Next, Protocol, REGISTRY, Segment, Sender, Session, opaque_tls::OpaqueTls},
     telemetry::Snapshot,
     trace::link::LinkEvent,
 };
@@ -369,6 +369,14 @@ impl ConnTable {
         }
         if conn.tls_records && !conn.tls {
             self.stats.tls_unreadable += 1;
+            // What the socket layer knows of it: a span for the connection, no requests.
+            if let Some(role) = conn.role {
+                let exchange = OpaqueTls {
+                    start_ns: conn.first_seen_ns,
+                    end_ns: ts_ns.max(conn.last_seen_ns),
+                };
+                conn.hand_over(role, Box::new(exchange), out);
+            }
         }
         if conn.lost {
             self.stats.ended_after_loss += 1;

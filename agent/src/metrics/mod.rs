@@ -17,7 +17,7 @@ use std::{
 };
 
 use self::{graph::Graph, red::Red};
-use crate::trace::span::Span;
+use crate::{protocol::opaque_tls::SCOPE as OPAQUE_SCOPE, trace::span::Span};
 
 /// Series per metric before points go to the overflow series.
 pub const DEFAULT_SERIES_CAP: usize = 2000;
@@ -68,6 +68,11 @@ impl Aggregator {
         self.graph.expire(now);
         for span in spans {
             self.spans += 1;
+            if span.scope == OPAQUE_SCOPE {
+                // A connection, not a request: no duration metric, no service-graph request.
+                self.unmeasured += 1;
+                continue;
+            }
             if !self.red.record(span) {
                 self.unmeasured += 1;
             }

@@ -472,3 +472,24 @@ fn processes_of_one_service_share_its_series() {
         ["service.name", "process.executable.name", "host.name"]
     );
 }
+
+/// The span of an unreadable TLS connection is a connection, not a request: no duration
+/// series, no service-graph request, counted as unmeasured.
+#[test]
+fn opaque_tls_connection_spans_are_not_requests() {
+    let (front, back) = (resource("frontend"), resource("backend"));
+    let mut a = Aggregator::new(100);
+    let now = Instant::now();
+    let mut c = span(1, &front, SpanKind::Client, 20, Vec::new());
+    c.scope = crate::protocol::opaque_tls::SCOPE;
+    let mut s = span(2, &back, SpanKind::Server, 10, Vec::new());
+    s.scope = crate::protocol::opaque_tls::SCOPE;
+    s.trace_id = c.trace_id;
+    s.parent_span_id = Some(c.span_id);
+    a.record(&[c, s], now);
+    let stats = a.stats();
+    assert_eq!((stats.spans, stats.unmeasured), (2, 2));
+    assert_eq!(a.graph.waiting(), 0);
+    assert!(a.graph.edges.series().is_empty());
+    assert!(a.red.tables.iter().all(|t| t.series().is_empty()));
+}

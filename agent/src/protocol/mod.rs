@@ -10,6 +10,7 @@
 pub mod http1;
 pub mod http2;
 pub mod mysql;
+pub mod opaque_tls;
 pub mod postgres;
 pub mod recording;
 pub mod redis;

@@ -358,6 +358,10 @@ impl Store {
             for s in &t.spans {
                 let service = s.resource.service_name().to_owned();
                 nodes.insert(service.clone(), "service");
+                if s.scope == crate::protocol::opaque_tls::SCOPE {
+                    // An unreadable TLS connection, not a request (as in the metrics).
+                    continue;
+                }
                 match s.kind {
                     SpanKind::Client => match server_of.get(&s.span_id) {
                         Some(server) => {

@@ -5,7 +5,7 @@ use socktrace_common::{
 
 use super::{
     super::{
-        ConnConfig, Resolver,
+        ConnConfig, Resolver, Role,
         peers::{INJECTION_TTL_NS, TRACED_CLIENT_TTL_NS},
         resolve::Resolved,
     },
@@ -636,9 +636,19 @@ fn a_tls_connection_without_plaintext_is_counted_as_unreadable_when_it_ends() {
         t.on_close(sk, TCP_CLOSE as u32, 300, &mut out);
     }
     assert_eq!(t.stats.tls_unreadable, 1);
+    // The unreadable connection is one opaque exchange, from its first record to its close.
+    let opaque: Vec<_> = out.iter().filter(|e| e.link.sk == 7).collect();
+    assert_eq!(opaque.len(), 1);
+    assert_eq!(
+        format!("{:?}", opaque[0].exchange),
+        "OpaqueTls { start_ns: 100, end_ns: 300 }"
+    );
+    assert_eq!(opaque[0].role, Role::Server);
+    let before = out.len();
     // Cleartext that merely starts with a byte of that range is not a TLS record.
     let ev = event(9, 100, 3, DIR_INGRESS, ROLE_SERVER, tp, 4);
     t.on_data(&ev, b"\x16\x04ab", &[], &mut r, &mut out);
     t.on_close(9, TCP_CLOSE as u32, 300, &mut out);
     assert_eq!(t.stats.tls_unreadable, 1);
+    assert_eq!(out.len(), before);
 }
