@@ -357,15 +357,7 @@ fn postgres_with_sslmode_require_gives_statements_and_sqlstate_as_over_cleartext
     for (spans, kind) in [(&clients, "client"), (&servers, "server")] {
         for (span, (name, query, sqlstate)) in spans.iter().zip(expect) {
             assert_eq!(span.name(), name, "{kind}: {span}");
-            assert_eq!(attr(span, "db.system.name"), "postgresql");
-            assert_eq!(attr(span, "db.namespace"), "shop");
-            assert_eq!(attr(span, "db.query.text"), query, "{kind}: {span}");
-            assert_eq!(int(span, "server.port"), i64::from(pg.port));
-            assert_eq!(
-                span.attr_str("db.response.status_code").as_deref(),
-                sqlstate,
-                "{kind}: {span}"
-            );
+            check_statement(span, kind, pg.port, query, sqlstate);
         }
     }
     assert!(
@@ -379,6 +371,25 @@ fn postgres_with_sslmode_require_gives_statements_and_sqlstate_as_over_cleartext
             .iter()
             .any(|s| format!("{s}").contains("alice-secret-1")),
         "literals never leave the host"
+    );
+}
+
+/// A PostgreSQL span of database `shop` on `port`: its statement text and SQLSTATE.
+fn check_statement(
+    span: &ReceivedSpan,
+    kind: &str,
+    port: u16,
+    query: &str,
+    sqlstate: Option<&str>,
+) {
+    assert_eq!(attr(span, "db.system.name"), "postgresql");
+    assert_eq!(attr(span, "db.namespace"), "shop");
+    assert_eq!(attr(span, "db.query.text"), query, "{kind}: {span}");
+    assert_eq!(int(span, "server.port"), i64::from(port));
+    assert_eq!(
+        span.attr_str("db.response.status_code").as_deref(),
+        sqlstate,
+        "{kind}: {span}"
     );
 }
 
@@ -427,15 +438,7 @@ fn python_driver_over_tls_gives_statements_and_sqlstate() {
     ];
     for (spans, kind) in [(&clients, "client"), (&servers, "server")] {
         for (span, (query, sqlstate)) in spans.iter().zip(expect) {
-            assert_eq!(attr(span, "db.system.name"), "postgresql");
-            assert_eq!(attr(span, "db.namespace"), "shop");
-            assert_eq!(attr(span, "db.query.text"), query, "{kind}: {span}");
-            assert_eq!(int(span, "server.port"), i64::from(pg.port));
-            assert_eq!(
-                span.attr_str("db.response.status_code").as_deref(),
-                sqlstate,
-                "{kind}: {span}"
-            );
+            check_statement(span, kind, pg.port, query, sqlstate);
         }
     }
     assert!(

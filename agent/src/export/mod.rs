@@ -191,17 +191,20 @@ pub fn start_with_metrics(
         max_batch: config.max_batch,
         batch_timeout: config.batch_timeout,
     };
-    if let Some(otlp) = &config.otlp {
-        let counters = Arc::new(Counters::default());
-        let sink = RemoteSink::new(otlp, config.retry, counters.clone())?;
-        lanes.push(Lane::start(
+    let start = |sink: RemoteSink, counters: Arc<Counters>| {
+        Lane::start(
             &runtime,
             sink,
             counters,
             batch(),
             &shutdown_rx,
             config.max_queue,
-        ));
+        )
+    };
+    if let Some(otlp) = &config.otlp {
+        let counters = Arc::new(Counters::default());
+        let sink = RemoteSink::new(otlp, config.retry, counters.clone())?;
+        lanes.push(start(sink, counters));
         tracing::info!(
             "exporting spans with OTLP {} to {}",
             otlp.protocol,
@@ -211,14 +214,7 @@ pub fn start_with_metrics(
     if let Some(zipkin) = &config.zipkin {
         let counters = Arc::new(Counters::default());
         let sink = RemoteSink::zipkin(zipkin, config.retry, counters.clone())?;
-        lanes.push(Lane::start(
-            &runtime,
-            sink,
-            counters,
-            batch(),
-            &shutdown_rx,
-            config.max_queue,
-        ));
+        lanes.push(start(sink, counters));
         tracing::info!("exporting spans as Zipkin v2 JSON to {}", zipkin.endpoint);
     }
     if config.console {
