@@ -12,10 +12,10 @@ use socktrace::{
         self, ExportCli, ExportConfig, ExportStats, ExporterHandle, OtlpConfig, OtlpProtocol,
         RetryConfig, resolve_config,
     },
-    trace::span::{KeyValue, Resource, Span, SpanId, SpanKind, Status, TraceId, Value},
+    trace::span::{KeyValue, Resource, Span, SpanId, SpanKind, SpanLink, Status, TraceId, Value},
 };
 use socktrace_tests::otlp_receiver::{
-    AttrValue, Code, HTTP_TRACES_PATH, OtlpReceiver, Protocol, ReceivedSpan, Reply,
+    AttrValue, Code, HTTP_TRACES_PATH, OtlpReceiver, Protocol, ReceivedSpan, Reply, hex,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -106,6 +106,7 @@ fn scenario() -> Vec<Span> {
             KeyValue::new("http.response.status_code", 200i64),
         ],
         status: Status::Unset,
+        links: Vec::new(),
         resource: res.clone(),
         scope: "socktrace.http",
     };
@@ -125,6 +126,19 @@ fn scenario() -> Vec<Span> {
         message: "connection reset by peer".into(),
     };
     s4.attributes[2] = KeyValue::new("http.response.status_code", 503i64);
+    // A call with candidate parents instead of a parent (an event loop's).
+    s4.links = vec![
+        SpanLink {
+            trace_id: trace_id(1),
+            span_id: span_id(1),
+            trace_state: "vendor=abc,other=1".into(),
+        },
+        SpanLink {
+            trace_id: trace_id(3),
+            span_id: span_id(9),
+            trace_state: String::new(),
+        },
+    ];
     // Interleaved across processes: frontend, backend, frontend, backend.
     vec![s1, s3, s2, s4]
 }
@@ -334,6 +348,26 @@ async fn delivers_exact_spans(protocol: Protocol) {
     assert_eq!(s4.status_code(), StatusCode::Error);
     assert_eq!(s4.status_message(), "connection reset by peer");
     assert_eq!(s4.attr_int("http.response.status_code"), Some(503));
+    let links: Vec<(String, String, &str)> = s4
+        .span
+        .links
+        .iter()
+        .map(|l| (hex(&l.trace_id), hex(&l.span_id), l.trace_state.as_str()))
+        .collect();
+    assert_eq!(
+        links,
+        [
+            (s1.trace_id(), s1.span_id(), "vendor=abc,other=1"),
+            (
+                "4ba0a0a0a0a0a0a0a0a0a0a0a0a0a003".to_owned(),
+                "00f067aa0ba90209".to_owned(),
+                ""
+            ),
+        ]
+    );
+    for s in [s1, s2, s3] {
+        assert!(s.span.links.is_empty(), "{s}");
+    }
 }
 
 #[tokio::test]

@@ -522,6 +522,7 @@ fn the_last_metrics_go_out_at_shutdown_over_both_transports() {
                     } else {
                         Status::Unset
                     },
+                    links: Vec::new(),
                     resource: web.clone(),
                     scope: "socktrace.http",
                 })

@@ -71,6 +71,14 @@ const OWN_ATTRIBUTES: &[(&str, &str)] = &[
         "socktrace.postgresql.prepared_statement",
         "the name of a statement prepared before the agent saw it (no query text known)",
     ),
+    (
+        "socktrace.link.reason",
+        "why a span has span links to candidate parents instead of a parent (ambiguous_event_loop)",
+    ),
+    (
+        "socktrace.link.candidates",
+        "how many candidate parents a span without a parent links to",
+    ),
 ];
 
 /// Names of other specifications that dashboards expect as they are.

@@ -165,6 +165,7 @@ fn client_and_server() -> Vec<Span> {
         status: Status::Error {
             message: String::new(),
         },
+        links: Vec::new(),
         resource: resource(10, "frontend"),
         scope: "socktrace.http",
     };

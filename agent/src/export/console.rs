@@ -4,6 +4,9 @@
 //! 2025-03-01T12:00:00.250Z checkout SERVER "GET /orders/{id}" OK 12.345ms trace=4bf9… span=00f0… parent=53ce… method=GET url=/orders/7 status_code=200 server=shop:8080 client=10.0.0.7
 //! ```
 //!
+//! A span with links (candidate parents of an event loop's call) lists them after its ids as
+//! `links=<trace>/<span>,...`.
+//!
 //! Everything that comes from captured traffic is escaped, so a span cannot inject terminal
 //! control sequences.
 
@@ -53,6 +56,11 @@ pub fn format_span(span: &Span) -> String {
     );
     if let Some(parent) = span.parent_span_id {
         let _ = write!(out, " parent={parent}");
+    }
+    // Candidate parents of a call whose parent cannot be told (an event loop's call).
+    for (i, link) in span.links.iter().enumerate() {
+        let sep = if i == 0 { " links=" } else { "," };
+        let _ = write!(out, "{sep}{}/{}", link.trace_id, link.span_id);
     }
     if let Some(v) = span.attr("http.request.method") {
         let _ = write!(out, " method={}", sanitize_value(v));
@@ -169,7 +177,7 @@ impl Sink for ConsoleSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::span::{KeyValue, Resource, SpanId, TraceId};
+    use crate::trace::span::{KeyValue, Resource, SpanId, SpanLink, TraceId};
 
     fn span() -> Span {
         Span {
@@ -196,6 +204,7 @@ mod tests {
                 KeyValue::new("network.protocol.version", "1.1"),
             ],
             status: Status::Ok,
+            links: Vec::new(),
             resource: Arc::new(Resource {
                 key: "pid:1".into(),
                 attributes: vec![KeyValue::new("service.name", "checkout")],
@@ -236,6 +245,32 @@ mod tests {
             "2025-03-01T12:00:00.250Z unknown_service CLIENT \"GET /orders/{id}\" \
              ERROR(connection reset\\u{1b}[31m) 0.000ms trace=4bf92f3577b34da6a3ce929d0e0e4736 \
              span=00f067aa0ba902b7 url=http://x/\\u{7}y server=x"
+        );
+    }
+
+    #[test]
+    fn links_follow_the_ids_as_trace_slash_span() {
+        let mut s = span();
+        s.parent_span_id = None;
+        s.links = vec![
+            SpanLink {
+                trace_id: TraceId([1; 16]),
+                span_id: SpanId([2; 8]),
+                trace_state: String::new(),
+            },
+            SpanLink {
+                trace_id: TraceId([3; 16]),
+                span_id: SpanId([4; 8]),
+                trace_state: "k=v".into(),
+            },
+        ];
+        assert!(
+            format_span(&s).contains(
+                " span=00f067aa0ba902b7 links=01010101010101010101010101010101/0202020202020202,\
+                 03030303030303030303030303030303/0404040404040404 method=GET"
+            ),
+            "{}",
+            format_span(&s)
         );
     }
 

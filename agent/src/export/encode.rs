@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-use crate::trace::span::{KeyValue, Resource, Span, SpanKind, Status, Value};
+use crate::trace::span::{KeyValue, Resource, Span, SpanKind, SpanLink, Status, Value};
 
 /// Instrumentation scope version reported with every span.
 pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -161,6 +161,20 @@ fn kind_code(kind: SpanKind) -> u64 {
     }
 }
 
+/// A `Span.Link`: the linked span's ids and trace state (no attributes, no flags).
+fn link_body_len(l: &SpanLink) -> usize {
+    bytes_len(1, &l.trace_id.0)
+        + bytes_len(2, &l.span_id.0)
+        + bytes_len(3, l.trace_state.as_bytes())
+}
+
+fn put_link(buf: &mut Vec<u8>, field: u64, l: &SpanLink) {
+    put_delimited_head(buf, field, link_body_len(l));
+    put_bytes(buf, 1, &l.trace_id.0);
+    put_bytes(buf, 2, &l.span_id.0);
+    put_bytes(buf, 3, l.trace_state.as_bytes());
+}
+
 fn span_body_len(s: &Span) -> usize {
     bytes_len(1, &s.trace_id.0)
         + bytes_len(2, &s.span_id.0)
@@ -171,6 +185,10 @@ fn span_body_len(s: &Span) -> usize {
         + fixed64_len(7, s.start_unix_nanos)
         + fixed64_len(8, s.end_unix_nanos)
         + attributes_len(9, &s.attributes)
+        + s.links
+            .iter()
+            .map(|l| delimited_len(13, link_body_len(l)))
+            .sum::<usize>()
         // The status message is always present (possibly empty), as prost writes a `Some`.
         + delimited_len(15, status_body_len(&s.status))
 }
@@ -188,6 +206,9 @@ fn put_span(buf: &mut Vec<u8>, field: u64, s: &Span, len: usize) {
     put_fixed64(buf, 7, s.start_unix_nanos);
     put_fixed64(buf, 8, s.end_unix_nanos);
     put_attributes(buf, 9, &s.attributes);
+    for l in &s.links {
+        put_link(buf, 13, l);
+    }
     put_delimited_head(buf, 15, status_body_len(&s.status));
     let (message, code) = status_parts(&s.status);
     put_bytes(buf, 2, message.as_bytes());

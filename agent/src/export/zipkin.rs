@@ -19,6 +19,8 @@
 //!   `ERROR`, absent when unset) and, for an error, `error` with the status description (empty
 //!   when there is none). An `error` attribute saying `false` is dropped: Zipkin marks every
 //!   span with an `error` tag as failed.
+//! - Span links: Zipkin v2 has none, and the specification leaves their mapping undefined; they
+//!   are not sent (the `socktrace.link.*` attributes saying why a span has them are tags).
 //! - Empty fields are left out.
 
 use std::{

@@ -7,6 +7,12 @@
 //!   same thread sends meanwhile (HTTP/1, HTTP/2, gRPC, PostgreSQL) is a child of that request.
 //!   This holds for thread-per-request servers and thread pools; it cannot hold where one thread
 //!   multiplexes many requests (event loops) or where work moves to other threads.
+//! - **Event loops**: a thread seen reading a request while another is unanswered serves many
+//!   at once, and which of them a call belongs to cannot be told from the sockets. Such a call
+//!   gets no parent; it gets span links to every request the thread had read and not answered
+//!   when the call began (at most [`MAX_CANDIDATES`]), marked with [`LINK_REASON`]. Even one
+//!   request in flight is only a candidate there: a task left running by an answered request,
+//!   or a timer, may make the call.
 //! - **Both ends on one host**: when both ends of a connection are traced here, the server span
 //!   of its n-th request is the child of the client span of its n-th request (HTTP/1 turns,
 //!   HTTP/2 stream ids, PostgreSQL statements), with or without a header.
@@ -22,11 +28,23 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use super::{
     context::HeaderContext,
-    span::{Span, SpanId, TraceId},
+    span::{KeyValue, Span, SpanId, SpanLink, TraceId, Value},
 };
 
-/// How long a thread seen multiplexing requests stays unlinked after it last did so.
+/// How long a thread seen multiplexing requests is taken for an event loop (its calls get no
+/// parent) after it last read a request.
 const MULTIPLEXING_TTL_NS: u64 = 60_000_000_000;
+
+/// Most requests kept in flight per event-loop thread (candidates of its calls); beyond it the
+/// oldest is dropped (counted).
+pub const MAX_CANDIDATES: usize = 32;
+
+/// Attribute of a span linked to candidate parents instead of having one: why.
+pub const LINK_REASON: &str = "socktrace.link.reason";
+/// [`LINK_REASON`] of a call an event loop made while serving requests (see the module doc).
+pub const AMBIGUOUS_EVENT_LOOP: &str = "ambiguous_event_loop";
+/// Attribute: how many candidate links the span carries.
+pub const LINK_CANDIDATES: &str = "socktrace.link.candidates";
 
 /// A request's context key: the socket and the timestamp of the I/O that began the request.
 pub type CtxKey = (u64, u64);
@@ -138,8 +156,12 @@ crate::counters! {
         contexts_dropped,
         /// Injected trace id differed from the parent's trace (the header wins; parent kept).
         conflicts,
-        /// Times a thread read a request while another was unanswered: its calls are not linked.
+        /// Times a thread read a request while another was unanswered: its calls get no parent.
         multiplexing_threads,
+        /// Event-loop calls given links to the requests in flight instead of a parent.
+        ambiguous_calls,
+        /// Requests in flight on an event loop forgotten beyond the per-thread bound.
+        candidates_dropped,
     }
 }
 
@@ -174,6 +196,37 @@ struct Ctx {
     forced_trace: Option<TraceId>,
     /// Already given to a span (a second exchange in the same turn gets its own ids).
     claimed: bool,
+    /// A client request of an event loop: its candidate parents (see [`Candidates`]).
+    candidates: Option<u64>,
+}
+
+/// A thread seen reading a request while another was unanswered (an event loop).
+#[derive(Debug, Default)]
+struct EventLoop {
+    /// When it last read a request; it is taken for an event loop for `MULTIPLEXING_TTL_NS`.
+    seen_ns: u64,
+    /// Requests it read and has not answered yet, oldest first: the candidates of its calls.
+    in_flight: Vec<CtxKey>,
+    /// The candidate set of calls begun since `in_flight` last changed, shared by them.
+    current: Option<u64>,
+}
+
+/// The requests an event loop had in flight when a call began, in the order it read them,
+/// with their final ids once known (a request may still wait for its same-host client). Ids are
+/// copied as soon as a candidate resolves, so a candidate answered and forgotten before the call
+/// ends is still linked.
+#[derive(Debug)]
+struct Candidates {
+    slots: Vec<(CtxKey, Option<SpanLink>)>,
+}
+
+impl Candidates {
+    fn pending(&self) -> impl Iterator<Item = CtxKey> + '_ {
+        self.slots
+            .iter()
+            .filter(|(_, l)| l.is_none())
+            .map(|(k, _)| *k)
+    }
 }
 
 /// Something that can resolve a peer: the client's context, or, once the client span is final,
@@ -189,6 +242,8 @@ enum PeerRef {
 enum Wait {
     Ctx(CtxKey),
     Peer(PeerKey),
+    /// Its own ids are final; the ids of candidates it links to are not (see [`Candidates`]).
+    Links(u64),
 }
 
 #[derive(Debug)]
@@ -199,6 +254,8 @@ struct Held {
     wait: Wait,
     /// Registers the span's final ids for its same-host server once emitted.
     register: Option<PeerKey>,
+    /// Candidate parents it links to once its own ids are final.
+    links: Option<u64>,
     deadline_ns: u64,
 }
 
@@ -209,11 +266,18 @@ pub struct Linker {
     ctxs: HashMap<CtxKey, Ctx>,
     /// Thread id -> the request it is serving.
     serving: HashMap<u32, CtxKey>,
-    /// Threads seen reading a request while another was unanswered (event loops), with when:
-    /// which request their calls belong to cannot be told, so they are not linked.
-    multiplexing: HashMap<u32, u64>,
+    /// Threads seen reading a request while another was unanswered (event loops): which
+    /// request their calls belong to cannot be told, so they get candidate links, no parent.
+    multiplexing: HashMap<u32, EventLoop>,
     /// Client I/O of non-HTTP/1 connections made while serving: key -> the served request.
     io_parents: HashMap<CtxKey, (CtxKey, u64)>,
+    /// Client I/O of non-HTTP/1 connections made by an event loop: key -> its candidates.
+    io_candidates: HashMap<CtxKey, u64>,
+    candidates: HashMap<u64, Candidates>,
+    next_candidates: u64,
+    /// Candidates whose ids are not final yet -> the candidate sets to complete.
+    candidate_waiters: HashMap<CtxKey, Vec<u64>>,
+    held_by_links: HashMap<u64, Vec<u64>>,
     peers: HashMap<PeerKey, (PeerRef, u64)>,
     ctx_waiters: HashMap<CtxKey, Vec<CtxKey>>,
     peer_waiters: HashMap<PeerKey, Vec<CtxKey>>,
@@ -291,6 +355,11 @@ impl Linker {
             serving: HashMap::new(),
             multiplexing: HashMap::new(),
             io_parents: HashMap::new(),
+            io_candidates: HashMap::new(),
+            candidates: HashMap::new(),
+            next_candidates: 0,
+            candidate_waiters: HashMap::new(),
+            held_by_links: HashMap::new(),
             peers: HashMap::new(),
             ctx_waiters: HashMap::new(),
             peer_waiters: HashMap::new(),
@@ -353,6 +422,7 @@ impl Linker {
                     kernel_trace,
                     forced_trace: injected.map(|i| i.0),
                     claimed: false,
+                    candidates: None,
                 };
                 match side {
                     Side::Server => {
@@ -373,11 +443,23 @@ impl Linker {
                             .get(&tid)
                             .is_some_and(|k| k.0 != key.0 && self.ctxs.contains_key(k));
                         if busy || self.multiplexing.contains_key(&tid) {
+                            // The request it was serving is still unanswered: a candidate too.
+                            let unanswered = self.serving.remove(&tid).filter(|_| busy);
                             if busy {
                                 self.stats.multiplexing_threads += 1;
                             }
-                            self.serving.remove(&tid);
-                            self.multiplexing.insert(tid, now);
+                            let lp = self.multiplexing.entry(tid).or_default();
+                            lp.seen_ns = now;
+                            lp.current = None;
+                            // One request at a time per HTTP/1 connection: a new one on the same
+                            // connection means the previous one was answered.
+                            lp.in_flight.retain(|k| k.0 != key.0);
+                            lp.in_flight.extend(unanswered.into_iter().chain([key]));
+                            if lp.in_flight.len() > MAX_CANDIDATES {
+                                let n = lp.in_flight.len() - MAX_CANDIDATES;
+                                lp.in_flight.drain(..n);
+                                self.stats.candidates_dropped += n as u64;
+                            }
                         } else {
                             self.serving.insert(tid, key);
                         }
@@ -392,6 +474,8 @@ impl Linker {
                         {
                             self.stats.thread_links += 1;
                             ctx.state = State::AwaitCtx(parent);
+                        } else if header.is_none() {
+                            ctx.candidates = self.call_candidates(tid);
                         }
                         self.insert(key, ctx);
                         let pk = (local, peer, PeerDisc::Turn(turn));
@@ -408,14 +492,81 @@ impl Linker {
             LinkEvent::ClientIo { key, tid } => {
                 if let Some(parent) = self.serving.get(&tid).copied() {
                     self.io_parents.insert(key, (parent, key.1));
+                } else if let Some(set) = self.call_candidates(tid) {
+                    self.io_candidates.insert(key, set);
                 }
             }
             LinkEvent::ServerResponse { sk, tid } => {
                 if self.serving.get(&tid).is_some_and(|k| k.0 == sk) {
                     self.serving.remove(&tid);
                 }
+                if let Some(lp) = self.multiplexing.get_mut(&tid)
+                    && lp.in_flight.iter().any(|k| k.0 == sk)
+                {
+                    lp.in_flight.retain(|k| k.0 != sk);
+                    lp.current = None;
+                }
             }
         }
+    }
+
+    /// The candidate parents of a call the event loop `tid` begins now: the requests it has in
+    /// flight (none: not an event loop, or nothing in flight).
+    fn call_candidates(&mut self, tid: u32) -> Option<u64> {
+        let ctxs = &self.ctxs;
+        let lp = self.multiplexing.get_mut(&tid)?;
+        // Requests whose span is out were answered (perhaps by another thread) or dropped.
+        let before = lp.in_flight.len();
+        lp.in_flight
+            .retain(|k| ctxs.get(k).is_some_and(|c| !c.claimed));
+        if lp.in_flight.len() != before {
+            lp.current = None;
+        }
+        if lp.in_flight.is_empty() {
+            return None;
+        }
+        if let Some(id) = lp.current.filter(|id| self.candidates.contains_key(id)) {
+            return Some(id);
+        }
+        let id = self.next_candidates;
+        self.next_candidates += 1;
+        lp.current = Some(id);
+        let keys = lp.in_flight.clone();
+        let slots = keys.iter().map(|k| (*k, self.link_to(k))).collect();
+        let set = Candidates { slots };
+        for k in set.pending() {
+            self.candidate_waiters.entry(k).or_default().push(id);
+        }
+        self.candidates.insert(id, set);
+        Some(id)
+    }
+
+    /// A link to the span of a resolved context.
+    fn link_to(&self, key: &CtxKey) -> Option<SpanLink> {
+        self.resolved(key).map(|(span_id, r)| SpanLink {
+            trace_id: r.trace_id,
+            span_id,
+            trace_state: r.trace_state,
+        })
+    }
+
+    /// Links a parentless span to its candidates (their final ids), and says why.
+    fn attach_links(&mut self, span: &mut Span, set: u64) {
+        let Some(c) = self.candidates.get(&set) else {
+            return;
+        };
+        if span.parent_span_id.is_some() {
+            return;
+        }
+        span.links = c.slots.iter().filter_map(|(_, l)| l.clone()).collect();
+        if span.links.is_empty() {
+            return;
+        }
+        self.stats.ambiguous_calls += 1;
+        span.attributes.extend([
+            KeyValue::new(LINK_REASON, Value::text(AMBIGUOUS_EVENT_LOOP)),
+            KeyValue::new(LINK_CANDIDATES, span.links.len() as i64),
+        ]);
     }
 
     fn insert(&mut self, key: CtxKey, ctx: Ctx) {
@@ -496,6 +647,9 @@ impl Linker {
             let Some((span_id, r)) = self.resolved(&k) else {
                 continue;
             };
+            for set in self.candidate_waiters.remove(&k).unwrap_or_default() {
+                self.candidate_resolved(set, k);
+            }
             for child in self.ctx_waiters.remove(&k).unwrap_or_default() {
                 let waits = self
                     .ctxs
@@ -506,6 +660,25 @@ impl Linker {
                 }
             }
             for id in self.held_by_ctx.remove(&k).unwrap_or_default() {
+                self.release(id, true);
+            }
+        }
+    }
+
+    /// Copies a candidate's final ids into a candidate set; releases the spans waiting for the
+    /// set once it is complete.
+    fn candidate_resolved(&mut self, set: u64, key: CtxKey) {
+        let link = self.link_to(&key);
+        let Some(c) = self.candidates.get_mut(&set) else {
+            return;
+        };
+        for (k, l) in &mut c.slots {
+            if *k == key && l.is_none() {
+                *l = link.clone();
+            }
+        }
+        if c.pending().next().is_none() {
+            for id in self.held_by_links.remove(&set).unwrap_or_default() {
                 self.release(id, true);
             }
         }
@@ -543,19 +716,21 @@ impl Linker {
             && !c.claimed
         {
             c.claimed = true;
+            let links = c.candidates;
             match self.resolved(&key) {
                 Some((span_id, r)) => {
                     apply(&mut span, Some(span_id), &r);
-                    self.ready.push(span);
+                    self.finish(span, None, links);
                     self.forget_if_done(key);
                 }
-                None => self.hold(span, Some(key), Wait::Ctx(key), None),
+                None => self.hold(span, Some(key), Wait::Ctx(key), None, links),
             }
             return;
         }
         let header = span_header(&span);
         match link.side {
             Side::Client => {
+                let links = self.io_candidates.remove(&key).filter(|_| header.is_none());
                 if header.is_none()
                     && let Some((parent, _)) = self.io_parents.remove(&key)
                 {
@@ -563,13 +738,13 @@ impl Linker {
                     match self.resolved(&parent) {
                         Some((pspan, r)) => apply(&mut span, None, &r.child(pspan)),
                         None if self.ctxs.contains_key(&parent) => {
-                            self.hold(span, None, Wait::Ctx(parent), register);
+                            self.hold(span, None, Wait::Ctx(parent), register, links);
                             return;
                         }
                         None => {}
                     }
                 }
-                self.finish(span, register);
+                self.finish(span, register, links);
             }
             Side::Server => {
                 let pk = link.disc.map(|d| (link.peer, link.local, d));
@@ -581,7 +756,7 @@ impl Linker {
                                 apply(&mut span, None, &r);
                                 self.ready.push(span);
                             }
-                            _ => self.hold(span, None, Wait::Peer(pk), None),
+                            _ => self.hold(span, None, Wait::Peer(pk), None, None),
                         }
                     }
                     _ => self.ready.push(span),
@@ -590,8 +765,20 @@ impl Linker {
         }
     }
 
-    /// Emits a span with final ids, and tells a waiting same-host server about it.
-    fn finish(&mut self, span: Span, register: Option<PeerKey>) {
+    /// Emits a span with final ids, and tells a waiting same-host server about it. A span with
+    /// candidate links waits until the candidates' ids are final too.
+    fn finish(&mut self, mut span: Span, register: Option<PeerKey>, links: Option<u64>) {
+        if let Some(set) = links {
+            if self
+                .candidates
+                .get(&set)
+                .is_some_and(|c| c.pending().next().is_some())
+            {
+                self.hold(span, None, Wait::Links(set), register, None);
+                return;
+            }
+            self.attach_links(&mut span, set);
+        }
         if let Some(pk) = register {
             let r = PeerRef::Child(Resolved {
                 trace_id: span.trace_id,
@@ -633,7 +820,14 @@ impl Linker {
         }
     }
 
-    fn hold(&mut self, span: Span, own: Option<CtxKey>, wait: Wait, register: Option<PeerKey>) {
+    fn hold(
+        &mut self,
+        span: Span,
+        own: Option<CtxKey>,
+        wait: Wait,
+        register: Option<PeerKey>,
+        links: Option<u64>,
+    ) {
         if self.held.len() >= self.config.max_held
             && let Some(oldest) = self.held.keys().min().copied()
         {
@@ -645,6 +839,7 @@ impl Linker {
         match &wait {
             Wait::Ctx(k) => self.held_by_ctx.entry(*k).or_default().push(id),
             Wait::Peer(pk) => self.held_by_peer.entry(*pk).or_default().push(id),
+            Wait::Links(set) => self.held_by_links.entry(*set).or_default().push(id),
         }
         let deadline_ns = super::clock::Clock::monotonic_now() + self.config.max_hold_ns;
         self.held.insert(
@@ -654,6 +849,7 @@ impl Linker {
                 own,
                 wait,
                 register,
+                links,
                 deadline_ns,
             },
         );
@@ -681,14 +877,31 @@ impl Linker {
         };
         if !linked {
             self.stats.hold_released += 1;
-            if let Wait::Ctx(k) = h.wait
-                && self.ctxs.contains_key(&k)
-                && self.resolved(&k).is_none()
-            {
-                self.fall_back(k);
-                if !self.held.contains_key(&id) {
-                    return;
+            match h.wait {
+                Wait::Ctx(k) if self.ctxs.contains_key(&k) && self.resolved(&k).is_none() => {
+                    self.fall_back(k);
+                    if !self.held.contains_key(&id) {
+                        return;
+                    }
                 }
+                Wait::Links(set) => {
+                    // Candidates that still wait take their fallback ids, the ones their own
+                    // spans will carry (which releases this span once the last one is final).
+                    let pending: Vec<CtxKey> = self
+                        .candidates
+                        .get(&set)
+                        .map(|c| c.pending().collect())
+                        .unwrap_or_default();
+                    for k in pending {
+                        if self.resolved(&k).is_none() && self.ctxs.contains_key(&k) {
+                            self.fall_back(k);
+                        }
+                        if !self.held.contains_key(&id) {
+                            return;
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         let Some(mut h) = self.held.remove(&id) else {
@@ -699,7 +912,7 @@ impl Linker {
                 if let Some((span_id, r)) = self.resolved(k) {
                     if h.own == Some(*k) {
                         apply(&mut h.span, Some(span_id), &r);
-                        self.finish(h.span, h.register);
+                        self.finish(h.span, h.register, h.links);
                         self.forget_if_done(*k);
                         return;
                     } else {
@@ -713,8 +926,14 @@ impl Linker {
                     apply(&mut h.span, None, &r);
                 }
             }
+            Wait::Links(set) => {
+                // Whatever is still unknown (a candidate gone without ids) is left out.
+                self.attach_links(&mut h.span, *set);
+                self.finish(h.span, h.register, None);
+                return;
+            }
         }
-        self.finish(h.span, h.register);
+        self.finish(h.span, h.register, h.links);
     }
 
     /// Deadlines: cheap, for every poll; `now_ns` is kernel monotonic time.
@@ -747,6 +966,39 @@ impl Linker {
         }
     }
 
+    /// Forgets candidate sets nothing refers to any more. A call's I/O keeps its set while one
+    /// of the candidates is still around (its span not out yet) or one is not final.
+    fn sweep_candidates(&mut self) {
+        let ctxs = &self.ctxs;
+        let candidates = &self.candidates;
+        self.io_candidates.retain(|_, set| {
+            candidates.get(set).is_some_and(|c| {
+                c.slots
+                    .iter()
+                    .any(|(k, l)| l.is_none() || ctxs.contains_key(k))
+            })
+        });
+        let used: std::collections::HashSet<u64> = self
+            .multiplexing
+            .values()
+            .filter_map(|lp| lp.current)
+            .chain(self.ctxs.values().filter_map(|c| c.candidates))
+            .chain(self.io_candidates.values().copied())
+            .chain(self.held.values().filter_map(|h| match h.wait {
+                Wait::Links(set) => Some(set),
+                _ => h.links,
+            }))
+            .collect();
+        self.candidates.retain(|id, _| used.contains(id));
+        let candidates = &self.candidates;
+        self.candidate_waiters.retain(|_, sets| {
+            sets.retain(|s| candidates.contains_key(s));
+            !sets.is_empty()
+        });
+        self.held_by_links
+            .retain(|set, _| candidates.contains_key(set));
+    }
+
     /// Releases every held span as it is (at shutdown).
     pub fn release_all(&mut self) {
         let mut ids: Vec<u64> = self.held.keys().copied().collect();
@@ -761,7 +1013,7 @@ impl Linker {
         self.tick_deadlines(now_ns);
         let ttl = self.config.context_ttl_ns;
         self.multiplexing
-            .retain(|_, at| now_ns.saturating_sub(*at) <= MULTIPLEXING_TTL_NS);
+            .retain(|_, lp| now_ns.saturating_sub(lp.seen_ns) <= MULTIPLEXING_TTL_NS);
         let old: Vec<CtxKey> = self
             .ctxs
             .iter()
@@ -775,6 +1027,7 @@ impl Linker {
         let ctxs = &self.ctxs;
         self.serving.retain(|_, k| alive(k, ctxs));
         self.io_parents.retain(|_, (k, _)| alive(k, ctxs));
+        self.sweep_candidates();
         let peer_ttl = self.config.max_hold_ns;
         self.peers
             .retain(|_, (_, at)| now_ns.saturating_sub(*at) <= peer_ttl || *at > now_ns);

@@ -105,6 +105,15 @@ impl Resource {
     }
 }
 
+/// A relation to another span that is not its parent (an OpenTelemetry span link).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanLink {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// W3C `tracestate` of the linked span's trace.
+    pub trace_state: String,
+}
+
 /// A finished span, ready for export.
 #[derive(Clone, Debug)]
 pub struct Span {
@@ -123,6 +132,9 @@ pub struct Span {
     pub end_unix_nanos: u64,
     pub attributes: Vec<KeyValue>,
     pub status: Status,
+    /// Spans this one may belong to when its parent cannot be told: the requests an event loop
+    /// was serving when it made this call (see `trace::link`). Empty for almost every span.
+    pub links: Vec<SpanLink>,
     pub resource: Arc<Resource>,
     /// Instrumentation scope name, e.g. `socktrace.http`.
     pub scope: &'static str,
@@ -177,6 +189,7 @@ impl Span {
             end_unix_nanos: e.end_unix_nanos.max(e.start_unix_nanos),
             attributes: e.attributes,
             status: e.status,
+            links: Vec::new(),
             resource: conn.resource.clone(),
             scope: e.scope,
         }
@@ -206,6 +219,7 @@ impl Span {
             end_unix_nanos: 2_000 + u64::from(n),
             attributes: Vec::new(),
             status: Status::Unset,
+            links: Vec::new(),
             resource: Arc::clone(resource),
             scope,
         }

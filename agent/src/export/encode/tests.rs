@@ -9,13 +9,16 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource as ProtoResource,
     trace::v1::{
         ResourceSpans, ScopeSpans, Span as ProtoSpan, Status as ProtoStatus,
-        span::SpanKind as ProtoKind, status::StatusCode,
+        span::{Link as ProtoLink, SpanKind as ProtoKind},
+        status::StatusCode,
     },
 };
 use prost::Message as _;
 
 use super::{SCOPE_VERSION, encode_request};
-use crate::trace::span::{KeyValue, Resource, Span, SpanId, SpanKind, Status, Value};
+use crate::trace::span::{
+    KeyValue, Resource, Span, SpanId, SpanKind, SpanLink, Status, TraceId, Value,
+};
 
 /// The reference: one `ResourceSpans` per resource key, one `ScopeSpans` per scope, in order of
 /// first appearance, every field set as the OTLP conventions say.
@@ -89,6 +92,16 @@ fn to_proto_span(span: Span) -> ProtoSpan {
         start_time_unix_nano: span.start_unix_nanos,
         end_time_unix_nano: span.end_unix_nanos,
         attributes: span.attributes.into_iter().map(into_key_value).collect(),
+        links: span
+            .links
+            .into_iter()
+            .map(|l| ProtoLink {
+                trace_id: l.trace_id.0.to_vec(),
+                span_id: l.span_id.0.to_vec(),
+                trace_state: l.trace_state,
+                ..Default::default()
+            })
+            .collect(),
         status: Some(ProtoStatus {
             message,
             code: code as i32,
@@ -174,6 +187,18 @@ fn every_field_and_value_kind_encodes_as_the_generated_messages_do() {
     spans[0].parent_span_id = Some(SpanId([9; 8]));
     spans[0].trace_state = "vendor=1,other=2".to_owned();
     spans[1].kind = SpanKind::Client;
+    spans[1].links = vec![
+        SpanLink {
+            trace_id: TraceId([5; 16]),
+            span_id: SpanId([6; 8]),
+            trace_state: String::new(),
+        },
+        SpanLink {
+            trace_id: TraceId([7; 16]),
+            span_id: SpanId([8; 8]),
+            trace_state: "k=v".to_owned(),
+        },
+    ];
     spans[1].status = Status::Error {
         message: "SQLSTATE 23505".to_owned(),
     };
@@ -229,6 +254,15 @@ fn random_batches_encode_as_the_generated_messages_do() {
                 }
                 if next() % 3 == 0 {
                     s.parent_span_id = Some(SpanId(next().to_le_bytes()));
+                }
+                for _ in 0..(next() % 5).saturating_sub(2) {
+                    s.links.push(SpanLink {
+                        trace_id: TraceId(
+                            (u128::from(next()) << 64 | u128::from(next())).to_le_bytes(),
+                        ),
+                        span_id: SpanId(next().to_le_bytes()),
+                        trace_state: "t".repeat((next() % 3) as usize),
+                    });
                 }
                 if next() % 4 == 0 {
                     s.status = Status::Error {

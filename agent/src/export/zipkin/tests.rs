@@ -235,3 +235,25 @@ fn spans_keep_their_order_and_an_empty_batch_is_an_empty_list() {
     assert_eq!(names, ["span-1", "span-2", "span-3"]);
     assert_eq!(encode_spans(&[]), b"[]");
 }
+
+#[test]
+fn links_are_not_sent_but_their_attributes_are_tags() {
+    let mut s = server_span();
+    s.kind = SpanKind::Client;
+    s.parent_span_id = None;
+    s.links = vec![crate::trace::span::SpanLink {
+        trace_id: TraceId([7; 16]),
+        span_id: SpanId([8; 8]),
+        trace_state: String::new(),
+    }];
+    s.attributes = vec![
+        KeyValue::new("socktrace.link.reason", "ambiguous_event_loop"),
+        KeyValue::new("socktrace.link.candidates", 1i64),
+    ];
+    let j = encode_one(&s);
+    assert_eq!(j.get("parentId"), None);
+    assert_eq!(j["tags"]["socktrace.link.reason"], "ambiguous_event_loop");
+    assert_eq!(j["tags"]["socktrace.link.candidates"], "1");
+    let text = j.to_string();
+    assert!(!text.contains("0808080808080808"), "{text}");
+}

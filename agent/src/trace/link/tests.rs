@@ -23,6 +23,7 @@ fn span(name: &str, kind: SpanKind, header: Option<&HeaderContext>) -> Span {
         end_unix_nanos: 2,
         attributes: Vec::new(),
         status: Status::Unset,
+        links: Vec::new(),
         resource: Arc::new(Resource {
             key: String::new(),
             attributes: Vec::new(),
@@ -162,7 +163,7 @@ fn a_client_call_made_while_serving_is_a_child_of_the_request() {
 }
 
 #[test]
-fn a_thread_that_reads_a_second_request_before_answering_the_first_is_not_linked() {
+fn a_thread_that_reads_a_second_request_before_answering_the_first_gives_no_parent() {
     let mut l = Linker::new(LinkConfig::default());
     let s1 = Conn::new(1, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
     let s2 = Conn::new(2, "10.0.0.1:80", "10.0.0.9:5001", Side::Server).remote();
@@ -178,16 +179,27 @@ fn a_thread_that_reads_a_second_request_before_answering_the_first_is_not_linked
     s1.response(&mut l, 7);
     s1.done(&mut l, 100, None, span("s1", SpanKind::Server, None));
     let srv1 = one(&mut l);
-    // The call made before the overlap belongs to request 1; the one after is not guessed.
+    // The call made before the overlap belongs to request 1; the one after is not guessed:
+    // it links to both requests.
     assert_eq!(got[0].parent_span_id, Some(srv1.span_id));
+    assert!(got[0].links.is_empty());
     assert_eq!(got[1].parent_span_id, None);
+    let s2_id = l.ctxs[&(2, 102)].span_id;
+    assert_eq!(
+        got[1].links.iter().map(|l| l.span_id).collect::<Vec<_>>(),
+        [srv1.span_id, s2_id]
+    );
     assert_eq!(l.stats().multiplexing_threads, 1);
-    // Even after both are answered, the thread stays unlinked for a while.
+    // Even after both are answered, the thread gets no parents for a while: one request in
+    // flight is a candidate only.
     s2.response(&mut l, 7);
     s1.request(&mut l, 200, 7, 1);
     client.request(&mut l, 201, 7, 2);
     client.done(&mut l, 201, None, span("third", SpanKind::Client, None));
-    assert_eq!(one(&mut l).parent_span_id, None);
+    let third = one(&mut l);
+    assert_eq!(third.parent_span_id, None);
+    assert_eq!(third.links.len(), 1);
+    assert_eq!(third.links[0].span_id, l.ctxs[&(1, 200)].span_id);
 }
 
 #[test]
@@ -434,4 +446,267 @@ fn held_spans_and_contexts_stay_within_their_bounds() {
     l.tick(25 * MS + LinkConfig::default().context_ttl_ns + 1);
     assert_eq!(l.ctxs.len(), 0);
     assert!(l.serving.is_empty());
+}
+
+/// The links of a span as (trace, span) pairs, and its link attributes.
+fn links_of(s: &Span) -> Vec<(TraceId, SpanId)> {
+    s.links.iter().map(|l| (l.trace_id, l.span_id)).collect()
+}
+
+fn ids(s: &Span) -> (TraceId, SpanId) {
+    (s.trace_id, s.span_id)
+}
+
+fn assert_ambiguous(call: &Span, candidates: &[&Span]) {
+    assert_eq!(call.parent_span_id, None, "{call:?}");
+    assert_eq!(
+        links_of(call),
+        candidates.iter().map(|s| ids(s)).collect::<Vec<_>>(),
+        "{}",
+        call.name
+    );
+    assert_eq!(
+        call.attr(LINK_REASON),
+        Some(&Value::text(AMBIGUOUS_EVENT_LOOP))
+    );
+    assert_eq!(
+        call.attr(LINK_CANDIDATES),
+        Some(&Value::Int(candidates.len() as i64))
+    );
+    for c in candidates {
+        assert_ne!(call.trace_id, c.trace_id, "a new trace, not a candidate's");
+    }
+}
+
+#[test]
+fn an_event_loop_call_links_to_the_requests_in_flight_and_has_no_parent() {
+    let mut l = Linker::new(LinkConfig::default());
+    let srv: Vec<Conn> = (0..3)
+        .map(|i| {
+            Conn::new(
+                1 + i,
+                "10.0.0.1:80",
+                &format!("10.0.0.9:{}", 5000 + i),
+                Side::Server,
+            )
+            .remote()
+        })
+        .collect();
+    let http = Conn::new(10, "10.0.0.1:6000", "10.0.0.7:80", Side::Client).remote();
+    let db = Conn::new(11, "10.0.0.1:6001", "10.0.0.8:5432", Side::Client)
+        .remote()
+        .other();
+    // Thread 7 reads three requests before answering any: an event loop.
+    srv[0].request(&mut l, 100, 7, 0);
+    srv[1].request(&mut l, 101, 7, 0);
+    srv[2].request(&mut l, 102, 7, 0);
+    http.request(&mut l, 110, 7, 0);
+    db.request(&mut l, 111, 7, 0);
+    // More bytes of the same statement: I/O that begins no exchange.
+    db.request(&mut l, 112, 7, 0);
+    // Request 1 is answered: the next calls have two candidates.
+    srv[1].response(&mut l, 7);
+    http.request(&mut l, 120, 7, 1);
+    db.request(&mut l, 121, 7, 1);
+    // The answered request's span is out before the calls end: its ids are still known.
+    srv[1].done(&mut l, 101, None, span("s1", SpanKind::Server, None));
+    let s1 = one(&mut l);
+    for (conn, ts, name) in [
+        (&http, 110, "h3"),
+        (&db, 111, "d3"),
+        (&http, 120, "h2"),
+        (&db, 121, "d2"),
+    ] {
+        conn.done(&mut l, ts, None, span(name, SpanKind::Client, None));
+    }
+    let calls = ready(&mut l);
+    for i in [0, 2] {
+        srv[i].response(&mut l, 7);
+        srv[i].done(
+            &mut l,
+            100 + i as u64,
+            None,
+            span("s", SpanKind::Server, None),
+        );
+    }
+    let got = ready(&mut l);
+    let (s0, s2) = (&got[0], &got[1]);
+    let by = |n: &str| calls.iter().find(|s| s.name == n).unwrap();
+    assert_ambiguous(by("h3"), &[s0, &s1, s2]);
+    assert_ambiguous(by("d3"), &[s0, &s1, s2]);
+    assert_ambiguous(by("h2"), &[s0, s2]);
+    assert_ambiguous(by("d2"), &[s0, s2]);
+    // Calls that began together share a trace id only by chance: each is its own root.
+    assert_ne!(by("h3").trace_id, by("d3").trace_id);
+    let st = l.stats();
+    assert_eq!(
+        (st.multiplexing_threads, st.ambiguous_calls, st.thread_links),
+        (1, 4, 0)
+    );
+    for s in [s0, &s1, s2] {
+        assert_eq!(s.parent_span_id, None);
+        assert!(s.links.is_empty());
+    }
+    // Everything answered and out: the candidate state is forgotten at the next tick.
+    l.tick(1000);
+    assert!(l.io_candidates.is_empty() && l.candidates.is_empty());
+    assert!(l.candidate_waiters.is_empty() && l.held_by_links.is_empty());
+}
+
+#[test]
+fn one_request_in_flight_on_an_event_loop_is_a_candidate_not_a_parent() {
+    let mut l = Linker::new(LinkConfig::default());
+    let a = Conn::new(1, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
+    let b = Conn::new(2, "10.0.0.1:80", "10.0.0.9:5001", Side::Server).remote();
+    let call = Conn::new(3, "10.0.0.1:6000", "10.0.0.7:80", Side::Client).remote();
+    a.request(&mut l, 100, 7, 0);
+    b.request(&mut l, 101, 7, 0);
+    a.response(&mut l, 7);
+    a.done(&mut l, 100, None, span("a", SpanKind::Server, None));
+    let _ = one(&mut l);
+    // Only b is in flight, but a task left by a (or a timer) may be the caller.
+    call.request(&mut l, 110, 7, 0);
+    call.done(&mut l, 110, None, span("call", SpanKind::Client, None));
+    let c = one(&mut l);
+    b.response(&mut l, 7);
+    b.done(&mut l, 101, None, span("b", SpanKind::Server, None));
+    let sb = one(&mut l);
+    assert_ambiguous(&c, &[&sb]);
+    // Nothing in flight: no parent, no links, no attribute.
+    call.request(&mut l, 120, 7, 1);
+    call.done(&mut l, 120, None, span("idle", SpanKind::Client, None));
+    let idle = one(&mut l);
+    assert_eq!(idle.parent_span_id, None);
+    assert!(idle.links.is_empty() && idle.attr(LINK_REASON).is_none());
+    assert_eq!(l.stats().ambiguous_calls, 1);
+}
+
+#[test]
+fn a_thread_serving_one_request_at_a_time_keeps_exact_parents_and_no_links() {
+    let mut l = Linker::new(LinkConfig::default());
+    let call = Conn::new(9, "10.0.0.1:6000", "10.0.0.7:80", Side::Client).remote();
+    for i in 0..5u64 {
+        // Keep-alive and new connections alike, one request at a time on thread 7.
+        let srv = Conn::new(1 + i % 2, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
+        let t = 1000 * (i + 1);
+        srv.request(&mut l, t, 7, i / 2);
+        call.request(&mut l, t + 1, 7, i);
+        call.done(&mut l, t + 1, None, span("call", SpanKind::Client, None));
+        let c = one(&mut l);
+        srv.response(&mut l, 7);
+        srv.done(&mut l, t, None, span("srv", SpanKind::Server, None));
+        let s = one(&mut l);
+        assert_eq!(c.parent_span_id, Some(s.span_id));
+        assert_eq!(c.trace_id, s.trace_id);
+        assert!(c.links.is_empty() && c.attr(LINK_REASON).is_none());
+    }
+    let st = l.stats();
+    assert_eq!(
+        (st.thread_links, st.multiplexing_threads, st.ambiguous_calls),
+        (5, 0, 0)
+    );
+}
+
+/// Same-host clients reported after the loop's reads: the candidates' trace ids are not known
+/// when the call ends, so it waits for them; one that never comes gives its fallback ids, the
+/// ones its own span carries.
+#[test]
+fn an_event_loop_call_waits_for_its_candidates_ids() {
+    let mut l = Linker::new(LinkConfig::default());
+    let c1 = Conn::new(1, "127.0.0.1:40001", "127.0.0.1:8000", Side::Client);
+    let s1 = Conn::new(2, "127.0.0.1:8000", "127.0.0.1:40001", Side::Server);
+    let s2 = Conn::new(4, "127.0.0.1:8000", "127.0.0.1:40002", Side::Server);
+    let down = Conn::new(5, "127.0.0.1:40003", "10.0.0.7:80", Side::Client).remote();
+    s1.request(&mut l, 101, 7, 0);
+    s2.request(&mut l, 102, 7, 0);
+    down.request(&mut l, 110, 7, 0);
+    down.done(&mut l, 110, None, span("call", SpanKind::Client, None));
+    assert!(
+        ready(&mut l).is_empty(),
+        "held for the candidates' trace ids"
+    );
+    // Client 1 is reported: s1 resolves, answers, and its span goes out before the call's.
+    c1.request(&mut l, 100, 20, 0);
+    s1.response(&mut l, 7);
+    s1.done(&mut l, 101, None, span("s1", SpanKind::Server, None));
+    c1.done(&mut l, 100, None, span("c1", SpanKind::Client, None));
+    let first = ready(&mut l);
+    assert_eq!(first.len(), 2, "{first:?}");
+    let srv1 = first.iter().find(|s| s.name == "s1").unwrap().clone();
+    let cli1 = first.iter().find(|s| s.name == "c1").unwrap();
+    assert_eq!(srv1.parent_span_id, Some(cli1.span_id));
+    assert_eq!(l.held(), 1);
+    // Client 2 never shows up: s2 falls back to a new trace after the peer wait.
+    l.tick_deadlines(102 + LinkConfig::default().peer_wait_ns + 1);
+    let call = one(&mut l);
+    s2.response(&mut l, 7);
+    s2.done(&mut l, 102, None, span("s2", SpanKind::Server, None));
+    let srv2 = one(&mut l);
+    assert_eq!(srv2.parent_span_id, None);
+    assert_ambiguous(&call, &[&srv1, &srv2]);
+    assert_eq!(links_of(&call)[0].0, cli1.trace_id);
+    assert_eq!(l.held(), 0);
+}
+
+#[test]
+fn a_held_call_pushed_out_by_the_bound_takes_the_candidates_fallback_ids() {
+    let config = LinkConfig {
+        max_held: 1,
+        ..LinkConfig::default()
+    };
+    let mut l = Linker::new(config);
+    let s1 = Conn::new(2, "127.0.0.1:8000", "127.0.0.1:40001", Side::Server);
+    let s2 = Conn::new(4, "127.0.0.1:8000", "127.0.0.1:40002", Side::Server);
+    let down = Conn::new(5, "127.0.0.1:40003", "10.0.0.7:80", Side::Client)
+        .remote()
+        .other();
+    s1.request(&mut l, 101, 7, 0);
+    s2.request(&mut l, 102, 7, 0);
+    down.request(&mut l, 110, 7, 0);
+    down.done(&mut l, 110, None, span("db", SpanKind::Client, None));
+    assert!(ready(&mut l).is_empty());
+    // Another held span pushes it out: both candidates give up their wait at once.
+    let h2 = Conn::new(6, "127.0.0.1:50051", "127.0.0.1:40004", Side::Server).other();
+    h2.done(
+        &mut l,
+        120,
+        Some(PeerDisc::Stream(1)),
+        span("h2", SpanKind::Server, None),
+    );
+    let call = one(&mut l);
+    s1.response(&mut l, 7);
+    s1.done(&mut l, 101, None, span("s1", SpanKind::Server, None));
+    s2.response(&mut l, 7);
+    s2.done(&mut l, 102, None, span("s2", SpanKind::Server, None));
+    let got = ready(&mut l);
+    assert_ambiguous(&call, &[&got[0], &got[1]]);
+    assert_eq!(l.stats().hold_released, 1);
+}
+
+#[test]
+fn the_candidates_of_a_thread_are_bounded_and_the_oldest_dropped() {
+    let mut l = Linker::new(LinkConfig::default());
+    let n = MAX_CANDIDATES as u64 + 8;
+    for i in 0..n {
+        let srv = Conn::new(
+            100 + i,
+            "10.0.0.1:80",
+            &format!("10.0.0.9:{}", 5000 + i),
+            Side::Server,
+        )
+        .remote();
+        srv.request(&mut l, 1000 + i, 7, 0);
+    }
+    let call = Conn::new(1, "10.0.0.1:6000", "10.0.0.7:80", Side::Client).remote();
+    call.request(&mut l, 5000, 7, 0);
+    call.done(&mut l, 5000, None, span("call", SpanKind::Client, None));
+    let c = one(&mut l);
+    let want: Vec<SpanId> = (8..n)
+        .map(|i| l.ctxs[&(100 + i, 1000 + i)].span_id)
+        .collect();
+    assert_eq!(c.links.iter().map(|l| l.span_id).collect::<Vec<_>>(), want);
+    assert_eq!(l.stats().candidates_dropped, 8);
+    // Sets nothing refers to are forgotten.
+    l.tick(6000);
+    assert_eq!(l.candidates.len(), 1, "the thread's current set stays");
 }
