@@ -204,6 +204,13 @@ pub struct Cli {
           env = "SOCKTRACE_TLS")]
     pub tls: bool,
 
+    /// Follow goroutines in Go programs (binaries with a symbol table, Go 1.17+ on x86-64), with
+    /// uprobes on the Go runtime, so that calls a handler makes from the goroutines it starts
+    /// are children of its request. `false`: Go programs are linked by thread, as others are.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          env = "SOCKTRACE_FOLLOW_GOROUTINES")]
+    pub follow_goroutines: bool,
+
     /// Kernel ring buffer size in bytes (power of two, at least 65536).
     #[arg(long, value_name = "BYTES", default_value = "8388608", value_parser = parse_ringbuf_size, env = "SOCKTRACE_RINGBUF_SIZE")]
     pub ringbuf_size: u32,

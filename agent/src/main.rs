@@ -107,6 +107,15 @@ fn log_tls_scan(report: &ScanReport) {
             path.display()
         );
     }
+    for path in &report.goroutines {
+        tracing::info!("Go: following the goroutines of {}", path.display());
+    }
+    for path in &report.go_unfollowed {
+        tracing::warn!(
+            "Go: {} is a Go program without the symbols needed to follow its goroutines (stripped, e.g. -ldflags=-s): the calls it makes while serving requests are linked by thread, which can give them a wrong parent",
+            path.display()
+        );
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -249,7 +258,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let enabled = Enabled::from_names(&cli.protocols).map_err(anyhow::Error::msg)?;
     // traceparent injection: only where HTTP/1 client spans are made to carry the same ids.
     let mut inject_state = "off".to_owned();
-    let tls_state;
     let inject_root = if cli.no_inject {
         inject_state = "off (--no-inject)".to_owned();
         None
@@ -270,6 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         wakeup_bytes: probes::WAKEUP_BYTES,
         inject: inject_root.is_some(),
         tls: cli.tls,
+        goroutines: cli.follow_goroutines,
         inject_flags: {
             let (threshold, parent_based) = sampler.injected_flags();
             InjectFlags {
@@ -278,11 +287,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
     })?;
-    let mut tls = match probes.tls() {
+    if let Err(why) = probes.goroutines()
+        && cli.follow_goroutines
+    {
+        eprintln!(
+            "socktrace: warning: goroutines are not followed: {why}; client calls of Go programs are linked by thread, which can give them a wrong parent"
+        );
+    }
+    let mut tls = (probes.tls().is_ok() || probes.goroutines().is_ok()).then(|| {
+        let mut attacher = TlsAttacher::new(probes.tls().is_ok(), probes.goroutines().is_ok());
+        log_tls_scan(&probes.scan_tls(&mut attacher));
+        attacher
+    });
+    let tls_state = match probes.tls() {
         Ok(()) => {
-            let mut attacher = TlsAttacher::new();
-            log_tls_scan(&probes.scan_tls(&mut attacher));
-            tls_state = match attacher.attached().as_slice() {
+            let attacher = tls.as_ref().expect("created when TLS is loaded");
+            match attacher.attached().as_slice() {
                 [] => "on (no OpenSSL found yet)".to_owned(),
                 paths => format!(
                     "on ({})",
@@ -292,15 +312,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            };
-            Some(attacher)
+            }
         }
         Err(why) => {
             if cli.tls {
                 eprintln!("socktrace: warning: TLS capture is off: {why}");
             }
-            tls_state = format!("off ({why})");
-            None
+            format!("off ({why})")
         }
     };
     // Once per missing feature: what is off, and why.

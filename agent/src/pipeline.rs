@@ -28,6 +28,7 @@ use crate::{
     telemetry::{Published, Snapshot, health::Health},
     trace::{
         clock::Clock,
+        completeness::{Completeness, CompletenessConfig, ServiceCompleteness},
         link::{LinkConfig, Linker},
         span::{ConnMeta, Span, SpanKind},
     },
@@ -73,6 +74,10 @@ pub struct Pipeline {
     sampled: Vec<Span>,
     /// The local viewer's store (`--ui`), given what the exporter is given.
     ui: Option<UiFeed>,
+    /// How whole each service's traces are (every span, before sampling).
+    completeness: Completeness,
+    /// When `completeness` last judged its idle traces.
+    completeness_tick_ns: u64,
 }
 
 impl Pipeline {
@@ -101,6 +106,8 @@ impl Pipeline {
             sampler: Sampler::default(),
             sampled: Vec::new(),
             ui: None,
+            completeness: Completeness::new(CompletenessConfig::default()),
+            completeness_tick_ns: 0,
         }
     }
 
@@ -250,10 +257,15 @@ impl Pipeline {
             if let Some(m) = &self.metrics {
                 m.record(&self.pending);
             }
+            self.completeness.record(&self.pending, now);
             let spans = std::mem::take(&mut self.pending);
             self.sampler.offer(spans, now, &mut self.sampled);
         }
         self.sampler.tick(now, &mut self.sampled);
+        if now.saturating_sub(self.completeness_tick_ns) >= 1_000_000_000 {
+            self.completeness_tick_ns = now;
+            self.completeness.tick(now);
+        }
         self.submit();
     }
 
@@ -272,9 +284,52 @@ impl Pipeline {
     pub fn finish(&mut self) {
         self.release_held();
         self.flush();
+        self.completeness.judge_all();
         self.sampler
             .decide_all(Clock::monotonic_now(), &mut self.sampled);
         self.submit();
+    }
+
+    fn collect_completeness(&self, s: &mut Snapshot) {
+        let c = &self.completeness;
+        c.stats().collect("completeness", s);
+        s.gauge(
+            "completeness",
+            "open_traces",
+            "Traces not judged yet (no span for 10 s judges a trace).",
+            c.open() as u64,
+        );
+        let per = |f: fn(&ServiceCompleteness) -> u64| -> Vec<(String, u64)> {
+            c.services().map(|(k, v)| (k.to_owned(), f(v))).collect()
+        };
+        s.labeled_counter(
+            "completeness",
+            "calls",
+            "Client spans the service made.",
+            "service",
+            per(|v| v.calls),
+        );
+        s.labeled_counter(
+            "completeness",
+            "calls_linked",
+            "Client spans the service made that have a parent (the request it was serving, or a header); the others began traces of their own.",
+            "service",
+            per(|v| v.calls_linked),
+        );
+        s.labeled_counter(
+            "completeness",
+            "traces",
+            "Traces rooted at a span of the service, judged once no span came for 10 s.",
+            "service",
+            per(|v| v.traces),
+        );
+        s.labeled_counter(
+            "completeness",
+            "traces_whole",
+            "Traces rooted at a span of the service with a single root (every other span's parent in the trace).",
+            "service",
+            per(|v| v.traces_whole),
+        );
     }
 
     /// Every counter of every stage, the kernel's included.
@@ -302,6 +357,7 @@ impl Pipeline {
         self.resources.stats().collect("resources", &mut s);
         self.conns.collect(&mut s);
         self.linker.stats().collect("links", &mut s);
+        self.collect_completeness(&mut s);
         self.sampler.collect(&mut s);
         s.gauge(
             "links",

@@ -315,6 +315,23 @@ impl Agent {
         self.stderr.lock().expect("lock").clone()
     }
 
+    /// Waits until the agent logs a line containing `needle` (a generous deadline: it is an
+    /// event, not a timing), and returns that line.
+    pub fn wait_stderr(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let err = self.stderr();
+            if let Some(line) = err.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent never logged {needle:?}:\n{err}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn stdout(&self) -> String {
         self.stdout.lock().expect("lock").clone()
     }

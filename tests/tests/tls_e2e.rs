@@ -20,7 +20,7 @@ use std::{
     io::BufReader,
     path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -108,21 +108,6 @@ fn check_exchange(server: &ReceivedSpan, client: &ReceivedSpan, port: u16, path:
     assert_eq!(int(client, "server.port"), i64::from(port));
 }
 
-fn wait_stderr(agent: &Agent, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let err = agent.stderr();
-        if let Some(line) = err.lines().find(|l| l.contains(needle)) {
-            return line.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent never logged {needle:?}:\n{err}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn curl_to_nginx_over_https_gives_the_same_spans_as_cleartext() {
     require_root();
@@ -130,7 +115,7 @@ fn curl_to_nginx_over_https_gives_the_same_spans_as_cleartext() {
     let nginx = cert.nginx().unwrap_or_else(|e| panic!("{e}"));
     let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
     let agent = agent_for(&receiver, nginx.port, &[]);
-    let startup = wait_stderr(&agent, "TLS: ");
+    let startup = agent.wait_stderr("TLS: ");
     assert!(
         startup.contains("libssl.so"),
         "the shared libssl is attached at start: {startup}"
@@ -235,7 +220,7 @@ fn node_with_its_own_openssl_is_attached_when_found_and_released_when_it_exits()
     let mut cmd = Command::new(node);
     cmd.args(["-e", script]);
     let (guard, pid) = tls_server(cmd, "node", &cert, port);
-    let attached = wait_stderr(&agent, &format!("TLS: attached to /proc/{pid}/root"));
+    let attached = agent.wait_stderr(&format!("TLS: attached to /proc/{pid}/root"));
     assert!(attached.ends_with("/usr/bin/node"), "{attached}");
     let base = format!("https://127.0.0.1:{port}");
     let body = curl_https(
@@ -251,7 +236,7 @@ fn node_with_its_own_openssl_is_attached_when_found_and_released_when_it_exits()
     let (s, c) = pair(&servers, &clients, "/missing");
     check_exchange(s, c, port, "/missing", 404);
     drop(guard);
-    wait_stderr(&agent, &format!("TLS: detached from /proc/{pid}/root"));
+    agent.wait_stderr(&format!("TLS: detached from /proc/{pid}/root"));
 }
 
 #[test]
@@ -273,7 +258,7 @@ fn without_tls_capture_https_gives_only_connection_spans_and_cleartext_still_doe
         "--tls",
         "false",
     ]);
-    let startup = wait_stderr(&agent, "TLS: ");
+    let startup = agent.wait_stderr("TLS: ");
     assert!(startup.contains("TLS: off (--tls false)"), "{startup}");
     curl_https(&cert.cert(), &[format!("{}hello", nginx.url())]);
     // A cleartext request after the HTTPS one: once its spans are in, the HTTPS one's would be.
@@ -536,7 +521,7 @@ fn go_client_to_go_server_over_crypto_tls() {
     let agent = agent_for(&receiver, port, &[]);
     // Started after the agent: found by the scan, attached by its own symbols.
     let (server, pid) = go_server(&cert, port, false);
-    let attached = wait_stderr(&agent, &format!("TLS: attached to /proc/{pid}/root"));
+    let attached = agent.wait_stderr(&format!("TLS: attached to /proc/{pid}/root"));
     assert!(attached.ends_with("/target/go/tlspeer"), "{attached}");
     // The client is the same executable: already attached when it starts.
     let base = format!("https://127.0.0.1:{port}");
@@ -579,7 +564,7 @@ fn go_client_to_go_server_over_crypto_tls() {
     }
     // The server's exit releases its probes.
     drop(server);
-    wait_stderr(&agent, &format!("TLS: detached from /proc/{pid}/root"));
+    agent.wait_stderr(&format!("TLS: detached from /proc/{pid}/root"));
 }
 
 #[test]
@@ -593,7 +578,7 @@ fn a_stripped_go_server_is_named_and_its_connections_counted_unreadable() {
     go_peer("tlspeer", true);
     let agent = agent_for(&receiver, port, &["--health-listen", &health]);
     let (_server, pid) = go_server(&cert, port, true);
-    let warning = wait_stderr(&agent, "tlspeer-stripped is a Go program");
+    let warning = agent.wait_stderr("tlspeer-stripped is a Go program");
     assert!(
         warning.contains(&format!("/proc/{pid}/root"))
             && warning.contains("/target/go/tlspeer-stripped"),
@@ -617,7 +602,7 @@ fn grpc_go_over_tls_on_both_sides() {
     go_peer("grpcpeer", false);
     let agent = agent_for(&receiver, port, &[]);
     let (_server, pid) = go_server_of("grpcpeer", &cert, port, false);
-    wait_stderr(&agent, &format!("TLS: attached to /proc/{pid}/root"));
+    agent.wait_stderr(&format!("TLS: attached to /proc/{pid}/root"));
     let out = Command::new(go_peer("grpcpeer", false))
         .arg("client")
         .arg(port.to_string())

@@ -107,6 +107,9 @@ const APT_TEST: &[&str] = &[
     // tests/peers/go.
     "golang-go",
     "golang-google-grpc-dev",
+    // lib/pq: the Go service of the goroutine-linking test queries PostgreSQL through
+    // database/sql.
+    "golang-github-lib-pq-dev",
     // A real headless browser for the viewer's test (`tests/tests/ui.rs`).
     "chromium",
 ];

@@ -50,6 +50,7 @@ pub fn configurations() -> Vec<Configuration> {
         wakeup_bytes: WAKEUP_BYTES,
         inject,
         tls: inject || !filter_pids,
+        goroutines: true,
         inject_flags: InjectFlags::default(),
     };
     let default = socktrace_common::DEFAULT_CAPTURE;
@@ -193,7 +194,8 @@ pub fn verify_all(config: &ProbeConfig) -> Result<Vec<Verified>, ProbeError> {
             ProgramSection::SkMsg => bpf_prog_type::BPF_PROG_TYPE_SK_MSG,
             ProgramSection::SockOps => bpf_prog_type::BPF_PROG_TYPE_SOCK_OPS,
             ProgramSection::UProbe { .. } | ProgramSection::URetProbe { .. } => {
-                if !config.tls {
+                let go = crate::capture::tls::GO_RUNTIME_PROGRAMS.contains(&name.as_str());
+                if !(if go { config.goroutines } else { config.tls }) {
                     continue;
                 }
                 bpf_prog_type::BPF_PROG_TYPE_KPROBE

@@ -151,6 +151,9 @@ pub struct ProbeConfig {
     /// Follow TLS library calls: load the uprobe programs (attached per library by
     /// [`crate::capture::tls::TlsAttacher`]) and let the socket hooks look for a call in progress.
     pub tls: bool,
+    /// Follow goroutines in Go programs: load the goroutine programs (attached per binary by
+    /// the same attacher) so that a request's context goes where its goroutines go.
+    pub goroutines: bool,
     /// The flags the injected `traceparent` headers carry.
     pub inject_flags: InjectFlags,
 }
@@ -308,6 +311,8 @@ pub struct Probes {
     fallbacks: Vec<&'static str>,
     /// The TLS programs are loaded, or why not.
     tls: Result<(), String>,
+    /// The goroutine programs are loaded, or why not.
+    goroutines: Result<(), String>,
 }
 
 /// Loads tracepoint program `name` (logging what the verifier said), not attached yet.
@@ -452,12 +457,14 @@ impl Probes {
             attached += 1;
         }
         let tls = if config.tls {
-            match super::tls::load(&mut ebpf) {
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            }
+            super::tls::load(&mut ebpf, super::tls::PROGRAMS).map_err(|e| e.to_string())
         } else {
             Err("--tls false".to_owned())
+        };
+        let goroutines = if config.goroutines {
+            super::tls::load(&mut ebpf, super::tls::GO_RUNTIME_PROGRAMS).map_err(|e| e.to_string())
+        } else {
+            Err("--follow-goroutines false".to_owned())
         };
         if let Err(e) = load_chunk_programs(&mut ebpf, config) {
             tracing::warn!(
@@ -470,6 +477,7 @@ impl Probes {
             attached,
             fallbacks,
             tls,
+            goroutines,
         })
     }
 
@@ -487,7 +495,13 @@ impl Probes {
         self.tls.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
-    /// Attaches the TLS programs to libraries and binaries found since the last scan.
+    /// Whether the goroutine programs are loaded (ready for [`Probes::scan_tls`]), or why not.
+    pub fn goroutines(&self) -> Result<(), &str> {
+        self.goroutines.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// Attaches the TLS and goroutine programs to libraries and binaries found since the last
+    /// scan.
     pub fn scan_tls(
         &mut self,
         attacher: &mut crate::capture::tls::TlsAttacher,
@@ -822,6 +836,8 @@ mod tests {
             tail,
             ctx_flags: 0,
             trace_id: [0; 16],
+            link_sk: 0,
+            link_ts: 0,
         };
         // SAFETY: DataEvent is a Pod type without padding.
         let mut v = unsafe {
@@ -849,6 +865,7 @@ mod tests {
             wakeup_bytes: WAKEUP_BYTES,
             inject: true,
             tls: true,
+            goroutines: true,
             inject_flags: InjectFlags::default(),
         };
         let message = rejected("sys_exit_readv", &config, error).to_string();

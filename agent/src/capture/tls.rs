@@ -16,6 +16,10 @@
 //! (Go moves goroutine stacks, so a return probe's rewritten return address would break the
 //! program). A Go binary using `crypto/tls` without a symbol table (built with `-ldflags=-s`)
 //! is reported: its plaintext cannot be read.
+//!
+//! The same attacher puts the goroutine programs (`ebpf/.../goroutine.rs`) on the Go runtime
+//! functions of every Go binary it finds ([`GO_RUNTIME_HOOKS`]), with or without TLS capture:
+//! that is how a request's context follows the goroutines that serve it.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -65,6 +69,52 @@ const GO_HOOKS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The goroutine programs, loaded unless `--follow-goroutines false`.
+pub const GO_RUNTIME_PROGRAMS: &[&str] = &[
+    "go_newproc_enter",
+    "go_newproc_return",
+    "go_read_return",
+    "go_write_enter",
+    "go_roundtrip_enter",
+    "go_request_write_enter",
+];
+
+/// Go runtime and library functions that carry a request's context between goroutines (see
+/// `goroutine.rs`): function, entry program, program for each `RET`, required.
+const GO_RUNTIME_HOOKS: &[(&str, Option<&str>, Option<&str>, bool)] = &[
+    (
+        "runtime.newproc1",
+        Some("go_newproc_enter"),
+        Some("go_newproc_return"),
+        true,
+    ),
+    (
+        "internal/poll.(*FD).Read",
+        None,
+        Some("go_read_return"),
+        true,
+    ),
+    (
+        "internal/poll.(*FD).Write",
+        Some("go_write_enter"),
+        None,
+        true,
+    ),
+    // Only in programs with an HTTP client.
+    (
+        "net/http.(*Transport).roundTrip",
+        Some("go_roundtrip_enter"),
+        None,
+        false,
+    ),
+    (
+        "net/http.(*Request).write",
+        Some("go_request_write_enter"),
+        None,
+        false,
+    ),
+];
+
 /// Function, entry program, return program, required (a file without it is not attached).
 const HOOKS: &[(&str, &str, &str, bool)] = &[
     ("SSL_read", "tls_enter_read", "tls_exit", true),
@@ -89,9 +139,9 @@ const LIB_DIRS: &[&str] = &[
     "/usr/local/lib64",
 ];
 
-/// Loads the TLS programs (verified, not attached).
-pub fn load(ebpf: &mut Ebpf) -> Result<(), ProgramError> {
-    for name in PROGRAMS {
+/// Loads the programs named (verified, not attached): [`PROGRAMS`] or [`GO_RUNTIME_PROGRAMS`].
+pub fn load(ebpf: &mut Ebpf, programs: &[&str]) -> Result<(), ProgramError> {
+    for name in programs {
         let program = uprobe(ebpf, name)?;
         let started = std::time::Instant::now();
         program.load()?;
@@ -114,6 +164,8 @@ struct Target {
     pinned: bool,
     /// Live processes that map it (for files found through processes).
     pids: HashSet<u32>,
+    /// The TLS programs are among the links (not only the goroutine ones).
+    tls: bool,
 }
 
 /// What a scan found, for the log.
@@ -124,6 +176,11 @@ pub struct ScanReport {
     pub failed: Vec<(PathBuf, String)>,
     /// Go binaries using `crypto/tls` without a symbol table.
     pub stripped: Vec<PathBuf>,
+    /// Go binaries whose goroutines are followed from now on.
+    pub goroutines: Vec<PathBuf>,
+    /// Go binaries whose goroutines cannot be followed (no symbol table): their client calls
+    /// get no parent.
+    pub go_unfollowed: Vec<PathBuf>,
 }
 
 /// Finds TLS libraries and attaches the programs to them; see the module docs.
@@ -136,29 +193,35 @@ pub struct TlsAttacher {
     started: bool,
     /// Where `/proc` is (tests point it elsewhere).
     proc_root: PathBuf,
-}
-
-impl Default for TlsAttacher {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Attach the TLS programs (they are loaded).
+    tls: bool,
+    /// Attach the goroutine programs (they are loaded).
+    goroutines: bool,
 }
 
 impl TlsAttacher {
-    pub fn new() -> Self {
+    pub fn new(tls: bool, goroutines: bool) -> Self {
         Self {
             targets: HashMap::new(),
             rejected: HashSet::new(),
             seen_pids: HashSet::new(),
             self_pid: std::process::id(),
-            started: false,
+            // Without TLS capture the library directories have nothing to offer.
+            started: !tls,
             proc_root: PathBuf::from("/proc"),
+            tls,
+            goroutines,
         }
     }
 
-    /// Files the programs are attached to now.
+    /// Files the TLS programs are attached to now.
     pub fn attached(&self) -> Vec<&Path> {
-        let mut paths: Vec<&Path> = self.targets.values().map(|t| t.path.as_path()).collect();
+        let mut paths: Vec<&Path> = self
+            .targets
+            .values()
+            .filter(|t| t.tls)
+            .map(|t| t.path.as_path())
+            .collect();
         paths.sort();
         paths
     }
@@ -254,21 +317,39 @@ impl TlsAttacher {
         if self.rejected.contains(&key) {
             return;
         }
-        let found = if meta.is_file() {
+        let mut found = if meta.is_file() {
             inspect(path)
         } else {
             Inspection::default()
         };
+        if !self.tls {
+            found.openssl = false;
+            found.go = None;
+            found.go_stripped = false;
+        }
+        if !self.goroutines {
+            found.go_runtime = None;
+            found.go_unfollowed = false;
+        }
         if found.go_stripped {
             r.stripped.push(path.to_owned());
         }
-        if !found.openssl && found.go.is_none() {
+        if found.go_unfollowed {
+            r.go_unfollowed.push(path.to_owned());
+        }
+        let tls = found.openssl || found.go.is_some();
+        if !tls && found.go_runtime.is_none() {
             self.rejected.insert(key);
             return;
         }
         match attach(ebpf, path, &found) {
             Ok(links) => {
-                r.attached.push(path.to_owned());
+                if tls {
+                    r.attached.push(path.to_owned());
+                }
+                if found.go_runtime.is_some() {
+                    r.goroutines.push(path.to_owned());
+                }
                 self.targets.insert(
                     key,
                     Target {
@@ -276,6 +357,7 @@ impl TlsAttacher {
                         links,
                         pinned: pid.is_none(),
                         pids: pid.into_iter().collect(),
+                        tls,
                     },
                 );
             }
@@ -325,6 +407,11 @@ struct Inspection {
     go: Option<Vec<GoFunction>>,
     /// A Go binary that uses `crypto/tls` but has no symbol table.
     go_stripped: bool,
+    /// The runtime functions of `GO_RUNTIME_HOOKS`, in its order (None for a missing optional
+    /// one); None unless every required one is there.
+    go_runtime: Option<Vec<Option<GoFunction>>>,
+    /// A Go binary whose runtime functions cannot be found (no symbol table).
+    go_unfollowed: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -347,6 +434,7 @@ fn inspect(path: &Path) -> Inspection {
         .any(|s| !s.is_undefined() && s.name() == Ok("SSL_write"));
     let is_go = elf.section_by_name(".go.buildinfo").is_some();
     let go = is_go.then(|| go_functions(&elf)).flatten();
+    let go_runtime = is_go.then(|| go_runtime_functions(&elf)).flatten();
     let go_stripped = is_go && go.is_none() && elf.symbols().next().is_none() && {
         // Function names stay in the line table when the symbol table is stripped.
         let names = elf
@@ -359,6 +447,8 @@ fn inspect(path: &Path) -> Inspection {
         openssl,
         go,
         go_stripped,
+        go_unfollowed: is_go && go_runtime.is_none(),
+        go_runtime,
     }
 }
 
@@ -370,21 +460,40 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn go_functions<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>) -> Option<Vec<GoFunction>> {
     GO_HOOKS
         .iter()
-        .map(|(name, _, _)| {
-            let sym = elf
-                .symbols()
-                .find(|s| s.name() == Ok(*name) && !s.is_undefined() && s.size() > 0)?;
-            let section = elf.section_by_index(sym.section_index()?).ok()?;
-            let (file_start, _) = section.file_range()?;
-            let entry = sym.address() - section.address() + file_start;
-            let code = section.data_range(sym.address(), sym.size()).ok()??;
-            let returns = return_offsets(code, sym.address())
-                .into_iter()
-                .map(|at| entry + at)
-                .collect::<Vec<_>>();
-            (!returns.is_empty()).then_some(GoFunction { entry, returns })
+        .map(|(name, _, _)| go_function(elf, name))
+        .collect()
+}
+
+/// `GO_RUNTIME_HOOKS`' functions; None unless every required one is there.
+fn go_runtime_functions<'d, R: object::ReadRef<'d>>(
+    elf: &object::File<'d, R>,
+) -> Option<Vec<Option<GoFunction>>> {
+    GO_RUNTIME_HOOKS
+        .iter()
+        .map(|(name, _, _, required)| match go_function(elf, name) {
+            None if *required => None,
+            found => Some(found),
         })
         .collect()
+}
+
+/// A function of a Go binary: the file offsets of its first instruction and of its returns.
+fn go_function<'d, R: object::ReadRef<'d>>(
+    elf: &object::File<'d, R>,
+    name: &str,
+) -> Option<GoFunction> {
+    let sym = elf
+        .symbols()
+        .find(|s| s.name() == Ok(name) && !s.is_undefined() && s.size() > 0)?;
+    let section = elf.section_by_index(sym.section_index()?).ok()?;
+    let (file_start, _) = section.file_range()?;
+    let entry = sym.address() - section.address() + file_start;
+    let code = section.data_range(sym.address(), sym.size()).ok()??;
+    let returns = return_offsets(code, sym.address())
+        .into_iter()
+        .map(|at| entry + at)
+        .collect::<Vec<_>>();
+    (!returns.is_empty()).then_some(GoFunction { entry, returns })
 }
 
 /// Offsets of the `RET` instructions in a function's x86-64 code (loaded at `address`).
@@ -406,11 +515,29 @@ fn attach(
     found: &Inspection,
 ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
     let mut links = Vec::new();
-    if let Some(functions) = &found.go
-        && let Err(e) = attach_go(ebpf, path, functions, &mut links)
-    {
-        detach(ebpf, links);
-        return Err(e);
+    if let Some(functions) = &found.go {
+        let points = go_points(
+            GO_HOOKS
+                .iter()
+                .zip(functions)
+                .map(|((_, entry, ret), f)| (Some(*entry), Some(*ret), f)),
+        );
+        if let Err(e) = attach_points(ebpf, path, points, &mut links) {
+            detach(ebpf, links);
+            return Err(e);
+        }
+    }
+    if let Some(functions) = &found.go_runtime {
+        let points = go_points(
+            GO_RUNTIME_HOOKS
+                .iter()
+                .zip(functions)
+                .filter_map(|((_, entry, ret, _), f)| Some((*entry, *ret, f.as_ref()?))),
+        );
+        if let Err(e) = attach_points(ebpf, path, points, &mut links) {
+            detach(ebpf, links);
+            return Err(e);
+        }
     }
     if !found.openssl {
         return Ok(links);
@@ -440,18 +567,25 @@ fn attach(
     Ok(links)
 }
 
-/// The Go hooks: every return first, then the entries (an entry without its returns would
-/// leave the goroutine's call behind, and its later socket calls taken for TLS).
-fn attach_go(
+/// Where the Go programs go: every return first, then the entries (an entry without its returns
+/// would leave the goroutine's call behind, and its later socket calls taken for TLS).
+fn go_points<'a>(
+    hooks: impl Iterator<Item = (Option<&'static str>, Option<&'static str>, &'a GoFunction)> + Clone,
+) -> Vec<(&'static str, u64)> {
+    let returns = hooks.clone().flat_map(|(_, ret, f)| {
+        ret.into_iter()
+            .flat_map(move |ret| f.returns.iter().map(move |&at| (ret, at)))
+    });
+    let entries = hooks.filter_map(|(entry, _, f)| Some((entry?, f.entry)));
+    returns.chain(entries).collect()
+}
+
+fn attach_points(
     ebpf: &mut Ebpf,
     path: &Path,
-    functions: &[GoFunction],
+    points: Vec<(&'static str, u64)>,
     links: &mut Vec<(&'static str, UProbeLinkId)>,
 ) -> Result<(), String> {
-    let hooks = || GO_HOOKS.iter().zip(functions);
-    let points = hooks()
-        .flat_map(|((_, _, ret), f)| f.returns.iter().map(|&at| (*ret, at)))
-        .chain(hooks().map(|((_, entry, _), f)| (*entry, f.entry)));
     for (name, at) in points {
         let program = uprobe(ebpf, name).map_err(|e| e.to_string())?;
         let id = program

@@ -3,14 +3,14 @@
 
 use std::net::SocketAddr;
 
-use socktrace_common::{CTX_SERVER_REQUEST, DATA_TLS, DIR_INGRESS, DataEvent};
+use socktrace_common::{CTX_GO, CTX_SERVER_REQUEST, DATA_TLS, DIR_INGRESS, DataEvent};
 
 use super::{ConnExchange, Role};
 use crate::{
     protocol::{Enabled, Exchange, Next, Pairing, Protocol, REGISTRY, Segment, Sender, Session},
     trace::{
         context::scan_http1_context,
-        link::{ExchangeLink, LinkEvent, PeerDisc, Side},
+        link::{Actor, ExchangeLink, LinkEvent, PeerDisc, Side},
         span::{SpanId, TraceId},
     },
 };
@@ -251,13 +251,15 @@ impl Conn {
             _ => false,
         };
         let key = (ev.sk, ev.ts_ns);
+        let actor = if ev.ctx_flags & CTX_GO != 0 {
+            Actor::Go((ev.link_sk != 0).then_some((ev.link_sk, ev.link_ts)))
+        } else {
+            Actor::Thread(ev.tid)
+        };
         if from == Sender::Server {
             self.turn_active = false;
             if role == Role::Server {
-                links.push(LinkEvent::ServerResponse {
-                    sk: ev.sk,
-                    tid: ev.tid,
-                });
+                links.push(LinkEvent::ServerResponse { sk: ev.sk, actor });
             }
             return;
         }
@@ -273,7 +275,7 @@ impl Conn {
                 .filter(TraceId::is_valid);
             links.push(LinkEvent::Http1Request {
                 key,
-                tid: ev.tid,
+                actor,
                 side: side(role),
                 local: self.local,
                 peer: self.peer,
@@ -284,7 +286,7 @@ impl Conn {
                 injected,
             });
         } else if !in_band && role == Role::Client {
-            links.push(LinkEvent::ClientIo { key, tid: ev.tid });
+            links.push(LinkEvent::ClientIo { key, actor });
         }
     }
 

@@ -229,7 +229,7 @@ pub fn build_request(
     // The agent's counters: `socktrace.<group>.<name>`.
     let start = collected.map_or(0, |c| c.start_unix_nanos);
     let now = collected.map_or(0, |c| c.time_unix_nanos);
-    let own: Vec<Metric> = telemetry
+    let mut own: Vec<Metric> = telemetry
         .metrics()
         .iter()
         .map(|m| {
@@ -253,6 +253,23 @@ pub fn build_request(
             }
         })
         .collect();
+    for m in telemetry.labeled() {
+        // Counters only (the snapshot has no labeled gauges): a point per label value.
+        let data: Vec<NumberDataPoint> = m
+            .values
+            .iter()
+            .map(|(label, value)| {
+                let attrs = attributes(&[KeyValue::new(m.label, label.clone())]);
+                int_point(attrs, *value, start, now)
+            })
+            .collect();
+        points += data.len() as u64;
+        own.push(counter_metric(
+            &format!("socktrace.{}.{}", m.group, m.name),
+            m.help,
+            data,
+        ));
+    }
     if !own.is_empty() {
         agent_scopes.push(ScopeMetrics {
             scope: scope(SCOPE),
@@ -367,10 +384,17 @@ mod tests {
         let mut t = Snapshot::default();
         t.counter("export", "queued", "Spans queued.", 4);
         t.gauge("export", "pending", "Spans pending.", 1);
+        t.labeled_counter(
+            "completeness",
+            "calls",
+            "Client spans.",
+            "service",
+            vec![("a".into(), 3), ("b".into(), 5)],
+        );
         let agent = vec![KeyValue::new("service.name", "socktrace")];
         let (req, n) = build_request(Some(&c), &t, &agent);
-        // 2 HTTP series, 1 service-graph edge x 4 metrics, 2 counters.
-        assert_eq!(n, 2 + 4 + 2);
+        // 2 HTTP series, 1 service-graph edge x 4 metrics, 2 counters, 2 labeled points.
+        assert_eq!(n, 2 + 4 + 2 + 2);
         assert_eq!(req.resource_metrics.len(), 2);
         let rm = &req.resource_metrics[0];
         assert_eq!(
@@ -434,6 +458,22 @@ mod tests {
         assert!(matches!(own.metrics[0].data, Some(Data::Sum(_))));
         assert_eq!(own.metrics[1].name, "socktrace.export.pending");
         assert!(matches!(own.metrics[1].data, Some(Data::Gauge(_))));
+        assert_eq!(own.metrics[2].name, "socktrace.completeness.calls");
+        let Some(Data::Sum(calls)) = &own.metrics[2].data else {
+            panic!()
+        };
+        let per_service: Vec<_> = calls
+            .data_points
+            .iter()
+            .map(|p| (str_attr(&p.attributes, "service").cloned(), p.value))
+            .collect();
+        let point = |s: &str, v| {
+            (
+                Some(any_value::Value::StringValue(s.into())),
+                Some(number_data_point::Value::AsInt(v)),
+            )
+        };
+        assert_eq!(per_service, [point("a", 3), point("b", 5)]);
 
         // Nothing recorded, no counters: nothing to send.
         let (req, n) = build_request(None, &Snapshot::default(), &agent);

@@ -31,10 +31,25 @@ pub struct Metric {
     pub value: u64,
 }
 
+/// One named value per label value (per service...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Labeled {
+    pub group: &'static str,
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub label: &'static str,
+    pub values: Vec<(String, u64)>,
+}
+
+/// Most label values a labeled metric shows in the log line (all are in `/metrics`).
+const LINE_LABELS: usize = 8;
+
 /// Every counter and gauge of the agent at one moment, in a fixed order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     metrics: Vec<Metric>,
+    labeled: Vec<Labeled>,
 }
 
 impl Snapshot {
@@ -75,8 +90,42 @@ impl Snapshot {
         });
     }
 
+    /// A counter with one value per `label` value.
+    pub fn labeled_counter(
+        &mut self,
+        group: &'static str,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: Vec<(String, u64)>,
+    ) {
+        self.labeled.push(Labeled {
+            group,
+            name,
+            help,
+            kind: Kind::Counter,
+            label,
+            values,
+        });
+    }
+
     pub fn metrics(&self) -> &[Metric] {
         &self.metrics
+    }
+
+    pub fn labeled(&self) -> &[Labeled] {
+        &self.labeled
+    }
+
+    /// The value of `group`.`name` for one label value.
+    pub fn get_labeled(&self, group: &str, name: &str, label_value: &str) -> Option<u64> {
+        self.labeled
+            .iter()
+            .find(|m| m.group == group && m.name == name)?
+            .values
+            .iter()
+            .find(|(l, _)| l == label_value)
+            .map(|(_, v)| *v)
     }
 
     /// The value of `group`.`name`, if there is such a metric.
@@ -101,26 +150,57 @@ impl Snapshot {
             }
             let _ = write!(out, " {}={}", m.name, m.value);
         }
+        for m in &self.labeled {
+            if m.group != group {
+                if !out.is_empty() {
+                    out.push_str(" |");
+                }
+                let _ = write!(out, " {}:", m.group);
+                group = m.group;
+            }
+            for (label, value) in m.values.iter().take(LINE_LABELS) {
+                let _ = write!(out, " {}{{{label}}}={value}", m.name);
+            }
+            if m.values.len() > LINE_LABELS {
+                let _ = write!(out, " {}{{+{} more}}", m.name, m.values.len() - LINE_LABELS);
+            }
+        }
         out.trim_start().to_owned()
     }
 
     /// The Prometheus text exposition format: `socktrace_{group}_{name}`, counters with the
-    /// `_total` suffix, each with its `# HELP` and `# TYPE`.
+    /// `_total` suffix, each with its `# HELP` and `# TYPE`; labeled ones with their label.
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
         for m in &self.metrics {
-            let (suffix, kind) = match m.kind {
-                Kind::Counter => ("_total", "counter"),
-                Kind::Gauge => ("", "gauge"),
-            };
-            let name = format!("socktrace_{}_{}{suffix}", m.group, m.name);
-            let help = m.help.replace('\\', "\\\\").replace('\n', " ");
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let name = prometheus_head(&mut out, m.group, m.name, m.help, m.kind);
             let _ = writeln!(out, "{name} {}", m.value);
+        }
+        for m in &self.labeled {
+            let name = prometheus_head(&mut out, m.group, m.name, m.help, m.kind);
+            for (label, value) in &m.values {
+                let label = label
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = writeln!(out, "{name}{{{}=\"{label}\"}} {value}", m.label);
+            }
         }
         out
     }
+}
+
+/// Writes a metric's `# HELP` and `# TYPE` lines; returns its full name.
+fn prometheus_head(out: &mut String, group: &str, name: &str, help: &str, kind: Kind) -> String {
+    let (suffix, kind) = match kind {
+        Kind::Counter => ("_total", "counter"),
+        Kind::Gauge => ("", "gauge"),
+    };
+    let name = format!("socktrace_{group}_{name}{suffix}");
+    let help = help.replace('\\', "\\\\").replace('\n', " ");
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    name
 }
 
 /// The latest snapshot, shared between the capture thread (which publishes) and readers on
@@ -236,5 +316,38 @@ mod tests {
             text.ends_with("# TYPE socktrace_table_live gauge\nsocktrace_table_live 7\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn labeled_counters_carry_their_label_escaped() {
+        let mut s = Snapshot::default();
+        s.gauge("links", "held_now", "held", 1);
+        s.labeled_counter(
+            "completeness",
+            "calls",
+            "Client spans.",
+            "service",
+            vec![("a".into(), 3), ("we\"ird\\x".into(), 1)],
+        );
+        assert_eq!(s.get_labeled("completeness", "calls", "a"), Some(3));
+        assert_eq!(s.get_labeled("completeness", "calls", "b"), None);
+        assert_eq!(
+            s.line(),
+            "links: held_now=1 | completeness: calls{a}=3 calls{we\"ird\\x}=1"
+        );
+        let text = s.prometheus();
+        assert!(
+            text.ends_with(concat!(
+                "# HELP socktrace_completeness_calls_total Client spans.\n",
+                "# TYPE socktrace_completeness_calls_total counter\n",
+                "socktrace_completeness_calls_total{service=\"a\"} 3\n",
+                "socktrace_completeness_calls_total{service=\"we\\\"ird\\\\x\"} 1\n",
+            )),
+            "{text}"
+        );
+        let many: Vec<(String, u64)> = (0..10).map(|i| (format!("s{i}"), i)).collect();
+        let mut s = Snapshot::default();
+        s.labeled_counter("c", "n", "h", "service", many);
+        assert!(s.line().ends_with("n{s7}=7 n{+2 more}"), "{}", s.line());
     }
 }

@@ -63,6 +63,16 @@ pub enum PeerDisc {
 /// One request as its *client* sees it: (client address, server address, which request).
 pub type PeerKey = (SocketAddr, SocketAddr, PeerDisc);
 
+/// Who made an I/O, as far as linking is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// A thread: it serves the request it read last until it answers it.
+    Thread(u32),
+    /// A goroutine of a Go program the kernel follows: threads mean nothing there, and the
+    /// kernel names the request the I/O was made for (a client write), if any.
+    Go(Option<CtxKey>),
+}
+
 /// Role of the traced side of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -76,7 +86,7 @@ pub enum LinkEvent {
     /// The first bytes of a request on an HTTP/1 connection.
     Http1Request {
         key: CtxKey,
-        tid: u32,
+        actor: Actor,
         side: Side,
         local: SocketAddr,
         peer: SocketAddr,
@@ -91,9 +101,9 @@ pub enum LinkEvent {
         injected: Option<(TraceId, SpanId)>,
     },
     /// Request bytes written on a client connection of another protocol (HTTP/2, PostgreSQL).
-    ClientIo { key: CtxKey, tid: u32 },
+    ClientIo { key: CtxKey, actor: Actor },
     /// Response bytes written on a server connection: the writing thread is no longer serving.
-    ServerResponse { sk: u64, tid: u32 },
+    ServerResponse { sk: u64, actor: Actor },
 }
 
 /// What the connection layer knows about a finished exchange, for linking its span.
@@ -142,6 +152,8 @@ crate::counters! {
     pub struct LinkStats {
         /// Client spans made a child of the request their thread was serving.
         thread_links,
+        /// Client spans of Go programs made a child of the request their goroutine works for.
+        goroutine_links,
         /// Server spans made a child of their same-host client span.
         peer_links,
         /// Client spans whose ids came from a kernel-injected header.
@@ -270,7 +282,7 @@ pub struct Linker {
     /// request their calls belong to cannot be told, so they get candidate links, no parent.
     multiplexing: HashMap<u32, EventLoop>,
     /// Client I/O of non-HTTP/1 connections made while serving: key -> the served request.
-    io_parents: HashMap<CtxKey, (CtxKey, u64)>,
+    io_parents: HashMap<CtxKey, (CtxKey, u64, bool)>,
     /// Client I/O of non-HTTP/1 connections made by an event loop: key -> its candidates.
     io_candidates: HashMap<CtxKey, u64>,
     candidates: HashMap<u64, Candidates>,
@@ -399,7 +411,7 @@ impl Linker {
         match ev {
             LinkEvent::Http1Request {
                 key,
-                tid,
+                actor,
                 side,
                 local,
                 peer,
@@ -438,6 +450,10 @@ impl Linker {
                             }
                         }
                         self.insert(key, ctx);
+                        let Actor::Thread(tid) = actor else {
+                            self.settle(key);
+                            return;
+                        };
                         let busy = self
                             .serving
                             .get(&tid)
@@ -469,12 +485,12 @@ impl Linker {
                             self.stats.injected += 1;
                         }
                         if header.is_none()
-                            && let Some(parent) = self.serving.get(&tid).copied()
-                            && self.ctxs.contains_key(&parent)
+                            && let Some(parent) = self.parent_of(actor)
                         {
-                            self.stats.thread_links += 1;
                             ctx.state = State::AwaitCtx(parent);
-                        } else if header.is_none() {
+                        } else if header.is_none()
+                            && let Actor::Thread(tid) = actor
+                        {
                             ctx.candidates = self.call_candidates(tid);
                         }
                         self.insert(key, ctx);
@@ -489,18 +505,27 @@ impl Linker {
                 }
                 self.settle(key);
             }
-            LinkEvent::ClientIo { key, tid } => {
-                if let Some(parent) = self.serving.get(&tid).copied() {
-                    self.io_parents.insert(key, (parent, key.1));
-                } else if let Some(set) = self.call_candidates(tid) {
+            LinkEvent::ClientIo { key, actor } => {
+                let (parent, go) = match actor {
+                    Actor::Thread(tid) => (self.serving.get(&tid).copied(), false),
+                    Actor::Go(parent) => (parent, true),
+                };
+                if let Some(parent) = parent {
+                    self.io_parents.insert(key, (parent, key.1, go));
+                } else if let Actor::Thread(tid) = actor
+                    && let Some(set) = self.call_candidates(tid)
+                {
                     self.io_candidates.insert(key, set);
                 }
             }
-            LinkEvent::ServerResponse { sk, tid } => {
-                if self.serving.get(&tid).is_some_and(|k| k.0 == sk) {
+            LinkEvent::ServerResponse { sk, actor } => {
+                if let Actor::Thread(tid) = actor
+                    && self.serving.get(&tid).is_some_and(|k| k.0 == sk)
+                {
                     self.serving.remove(&tid);
                 }
-                if let Some(lp) = self.multiplexing.get_mut(&tid)
+                if let Actor::Thread(tid) = actor
+                    && let Some(lp) = self.multiplexing.get_mut(&tid)
                     && lp.in_flight.iter().any(|k| k.0 == sk)
                 {
                     lp.in_flight.retain(|k| k.0 != sk);
@@ -567,6 +592,20 @@ impl Linker {
             KeyValue::new(LINK_REASON, Value::text(AMBIGUOUS_EVENT_LOOP)),
             KeyValue::new(LINK_CANDIDATES, span.links.len() as i64),
         ]);
+    }
+
+    /// The request a client request made by `actor` belongs to, if it is known (and counted).
+    fn parent_of(&mut self, actor: Actor) -> Option<CtxKey> {
+        let parent = match actor {
+            Actor::Thread(tid) => self.serving.get(&tid).copied(),
+            Actor::Go(parent) => parent,
+        }
+        .filter(|p| self.ctxs.contains_key(p))?;
+        match actor {
+            Actor::Thread(_) => self.stats.thread_links += 1,
+            Actor::Go(_) => self.stats.goroutine_links += 1,
+        }
+        Some(parent)
     }
 
     fn insert(&mut self, key: CtxKey, ctx: Ctx) {
@@ -732,9 +771,13 @@ impl Linker {
             Side::Client => {
                 let links = self.io_candidates.remove(&key).filter(|_| header.is_none());
                 if header.is_none()
-                    && let Some((parent, _)) = self.io_parents.remove(&key)
+                    && let Some((parent, _, go)) = self.io_parents.remove(&key)
                 {
-                    self.stats.thread_links += 1;
+                    if go {
+                        self.stats.goroutine_links += 1;
+                    } else {
+                        self.stats.thread_links += 1;
+                    }
                     match self.resolved(&parent) {
                         Some((pspan, r)) => apply(&mut span, None, &r.child(pspan)),
                         None if self.ctxs.contains_key(&parent) => {
@@ -1026,7 +1069,7 @@ impl Linker {
         let alive = |k: &CtxKey, ctxs: &HashMap<CtxKey, Ctx>| ctxs.contains_key(k);
         let ctxs = &self.ctxs;
         self.serving.retain(|_, k| alive(k, ctxs));
-        self.io_parents.retain(|_, (k, _)| alive(k, ctxs));
+        self.io_parents.retain(|_, (k, _, _)| alive(k, ctxs));
         self.sweep_candidates();
         let peer_ttl = self.config.max_hold_ns;
         self.peers

@@ -1,7 +1,8 @@
 //! Spans and trace context: the span model (`span`, `ids`), the semantic conventions shared by
 //! the protocols' span builders (`http`, `db`, `rpc`), W3C context parsing (`context`), kernel time
-//! (`clock`), and linking spans into traces (`link`).
+//! (`clock`), linking spans into traces (`link`), and how whole the traces are (`completeness`).
 pub mod clock;
+pub mod completeness;
 pub mod context;
 pub mod db;
 pub mod http;

@@ -66,6 +66,9 @@ pub const DATA_LOST_BEFORE: u32 = 4;
 /// `SSL_write`...), not the socket's own bytes; the socket's ciphertext is not sent at all while
 /// the library is in the call.
 pub const DATA_TLS: u32 = 8;
+/// The record is from a Go process whose goroutines the kernel follows: its request context is
+/// `DataEvent::link_sk`/`link_ts` alone, never its thread's.
+pub const CTX_GO: u32 = 16;
 
 /// Direction of a socket data event, seen from the traced process.
 pub const DIR_INGRESS: u32 = 0;
@@ -145,6 +148,10 @@ pub struct DataEvent {
     /// With `CTX_SERVER_REQUEST`: the trace id the kernel will put into `traceparent` headers
     /// it injects into requests this thread sends while serving the request.
     pub trace_id: [u8; 16],
+    /// With `CTX_GO`, on a write: the request it was made for, as the socket and `ts_ns` of
+    /// the record that began it; 0 when none.
+    pub link_sk: u64,
+    pub link_ts: u64,
 }
 
 /// A payload-carrying record as staged in the kernel's per-CPU scratch buffer.
@@ -447,7 +454,7 @@ wire_layout!(ConnTuple, 40, saddr, daddr, sport, dport, family, _pad);
 wire_layout!(SockInfo, 48, tuple, role, _pad);
 wire_layout!(
     DataEvent,
-    136,
+    152,
     kind,
     direction,
     ts_ns,
@@ -464,10 +471,12 @@ wire_layout!(
     tail,
     ctx_flags,
     trace_id,
+    link_sk,
+    link_ts,
 );
 wire_layout!(
     DataEventBuf,
-    136 + 3 * MAX_CAPTURE + 2 * TAIL_CAPTURE,
+    152 + 3 * MAX_CAPTURE + 2 * TAIL_CAPTURE,
     header,
     data
 );

@@ -6,10 +6,11 @@
 //! (method token and space), from the request's own `traceparent` when it has one within the
 //! first `CTX_HEADER_WINDOW` captured bytes, else a random trace id; cleared when the same
 //! thread writes on that socket (the response). User space learns the decision from the read's
-//! `DataEvent` (`ctx_flags`, `trace_id`).
+//! `DataEvent` (`ctx_flags`, `trace_id`). In Go processes a thread runs many goroutines: there
+//! `goroutine.rs` keeps the context per goroutine and sets the thread's before each write.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::generated::bpf_get_prandom_u32,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
@@ -29,12 +30,20 @@ pub struct ThreadCtx {
     pub trace_id: [u8; 16],
     /// The server socket the request came in on: a write there by the thread ends the context.
     pub sk: u64,
+    /// Timestamp of the record of the read that began the request (`DataEvent::ts_ns`): with
+    /// `sk`, user space's key for the request.
     pub ts_ns: u64,
     /// The request's own `traceparent`, when it had one: `http::TP_VALID`, with `TP_SAMPLED`
     /// when its flags say sampled (a parent-based sampler follows them). 0: no header.
     pub header: u32,
-    pub _pad: u32,
+    /// `CTX_FRESH` until a goroutine claims the context (`goroutine.rs`).
+    pub go: u32,
+    /// Go: the goroutine serving the request (0 elsewhere): its context ends with the response.
+    pub g: u64,
 }
+
+/// `ThreadCtx::go`: set by the read that began the request, not yet taken by its goroutine.
+pub const CTX_FRESH: u32 = 1;
 
 /// Thread id -> the request it is serving. LRU: threads that exit mid-request are forgotten.
 #[map]
@@ -122,10 +131,10 @@ pub fn server_read(scratch: *mut DataEventBuf) {
     let ctx = ThreadCtx {
         trace_id: header.trace_id,
         sk: header.sk,
-        // SAFETY: helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: header.ts_ns,
         header: incoming,
-        _pad: 0,
+        go: CTX_FRESH,
+        g: 0,
     };
     if THREAD_CTX.insert(header.tid, ctx, 0).is_err() {
         count(stats::MAP_UPDATE_FAILED);
@@ -134,13 +143,17 @@ pub fn server_read(scratch: *mut DataEventBuf) {
 }
 
 /// A write by `tid` on socket `sk` (egress exit path): the response to the request the thread
-/// was serving on that socket ends its server context.
+/// was serving on that socket ends its server context, and in Go the serving goroutine's.
 #[inline(always)]
-pub fn server_write(tid: u32, sk: u64) {
-    // SAFETY: the value is read in place, once.
-    if let Some(ctx) = unsafe { THREAD_CTX.get(tid) }
+pub fn server_write(id: u64, sk: u64) {
+    let tid = id as u32;
+    // SAFETY: the value is read in place.
+    if let Some(ctx) = unsafe { THREAD_CTX.get(&tid) }
         && ctx.sk == sk
     {
-        let _ = THREAD_CTX.remove(tid);
+        if ctx.g != 0 {
+            crate::goroutine::answered(ctx.g, (id >> 32) as u32);
+        }
+        let _ = THREAD_CTX.remove(&tid);
     }
 }

@@ -7,6 +7,8 @@
 #[cfg(target_arch = "bpf")]
 mod context;
 #[cfg(target_arch = "bpf")]
+mod goroutine;
+#[cfg(target_arch = "bpf")]
 mod http;
 #[cfg(target_arch = "bpf")]
 mod inject;

@@ -16,13 +16,14 @@ use socktrace_common::{
 };
 
 use crate::{
+    goroutine::GoKey,
     inject,
     maps::{
         SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCKS, TRACED_CONNECTING, TRACKED_SOCKS, agent_tgid,
         count, current_is_traced, send_event, tls_enabled, tp_offset,
     },
     syscalls::{ActiveIo, IO_PEEK, IO_TLS, begin_io, live_io},
-    tls::{GO_CALLS, GO_PROCS, GoKey, TLS_CALLS, TlsCall},
+    tls::{GO_CALLS, GO_PROCS, TLS_CALLS, TlsCall},
 };
 
 const IPPROTO_TCP: u16 = 6;

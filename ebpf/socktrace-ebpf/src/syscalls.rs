@@ -22,7 +22,7 @@ use socktrace_common::{
 };
 
 use crate::{
-    context, inject,
+    context, goroutine, inject,
     maps::{
         EVENTS, SCRATCH, SELF_PEERS, SOCK_CAPTURE, SOCK_LOST, SOCKS, TRACKED_SOCKS, capture_bytes,
         count, current_is_traced, wakeup_flags,
@@ -241,12 +241,13 @@ fn exit<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else {
         return 0;
     };
-    if io.direction == DIR_EGRESS && inject::inject_enabled() {
-        if io.msg_sent != 0 {
+    if io.direction == DIR_EGRESS {
+        if io.msg_sent != 0 && inject::inject_enabled() {
             inject::after_send(io.sk, io.msg_sent, ret);
         }
         if ret > 0 {
-            context::server_write(tid, io.sk);
+            // Contexts exist with injection on, or in Go programs.
+            context::server_write(bpf_get_current_pid_tgid(), io.sk);
         }
     }
     if ret <= 0 {
@@ -610,12 +611,20 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool, con
         // SAFETY: per-CPU slot; read back below.
         unsafe { core::ptr::write_volatile(&raw mut (*state).more, u64::from(more)) };
     }
-    if SERVER_CTX && inject::inject_enabled() && io.direction == DIR_INGRESS && server_read {
-        // The verifier checks the call once per distinct state that reaches it, and the paths
-        // above leave many (each with its own precise sizes): only the pointer is live across
-        // it.
-        context::server_read(scratch);
+    // SAFETY: the per-CPU scratch value.
+    unsafe {
+        (*scratch).header.link_sk = 0;
+        (*scratch).header.link_ts = 0;
     }
+    // The verifier checks these calls once per distinct state that reaches them, and the paths
+    // above leave many (each with its own precise sizes): only the pointer is live across them.
+    if SERVER_CTX && io.direction == DIR_INGRESS && server_read {
+        // Go processes need the context to link even without injection.
+        if inject::inject_enabled() || goroutine::followed(scratch) {
+            context::server_read(scratch);
+        }
+    }
+    goroutine::go_link(scratch);
     // The sizes come back from the record, each bounded again. Verifier (Linux 6.1): "R3 min
     // value is negative, either use unsigned or 'var &= const'" - older verifiers lost the
     // signed bounds of the size summed along the paths above (a mask on the sum was optimised

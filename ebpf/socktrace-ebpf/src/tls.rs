@@ -22,7 +22,6 @@
 //! registers saved at syscall entry.
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
@@ -31,6 +30,7 @@ use aya_ebpf::{
 use socktrace_common::{DIR_EGRESS, DIR_INGRESS, stats};
 
 use crate::{
+    goroutine::{self, GoKey, current_g, reg},
     maps::{count, current_is_traced},
     syscalls::{self, ACTIVE_IO, ActiveIo, IO_LIVE},
 };
@@ -79,15 +79,6 @@ struct SessionSock {
 #[map]
 static TLS_SESSIONS: LruHashMap<SessionKey, SessionSock> = LruHashMap::with_max_entries(65536, 0);
 
-/// A goroutine of one process.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GoKey {
-    pub g: u64,
-    pub tgid: u32,
-    pub _pad: u32,
-}
-
 /// Goroutine -> `crypto/tls` call in flight (`ssl` is the `*tls.Conn`).
 #[map]
 pub static GO_CALLS: LruHashMap<GoKey, TlsCall> = LruHashMap::with_max_entries(16384, 0);
@@ -96,14 +87,6 @@ pub static GO_CALLS: LruHashMap<GoKey, TlsCall> = LruHashMap::with_max_entries(1
 /// the goroutine lookup.
 #[map]
 pub static GO_PROCS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4096, 0);
-
-/// A saved register of the probed user context.
-#[inline(always)]
-fn reg(ctx: &ProbeContext, field: impl Fn(*const pt_regs) -> *const u64) -> u64 {
-    // SAFETY: the program's own context (the kernel's copy of the user registers), read at a
-    // fixed offset.
-    unsafe { core::ptr::read_volatile(field(ctx.regs)) }
-}
 
 /// `TlsCall::out` of a Go write whose plaintext was sent at entry.
 const GO_SENT: u64 = 1;
@@ -115,12 +98,8 @@ fn go_enter(ctx: &ProbeContext, direction: u32) -> u32 {
     }
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
+    let key = current_g(ctx, tgid);
     // SAFETY (the closures): field addresses of the context.
-    let key = GoKey {
-        g: reg(ctx, |r| unsafe { &raw const (*r).r14 }),
-        tgid,
-        _pad: 0,
-    };
     let mut call = TlsCall {
         ssl: reg(ctx, |r| unsafe { &raw const (*r).rax }),
         buf: reg(ctx, |r| unsafe { &raw const (*r).rbx }),
@@ -195,11 +174,7 @@ pub fn go_tls_enter_handshake(ctx: ProbeContext) -> u32 {
 /// The goroutine's call, removed, if it is a handshake (`HANDSHAKE`) or not.
 #[inline(always)]
 fn go_take<const HANDSHAKE: bool>(ctx: &ProbeContext, id: u64) -> Option<TlsCall> {
-    let key = GoKey {
-        g: reg(ctx, |r| unsafe { &raw const (*r).r14 }),
-        tgid: (id >> 32) as u32,
-        _pad: 0,
-    };
+    let key = current_g(ctx, (id >> 32) as u32);
     // SAFETY: the value is copied out before the entry is removed.
     let call = (unsafe { GO_CALLS.get(&key) }).copied()?;
     if (call.direction == DIR_HANDSHAKE) != HANDSHAKE {
@@ -219,6 +194,10 @@ pub fn go_tls_return(ctx: ProbeContext) -> u32 {
     let n = reg(&ctx, |r| unsafe { &raw const (*r).rax }) as i64;
     if n > 0 && call.out != GO_SENT {
         finish(&call, n as u64, id);
+        if call.direction == DIR_INGRESS {
+            // Plaintext that began a request: the goroutine serves it (`goroutine.rs`).
+            goroutine::claim(&current_g(&ctx, (id >> 32) as u32), id as u32);
+        }
     }
     0
 }

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     protocol::{Enabled, http1::Http1},
     trace::{
-        link::{LinkEvent, Side},
+        link::{Actor, LinkEvent, Side},
         span::{SpanId, TraceId},
     },
 };
@@ -94,6 +94,8 @@ fn event(sk: u64, ts: u64, tid: u32, dir: u32, role: u32, t: ConnTuple, len: usi
         tail: 0,
         ctx_flags: 0,
         trace_id: [0; 16],
+        link_sk: 0,
+        link_ts: 0,
     }
 }
 
@@ -266,7 +268,10 @@ fn server_turns_carry_the_kernel_trace_and_end_at_the_response() {
                 turn: 0,
                 ..
             },
-            LinkEvent::ServerResponse { sk: 7, tid: 3 },
+            LinkEvent::ServerResponse {
+                sk: 7,
+                actor: Actor::Thread(3),
+            },
         ] => {
             assert_eq!(*k, TraceId([0x4b; 16]));
             assert_eq!(h.parent_id.to_string(), "00f067aa0ba902b7");
@@ -275,6 +280,35 @@ fn server_turns_carry_the_kernel_trace_and_end_at_the_response() {
     }
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].link.start_ns, 100);
+}
+
+#[test]
+fn go_records_link_through_the_kernels_request_not_the_thread() {
+    use socktrace_common::CTX_GO;
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80);
+    let req = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
+    // A client request written by a goroutine working for request (9, 500), on thread 3.
+    let mut ev = event(7, 100, 3, DIR_EGRESS, ROLE_CLIENT, tp, req.len());
+    ev.ctx_flags = CTX_GO;
+    ev.link_sk = 9;
+    ev.link_ts = 500;
+    t.on_data(&ev, req, &[], &mut r, &mut out);
+    // And one made for no request.
+    let tp2 = tuple([10, 0, 0, 1], 40001, [10, 0, 0, 2], 80);
+    let mut ev = event(8, 200, 3, DIR_EGRESS, ROLE_CLIENT, tp2, req.len());
+    ev.ctx_flags = CTX_GO;
+    t.on_data(&ev, req, &[], &mut r, &mut out);
+    let actors: Vec<Actor> = t
+        .take_links()
+        .into_iter()
+        .map(|l| match l {
+            LinkEvent::Http1Request { actor, .. } => actor,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(actors, [Actor::Go(Some((9, 500))), Actor::Go(None)]);
 }
 
 #[test]

@@ -63,6 +63,9 @@ impl Conn {
     fn request(&self, l: &mut Linker, ts: u64, tid: u32, turn: u64) {
         self.request_with(l, ts, tid, turn, None, None, None);
     }
+    fn request_as(&self, l: &mut Linker, ts: u64, actor: Actor, turn: u64) {
+        self.request_by(l, ts, actor, turn, None, None, None);
+    }
     #[allow(clippy::too_many_arguments)]
     fn request_with(
         &self,
@@ -74,10 +77,24 @@ impl Conn {
         kernel_trace: Option<TraceId>,
         injected: Option<(TraceId, SpanId)>,
     ) {
+        let actor = Actor::Thread(tid);
+        self.request_by(l, ts, actor, turn, header, kernel_trace, injected);
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn request_by(
+        &self,
+        l: &mut Linker,
+        ts: u64,
+        actor: Actor,
+        turn: u64,
+        header: Option<HeaderContext>,
+        kernel_trace: Option<TraceId>,
+        injected: Option<(TraceId, SpanId)>,
+    ) {
         if self.http1 {
             l.on_event(LinkEvent::Http1Request {
                 key: (self.sk, ts),
-                tid,
+                actor,
                 side: self.side,
                 local: self.local,
                 peer: self.peer,
@@ -90,13 +107,16 @@ impl Conn {
         } else if self.side == Side::Client {
             l.on_event(LinkEvent::ClientIo {
                 key: (self.sk, ts),
-                tid,
+                actor,
             });
         }
     }
     fn response(&self, l: &mut Linker, tid: u32) {
+        self.response_as(l, Actor::Thread(tid));
+    }
+    fn response_as(&self, l: &mut Linker, actor: Actor) {
         if self.side == Side::Server {
-            l.on_event(LinkEvent::ServerResponse { sk: self.sk, tid });
+            l.on_event(LinkEvent::ServerResponse { sk: self.sk, actor });
         }
     }
     fn done(&self, l: &mut Linker, start: u64, disc: Option<PeerDisc>, s: Span) {
@@ -200,6 +220,50 @@ fn a_thread_that_reads_a_second_request_before_answering_the_first_gives_no_pare
     assert_eq!(third.parent_span_id, None);
     assert_eq!(third.links.len(), 1);
     assert_eq!(third.links[0].span_id, l.ctxs[&(1, 200)].span_id);
+}
+
+#[test]
+fn go_calls_follow_the_kernels_request_and_never_their_thread() {
+    let mut l = Linker::new(LinkConfig::default());
+    let s1 = Conn::new(1, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
+    let s2 = Conn::new(2, "10.0.0.1:80", "10.0.0.9:5001", Side::Server).remote();
+    let client = Conn::new(3, "10.0.0.1:6000", "10.0.0.7:80", Side::Client).remote();
+    let db = Conn::new(4, "10.0.0.1:6001", "10.0.0.8:5432", Side::Client)
+        .remote()
+        .other();
+    // Two requests read by goroutines that happened to run on thread 7, then calls written on
+    // thread 7 and 8 for the requests the kernel names, crossed over.
+    s1.request_as(&mut l, 100, Actor::Go(None), 0);
+    s2.request_as(&mut l, 102, Actor::Go(None), 0);
+    client.request_as(&mut l, 110, Actor::Go(Some((1, 100))), 0);
+    client.request_as(&mut l, 111, Actor::Go(Some((2, 102))), 1);
+    db.request_as(&mut l, 112, Actor::Go(Some((1, 100))), 0);
+    // A call made for no request, and one for a request never seen (dropped): roots.
+    client.request_as(&mut l, 113, Actor::Go(None), 2);
+    client.request_as(&mut l, 114, Actor::Go(Some((99, 1))), 3);
+    for (ts, name) in [(110, "c1"), (111, "c2"), (113, "none"), (114, "unknown")] {
+        client.done(&mut l, ts, None, span(name, SpanKind::Client, None));
+    }
+    db.done(&mut l, 112, None, span("db", SpanKind::Client, None));
+    s1.response_as(&mut l, Actor::Go(None));
+    s2.response_as(&mut l, Actor::Go(None));
+    s1.done(&mut l, 100, None, span("s1", SpanKind::Server, None));
+    s2.done(&mut l, 102, None, span("s2", SpanKind::Server, None));
+    let spans = ready(&mut l);
+    let by = |n: &str| spans.iter().find(|s| s.name == n).unwrap().clone();
+    let (srv1, srv2) = (by("s1"), by("s2"));
+    assert_ne!(srv1.trace_id, srv2.trace_id);
+    for (child, parent) in [("c1", &srv1), ("db", &srv1), ("c2", &srv2)] {
+        assert_eq!(by(child).parent_span_id, Some(parent.span_id), "{child}");
+        assert_eq!(by(child).trace_id, parent.trace_id, "{child}");
+    }
+    for root in ["none", "unknown"] {
+        assert_eq!(by(root).parent_span_id, None, "{root}");
+    }
+    let stats = l.stats();
+    assert_eq!((stats.goroutine_links, stats.thread_links), (3, 0));
+    // Go servers never count as threads serving several requests.
+    assert_eq!(stats.multiplexing_threads, 0);
 }
 
 #[test]
