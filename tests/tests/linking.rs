@@ -320,21 +320,10 @@ fn event_loop_calls(extra: &[&str]) -> Vec<(ReceivedSpan, ReceivedSpan)> {
         .collect()
 }
 
-/// With header injection (the default) the kernel, which does not know the thread is an event
-/// loop, writes the trace of the request the loop read last into each call's `traceparent`;
-/// the call's span keeps that trace id (its downstream continues it), so it may sit in another
-/// request's trace, as a root with links - never as a child.
-#[test]
-fn calls_of_an_event_loop_serving_twenty_requests_get_links_not_wrong_parents() {
-    event_loop_calls(&[]);
-}
-
-/// Without injection every ambiguous call is the root of a trace of its own.
-#[test]
-fn without_injection_each_ambiguous_call_of_an_event_loop_begins_its_own_trace() {
-    let calls = event_loop_calls(&["--no-inject"]);
+/// An ambiguous call is the root of a trace of its own, never in a request's trace of the loop.
+fn assert_own_traces(calls: &[(ReceivedSpan, ReceivedSpan)]) {
     let loop_traces: Vec<String> = calls.iter().map(|(_, s)| s.trace_id()).collect();
-    for (call, _) in &calls {
+    for (call, _) in calls {
         if call.parent_span_id().is_none() {
             assert!(
                 !loop_traces.contains(&call.trace_id()),
@@ -342,4 +331,18 @@ fn without_injection_each_ambiguous_call_of_an_event_loop_begins_its_own_trace()
             );
         }
     }
+}
+
+/// With header injection (the default) the kernel knows the event loop too (a thread that read
+/// a request while another was unanswered): the `traceparent` it writes into the loop's calls
+/// begins a trace of their own instead of continuing the request the loop read last.
+#[test]
+fn calls_of_an_event_loop_serving_twenty_requests_get_links_not_wrong_parents() {
+    assert_own_traces(&event_loop_calls(&[]));
+}
+
+/// Without injection every ambiguous call is the root of a trace of its own too.
+#[test]
+fn without_injection_each_ambiguous_call_of_an_event_loop_begins_its_own_trace() {
+    assert_own_traces(&event_loop_calls(&["--no-inject"]));
 }

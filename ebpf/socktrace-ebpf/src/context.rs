@@ -36,14 +36,27 @@ pub struct ThreadCtx {
     /// The request's own `traceparent`, when it had one: `http::TP_VALID`, with `TP_SAMPLED`
     /// when its flags say sampled (a parent-based sampler follows them). 0: no header.
     pub header: u32,
-    /// `CTX_FRESH` until a goroutine claims the context (`goroutine.rs`).
-    pub go: u32,
+    /// `CTX_FRESH` until a goroutine claims the context (`goroutine.rs`); `CTX_LOOP` on a
+    /// thread seen serving several requests at once.
+    pub flags: u32,
     /// Go: the goroutine serving the request (0 elsewhere): its context ends with the response.
     pub g: u64,
 }
 
-/// `ThreadCtx::go`: set by the read that began the request, not yet taken by its goroutine.
+/// `ThreadCtx::flags`: set by the read that began the request, not yet taken by its goroutine.
 pub const CTX_FRESH: u32 = 1;
+/// `ThreadCtx::flags`: the thread read this request while another was unanswered (an event
+/// loop), or did so in the last `LOOP_TTL_NS`: which request its calls belong to cannot be
+/// told, so the requests it sends get a trace of their own, not this one's.
+pub const CTX_LOOP: u32 = 2;
+
+/// How long a thread seen serving several requests at once is taken for an event loop (user
+/// space uses the same time for its links).
+const LOOP_TTL_NS: u64 = 60_000_000_000;
+
+/// Threads seen serving several requests at once, with when they last did.
+#[map]
+static LOOP_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
 /// Thread id -> the request it is serving. LRU: threads that exit mid-request are forgotten.
 #[map]
@@ -128,14 +141,27 @@ pub fn server_read(scratch: *mut DataEventBuf) {
         random_trace_id(trace_id);
     }
     header.ctx_flags |= flags;
-    let ctx = ThreadCtx {
+    let mut ctx = ThreadCtx {
         trace_id: header.trace_id,
         sk: header.sk,
         ts_ns: header.ts_ns,
         header: incoming,
-        go: CTX_FRESH,
+        flags: CTX_FRESH,
         g: 0,
     };
+    // An unanswered request of another connection: the thread multiplexes (an event loop).
+    let now = header.ts_ns;
+    // SAFETY: the value is read in place.
+    let busy = unsafe { THREAD_CTX.get(&header.tid) }.is_some_and(|prev| prev.sk != header.sk);
+    if busy {
+        let _ = LOOP_THREADS.insert(&header.tid, &now, 0);
+        ctx.flags |= CTX_LOOP;
+    // SAFETY: the value is copied out.
+    } else if let Some(seen) = unsafe { LOOP_THREADS.get(&header.tid) }.copied() {
+        if now.wrapping_sub(seen) < LOOP_TTL_NS {
+            ctx.flags |= CTX_LOOP;
+        }
+    }
     if THREAD_CTX.insert(header.tid, ctx, 0).is_err() {
         count(stats::MAP_UPDATE_FAILED);
     }

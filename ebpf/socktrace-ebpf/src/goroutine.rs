@@ -103,7 +103,7 @@ fn carry(
     // SAFETY: the value is copied out.
     match unsafe { src.get(from) }.copied() {
         Some(mut c) => {
-            c.go = 0;
+            c.flags = 0;
             if dst.insert(to, &c, 0).is_err() {
                 count(stats::MAP_UPDATE_FAILED);
             }
@@ -159,10 +159,10 @@ pub fn claim(g: &GoKey, tid: u32) {
     };
     // SAFETY: this thread's entry, read and updated in place.
     unsafe {
-        if (*c).go & CTX_FRESH == 0 {
+        if (*c).flags & CTX_FRESH == 0 {
             return;
         }
-        (*c).go = 0;
+        (*c).flags = 0;
         (*c).g = g.g;
         if GO_CTX.insert(g, &*c, 0).is_err() {
             count(stats::MAP_UPDATE_FAILED);
@@ -284,7 +284,7 @@ pub fn go_link(scratch: *mut DataEventBuf) {
     if header.direction == DIR_INGRESS {
         if header.ctx_flags & CTX_SERVER_REQUEST == 0 {
             // SAFETY: this thread's entry.
-            unsafe { (*c).go = 0 };
+            unsafe { (*c).flags &= !CTX_FRESH };
         }
         return;
     }

@@ -42,7 +42,7 @@ use socktrace_common::{
 };
 
 use crate::{
-    context::{THREAD_CTX, random_trace_id},
+    context::{CTX_LOOP, THREAD_CTX, random_trace_id},
     http::{self, DUP_CL, HAS_CHUNKED, HAS_CL, HAS_TE, HAS_TP, HAS_UPGRADE, HeadScan},
     maps::{count, current_is_traced, send_event},
     syscalls::{ActiveIo, live_io},
@@ -665,7 +665,8 @@ fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> 
     let mut header = 0u32;
     // SAFETY: the value is read in place: the trace id is at offset 0 of an 8-aligned value.
     match unsafe { THREAD_CTX.get(tid) } {
-        Some(c) => {
+        // An event loop's request belongs to none of the requests it serves for sure.
+        Some(c) if unsafe { core::ptr::read_volatile(&raw const c.flags) } & CTX_LOOP == 0 => {
             let words = c.trace_id.as_ptr().cast::<u32>();
             let mut k = 0;
             while k < 4 {
@@ -676,7 +677,7 @@ fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> 
             // SAFETY: as above.
             header = unsafe { core::ptr::read_volatile(&raw const c.header) };
         }
-        None => random_trace_id(trace.as_mut_ptr()),
+        _ => random_trace_id(trace.as_mut_ptr()),
     }
     let flags = if sampled(&trace, header) {
         word(b"-01\r\n")
