@@ -110,6 +110,8 @@ const APT_TEST: &[&str] = &[
     // lib/pq: the Go service of the goroutine-linking test queries PostgreSQL through
     // database/sql.
     "golang-github-lib-pq-dev",
+    // The JDK (javac, java): the thread-pool linking test runs a Java service from its source.
+    "openjdk-17-jdk-headless",
     // A real headless browser for the viewer's test (`tests/tests/ui.rs`).
     "chromium",
 ];
