@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashMap,
+    path::Path,
     process::{Command, Stdio},
 };
 
@@ -193,12 +194,22 @@ fn request_number(s: &ReceivedSpan) -> u32 {
 /// or no parent and links to the loop's requests in flight when it began, among them the true
 /// one. Never a wrong parent.
 fn event_loop_calls(extra: &[&str]) -> Vec<(ReceivedSpan, ReceivedSpan)> {
+    event_loop_calls_of(&python(), "async_service.py", extra)
+}
+
+/// [`event_loop_calls`] with the event-loop service `script` run by `interpreter` (the same
+/// interface: `URL_PREFIX DELAY_MS`, `GET /work?i=N`).
+fn event_loop_calls_of(
+    interpreter: &Path,
+    script: &str,
+    extra: &[&str],
+) -> Vec<(ReceivedSpan, ReceivedSpan)> {
     require_root();
     let receiver = OtlpReceiver::start_blocking(Protocol::Grpc);
     let down = PyServer::start(&[("OTEL_SERVICE_NAME", "svc-down")]);
     let event_loop = PyServer::start_peer_args(
-        &python(),
-        "async_service.py",
+        interpreter,
+        script,
         &[&down.url(""), "300"],
         &[("OTEL_SERVICE_NAME", "svc-async")],
     );
@@ -345,4 +356,15 @@ fn calls_of_an_event_loop_serving_twenty_requests_get_links_not_wrong_parents() 
 #[test]
 fn without_injection_each_ambiguous_call_of_an_event_loop_begins_its_own_trace() {
     assert_own_traces(&event_loop_calls(&["--no-inject"]));
+}
+
+/// The same with node's `http` on its event loop: its calls get links, never wrong parents,
+/// and each begins its own trace.
+#[test]
+fn calls_of_a_node_event_loop_serving_twenty_requests_get_links_not_wrong_parents() {
+    assert_own_traces(&event_loop_calls_of(
+        Path::new("node"),
+        "node_service.js",
+        &[],
+    ));
 }
