@@ -100,6 +100,13 @@ const GO_RUNTIME_HOOKS: &[(&str, Option<&str>, Option<&str>, bool)] = &[
         None,
         true,
     ),
+    // Only in programs that write `net.Buffers`.
+    (
+        "internal/poll.(*FD).Writev",
+        Some("go_write_enter"),
+        None,
+        false,
+    ),
     // Only in programs with an HTTP client.
     (
         "net/http.(*Transport).roundTrip",

@@ -16,9 +16,10 @@
 //! - `net/http.(*Transport).roundTrip` (entry): the request object takes the caller's context;
 //!   `net/http.(*Request).write` (entry, in the connection's writer goroutine): that goroutine
 //!   takes the context of the request it is about to write.
-//! - `(*FD).Write` (entry): the thread's context becomes the goroutine's, or none. The write
-//!   syscall that follows on this thread reads it: `inject.rs` for the header it adds, and
-//!   the data record (`link_sk`/`link_ts`, set by `go_link`) for user space's parent.
+//! - `(*FD).Write` and `(*FD).Writev` (entry): the thread's context becomes the goroutine's, or
+//!   none. The write syscall that follows on this thread reads it: `inject.rs` for the header it
+//!   adds, and the data record (`link_sk`/`link_ts`, set by `go_link`, which then clears it) for
+//!   user space's parent.
 //!
 //! Return probes are not used (Go moves goroutine stacks): user space attaches the `RET`
 //! programs at each return instruction. Records of processes whose goroutines are followed are
@@ -200,9 +201,16 @@ pub fn go_write_enter(ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     mark_linked(tgid);
-    let tid = id as u32;
+    writing(&current_g(&ctx, tgid), id as u32);
+    0
+}
+
+/// Goroutine `g` is about to write on thread `tid`: the thread's context becomes the
+/// goroutine's, or none, for the record of that write (`go_link` takes it).
+#[inline(always)]
+pub fn writing(g: &GoKey, tid: u32) {
     // SAFETY: the value is copied out.
-    match unsafe { GO_CTX.get(&current_g(&ctx, tgid)) }.copied() {
+    match unsafe { GO_CTX.get(g) }.copied() {
         Some(c) => {
             if THREAD_CTX.insert(&tid, &c, 0).is_err() {
                 count(stats::MAP_UPDATE_FAILED);
@@ -212,7 +220,6 @@ pub fn go_write_enter(ctx: ProbeContext) -> u32 {
             let _ = THREAD_CTX.remove(&tid);
         }
     }
-    0
 }
 
 /// Hands a context between the running goroutine and an `*http.Request`: the request (in
@@ -293,4 +300,8 @@ pub fn go_link(scratch: *mut DataEventBuf) {
         header.link_sk = (*c).sk;
         header.link_ts = (*c).ts_ns;
     }
+    // Used: a later write on this thread that did not come through `(*FD).Write` (cgo, a
+    // syscall made directly) must not inherit it. Further writes of the same call (a partial
+    // write) carry no request, which only the first needs.
+    let _ = THREAD_CTX.remove(&tid);
 }

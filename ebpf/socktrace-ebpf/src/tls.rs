@@ -136,6 +136,9 @@ fn go_enter(ctx: &ProbeContext, direction: u32) -> u32 {
             // sending it now keeps it ahead of the answer: the reader may return the answer
             // before this goroutine reaches its return.
             let len = reg(ctx, |r| unsafe { &raw const (*r).rcx });
+            // The plaintext record goes out before `(*FD).Write` is entered: it takes the
+            // goroutine's request now.
+            goroutine::writing(&key, id as u32);
             finish(&call, len, id);
             call.out = GO_SENT;
         }
