@@ -71,6 +71,10 @@ const OWN_ATTRIBUTES: &[(&str, &str)] = &[
         "socktrace.postgresql.prepared_statement",
         "the name of a statement prepared before the agent saw it (no query text known)",
     ),
+    (
+        "socktrace.instrumented_process",
+        "the span's process traces itself (--instrumented-processes link): its tracer has a span for the same operation",
+    ),
 ];
 
 /// Names of other specifications that dashboards expect as they are.

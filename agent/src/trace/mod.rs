@@ -1,11 +1,13 @@
 //! Spans and trace context: the span model (`span`, `ids`), the semantic conventions shared by
 //! the protocols' span builders (`http`, `db`, `rpc`), W3C context parsing (`context`), kernel time
-//! (`clock`), and linking spans into traces (`link`).
+//! (`clock`), linking spans into traces (`link`), and processes that trace themselves
+//! (`instrumented`).
 pub mod clock;
 pub mod context;
 pub mod db;
 pub mod http;
 pub mod ids;
+pub mod instrumented;
 pub mod link;
 pub mod rpc;
 pub mod span;
