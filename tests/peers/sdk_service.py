@@ -3,6 +3,7 @@
 
 Usage: sdk_service.py DOWNSTREAM_URL OTLP_TRACES_URL
 
+  GET /local -> a SERVER span around the answer, 200 "local" (no call, no context sent).
   GET /call -> a SERVER span continuing the context of the request's headers; inside it a
                CLIENT span around GET DOWNSTREAM_URL/headers (urllib), whose request carries
                the span's context (W3C traceparent and tracestate, injected by the SDK's
@@ -37,6 +38,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         incoming = propagate.extract({k.lower(): v for k, v in self.headers.items()})
+        if self.path == "/local":
+            with tracer.start_as_current_span("GET /local", context=incoming, kind=SpanKind.SERVER):
+                self.send_response(200)
+                self.send_header("Content-Length", "5")
+                self.end_headers()
+                self.wfile.write(b"local")
+            return
         with tracer.start_as_current_span("GET /call", context=incoming, kind=SpanKind.SERVER):
             with tracer.start_as_current_span("GET", kind=SpanKind.CLIENT):
                 headers = {}

@@ -24,6 +24,11 @@ struct Setup {
 }
 
 fn setup(mode: &str) -> Setup {
+    setup_with(mode, false)
+}
+
+/// `export_traced`: the SDK's export requests are traced too (its receiver's port is selected).
+fn setup_with(mode: &str, export_traced: bool) -> Setup {
     require_root();
     let socktrace = OtlpReceiver::start_blocking(Protocol::Grpc);
     let sdk_receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
@@ -34,8 +39,12 @@ fn setup(mode: &str) -> Setup {
         &[&down.url(""), &sdk_receiver.traces_endpoint()],
         &[],
     );
-    // The SDK's export traffic is left out by the port filter: only the request path is traced.
-    let ports = format!("{},{}", sdk.port, down.port);
+    // Unless asked for, the SDK's export traffic is left out by the port filter: only the
+    // request path is traced.
+    let mut ports = format!("{},{}", sdk.port, down.port);
+    if export_traced {
+        ports.push_str(&format!(",{}", sdk_receiver.addr().port()));
+    }
     let endpoint = socktrace.endpoint();
     let agent = Agent::start(&[
         "--otlp-endpoint",
@@ -212,4 +221,43 @@ fn link_exports_socktrace_spans_marked_inside_the_sdk_trace() {
     assert_eq!(c["instrumented.spans_marked"], 2, "{c:?}");
     assert_eq!(c["instrumented.spans_skipped"], 0, "{c:?}");
     assert_eq!(c["kernel.inject_skipped_has_traceparent"], 2, "{c:?}");
+}
+
+#[test]
+fn a_process_exporting_spans_is_skipped_from_its_first_export_on() {
+    let mut s = setup_with("skip", true);
+    // No call and no context sent: the SDK shows itself only by exporting its server span,
+    // after the first answer.
+    for n in 1..=2 {
+        assert_eq!(curl(&[&s.sdk.url("/local")]), "local");
+        s.sdk_receiver
+            .wait_for_blocking(|v| v.len() >= n, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The exporter reads its answer: the export is over before the next request.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // socktrace: curl's two CLIENT spans; the SERVER spans of the SDK process's first request
+    // (made before its first export) and of the two exports at the receiver (this test).
+    let (servers, clients) = exact(&s.socktrace, 3, 2);
+    let of_sdk: Vec<_> = servers
+        .iter()
+        .chain(&clients)
+        .filter(|x| pid_of(x) == s.sdk.pid())
+        .collect();
+    assert_eq!(of_sdk.len(), 1, "{of_sdk:?}");
+    assert_eq!(of_sdk[0].kind(), SpanKind::Server);
+    assert_eq!(of_sdk[0].attr_str("url.path").as_deref(), Some("/local"));
+    let at_receiver = servers
+        .iter()
+        .filter(|x| x.attr_str("url.path").as_deref() == Some("/v1/traces"))
+        .count();
+    assert_eq!(at_receiver, 2);
+
+    let c = counters(&mut s.agent);
+    assert_eq!(c["instrumented.detected_export"], 1, "{c:?}");
+    assert_eq!(c["instrumented.detected_own_context"], 0, "{c:?}");
+    assert_eq!(c["instrumented.spans_before_detection"], 1, "{c:?}");
+    // The two exports' CLIENT spans and the second request's SERVER span.
+    assert_eq!(c["instrumented.spans_skipped"], 3, "{c:?}");
+    assert_eq!(c["instrumented.processes"], 1, "{c:?}");
 }

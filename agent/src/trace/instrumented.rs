@@ -90,6 +90,8 @@ pub struct Instrumented {
     mode: InstrumentedMode,
     stats: InstrumentedStats,
     procs: HashMap<u32, Proc>,
+    /// How many of `procs` are detected (spans need no look-up while none is).
+    detected: usize,
     /// Parent ids of `traceparent` headers processes received (pid, id), oldest first.
     received: HashSet<(u32, SpanId)>,
     received_order: VecDeque<(u32, SpanId)>,
@@ -106,6 +108,7 @@ impl Instrumented {
             mode,
             stats: InstrumentedStats::default(),
             procs: HashMap::new(),
+            detected: 0,
             received: HashSet::new(),
             received_order: VecDeque::new(),
             serving: HashMap::new(),
@@ -120,7 +123,7 @@ impl Instrumented {
 
     /// Processes detected so far and still running.
     pub fn detected(&self) -> usize {
-        self.procs.values().filter(|p| p.detected).count()
+        self.detected
     }
 
     pub fn is_detected(&self, pid: u32) -> bool {
@@ -129,7 +132,9 @@ impl Instrumented {
 
     /// The process exited (its pid may be reused).
     pub fn exited(&mut self, pid: u32) {
-        self.procs.remove(&pid);
+        if self.procs.remove(&pid).is_some_and(|p| p.detected) {
+            self.detected -= 1;
+        }
     }
 
     fn proc(&mut self, pid: u32) -> &mut Proc {
@@ -139,6 +144,7 @@ impl Instrumented {
             if self.procs.len() >= MAX_ENTRIES {
                 self.procs.clear();
             }
+            self.detected = self.procs.len();
         }
         self.procs.entry(pid).or_default()
     }
@@ -150,6 +156,7 @@ impl Instrumented {
         }
         p.detected = true;
         let before = p.spans;
+        self.detected += 1;
         self.stats.spans_before_detection += before;
         match signal {
             Signal::Export => self.stats.detected_export += 1,
@@ -201,61 +208,47 @@ impl Instrumented {
     /// mode, a request of a detected process that carries its own `traceparent` stands for the
     /// span that header names: its same-host server is linked to the tracer's span, not to
     /// socktrace's, which is not exported.
-    pub fn on_link(&mut self, ev: LinkEvent, pid: Option<u32>) -> LinkEvent {
-        let LinkEvent::Http1Request {
-            key,
-            tid,
-            side,
-            local,
-            peer,
-            peer_linkable,
-            turn,
-            header,
-            kernel_trace,
-            injected,
-        } = ev
-        else {
-            if let LinkEvent::ServerResponse { sk, tid } = ev
-                && self.serving.get(&tid) == Some(&sk)
-            {
-                self.serving.remove(&tid);
-            }
-            return ev;
-        };
-        let mut injected = injected;
-        match (side, pid, &header) {
-            (Side::Server, _, _) => {
+    pub fn on_link(&mut self, mut ev: LinkEvent, pid: Option<u32>) -> LinkEvent {
+        match &mut ev {
+            LinkEvent::Http1Request {
+                key,
+                tid,
+                side: Side::Server,
+                header,
+                ..
+            } => {
                 if self.serving.len() >= MAX_ENTRIES {
                     // Threads that died serving: forgotten all at once, rarely.
                     self.serving.clear();
                 }
-                self.serving.insert(tid, key.0);
-                if let (Some(pid), Some(h)) = (pid, &header) {
+                self.serving.insert(*tid, key.0);
+                if let (Some(pid), Some(h)) = (pid, header) {
                     self.remember_received(pid, h.parent_id);
                 }
             }
-            (Side::Client, Some(pid), Some(h)) if injected.is_none() => {
-                let serving = self.serving.contains_key(&tid);
+            LinkEvent::Http1Request {
+                tid,
+                side: Side::Client,
+                header: Some(h),
+                injected,
+                ..
+            } if injected.is_none() => {
+                let Some(pid) = pid else {
+                    return ev;
+                };
+                let serving = self.serving.contains_key(tid);
                 self.own_context(pid, h.parent_id, serving);
                 if self.mode == InstrumentedMode::Skip && self.is_detected(pid) {
                     // The request's context is the header's span: children take it as parent.
-                    injected = Some((h.trace_id, h.parent_id));
+                    *injected = Some((h.trace_id, h.parent_id));
                 }
+            }
+            LinkEvent::ServerResponse { sk, tid } if self.serving.get(tid) == Some(sk) => {
+                self.serving.remove(tid);
             }
             _ => {}
         }
-        LinkEvent::Http1Request {
-            key,
-            tid,
-            side,
-            local,
-            peer,
-            peer_linkable,
-            turn,
-            header,
-            kernel_trace,
-            injected,
-        }
+        ev
     }
 
     /// A span built for process `pid`, before linking: export traffic, and the context of
@@ -277,7 +270,7 @@ impl Instrumented {
 
     /// Applies the mode to linked spans: skips or marks those of detected processes.
     pub fn apply(&mut self, spans: &mut Vec<Span>) {
-        if self.procs.values().all(|p| !p.detected) {
+        if self.detected == 0 {
             return;
         }
         let skip = self.mode == InstrumentedMode::Skip;
