@@ -197,6 +197,21 @@ pub struct Cli {
     #[arg(long, env = "SOCKTRACE_NO_INJECT")]
     pub no_inject: bool,
 
+    /// What becomes of the spans of processes that trace themselves (an OpenTelemetry SDK
+    /// inside: they export spans over OTLP or Zipkin, or write a `traceparent` of their own):
+    /// `skip` exports none of socktrace's spans of them (their tracer has those operations;
+    /// the context they send still links their peers' spans); `link` exports them too, marked
+    /// `socktrace.instrumented_process=true` and linked into the tracer's traces (two spans
+    /// per operation). The kernel never adds a second `traceparent` either way.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value = "skip",
+        env = "SOCKTRACE_INSTRUMENTED_PROCESSES"
+    )]
+    pub instrumented_processes: crate::trace::instrumented::InstrumentedMode,
+
     /// Read the plaintext of TLS connections at OpenSSL (shared `libssl` and binaries that
     /// link it statically with symbols) and Go's `crypto/tls` (binaries with symbols), with
     /// uprobes: `--tls false` turns it off.

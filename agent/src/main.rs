@@ -30,6 +30,7 @@ use socktrace::{
     trace::{
         db::{DbSpanConfig, QueryText},
         http::HttpSpanConfig,
+        instrumented::InstrumentedMode,
         rpc::RpcConventions,
         span::KeyValue,
     },
@@ -390,7 +391,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
     eprintln!(
-        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; TLS: {}; sampling: {}; exporter: {}{}{}{}{}",
+        "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; processes that trace themselves: {}; TLS: {}; sampling: {}; exporter: {}{}{}{}{}",
         env!("CARGO_PKG_VERSION"),
         probes.attached(),
         loaded_in.as_secs_f64(),
@@ -398,6 +399,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         selection.join(", "),
         cli.capture_bytes,
         inject_state,
+        match cli.instrumented_processes {
+            InstrumentedMode::Skip => "skipped",
+            InstrumentedMode::Link => "linked",
+        },
         tls_state,
         sampling,
         exporter_desc,
@@ -443,6 +448,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         pid_filter,
     );
     let mut pipeline = pipeline
+        .with_instrumented(cli.instrumented_processes)
         .with_resources(resources)
         .with_sampler(Sampler::new(sampler));
     // Spans are measured when someone reads the metrics.

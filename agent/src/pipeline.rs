@@ -29,7 +29,8 @@ use crate::{
     trace::{
         clock::Clock,
         completeness::{Completeness, CompletenessConfig, ServiceCompleteness},
-        link::{LinkConfig, Linker},
+        instrumented::{Instrumented, InstrumentedMode},
+        link::{LinkConfig, LinkEvent, Linker},
         span::{ConnMeta, Span, SpanKind},
     },
     ui::{Ui, UiFeed},
@@ -66,6 +67,8 @@ pub struct Pipeline {
     /// which wakes its task once instead of once per span.
     pending: Vec<Span>,
     linker: Linker,
+    /// Processes that trace themselves, and what becomes of their spans.
+    instrumented: Instrumented,
     /// The span metrics, fed every span (before any sampling).
     metrics: Option<Metrics>,
     /// Which measured spans are exported.
@@ -102,6 +105,7 @@ impl Pipeline {
             out: Vec::new(),
             pending: Vec::new(),
             linker: Linker::new(LinkConfig::default()),
+            instrumented: Instrumented::new(InstrumentedMode::Skip),
             metrics: None,
             sampler: Sampler::default(),
             sampled: Vec::new(),
@@ -114,6 +118,12 @@ impl Pipeline {
     /// Also keeps the exported spans in the viewer's store.
     pub fn with_ui(mut self, ui: &Ui) -> Self {
         self.ui = Some(ui.feed());
+        self
+    }
+
+    /// What becomes of the spans of processes that trace themselves (default: skipped).
+    pub fn with_instrumented(mut self, mode: InstrumentedMode) -> Self {
+        self.instrumented = Instrumented::new(mode);
         self
     }
 
@@ -152,6 +162,11 @@ impl Pipeline {
                 self.conns
                     .on_data(&header, payload, tail, &mut self.resolver, &mut self.out);
                 for link in self.conns.take_links() {
+                    let pid = match &link {
+                        LinkEvent::Http1Request { key, .. } => self.conns.pid_of(key.0),
+                        _ => None,
+                    };
+                    let link = self.instrumented.on_link(link, pid);
                     self.linker.on_event(link);
                 }
                 if let Some(capture) = &mut self.sock_capture {
@@ -176,7 +191,10 @@ impl Pipeline {
                     tracing::warn!("cannot trace pid {pid}: {e}");
                 }
             }
-            Ok(Event::Exit { pid }) => self.resources.exited(pid),
+            Ok(Event::Exit { pid }) => {
+                self.resources.exited(pid);
+                self.instrumented.exited(pid);
+            }
             Ok(Event::Inject(ev)) => self.conns.on_inject(&ev),
             Ok(Event::Connect(ev)) => self.conns.on_connect(&ev),
             Err(e) => {
@@ -212,7 +230,8 @@ impl Pipeline {
     }
 
     fn take_linked(&mut self) {
-        let ready = self.linker.take_ready();
+        let mut ready = self.linker.take_ready();
+        self.instrumented.apply(&mut ready);
         self.stats.spans += ready.len() as u64;
         self.pending.extend(ready);
     }
@@ -239,6 +258,7 @@ impl Pipeline {
             let Some(span) = cx.exchange.build(&meta, &self.spans, &to_unix) else {
                 continue;
             };
+            self.instrumented.on_span(cx.pid, &span, cx.link.http1);
             self.linker.on_span(span, cx.link);
         }
         self.take_linked();
@@ -358,6 +378,13 @@ impl Pipeline {
         self.conns.collect(&mut s);
         self.linker.stats().collect("links", &mut s);
         self.collect_completeness(&mut s);
+        self.instrumented.stats().collect("instrumented", &mut s);
+        s.gauge(
+            "instrumented",
+            "processes",
+            "Running processes found tracing themselves.",
+            self.instrumented.detected() as u64,
+        );
         self.sampler.collect(&mut s);
         s.gauge(
             "links",

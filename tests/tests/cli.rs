@@ -67,6 +67,8 @@ fn version_and_help_document_every_flag() {
         "--ui",
         "SOCKTRACE_UI",
         "--no-inject",
+        "--instrumented-processes",
+        "SOCKTRACE_INSTRUMENTED_PROCESSES",
         "--sampler",
         "OTEL_TRACES_SAMPLER=",
         "--sample-ratio",

@@ -852,6 +852,8 @@ fn injected_flags_carry_the_head_samplers_decision() {
     const ROOTS: usize = 24;
     let (_hosts, sink, relay, client) = chain();
     let pids = [client.pid(), relay.pid(), sink.pid()];
+    // The client writes two contexts of its own (two parent ids): socktrace takes it for a
+    // process that traces itself, and `link` keeps its spans, linked as any other.
     let (receiver, _agent) = agent_for(
         &pids,
         &[
@@ -859,6 +861,8 @@ fn injected_flags_carry_the_head_samplers_decision() {
             "parentbased_traceidratio",
             "--sample-ratio",
             "0.5",
+            "--instrumented-processes",
+            "link",
         ],
     );
     // Requests without context (the client's injected header starts each trace), then one

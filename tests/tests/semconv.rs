@@ -79,6 +79,10 @@ const OWN_ATTRIBUTES: &[(&str, &str)] = &[
         "socktrace.link.candidates",
         "how many candidate parents a span without a parent links to",
     ),
+    (
+        "socktrace.instrumented_process",
+        "the span's process traces itself (--instrumented-processes link): its tracer has a span for the same operation",
+    ),
 ];
 
 /// Names of other specifications that dashboards expect as they are.

@@ -82,6 +82,11 @@ impl ConnTable {
         std::mem::take(&mut self.links)
     }
 
+    /// The process that last did I/O on socket `sk`, while it is tracked.
+    pub fn pid_of(&self, sk: u64) -> Option<u32> {
+        self.conns.get(&sk).map(|c| c.pid)
+    }
+
     pub fn stats(&self) -> ConnStats {
         self.stats
     }

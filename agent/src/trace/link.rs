@@ -481,7 +481,9 @@ impl Linker {
                         }
                     }
                     Side::Client => {
-                        if injected.is_some() {
+                        // With a header the ids are the header's span (a process that traces
+                        // itself, see `instrumented`): the kernel never injects next to one.
+                        if injected.is_some() && header.is_none() {
                             self.stats.injected += 1;
                         }
                         if header.is_none()
