@@ -40,6 +40,17 @@ fn request_of(s: &ReceivedSpan) -> String {
 
 #[test]
 fn a_go_service_calling_from_goroutines_gives_exact_parents_under_concurrency() {
+    chain_through_go(false);
+}
+
+/// The same service built without a symbol table (`-ldflags=-s -w`, as release builds often
+/// are): the runtime functions are found in its line table (`.gopclntab`).
+#[test]
+fn a_stripped_go_service_is_followed_through_its_line_table() {
+    chain_through_go(true);
+}
+
+fn chain_through_go(stripped: bool) {
     require_root();
     let receiver = OtlpReceiver::start_blocking(Protocol::Grpc);
     let pg = PgServer::start("shop");
@@ -49,7 +60,7 @@ fn a_go_service_calling_from_goroutines_gives_exact_parents_under_concurrency() 
         &[],
         &[("OTEL_SERVICE_NAME", "downstream")],
     );
-    let bin = go_peer("chainsvc", false);
+    let bin = go_peer("chainsvc", stripped);
     let port = free_port();
     let health = format!("127.0.0.1:{}", free_port());
     let endpoint = receiver.endpoint();
@@ -83,7 +94,12 @@ fn a_go_service_calling_from_goroutines_gives_exact_parents_under_concurrency() 
     let _svc = ChildGuard::new("chainsvc", child);
     let _ = wait_line(&mut out, "PORT ", Duration::from_secs(20));
     let line = agent.wait_stderr(&format!("Go: following the goroutines of /proc/{pid}/"));
-    assert!(line.ends_with("/target/go/chainsvc"), "{line}");
+    let name = if stripped {
+        "chainsvc-stripped"
+    } else {
+        "chainsvc"
+    };
+    assert!(line.ends_with(&format!("/target/go/{name}")), "{line}");
 
     let curls: Vec<ChildGuard> = (0..20)
         .map(|i| {

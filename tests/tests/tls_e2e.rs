@@ -13,7 +13,7 @@
 //! - `--tls false`: the same HTTPS traffic gives only those connection spans;
 //! - a Go HTTPS client -> a Go HTTPS server (`crypto/tls`, built by the test with Debian's Go):
 //!   probes at the functions' entries and return instructions, goroutines followed across
-//!   threads; a stripped Go server is reported by name and its connections counted unreadable;
+//!   threads; a stripped Go server is read through its line table (`.gopclntab`);
 //! - grpc-go over TLS, client and server (HTTP/2 plaintext at `crypto/tls`).
 
 use std::{
@@ -567,30 +567,38 @@ fn go_client_to_go_server_over_crypto_tls() {
     agent.wait_stderr(&format!("TLS: detached from /proc/{pid}/root"));
 }
 
+/// A Go server built without a symbol table (`-ldflags=-s -w`): its `crypto/tls` functions are
+/// found in the line table (`.gopclntab`) every Go binary keeps, and read like any other.
 #[test]
-fn a_stripped_go_server_is_named_and_its_connections_counted_unreadable() {
+fn a_stripped_go_server_is_read_through_its_line_table() {
     require_root();
     let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
     let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
     let port = free_port();
     let health = format!("127.0.0.1:{}", free_port());
-    // Built before the agent starts: the Go toolchain's own stripped `go` is reported too.
     go_peer("tlspeer", true);
     let agent = agent_for(&receiver, port, &["--health-listen", &health]);
     let (_server, pid) = go_server(&cert, port, true);
-    let warning = agent.wait_stderr("tlspeer-stripped is a Go program");
+    let attached = agent.wait_stderr(&format!("TLS: attached to /proc/{pid}/root"));
     assert!(
-        warning.contains(&format!("/proc/{pid}/root"))
-            && warning.contains("/target/go/tlspeer-stripped"),
-        "{warning}"
+        attached.ends_with("/target/go/tlspeer-stripped"),
+        "{attached}"
     );
     let body = curl_https(&cert.cert(), &[format!("https://127.0.0.1:{port}/hello")]);
     assert_eq!(body, "hello from go\n");
-    // curl's side is OpenSSL: its span is whole. The server's side is the connection only.
+    // Both ends whole: curl's through OpenSSL, the server's through its crypto/tls.
     let (servers, clients) = exact(&receiver, 1, 1);
-    check_opaque(&servers[0], port);
-    assert_eq!(int(&clients[0], "http.response.status_code"), 200);
-    wait_metric(&health, "socktrace_conns_tls_unreadable_total", 1);
+    check_exchange(&servers[0], &clients[0], port, "/hello", 200);
+    assert_eq!(
+        servers[0].resource_str("process.executable.name"),
+        Some("tlspeer-stripped")
+    );
+    wait_metric(&health, "socktrace_conns_tls_unreadable_total", 0);
+    assert!(
+        !agent.stderr().contains("without a symbol table"),
+        "{}",
+        agent.stderr()
+    );
 }
 
 #[test]

@@ -2,9 +2,12 @@
 //! tracepoint programs and reads their ring buffer; `inject` attaches the `traceparent`
 //! injection (sock_ops + sk_msg); `caps` checks the capabilities both need; `budget` measures
 //! every program against the verifier's limits; `object` is the embedded kernel object;
-//! `tracepoints` reads where the tracepoint fields sit on the running kernel.
+//! `tracepoints` reads where the tracepoint fields sit on the running kernel; `tls` attaches the
+//! uprobes (TLS libraries, Go's `crypto/tls` and runtime), finding Go functions in stripped
+//! binaries through `gopclntab`.
 pub mod budget;
 pub mod caps;
+pub mod gopclntab;
 pub mod inject;
 pub mod object;
 pub mod probes;

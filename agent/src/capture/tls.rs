@@ -463,40 +463,75 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The Go hooks' functions, located through the symbol table; None unless all are there.
+/// The Go hooks' functions; None unless all are there.
 fn go_functions<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>) -> Option<Vec<GoFunction>> {
-    GO_HOOKS
-        .iter()
-        .map(|(name, _, _)| go_function(elf, name))
-        .collect()
+    let names: Vec<&str> = GO_HOOKS.iter().map(|(name, _, _)| *name).collect();
+    go_locate(elf, &names).into_iter().collect()
 }
 
 /// `GO_RUNTIME_HOOKS`' functions; None unless every required one is there.
 fn go_runtime_functions<'d, R: object::ReadRef<'d>>(
     elf: &object::File<'d, R>,
 ) -> Option<Vec<Option<GoFunction>>> {
+    let names: Vec<&str> = GO_RUNTIME_HOOKS.iter().map(|h| h.0).collect();
     GO_RUNTIME_HOOKS
         .iter()
-        .map(|(name, _, _, required)| match go_function(elf, name) {
+        .zip(go_locate(elf, &names))
+        .map(|((_, _, _, required), found)| match found {
             None if *required => None,
             found => Some(found),
         })
         .collect()
 }
 
-/// A function of a Go binary: the file offsets of its first instruction and of its returns.
-fn go_function<'d, R: object::ReadRef<'d>>(
+/// Functions of a Go binary, by name: the file offsets of their first instruction and of their
+/// returns. Found in the symbol table, else in the line table (`gopclntab`), which stripped
+/// binaries keep.
+fn go_locate<'d, R: object::ReadRef<'d>>(
     elf: &object::File<'d, R>,
-    name: &str,
+    names: &[&str],
+) -> Vec<Option<GoFunction>> {
+    let mut found: Vec<Option<(u64, u64)>> = names
+        .iter()
+        .map(|name| {
+            elf.symbols()
+                .find(|s| s.name() == Ok(*name) && !s.is_undefined() && s.size() > 0)
+                .map(|s| (s.address(), s.size()))
+        })
+        .collect();
+    if found.iter().any(Option::is_none) {
+        let text = elf.section_by_name(".text").map_or(0, |s| s.address());
+        let table = elf
+            .section_by_name(".gopclntab")
+            .and_then(|s| s.data().ok())
+            .and_then(|d| super::gopclntab::LineTable::parse(d, text));
+        if let Some(table) = table {
+            for (slot, f) in found.iter_mut().zip(table.find(names)) {
+                if slot.is_none() {
+                    *slot = f.map(|f| (f.address, f.size));
+                }
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|f| f.and_then(|(address, size)| go_code(elf, address, size)))
+        .collect()
+}
+
+/// The function at `address` (`size` bytes): file offsets of its entry and of its returns.
+fn go_code<'d, R: object::ReadRef<'d>>(
+    elf: &object::File<'d, R>,
+    address: u64,
+    size: u64,
 ) -> Option<GoFunction> {
-    let sym = elf
-        .symbols()
-        .find(|s| s.name() == Ok(name) && !s.is_undefined() && s.size() > 0)?;
-    let section = elf.section_by_index(sym.section_index()?).ok()?;
+    let section = elf
+        .sections()
+        .find(|s| s.address() <= address && address < s.address() + s.size())?;
     let (file_start, _) = section.file_range()?;
-    let entry = sym.address() - section.address() + file_start;
-    let code = section.data_range(sym.address(), sym.size()).ok()??;
-    let returns = return_offsets(code, sym.address())
+    let entry = address - section.address() + file_start;
+    let code = section.data_range(address, size).ok()??;
+    let returns = return_offsets(code, address)
         .into_iter()
         .map(|at| entry + at)
         .collect::<Vec<_>>();
