@@ -5,7 +5,9 @@ usage: grpc_tp_peer.py server ADDRESS
          prints "PORT <n>", then per call "TP <method> <values>" (the `traceparent` values it
          received, comma-separated, "-" for none) before answering. Service
          `socktrace.test.Echo`: Unary echoes the request, ServerStream answers int(request)
-         messages.
+         messages; `grpc.health.v1.Health` (for the Go client, tests/peers/go/grpcpeer):
+         Check answers SERVING, Watch answers SERVING as many times as the service name says,
+         then ends.
        grpc_tp_peer.py client ADDRESS PORT
          prints "READY", then waits for a line on stdin before each step (one channel, so one
          HTTP/2 connection): `unary`, `stream N`, `traced` (a Unary call whose metadata carries
@@ -37,6 +39,21 @@ def server_stream(request, context):
         yield b"item-%d" % i
 
 
+SERVING = b"\x08\x01"
+
+
+def health_check(request, context):
+    print("TP Check %s" % values(context), flush=True)
+    return SERVING
+
+
+def health_watch(request, context):
+    print("TP Watch %s" % values(context), flush=True)
+    # HealthCheckRequest{service: "<n>"}: tag 0x0a, length, the name.
+    for _ in range(int(request[2 : 2 + request[1]])):
+        yield SERVING
+
+
 def server(address):
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
@@ -45,8 +62,15 @@ def server(address):
             "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
         },
     )
+    health = grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health",
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(health_check),
+            "Watch": grpc.unary_stream_rpc_method_handler(health_watch),
+        },
+    )
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    srv.add_generic_rpc_handlers((handler,))
+    srv.add_generic_rpc_handlers((handler, health))
     port = srv.add_insecure_port("%s:0" % address)
     srv.start()
     print("PORT %d" % port, flush=True)

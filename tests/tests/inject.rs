@@ -1084,12 +1084,37 @@ fn parse_traceparent(v: &str) -> Injected {
 
 #[test]
 fn grpc_calls_carry_an_injected_traceparent_to_the_other_host() {
+    grpc_injection(false);
+}
+
+#[test]
+fn grpc_go_calls_carry_an_injected_traceparent_to_the_other_host() {
+    grpc_injection(true);
+}
+
+/// A gRPC client on the client host - grpcio, or grpc-go (`tests/peers/go/grpcpeer`, its own
+/// HPACK encoder and write pattern) - calling the grpcio server on the other one, which reports
+/// the `traceparent` metadata of every call.
+fn grpc_injection(go: bool) {
     require_root();
     let hosts = Hosts::new();
     let (server, mut server_out) = grpc_peer(&hosts.server, &["server", SERVER_ADDR]);
     let port = wait_line(&mut server_out, "PORT ", WAIT);
-    let (mut client, mut client_out) =
-        grpc_peer(&hosts.client, &["client", SERVER_ADDR, port.as_str()]);
+    let (mut client, mut client_out) = if go {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &hosts.client])
+            .arg(socktrace_tests::harness::go_peer("grpcpeer", false))
+            .args(["h2client", &format!("{SERVER_ADDR}:{port}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting grpcpeer");
+        let out = BufReader::new(child.stdout.take().expect("piped"));
+        (ChildGuard::new("grpcpeer", child), out)
+    } else {
+        grpc_peer(&hosts.client, &["client", SERVER_ADDR, port.as_str()])
+    };
     wait_line(&mut client_out, "READY", WAIT);
     let (receiver, mut agent) = agent_for(&[client.pid(), server.pid()], &[]);
 
@@ -1102,15 +1127,24 @@ fn grpc_calls_carry_an_injected_traceparent_to_the_other_host() {
             .collect::<Vec<_>>()
             .join(",")
     };
-    let calls: [(&str, String); 4] = [
-        ("unary", format!("Unary {}", hexs(&[b"hello-unary"]))),
-        (
-            "stream 3",
-            format!("ServerStream {}", hexs(&[b"item-0", b"item-1", b"item-2"])),
-        ),
-        ("traced", format!("Unary {}", hexs(&[b"hello-traced"]))),
-        ("unary", format!("Unary {}", hexs(&[b"hello-unary"]))),
-    ];
+    let calls: [(&str, String); 4] = if go {
+        [
+            ("unary", "Check SERVING".to_owned()),
+            ("stream 3", "Watch SERVING,SERVING,SERVING".to_owned()),
+            ("traced", "Check SERVING".to_owned()),
+            ("unary", "Check SERVING".to_owned()),
+        ]
+    } else {
+        [
+            ("unary", format!("Unary {}", hexs(&[b"hello-unary"]))),
+            (
+                "stream 3",
+                format!("ServerStream {}", hexs(&[b"item-0", b"item-1", b"item-2"])),
+            ),
+            ("traced", format!("Unary {}", hexs(&[b"hello-traced"]))),
+            ("unary", format!("Unary {}", hexs(&[b"hello-unary"]))),
+        ]
+    };
     let mut received = Vec::new();
     for (step, expected) in &calls {
         writeln!(client.stdin(), "{step}").expect("client stdin");
