@@ -1045,3 +1045,167 @@ fn kinds(spans: &[ReceivedSpan]) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
         of_kind(spans, SpanKind::Client),
     )
 }
+
+/// A grpcio peer (`tests/peers/grpc_tp_peer.py`) in namespace `ns`, with the test virtualenv's
+/// Python (it has grpcio), and its stdout.
+fn grpc_peer(ns: &str, args: &[&str]) -> (ChildGuard, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(socktrace_tests::harness::python())
+        .arg("-B")
+        .arg(peer("grpc_tp_peer.py"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting grpc_tp_peer.py");
+    let out = BufReader::new(child.stdout.take().expect("piped"));
+    (ChildGuard::new("grpc_tp_peer.py", child), out)
+}
+
+/// The metadata value the client of `grpc_tp_peer.py` sends with its `traced` call.
+const GRPC_TRACED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// `00-<32 hex>-<16 hex>-<2 hex>` as an injected header: its trace and parent ids.
+fn parse_traceparent(v: &str) -> Injected {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    assert!(
+        parts.len() == 4
+            && parts[0] == "00"
+            && hex(parts[1], 32)
+            && hex(parts[2], 16)
+            && hex(parts[3], 2),
+        "not a traceparent: {v:?}"
+    );
+    Injected {
+        trace_id: parts[1].to_owned(),
+        span_id: parts[2].to_owned(),
+        sampled: parts[3] == "01",
+    }
+}
+
+#[test]
+fn grpc_calls_carry_an_injected_traceparent_to_the_other_host() {
+    grpc_injection(false);
+}
+
+#[test]
+fn grpc_go_calls_carry_an_injected_traceparent_to_the_other_host() {
+    grpc_injection(true);
+}
+
+/// A gRPC client on the client host - grpcio, or grpc-go (`tests/peers/go/grpcpeer`, its own
+/// HPACK encoder and write pattern) - calling the grpcio server on the other one, which reports
+/// the `traceparent` metadata of every call.
+fn grpc_injection(go: bool) {
+    require_root();
+    let hosts = Hosts::new();
+    let (server, mut server_out) = grpc_peer(&hosts.server, &["server", SERVER_ADDR]);
+    let port = wait_line(&mut server_out, "PORT ", WAIT);
+    let (mut client, mut client_out) = if go {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &hosts.client])
+            .arg(socktrace_tests::harness::go_peer("grpcpeer", false))
+            .args(["h2client", &format!("{SERVER_ADDR}:{port}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting grpcpeer");
+        let out = BufReader::new(child.stdout.take().expect("piped"));
+        (ChildGuard::new("grpcpeer", child), out)
+    } else {
+        grpc_peer(&hosts.client, &["client", SERVER_ADDR, port.as_str()])
+    };
+    wait_line(&mut client_out, "READY", WAIT);
+    let (receiver, mut agent) = agent_for(&[client.pid(), server.pid()], &[]);
+
+    // One channel, one HTTP/2 connection: two calls get a header, the third brings its own
+    // (and arrives with exactly that one), and after it the connection is left alone (the
+    // client's HPACK encoder may send the name from its dynamic table from then on).
+    let hexs = |msgs: &[&[u8]]| {
+        msgs.iter()
+            .map(|m| m.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let calls: [(&str, String); 4] = if go {
+        [
+            ("unary", "Check SERVING".to_owned()),
+            ("stream 3", "Watch SERVING,SERVING,SERVING".to_owned()),
+            ("traced", "Check SERVING".to_owned()),
+            ("unary", "Check SERVING".to_owned()),
+        ]
+    } else {
+        [
+            ("unary", format!("Unary {}", hexs(&[b"hello-unary"]))),
+            (
+                "stream 3",
+                format!("ServerStream {}", hexs(&[b"item-0", b"item-1", b"item-2"])),
+            ),
+            ("traced", format!("Unary {}", hexs(&[b"hello-traced"]))),
+            ("unary", format!("Unary {}", hexs(&[b"hello-unary"]))),
+        ]
+    };
+    let mut received = Vec::new();
+    for (step, expected) in &calls {
+        writeln!(client.stdin(), "{step}").expect("client stdin");
+        // The responses are exactly what the server sent.
+        assert_eq!(
+            &wait_line(&mut client_out, "RESP ", WAIT),
+            expected,
+            "{step}"
+        );
+        received.push(wait_line(&mut server_out, "TP ", WAIT));
+    }
+    writeln!(client.stdin(), "quit").expect("client stdin");
+    let values: Vec<&str> = received
+        .iter()
+        .map(|l| l.split_once(' ').expect("method and values").1)
+        .collect();
+    // Exactly one traceparent on each of the first two calls, the caller's own on the third,
+    // none on the fourth.
+    let ids: Vec<Injected> = values[..2].iter().map(|v| parse_traceparent(v)).collect();
+    assert_eq!(values[2], GRPC_TRACED, "{received:?}");
+    assert_eq!(values[3], "-", "{received:?}");
+    assert_ne!(ids[0].trace_id, ids[1].trace_id, "two calls, two traces");
+
+    let (server_spans, client_spans) = exact(&receiver, 4, 4);
+    let client_spans = spans_of(&client_spans, client.pid());
+    let server_spans = spans_of(&server_spans, server.pid());
+    assert_eq!((client_spans.len(), server_spans.len()), (4, 4));
+    for (i, id) in ids.iter().enumerate() {
+        let c = client_spans
+            .iter()
+            .find(|s| s.span_id() == id.span_id)
+            .unwrap_or_else(|| panic!("call {i}: no client span has the injected id {id:?}"));
+        assert_eq!(c.trace_id(), id.trace_id, "call {i}: {c}");
+        let s = server_spans
+            .iter()
+            .find(|s| s.parent_span_id().as_deref() == Some(id.span_id.as_str()))
+            .unwrap_or_else(|| panic!("call {i}: no server span is the child of {c}"));
+        assert_eq!(s.trace_id(), id.trace_id, "call {i}: {s}");
+    }
+    // The call with its own context keeps it end to end.
+    assert!(
+        server_spans
+            .iter()
+            .any(|s| s.trace_id() == "0af7651916cd43dd8448eb211c80319c"
+                && s.parent_span_id().as_deref() == Some("b7ad6b7169203331")),
+        "no server span continues the caller's own traceparent"
+    );
+    drop(client);
+    assert_eq!(agent.stop(), Some(0));
+    let err = agent.stderr();
+    assert_eq!(counter(&err, "injected_http2"), 2, "{err}");
+    assert_eq!(counter(&err, "injected"), 2, "{err}");
+    assert_eq!(
+        counter(&err, "inject_http2_skipped_has_traceparent"),
+        2,
+        "{err}"
+    );
+    assert_eq!(counter(&err, "inject_http2_framing_lost"), 0, "{err}");
+    drop(server);
+}

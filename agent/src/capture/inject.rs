@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::SockHash,
+    maps::{ProgramArray, SockHash},
     programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
     util::KernelVersion,
 };
@@ -25,11 +25,15 @@ use crate::capture::caps::CapSet;
 /// Kernel programs and maps of the injection (names in the eBPF object).
 const SOCK_OPS: &str = "inject_sockops";
 const SK_MSG: &str = "inject_http";
+/// The HTTP/2 message program, reached from `SK_MSG` by a tail call through `TAILS`.
+const SK_MSG_H2: &str = "inject_h2";
+const TAILS: &str = "INJECT_TAILS";
+const TAIL_H2: u32 = 0;
 const ENTER_CONNECT: &str = "inject_enter_connect";
 const EXIT_CONNECT: &str = "inject_exit_connect";
 const SOCKHASH: &str = "INJECT_SOCKHASH";
 /// The programs loaded only with injection.
-pub const PROGRAMS: [&str; 4] = [SOCK_OPS, SK_MSG, ENTER_CONNECT, EXIT_CONNECT];
+pub const PROGRAMS: [&str; 5] = [SOCK_OPS, SK_MSG, SK_MSG_H2, ENTER_CONNECT, EXIT_CONNECT];
 
 /// Why injection is off.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +110,10 @@ pub fn attach(ebpf: &mut Ebpf, root: &Cgroup2Root) -> Result<(), InjectError> {
         if let Some(Ok(p)) = ebpf.program_mut(SOCK_OPS).map(<&mut SockOps>::try_from) {
             let _ = p.unload();
         }
-        if let Some(Ok(p)) = ebpf.program_mut(SK_MSG).map(<&mut SkMsg>::try_from) {
-            let _ = p.unload();
+        for name in [SK_MSG, SK_MSG_H2] {
+            if let Some(Ok(p)) = ebpf.program_mut(name).map(<&mut SkMsg>::try_from) {
+                let _ = p.unload();
+            }
         }
         for name in [ENTER_CONNECT, EXIT_CONNECT] {
             if let Some(Ok(p)) = ebpf.program_mut(name).map(<&mut TracePoint>::try_from) {
@@ -147,6 +153,37 @@ fn attach_all(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<(), InjectError> {
             })?;
         hash.fd().try_clone().map_err(InjectError::Dup)?
     };
+    // The HTTP/2 program in its slot before the message program can reach for it.
+    {
+        let h2: &mut SkMsg = ebpf
+            .program_mut(SK_MSG_H2)
+            .ok_or(InjectError::Missing(SK_MSG_H2))?
+            .try_into()
+            .map_err(program_err(SK_MSG_H2))?;
+        let started = std::time::Instant::now();
+        h2.load().map_err(program_err(SK_MSG_H2))?;
+        crate::capture::object::log_verified(SK_MSG_H2, h2.info().ok(), started);
+        let fd = h2
+            .fd()
+            .map_err(program_err(SK_MSG_H2))?
+            .try_clone()
+            .map_err(|e| InjectError::Program {
+                name: SK_MSG_H2,
+                source: aya::programs::ProgramError::IOError(e),
+            })?;
+        let map = ebpf.map_mut(TAILS).ok_or(InjectError::Missing(TAILS))?;
+        let mut tails: ProgramArray<&mut aya::maps::MapData> = ProgramArray::try_from(map)
+            .map_err(|source| InjectError::Map {
+                name: TAILS,
+                source,
+            })?;
+        tails
+            .set(TAIL_H2, &fd, 0)
+            .map_err(|source| InjectError::Map {
+                name: TAILS,
+                source,
+            })?;
+    }
     let msg: &mut SkMsg = ebpf
         .program_mut(SK_MSG)
         .ok_or(InjectError::Missing(SK_MSG))?

@@ -18,7 +18,10 @@ use super::{
 use crate::{
     protocol::{End, Next, Protocol, REGISTRY, Segment, Sender, Session, opaque_tls::OpaqueTls},
     telemetry::Snapshot,
-    trace::link::LinkEvent,
+    trace::{
+        link::LinkEvent,
+        span::{SpanId, TraceId},
+    },
 };
 
 #[cfg(test)]
@@ -299,6 +302,16 @@ impl ConnTable {
     /// The kernel inserted a `traceparent` into a request about to be written on `ev.sk`.
     /// The write that carries it follows; its request takes these ids.
     pub fn on_inject(&mut self, ev: &InjectEvent) {
+        if ev.stream != 0 {
+            // HTTP/2: the stream id names the request; its span takes the ids when it ends.
+            self.links.push(LinkEvent::Http2Injected {
+                sk: ev.sk,
+                stream: ev.stream,
+                ts_ns: ev.ts_ns,
+                ids: (TraceId(ev.trace_id), SpanId(ev.span_id)),
+            });
+            return;
+        }
         self.stats.injections_unmatched += self.injections.add(ev);
     }
 

@@ -104,7 +104,20 @@ pub enum LinkEvent {
     ClientIo { key: CtxKey, actor: Actor },
     /// Response bytes written on a server connection: the writing thread is no longer serving.
     ServerResponse { sk: u64, actor: Actor },
+    /// The kernel put a `traceparent` into the HEADERS frame opening HTTP/2 stream `stream` on
+    /// client connection `sk`: that stream's client span takes these ids.
+    Http2Injected {
+        sk: u64,
+        stream: u32,
+        ts_ns: u64,
+        ids: (TraceId, SpanId),
+    },
 }
+
+/// How long an HTTP/2 injection waits for its stream's span (a long stream takes long).
+const H2_INJECTION_TTL_NS: u64 = 3_600_000_000_000;
+/// Most HTTP/2 injections waiting for their spans.
+const MAX_H2_INJECTIONS: usize = 65536;
 
 /// What the connection layer knows about a finished exchange, for linking its span.
 #[derive(Clone, Copy, Debug)]
@@ -268,6 +281,8 @@ struct Held {
     register: Option<PeerKey>,
     /// Candidate parents it links to once its own ids are final.
     links: Option<u64>,
+    /// The trace id the kernel wrote into the request's header: it stays the span's trace.
+    forced: Option<TraceId>,
     deadline_ns: u64,
 }
 
@@ -298,6 +313,8 @@ pub struct Linker {
     held: HashMap<u64, Held>,
     held_by_ctx: HashMap<CtxKey, Vec<u64>>,
     held_by_peer: HashMap<PeerKey, Vec<u64>>,
+    /// (socket, stream) -> ids the kernel injected into that HTTP/2 stream, and when.
+    h2_injected: HashMap<(u64, u32), (TraceId, SpanId, u64)>,
     next_held: u64,
     /// Finished spans, in the order they became final.
     ready: Vec<Span>,
@@ -379,6 +396,7 @@ impl Linker {
             held: HashMap::new(),
             held_by_ctx: HashMap::new(),
             held_by_peer: HashMap::new(),
+            h2_injected: HashMap::new(),
             next_held: 0,
             ready: Vec::new(),
         }
@@ -519,6 +537,21 @@ impl Linker {
                 {
                     self.io_candidates.insert(key, set);
                 }
+            }
+            LinkEvent::Http2Injected {
+                sk,
+                stream,
+                ts_ns,
+                ids,
+            } => {
+                if self.h2_injected.len() >= MAX_H2_INJECTIONS {
+                    let cutoff = ts_ns.saturating_sub(H2_INJECTION_TTL_NS);
+                    self.h2_injected.retain(|_, i| i.2 >= cutoff);
+                    if self.h2_injected.len() >= MAX_H2_INJECTIONS {
+                        self.h2_injected.clear();
+                    }
+                }
+                self.h2_injected.insert((sk, stream), (ids.0, ids.1, ts_ns));
             }
             LinkEvent::ServerResponse { sk, actor } => {
                 if let Actor::Thread(tid) = actor
@@ -771,6 +804,19 @@ impl Linker {
         let header = span_header(&span);
         match link.side {
             Side::Client => {
+                // The kernel injected ids into this HTTP/2 stream's headers: the span has them.
+                let forced = match link.disc {
+                    Some(PeerDisc::Stream(id)) if !link.http1 => {
+                        self.h2_injected.remove(&(link.sk, id))
+                    }
+                    _ => None,
+                }
+                .map(|(trace, span_id, _)| {
+                    self.stats.injected += 1;
+                    span.span_id = span_id;
+                    span.trace_id = trace;
+                    trace
+                });
                 let links = self.io_candidates.remove(&key).filter(|_| header.is_none());
                 if header.is_none()
                     && let Some((parent, _, go)) = self.io_parents.remove(&key)
@@ -784,11 +830,15 @@ impl Linker {
                         Some((pspan, r)) => apply(&mut span, None, &r.child(pspan)),
                         None if self.ctxs.contains_key(&parent) => {
                             self.hold(span, None, Wait::Ctx(parent), register, links);
+                            if let Some(h) = self.held.get_mut(&(self.next_held - 1)) {
+                                h.forced = forced;
+                            }
                             return;
                         }
                         None => {}
                     }
                 }
+                self.keep_forced(&mut span, forced);
                 self.finish(span, register, links);
             }
             Side::Server => {
@@ -843,6 +893,16 @@ impl Linker {
         self.ready.push(span);
     }
 
+    /// The span keeps the trace id the kernel wrote into its request's header.
+    fn keep_forced(&mut self, span: &mut Span, forced: Option<TraceId>) {
+        if let Some(forced) = forced
+            && span.trace_id != forced
+        {
+            self.stats.conflicts += 1;
+            span.trace_id = forced;
+        }
+    }
+
     fn peer_arrived(&mut self, key: CtxKey, pk: &PeerKey) {
         let Some(c) = self.ctxs.get_mut(&key) else {
             return;
@@ -895,6 +955,7 @@ impl Linker {
                 wait,
                 register,
                 links,
+                forced: None,
                 deadline_ns,
             },
         );
@@ -978,6 +1039,7 @@ impl Linker {
                 return;
             }
         }
+        self.keep_forced(&mut h.span, h.forced);
         self.finish(h.span, h.register, h.links);
     }
 
@@ -1072,6 +1134,8 @@ impl Linker {
         let ctxs = &self.ctxs;
         self.serving.retain(|_, k| alive(k, ctxs));
         self.io_parents.retain(|_, (k, _, _)| alive(k, ctxs));
+        self.h2_injected
+            .retain(|_, i| now_ns.saturating_sub(i.2) <= H2_INJECTION_TTL_NS || i.2 > now_ns);
         self.sweep_candidates();
         let peer_ttl = self.config.max_hold_ns;
         self.peers

@@ -39,6 +39,16 @@ pub const TRACEPARENT_LINE_LEN: u32 = 70;
 /// head: a request whose header block is longer is sent unchanged, and the socket is left alone
 /// from then on (its framing is unknown).
 pub const INJECT_HEAD_WINDOW: usize = 4096;
+/// Longest HTTP/2 header block (bytes of one HEADERS frame, without padding and priority) the
+/// `sk_msg` program scans for an existing `traceparent` before adding one: a power of two.
+pub const INJECT_H2_WINDOW: usize = 256;
+/// Bytes of the `traceparent` field added to an HTTP/2 header block: HPACK "literal header
+/// field without indexing - new name" (0x00), name length 11 and the name, value length 55
+/// and the value, no Huffman coding.
+pub const TRACEPARENT_H2_FIELD_LEN: u32 = 2 + 11 + 1 + 55;
+/// The name `traceparent` Huffman-coded (RFC 7541 Appendix B): 59 bits and 5 of EOS padding,
+/// the form an HPACK encoder may send instead of the 11 raw bytes.
+pub const TRACEPARENT_HUFFMAN: [u8; 8] = [0x4d, 0x83, 0x21, 0x6b, 0x1d, 0x85, 0xa9, 0x3f];
 /// Most bytes at the start of a server read in which the kernel looks for an incoming
 /// `traceparent` header (within the captured prefix).
 pub const CTX_HEADER_WINDOW: usize = 2048;
@@ -228,7 +238,8 @@ pub struct ExecEnvEvent {
     pub attrs: [u8; EXEC_ATTRS_LEN],
 }
 
-/// `EVENT_INJECT`: the kernel inserted a `traceparent` line into an outgoing HTTP/1 request.
+/// `EVENT_INJECT`: the kernel inserted a `traceparent` line into an outgoing HTTP/1 request, or
+/// a `traceparent` field into the HEADERS frame of a new HTTP/2 stream (`stream` non-zero).
 ///
 /// Emitted from the `sk_msg` program during the `sendmsg`/`write` that carries the request, so
 /// it precedes that call's `EVENT_DATA` record (whose payload shows the bytes as the application
@@ -239,13 +250,17 @@ pub struct InjectEvent {
     pub kind: u32,
     pub pid: u32,
     pub tid: u32,
-    /// Offset in the message where the line was inserted (just after the request line).
+    /// Offset in the message where the line was inserted (just after the request line), or
+    /// for HTTP/2 where the field was inserted (the end of the header block).
     pub offset: u32,
     pub ts_ns: u64,
     /// Kernel socket pointer, the same value as `DataEvent::sk`.
     pub sk: u64,
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
+    /// HTTP/2: the stream whose HEADERS frame received the field; 0 for HTTP/1.
+    pub stream: u32,
+    pub _pad: u32,
 }
 
 /// Where the tracepoint fields the programs read sit in each tracepoint's record. User space
@@ -408,6 +423,19 @@ pub mod stats {
         /// TLS sessions on memory buffers (no socket call inside the library's calls), tied to the
         /// socket their thread read last.
         TLS_BOUND_BY_LAST_READ = 24, "tls_bound_by_last_read";
+        /// HTTP/2 streams whose HEADERS frame received a `traceparent` field from the `sk_msg`
+        /// program (also counted in `injected`).
+        INJECT_H2 = 25, "injected_http2";
+        /// New HTTP/2 streams sent unchanged because their header block names `traceparent`, or
+        /// an earlier one on the connection did (it may be indexed in the dynamic table now).
+        INJECT_H2_SKIP_HAS_TRACEPARENT = 26, "inject_http2_skipped_has_traceparent";
+        /// New HTTP/2 streams sent unchanged because the field could not be added exactly: header
+        /// block continued in CONTINUATION frames, HEADERS frame not whole in the message, header
+        /// block over `INJECT_H2_WINDOW` bytes, or the frame would outgrow 16384 bytes.
+        INJECT_H2_SKIP_INEXACT = 27, "inject_http2_skipped_inexact";
+        /// HTTP/2 client connections whose frame boundaries were lost (a frame header split
+        /// between writes, a preface not whole in the first write): left alone from then on.
+        INJECT_H2_FRAMING_LOST = 28, "inject_http2_framing_lost";
     }
 }
 
@@ -518,7 +546,7 @@ wire_layout!(
 );
 wire_layout!(
     InjectEvent,
-    56,
+    64,
     kind,
     pid,
     tid,
@@ -526,5 +554,7 @@ wire_layout!(
     ts_ns,
     sk,
     trace_id,
-    span_id
+    span_id,
+    stream,
+    _pad
 );

@@ -34,11 +34,12 @@ use aya_ebpf::{
         },
     },
     macros::{map, sk_msg, sock_ops, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, SockHash},
     programs::{SkMsgContext, SockOpsContext, TracePointContext},
 };
 use socktrace_common::{
-    EVENT_INJECT, INJECT_HEAD_WINDOW, InjectEvent, TRACEPARENT_LINE_LEN, stats,
+    EVENT_INJECT, INJECT_H2_WINDOW, INJECT_HEAD_WINDOW, InjectEvent, TRACEPARENT_H2_FIELD_LEN,
+    TRACEPARENT_HUFFMAN, TRACEPARENT_LINE_LEN, stats,
 };
 
 use crate::{
@@ -110,8 +111,22 @@ pub struct InjectState {
     mid: u32,
     /// Non-zero inside a chunked body: once `skip` is done, a chunk-size line begins.
     chunked: u32,
-    _pad: u32,
+    /// What the connection speaks: `PROTO_UNKNOWN` until its first message is seen.
+    proto: u32,
+    /// HTTP/2: bytes of the current frame (or of the preface) still to come in later messages.
+    frame_left: u32,
+    /// HTTP/2: the highest stream id whose HEADERS frame was seen; a HEADERS frame on a higher
+    /// (client streams: odd) id opens a new stream, one on a lower id carries trailers.
+    last_stream: u32,
+    /// HTTP/2: non-zero once a request on this connection named `traceparent` (it may be in the
+    /// dynamic table since, and sent as an index): nothing is added on it any more.
+    has_tp: u32,
 }
+
+/// `InjectState::proto`.
+const PROTO_UNKNOWN: u32 = 0;
+const PROTO_HTTP1: u32 = 1;
+const PROTO_H2: u32 = 2;
 
 /// Per-CPU copy of a message's first bytes and their scan.
 #[repr(C)]
@@ -128,6 +143,12 @@ pub struct InjectScratch {
     method: u32,
     _pad: u32,
     scan: HeadScan,
+    /// `h2_inject`: the frame's length and where its header block ends, kept across the scan.
+    h2_len: u32,
+    h2_at: u32,
+    /// `h2_inject`: bytes of the header block in `buf`.
+    h2_n: u32,
+    _pad2: u32,
     buf: [u8; W + 64],
 }
 
@@ -196,7 +217,10 @@ pub fn inject_sockops(ctx: SockOpsContext) -> u32 {
         stopped: 0,
         mid: 0,
         chunked: 0,
-        _pad: 0,
+        proto: PROTO_UNKNOWN,
+        frame_left: 0,
+        last_stream: 0,
+        has_tp: 0,
     };
     if INJECT_SOCKS.insert(sk, state, 0).is_err() {
         count(stats::INJECT_SOCK_ADD_FAILED);
@@ -211,6 +235,19 @@ pub fn inject_sockops(ctx: SockOpsContext) -> u32 {
         count(stats::INJECT_SOCK_ADD_FAILED);
     }
     1
+}
+
+/// The HTTP/2 message program, `inject_h2`, at `TAIL_H2` (user space puts it there).
+#[map]
+static INJECT_TAILS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+const TAIL_H2: u32 = 0;
+
+/// `sk_msg`, reached from `inject_http` by a tail call for the messages of HTTP/2 connections
+/// (it is not attached itself: a socket map has one message program).
+#[sk_msg]
+pub fn inject_h2(ctx: SkMsgContext) -> u32 {
+    h2_frames(ctx.msg);
+    SK_PASS
 }
 
 /// `sk_msg` on `INJECT_SOCKHASH`: every message written on a followed client socket.
@@ -277,6 +314,23 @@ fn on_msg(ctx: &SkMsgContext) {
     // A run on the rest of a message whose first part ended a request.
     let rerun = state.rerun != 0 && state.rerun == size;
     state.rerun = 0;
+    if state.proto == PROTO_UNKNOWN {
+        // The first message of the connection: the HTTP/2 client preface, or HTTP/1.
+        state.proto = PROTO_HTTP1;
+        if is_h2_preface(ctx, size) {
+            state.proto = PROTO_H2;
+            state.frame_left = H2_PREFACE_LEN;
+        }
+    }
+    if state.proto == PROTO_H2 {
+        // The HTTP/2 walk is a program of its own (`inject_h2`), verified on its own: this one
+        // keeps its verifier budget for HTTP/1. A tail call does not return when it works.
+        // SAFETY: the program's own context; the slot holds an `sk_msg` program.
+        unsafe { INJECT_TAILS.tail_call(ctx, TAIL_H2) };
+        // Not loaded, or the tail-call limit reached: the connection is not followed.
+        h2_lost(ctx, state);
+        return;
+    }
     if state.skip != 0 {
         if state.skip >= u64::from(size) {
             state.skip -= u64::from(size);
@@ -649,23 +703,14 @@ fn sampled(trace: &[u32; 4], header: u32) -> bool {
     (hi << 32 | lo) >= threshold
 }
 
-/// Inserts the `traceparent` line at offset `at` (just after the request line of a head of
-/// `head_len` bytes) and reports it. Returns false, with the message unchanged, if the kernel
-/// could not make room.
-#[inline(never)]
-fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> bool {
-    let msg = ctx.msg;
-    // On the stack (72 bytes), not in the per-CPU scratch value: another run preempting this
-    // one on the same CPU cannot change it between composing and copying.
-    let word = http::text_word;
-    let mut words = [0u64; 9];
-    let line = words.as_mut_ptr();
-    let tid = id as u32;
-    let mut trace = [0u32; 4];
+/// The trace of a request thread `tid` sends now, in `trace` (four words as stored in memory):
+/// the request it serves, or a new trace (nothing served, or an event loop, whose request
+/// belongs to none of the requests it serves for sure). Returns the sampled flag to send.
+#[inline(always)]
+fn outgoing_trace(tid: u32, trace: &mut [u32; 4]) -> bool {
     let mut header = 0u32;
     // SAFETY: the value is read in place: the trace id is at offset 0 of an 8-aligned value.
     match unsafe { THREAD_CTX.get(tid) } {
-        // An event loop's request belongs to none of the requests it serves for sure.
         Some(c) if unsafe { core::ptr::read_volatile(&raw const c.flags) } & CTX_LOOP == 0 => {
             let words = c.trace_id.as_ptr().cast::<u32>();
             let mut k = 0;
@@ -679,16 +724,39 @@ fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> 
         }
         _ => random_trace_id(trace.as_mut_ptr()),
     }
-    let flags = if sampled(&trace, header) {
-        word(b"-01\r\n")
-    } else {
-        word(b"-00\r\n")
-    };
+    sampled(trace, header)
+}
+
+/// A new span id, as two words (never all zero).
+#[inline(always)]
+fn new_span_id() -> (u32, u32) {
     // SAFETY: helper without arguments.
     let (a, mut b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
     if a | b == 0 {
         b = 1 << 24;
     }
+    (a, b)
+}
+
+/// Inserts the `traceparent` line at offset `at` (just after the request line of a head of
+/// `head_len` bytes) and reports it. Returns false, with the message unchanged, if the kernel
+/// could not make room.
+#[inline(never)]
+fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> bool {
+    let msg = ctx.msg;
+    // On the stack (72 bytes), not in the per-CPU scratch value: another run preempting this
+    // one on the same CPU cannot change it between composing and copying.
+    let word = http::text_word;
+    let mut words = [0u64; 9];
+    let line = words.as_mut_ptr();
+    let tid = id as u32;
+    let mut trace = [0u32; 4];
+    let flags = if outgoing_trace(tid, &mut trace) {
+        word(b"-01\r\n")
+    } else {
+        word(b"-00\r\n")
+    };
+    let (a, b) = new_span_id();
     // "traceparent: 00-" + 32 + "-" + 16 + "-0X\r\n", built a word at a time: hex digits from
     // word arithmetic, not a byte at a time (that kept dozens of values live and took a
     // 320-byte frame).
@@ -769,7 +837,486 @@ fn insert_line(ctx: &SkMsgContext, at: u32, head_len: u32, sk: u64, id: u64) -> 
         sk,
         trace_id,
         span_id,
+        stream: 0,
+        _pad: 0,
     };
     send_event(ev);
     true
+}
+
+// HTTP/2 (cleartext, "prior knowledge" or after the preface): the connection is followed
+// frame by frame (RFC 9113 section 4.1: a 9-byte header - 24-bit length, type, flags, 31-bit
+// stream id - then `length` bytes). A HEADERS frame that opens a new client stream gets a
+// `traceparent` field at the end of its header block when that can be done exactly.
+
+/// "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".
+const H2_PREFACE_LEN: u32 = 24;
+const H2_FRAME_HEADER: u32 = 9;
+const H2_HEADERS: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+const H2_PADDED: u8 = 0x8;
+const H2_PRIORITY: u8 = 0x20;
+/// SETTINGS_MAX_FRAME_SIZE's initial value, which a server can only raise: a frame of this
+/// size is always accepted, and the server's settings are not seen here.
+const H2_MAX_FRAME: u32 = 16384;
+/// Frames followed in one run; the kernel runs the program again on the rest.
+const H2_FRAMES: u32 = 16;
+const H2W: usize = INJECT_H2_WINDOW;
+const FIELD: u32 = TRACEPARENT_H2_FIELD_LEN;
+
+/// Whether the connection's first message begins with the HTTP/2 client preface.
+#[inline(always)]
+fn is_h2_preface(ctx: &SkMsgContext, size: u32) -> bool {
+    if size < H2_PREFACE_LEN {
+        return false;
+    }
+    // SAFETY: the program's own context.
+    if unsafe { bpf_msg_pull_data(ctx.msg, 0, H2_PREFACE_LEN, 0) } != 0 {
+        return false;
+    }
+    let data = ctx.data();
+    if data + H2_PREFACE_LEN as usize > ctx.data_end() {
+        return false;
+    }
+    let p = data as *const u64;
+    // SAFETY: 24 bytes of message memory, checked above.
+    let (a, b, c) = unsafe {
+        (
+            core::ptr::read_unaligned(p),
+            core::ptr::read_unaligned(p.add(1)),
+            core::ptr::read_unaligned(p.add(2)),
+        )
+    };
+    let word = http::text_word;
+    a == word(b"PRI * HT") && b == word(b"TP/2.0\r\n") && c == word(b"\r\nSM\r\n\r\n")
+}
+
+/// Leaves an HTTP/2 connection alone for good: where its frames begin is not known any more.
+#[inline(always)]
+fn h2_lost(ctx: &SkMsgContext, state: &mut InjectState) {
+    count(stats::INJECT_H2_FRAMING_LOST);
+    state.stopped = 1;
+    apply(ctx, ALL);
+}
+
+/// A message on an HTTP/2 client connection: passes the rest of the frame in progress, then
+/// walks the frames that begin in the message. A HEADERS frame opening a new stream is handled
+/// at the start of a run of its own (the run before stops just before it), so that at most one
+/// field is inserted per run and offsets stay those of the message as written.
+///
+/// Not inlined, for the same reason as `request`.
+#[inline(never)]
+fn h2_frames(msg: *mut sk_msg_md) {
+    let ctx = SkMsgContext::new(msg);
+    // SAFETY: context field; the socket pointer is only used as a key.
+    let sk = unsafe { (*msg).__bindgen_anon_3.sk } as u64;
+    let size = ctx.size();
+    let Some(state) = INJECT_SOCKS.get_ptr_mut(sk) else {
+        apply(&ctx, ALL);
+        return;
+    };
+    // SAFETY: as in `on_msg`.
+    let state = unsafe { &mut *state };
+    let io = live_io(bpf_get_current_pid_tgid() as u32);
+    if state.frame_left >= size {
+        state.frame_left -= size;
+        advance(io, size);
+        apply(&ctx, size);
+        return;
+    }
+    let mut off = state.frame_left;
+    state.frame_left = 0;
+    if off == 0 && h2_opening(&ctx, state) {
+        return;
+    }
+    let mut i = 0;
+    while i < H2_FRAMES {
+        if off >= size {
+            advance(io, size);
+            apply(&ctx, size);
+            return;
+        }
+        // Verifier: keep `off` a bounded scalar for the pointer arithmetic below.
+        let at = off & 0xffff_ffff;
+        if size - at < H2_FRAME_HEADER {
+            // A frame header split between writes: the next message begins inside it.
+            h2_lost(&ctx, state);
+            return;
+        }
+        // SAFETY: the program's own context.
+        if unsafe { bpf_msg_pull_data(msg, at, at + H2_FRAME_HEADER, 0) } != 0 {
+            h2_lost(&ctx, state);
+            return;
+        }
+        let data = ctx.data();
+        if data + H2_FRAME_HEADER as usize > ctx.data_end() {
+            h2_lost(&ctx, state);
+            return;
+        }
+        let p = data as *const u8;
+        // SAFETY: nine bytes of message memory, checked above.
+        let (len, kind, stream) = unsafe {
+            (
+                u32::from(*p) << 16 | u32::from(*p.add(1)) << 8 | u32::from(*p.add(2)),
+                *p.add(3),
+                u32::from(*p.add(5) & 0x7f) << 24
+                    | u32::from(*p.add(6)) << 16
+                    | u32::from(*p.add(7)) << 8
+                    | u32::from(*p.add(8)),
+            )
+        };
+        let end = u64::from(at) + u64::from(H2_FRAME_HEADER) + u64::from(len);
+        if kind == H2_HEADERS && stream & 1 == 1 && stream > state.last_stream {
+            if at == 0 {
+                // `h2_opening` takes those; a run that decides for no byte would not end.
+                h2_lost(&ctx, state);
+                return;
+            }
+            // It opens a stream: handled in a run of its own, starting with it.
+            state.rerun = size - at;
+            advance(io, at);
+            apply(&ctx, at);
+            return;
+        }
+        if end >= u64::from(size) {
+            state.frame_left = (end - u64::from(size)) as u32;
+            advance(io, size);
+            apply(&ctx, size);
+            return;
+        }
+        off = end as u32;
+        i += 1;
+    }
+    // More frames than one run follows: the next run begins at the next one.
+    state.rerun = size - off;
+    advance(io, off);
+    apply(&ctx, off);
+}
+
+/// The frame at the start of the message, if it is a HEADERS frame opening a new stream:
+/// injects into it and passes it (returns true); otherwise false, nothing done.
+#[inline(always)]
+fn h2_opening(ctx: &SkMsgContext, state: &mut InjectState) -> bool {
+    let msg = ctx.msg;
+    let size = ctx.size();
+    // SAFETY: the program's own context.
+    if size < H2_FRAME_HEADER || unsafe { bpf_msg_pull_data(msg, 0, H2_FRAME_HEADER, 0) } != 0 {
+        return false;
+    }
+    let data = ctx.data();
+    if data + H2_FRAME_HEADER as usize > ctx.data_end() {
+        return false;
+    }
+    let p = data as *const u8;
+    // SAFETY: nine bytes of message memory, checked above.
+    let (len, kind, flags, stream) = unsafe {
+        (
+            u32::from(*p) << 16 | u32::from(*p.add(1)) << 8 | u32::from(*p.add(2)),
+            *p.add(3),
+            *p.add(4),
+            u32::from(*p.add(5) & 0x7f) << 24
+                | u32::from(*p.add(6)) << 16
+                | u32::from(*p.add(7)) << 8
+                | u32::from(*p.add(8)),
+        )
+    };
+    if kind != H2_HEADERS || stream & 1 == 0 || stream <= state.last_stream {
+        return false;
+    }
+    state.last_stream = stream;
+    let added = h2_inject(msg, len, flags, stream);
+    // SAFETY: context field; the socket pointer is only used as a key.
+    let sk = unsafe { (*msg).__bindgen_anon_3.sk } as u64;
+    let io = live_io(bpf_get_current_pid_tgid() as u32);
+    // Looked up again: `h2_inject` may have changed the entry.
+    let Some(state) = INJECT_SOCKS.get_ptr_mut(sk) else {
+        apply(ctx, ALL);
+        return true;
+    };
+    // SAFETY: as in `on_msg`.
+    let state = unsafe { &mut *state };
+    let end = H2_FRAME_HEADER + len;
+    if end >= size {
+        state.frame_left = end - size;
+        advance(io, size);
+        apply(ctx, size + added);
+    } else {
+        state.rerun = size - end;
+        advance(io, end);
+        apply(ctx, end + added);
+    }
+    true
+}
+
+/// Stores the `n` low bytes of `v` (little-endian: text words in order) at `p`.
+///
+/// # Safety
+/// `p..p + n` is writable message memory.
+#[inline(always)]
+unsafe fn put(p: *mut u8, v: u64, n: usize) {
+    let mut k = 0;
+    while k < n {
+        // SAFETY: the caller's promise.
+        unsafe { *p.add(k) = (v >> (8 * k)) as u8 };
+        k += 1;
+    }
+}
+
+/// The HEADERS frame of length `len` at the start of the message opens client stream
+/// `stream`: adds the `traceparent` field at the end of its header block (before padding) and
+/// fixes the frame length, when the whole frame is in the message with END_HEADERS, the block
+/// is short enough to be checked for a `traceparent` of its own and has none, and the frame
+/// stays within 16384 bytes. Returns the bytes added (0: the frame is unchanged).
+///
+/// An HPACK "literal header field without indexing - new name" (RFC 7541 section 6.2.2)
+/// changes neither side's dynamic table, so nothing else on the connection moves.
+#[inline(never)]
+fn h2_inject(msg: *mut sk_msg_md, len: u32, flags: u8, stream: u32) -> u32 {
+    let ctx = SkMsgContext::new(msg);
+    // SAFETY: context field; the socket pointer is only used as a key and reported.
+    let sk = unsafe { (*msg).__bindgen_anon_3.sk } as u64;
+    let size = ctx.size();
+    let Some(state) = INJECT_SOCKS.get_ptr_mut(sk) else {
+        return 0;
+    };
+    // SAFETY: as in `on_msg`.
+    let state = unsafe { &mut *state };
+    if state.has_tp != 0 {
+        count(stats::INJECT_H2_SKIP_HAS_TRACEPARENT);
+        return 0;
+    }
+    if flags & H2_END_HEADERS == 0 || H2_FRAME_HEADER + len > size || len + FIELD > H2_MAX_FRAME {
+        count(stats::INJECT_H2_SKIP_INEXACT);
+        return 0;
+    }
+    let frame = H2_FRAME_HEADER + len;
+    // The frame in one range (at most 9 + 16384 bytes).
+    // SAFETY: the program's own context.
+    if unsafe { bpf_msg_pull_data(msg, 0, frame, 0) } != 0 {
+        count(stats::INJECT_PUSH_FAILED);
+        return 0;
+    }
+    let data = ctx.data();
+    if data + H2_FRAME_HEADER as usize + 1 > ctx.data_end() {
+        count(stats::INJECT_H2_SKIP_INEXACT);
+        return 0;
+    }
+    let mut start = H2_FRAME_HEADER;
+    let mut pad = 0u32;
+    if flags & H2_PADDED != 0 {
+        // SAFETY: byte 9 is in the range checked above.
+        pad = u32::from(unsafe { *(data as *const u8).add(H2_FRAME_HEADER as usize) });
+        start += 1;
+    }
+    if flags & H2_PRIORITY != 0 {
+        start += 5;
+    }
+    if start + pad > frame {
+        count(stats::INJECT_H2_SKIP_INEXACT);
+        return 0;
+    }
+    let block_end = frame - pad;
+    // Through memory: the compiler would otherwise drop the mask below, and the verifier
+    // needs it ("R2 min value is negative, either use unsigned or 'var &= const'").
+    let block = block_end - start;
+    // SAFETY: a read of a local.
+    let n = unsafe { core::ptr::read_volatile(&block) } & (2 * H2W as u32 - 1);
+    if n != block || n as usize > H2W {
+        count(stats::INJECT_H2_SKIP_INEXACT);
+        return 0;
+    }
+    let Some(scratch) = INJECT_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU value; every access goes through raw pointers (see `seq`).
+    let seq = unsafe { core::ptr::read_volatile(&raw const (*scratch).seq) }.wrapping_add(1);
+    unsafe { core::ptr::write_volatile(&raw mut (*scratch).seq, seq) };
+    // SAFETY: as above.
+    let buf = unsafe { (&raw mut (*scratch).buf).cast::<u8>() };
+    // `n` is in [0, H2W] and the buffer has W + 64 >= H2W + 64 bytes.
+    // SAFETY: copies `n` bytes of the frame (pulled into one range above) into the buffer.
+    if n > 0
+        && unsafe { bpf_probe_read_kernel(buf.cast(), n, (data + start as usize) as *const _) } != 0
+    {
+        count(stats::INJECT_PUSH_FAILED);
+        return 0;
+    }
+    // The values needed after the scan go through memory: what the scan's loop learns about
+    // `n` on each of its exits would otherwise reach them (scalars derived from one another
+    // share bounds), and the verifier would walk the rest once per exit.
+    // SAFETY: per-CPU map value.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*scratch).h2_len, len);
+        core::ptr::write_volatile(&raw mut (*scratch).h2_at, block_end);
+        core::ptr::write_volatile(&raw mut (*scratch).h2_n, n);
+    }
+    let found = has_traceparent(scratch);
+    // SAFETY: as above.
+    let (now, len, block_end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*scratch).seq),
+            core::ptr::read_volatile(&raw const (*scratch).h2_len),
+            core::ptr::read_volatile(&raw const (*scratch).h2_at),
+        )
+    };
+    if now != seq {
+        count(stats::INJECT_SCRATCH_RACE);
+        return 0;
+    }
+    let frame = H2_FRAME_HEADER + len;
+    if found {
+        state.has_tp = 1;
+        count(stats::INJECT_H2_SKIP_HAS_TRACEPARENT);
+        return 0;
+    }
+
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let mut trace = [0u32; 4];
+    let sampled = outgoing_trace(tid, &mut trace);
+    let (a, b) = new_span_id();
+
+    // SAFETY: the program's own context.
+    if unsafe { bpf_msg_push_data(msg, block_end, FIELD, 0) } != 0 {
+        count(stats::INJECT_PUSH_FAILED);
+        return 0;
+    }
+    // The new (uninitialised) bytes, writable through data/data_end from their first one.
+    // SAFETY: as above.
+    if unsafe { bpf_msg_pull_data(msg, block_end, block_end + FIELD, 0) } != 0 {
+        // SAFETY: as above.
+        unsafe { bpf_msg_pop_data(msg, block_end, FIELD, 0) };
+        count(stats::INJECT_PUSH_FAILED);
+        return 0;
+    }
+    let data = ctx.data();
+    if data + FIELD as usize > ctx.data_end() {
+        // SAFETY: as above.
+        unsafe { bpf_msg_pop_data(msg, block_end, FIELD, 0) };
+        count(stats::INJECT_PUSH_FAILED);
+        return 0;
+    }
+    let word = http::text_word;
+    let p = data as *mut u8;
+    let (span0, span1) = (http::hex8(a), http::hex8(b));
+    // SAFETY (all stores): `p..p + FIELD` was checked above.
+    unsafe {
+        // 0x00: literal without indexing, new name; 11: name length, no Huffman.
+        put(p, word(b"\x00\x0btracep"), 8);
+        // 55 (0x37): value length, no Huffman; the value "00-<trace>-<span>-<flags>".
+        put(p.add(8), word(b"arent\x3700"), 8);
+        put(p.add(16), u64::from(b'-'), 1);
+        let mut k = 0;
+        while k < 4 {
+            put(p.add(17 + 8 * k), http::hex8(trace[k]), 8);
+            k += 1;
+        }
+        put(p.add(49), u64::from(b'-'), 1);
+        put(p.add(50), span0, 8);
+        put(p.add(58), span1, 8);
+        let flags = if sampled { word(b"-01") } else { word(b"-00") };
+        put(p.add(66), flags, 3);
+    }
+    // The new length, then the frame in one range again (one piece for TCP; if that fails
+    // the bytes are still right, only split).
+    // SAFETY: as above.
+    let fixed = unsafe { bpf_msg_pull_data(msg, 0, frame + FIELD, 0) } == 0 && {
+        let data = ctx.data();
+        if data + 3 > ctx.data_end() {
+            false
+        } else {
+            let new_len = len + FIELD;
+            let h = data as *mut u8;
+            // SAFETY: three bytes checked above.
+            unsafe {
+                *h = (new_len >> 16) as u8;
+                *h.add(1) = (new_len >> 8) as u8;
+                *h.add(2) = new_len as u8;
+            }
+            true
+        }
+    };
+    if !fixed {
+        // The length could not be written: take the field out again.
+        // SAFETY: as above.
+        unsafe { bpf_msg_pop_data(msg, block_end, FIELD, 0) };
+        count(stats::INJECT_PUSH_FAILED);
+        return 0;
+    }
+
+    let mut trace_id = [0u8; 16];
+    let mut k = 0;
+    while k < 4 {
+        trace_id[4 * k..4 * k + 4].copy_from_slice(&trace[k].to_le_bytes());
+        k += 1;
+    }
+    let mut span_id = [0u8; 8];
+    span_id[..4].copy_from_slice(&a.to_le_bytes());
+    span_id[4..].copy_from_slice(&b.to_le_bytes());
+    count(stats::INJECTED);
+    count(stats::INJECT_H2);
+    send_event(InjectEvent {
+        kind: EVENT_INJECT,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        tid,
+        offset: block_end,
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        sk,
+        trace_id,
+        span_id,
+        stream,
+        _pad: 0,
+    });
+    FIELD
+}
+
+/// Whether the `h2_n` bytes of a header block at the start of `buf` name `traceparent`,
+/// raw or Huffman-coded. A match inside a value counts too: then nothing is added.
+///
+/// One byte per position, the word only where it may begin, and out at the first match: a
+/// flag carried through the loop would make every iteration after a match a path of its own
+/// for the verifier.
+///
+/// Not inlined, and `n` read from memory: the bounds the loop learns about it on each exit stay
+/// in this frame and die with it.
+#[inline(never)]
+fn has_traceparent(scratch: *mut InjectScratch) -> bool {
+    // SAFETY: per-CPU map value, accessed through raw pointers only.
+    let (buf, n) = unsafe {
+        (
+            (&raw const (*scratch).buf).cast::<u8>(),
+            core::ptr::read_volatile(&raw const (*scratch).h2_n),
+        )
+    };
+    let raw = http::text_word(b"tracepar");
+    let huff = u64::from_le_bytes(TRACEPARENT_HUFFMAN);
+    let tail = http::text_word(b"ent");
+    let mut i = 0usize;
+    while i < H2W {
+        if i as u32 + 8 > n {
+            return false;
+        }
+        // SAFETY: i < H2W, and 16 more bytes are inside the buffer.
+        let c = unsafe { *buf.add(i) };
+        if c == b't' || c == TRACEPARENT_HUFFMAN[0] {
+            // SAFETY: as above.
+            let w = unsafe { core::ptr::read_unaligned(buf.add(i).cast::<u64>()) };
+            if w == huff {
+                return true;
+            }
+            if w == raw && i as u32 + 11 <= n {
+                // SAFETY: as above.
+                let t = unsafe {
+                    u64::from(*buf.add(i + 8))
+                        | u64::from(*buf.add(i + 9)) << 8
+                        | u64::from(*buf.add(i + 10)) << 16
+                };
+                if t == tail {
+                    return true;
+                }
+            }
+        }
+        i += 1;
+    }
+    false
 }

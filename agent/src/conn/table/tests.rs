@@ -120,6 +120,8 @@ fn an_injection_gives_its_ids_to_the_request_written_next_on_that_socket() {
         sk: 5,
         trace_id: [1; 16],
         span_id: [2; 8],
+        stream: 0,
+        _pad: 0,
     };
     t.on_inject(&inject);
     let req = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";

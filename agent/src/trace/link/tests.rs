@@ -774,3 +774,60 @@ fn the_candidates_of_a_thread_are_bounded_and_the_oldest_dropped() {
     l.tick(6000);
     assert_eq!(l.candidates.len(), 1, "the thread's current set stays");
 }
+
+#[test]
+fn an_http2_stream_the_kernel_injected_into_has_the_injected_ids_parent_or_not() {
+    let mut l = Linker::new(LinkConfig::default());
+    let server = Conn::new(1, "10.0.0.1:80", "10.0.0.9:5000", Side::Server).remote();
+    let grpc = Conn::new(2, "10.0.0.1:6000", "10.0.0.7:50051", Side::Client)
+        .remote()
+        .other();
+    let (t1, s1) = (TraceId([1; 16]), SpanId([2; 8]));
+    let (t3, s3) = (TraceId([3; 16]), SpanId([4; 8]));
+    // Stream 1 is written while thread 7 serves a request (the kernel used its trace, here a
+    // different one to show the header wins); stream 3 by another thread, a new trace.
+    server.request(&mut l, 100, 7, 0);
+    for (stream, ts, ids) in [(1, 105, (t1, s1)), (3, 106, (t3, s3))] {
+        l.on_event(LinkEvent::Http2Injected {
+            sk: 2,
+            stream,
+            ts_ns: ts,
+            ids,
+        });
+    }
+    grpc.request(&mut l, 110, 7, 0);
+    grpc.request(&mut l, 111, 8, 0);
+    grpc.done(
+        &mut l,
+        110,
+        Some(PeerDisc::Stream(1)),
+        span("c1", SpanKind::Client, None),
+    );
+    let c1 = one(&mut l);
+    grpc.done(
+        &mut l,
+        111,
+        Some(PeerDisc::Stream(3)),
+        span("c3", SpanKind::Client, None),
+    );
+    let c3 = one(&mut l);
+    assert_eq!((c1.trace_id, c1.span_id), (t1, s1));
+    assert!(
+        c1.parent_span_id.is_some(),
+        "still the served request's child"
+    );
+    assert_eq!((c3.trace_id, c3.span_id, c3.parent_span_id), (t3, s3, None));
+    // A later stream the kernel did not inject into keeps ids of its own.
+    grpc.request(&mut l, 120, 8, 1);
+    grpc.done(
+        &mut l,
+        120,
+        Some(PeerDisc::Stream(5)),
+        span("c5", SpanKind::Client, None),
+    );
+    let c5 = one(&mut l);
+    assert_ne!(c5.span_id, s1);
+    assert_ne!(c5.span_id, s3);
+    assert_eq!(l.stats().injected, 2);
+    assert_eq!(l.stats().conflicts, 1);
+}

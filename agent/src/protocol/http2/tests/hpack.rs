@@ -499,3 +499,50 @@ fn decoded_size_is_bounded() {
     assert!(b.bytes <= MAX_DECODED_BLOCK);
     assert_eq!(b.fields.len(), MAX_DECODED_BLOCK / 4005);
 }
+
+/// The field the kernel appends to a header block (`ebpf/socktrace-ebpf/src/inject.rs`,
+/// `h2_inject`), byte for byte as it composes it: literal without indexing, new name, no
+/// Huffman coding.
+fn injected_field(value: &str) -> Vec<u8> {
+    let mut f = vec![0x00, 11];
+    f.extend_from_slice(b"traceparent");
+    f.push(value.len() as u8);
+    f.extend_from_slice(value.as_bytes());
+    f
+}
+
+#[test]
+fn the_injected_field_decodes_after_any_block_and_leaves_the_table_alone() {
+    const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let field = injected_field(TP);
+    assert_eq!(
+        field.len(),
+        socktrace_common::TRACEPARENT_H2_FIELD_LEN as usize
+    );
+    // RFC 7541 C.3.1 then C.3.2 (the second indexes what the first added), each with the field
+    // appended: the same fields plus `traceparent`, and the same dynamic table as without it.
+    let blocks = [
+        hex("8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d"),
+        hex("8286 84be 5808 6e6f 2d63 6163 6865"),
+    ];
+    let (mut plain, mut with) = (Decoder::new(), Decoder::new());
+    for block in &blocks {
+        let expected = fields(&decode(&mut plain, block).unwrap());
+        let got = fields(&decode(&mut with, &[&block[..], &field[..]].concat()).unwrap());
+        let mut want = expected.clone();
+        want.push(("traceparent".to_owned(), TP.to_owned()));
+        assert_eq!(got, want);
+        assert_eq!(table(&with), table(&plain));
+    }
+}
+
+#[test]
+fn the_kernels_huffman_form_of_the_name_is_the_rfc_code() {
+    assert_eq!(
+        huffman::encode(b"traceparent"),
+        socktrace_common::TRACEPARENT_HUFFMAN
+    );
+    let mut out = Vec::new();
+    huffman::decode(&socktrace_common::TRACEPARENT_HUFFMAN, &mut out).unwrap();
+    assert_eq!(out, b"traceparent");
+}
