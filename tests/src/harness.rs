@@ -207,6 +207,25 @@ impl PyServer {
     }
 }
 
+/// Runs one `curl` per URL, all at once (overlapping requests), and waits for all; panics if
+/// one fails (`--fail`: an HTTP error status too).
+pub fn curl_concurrently(urls: &[String]) {
+    let curls: Vec<ChildGuard> = urls
+        .iter()
+        .map(|url| {
+            let child = Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "--fail", "--max-time", "60", url])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("curl");
+            ChildGuard::new("curl", child)
+        })
+        .collect();
+    for mut c in curls {
+        assert!(c.child.wait().expect("curl").success(), "a request failed");
+    }
+}
+
 /// Runs curl to completion and returns its stdout; panics with stderr on failure.
 pub fn curl(args: &[&str]) -> String {
     let out = Command::new("curl")

@@ -14,8 +14,8 @@ use std::{
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
     harness::{
-        Agent, ChildGuard, PyServer, exact, free_port, go_peer, metric, python, require_root,
-        wait_line, wait_metric,
+        Agent, ChildGuard, PyServer, curl_concurrently, exact, free_port, go_peer, metric, python,
+        require_root, wait_line, wait_metric,
     },
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
     pg::PgServer,
@@ -101,20 +101,10 @@ fn chain_through_go(stripped: bool) {
     };
     assert!(line.ends_with(&format!("/target/go/{name}")), "{line}");
 
-    let curls: Vec<ChildGuard> = (0..20)
-        .map(|i| {
-            let child = Command::new("curl")
-                .args(["-sS", "-o", "/dev/null", "--fail", "--max-time", "60"])
-                .arg(format!("http://127.0.0.1:{port}/work/{i}"))
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("curl");
-            ChildGuard::new("curl", child)
-        })
+    let urls: Vec<String> = (0..20)
+        .map(|i| format!("http://127.0.0.1:{port}/work/{i}"))
         .collect();
-    for mut c in curls {
-        assert!(c.child.wait().expect("curl").success(), "a request failed");
-    }
+    curl_concurrently(&urls);
 
     // Per request: curl -> svc-go (server), svc-go -> downstream (client, server),
     // svc-go -> PostgreSQL (client, server).

@@ -14,7 +14,8 @@ use std::{
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
     harness::{
-        Agent, ChildGuard, PyServer, exact, free_port, peer, python, require_root, wait_line,
+        Agent, ChildGuard, PyServer, curl_concurrently, exact, free_port, peer, python,
+        require_root, wait_line,
     },
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
 };
@@ -68,21 +69,13 @@ fn calls_of_a_java_pool_thread_are_children_and_handed_off_calls_are_never_mispa
         &ports,
     ]);
 
-    let curls: Vec<ChildGuard> = (0..20)
+    let urls: Vec<String> = (0..20)
         .map(|i| {
             let route = if i % 2 == 0 { "work" } else { "handoff" };
-            let child = Command::new("curl")
-                .args(["-sS", "-o", "/dev/null", "--fail", "--max-time", "60"])
-                .arg(format!("http://127.0.0.1:{port}/{route}/{i}"))
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("curl");
-            ChildGuard::new("curl", child)
+            format!("http://127.0.0.1:{port}/{route}/{i}")
         })
         .collect();
-    for mut c in curls {
-        assert!(c.child.wait().expect("curl").success(), "a request failed");
-    }
+    curl_concurrently(&urls);
 
     // Per request: curl (client) -> svc-java (server), svc-java (client) -> downstream (server).
     let (servers, clients) = exact(&receiver, 40, 40);
