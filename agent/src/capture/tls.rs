@@ -440,8 +440,7 @@ fn inspect(path: &Path) -> Inspection {
         .chain(elf.symbols())
         .any(|s| !s.is_undefined() && s.name() == Ok("SSL_write"));
     let is_go = elf.section_by_name(".go.buildinfo").is_some();
-    let go = is_go.then(|| go_functions(&elf)).flatten();
-    let go_runtime = is_go.then(|| go_runtime_functions(&elf)).flatten();
+    let (go, go_runtime) = if is_go { go_hooks(&elf) } else { (None, None) };
     let go_stripped = is_go && go.is_none() && elf.symbols().next().is_none() && {
         // Function names stay in the line table when the symbol table is stripped.
         let names = elf
@@ -463,25 +462,28 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The Go hooks' functions; None unless all are there.
-fn go_functions<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>) -> Option<Vec<GoFunction>> {
-    let names: Vec<&str> = GO_HOOKS.iter().map(|(name, _, _)| *name).collect();
-    go_locate(elf, &names).into_iter().collect()
-}
-
-/// `GO_RUNTIME_HOOKS`' functions; None unless every required one is there.
-fn go_runtime_functions<'d, R: object::ReadRef<'d>>(
+/// The functions of `GO_HOOKS` (None unless all are there) and of `GO_RUNTIME_HOOKS` (None
+/// unless every required one is there), located together.
+fn go_hooks<'d, R: object::ReadRef<'d>>(
     elf: &object::File<'d, R>,
-) -> Option<Vec<Option<GoFunction>>> {
-    let names: Vec<&str> = GO_RUNTIME_HOOKS.iter().map(|h| h.0).collect();
-    GO_RUNTIME_HOOKS
+) -> (Option<Vec<GoFunction>>, Option<Vec<Option<GoFunction>>>) {
+    let names: Vec<&str> = GO_HOOKS
         .iter()
-        .zip(go_locate(elf, &names))
+        .map(|h| h.0)
+        .chain(GO_RUNTIME_HOOKS.iter().map(|h| h.0))
+        .collect();
+    let mut found = go_locate(elf, &names);
+    let runtime = found.split_off(GO_HOOKS.len());
+    let tls = found.into_iter().collect();
+    let runtime = GO_RUNTIME_HOOKS
+        .iter()
+        .zip(runtime)
         .map(|((_, _, _, required), found)| match found {
             None if *required => None,
             found => Some(found),
         })
-        .collect()
+        .collect();
+    (tls, runtime)
 }
 
 /// Functions of a Go binary, by name: the file offsets of their first instruction and of their
@@ -491,14 +493,18 @@ fn go_locate<'d, R: object::ReadRef<'d>>(
     elf: &object::File<'d, R>,
     names: &[&str],
 ) -> Vec<Option<GoFunction>> {
-    let mut found: Vec<Option<(u64, u64)>> = names
-        .iter()
-        .map(|name| {
-            elf.symbols()
-                .find(|s| s.name() == Ok(*name) && !s.is_undefined() && s.size() > 0)
-                .map(|s| (s.address(), s.size()))
-        })
-        .collect();
+    // One pass over the symbol table.
+    let mut found: Vec<Option<(u64, u64)>> = vec![None; names.len()];
+    for sym in elf.symbols() {
+        if sym.is_undefined() || sym.size() == 0 {
+            continue;
+        }
+        if let Ok(name) = sym.name()
+            && let Some(k) = names.iter().position(|n| *n == name)
+        {
+            found[k].get_or_insert((sym.address(), sym.size()));
+        }
+    }
     if found.iter().any(Option::is_none) {
         let text = elf.section_by_name(".text").map_or(0, |s| s.address());
         let table = elf

@@ -140,24 +140,22 @@ impl Snapshot {
     pub fn line(&self) -> String {
         let mut out = String::new();
         let mut group = "";
-        for m in &self.metrics {
-            if m.group != group {
+        // Names the group when it changes.
+        let mut enter = |out: &mut String, g: &'static str| {
+            if g != group {
                 if !out.is_empty() {
                     out.push_str(" |");
                 }
-                let _ = write!(out, " {}:", m.group);
-                group = m.group;
+                let _ = write!(out, " {g}:");
+                group = g;
             }
+        };
+        for m in &self.metrics {
+            enter(&mut out, m.group);
             let _ = write!(out, " {}={}", m.name, m.value);
         }
         for m in &self.labeled {
-            if m.group != group {
-                if !out.is_empty() {
-                    out.push_str(" |");
-                }
-                let _ = write!(out, " {}:", m.group);
-                group = m.group;
-            }
+            enter(&mut out, m.group);
             for (label, value) in m.values.iter().take(LINE_LABELS) {
                 let _ = write!(out, " {}{{{label}}}={value}", m.name);
             }

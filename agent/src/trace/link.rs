@@ -297,7 +297,7 @@ pub struct Linker {
     /// request their calls belong to cannot be told, so they get candidate links, no parent.
     multiplexing: HashMap<u32, EventLoop>,
     /// Client I/O of non-HTTP/1 connections made while serving: key -> the served request.
-    io_parents: HashMap<CtxKey, (CtxKey, u64, bool)>,
+    io_parents: HashMap<CtxKey, (CtxKey, u64, Actor)>,
     /// Client I/O of non-HTTP/1 connections made by an event loop: key -> its candidates.
     io_candidates: HashMap<CtxKey, u64>,
     candidates: HashMap<u64, Candidates>,
@@ -526,12 +526,8 @@ impl Linker {
                 self.settle(key);
             }
             LinkEvent::ClientIo { key, actor } => {
-                let (parent, go) = match actor {
-                    Actor::Thread(tid) => (self.serving.get(&tid).copied(), false),
-                    Actor::Go(parent) => (parent, true),
-                };
-                if let Some(parent) = parent {
-                    self.io_parents.insert(key, (parent, key.1, go));
+                if let Some(parent) = self.served_by(actor) {
+                    self.io_parents.insert(key, (parent, key.1, actor));
                 } else if let Actor::Thread(tid) = actor
                     && let Some(set) = self.call_candidates(tid)
                 {
@@ -629,17 +625,28 @@ impl Linker {
         ]);
     }
 
-    /// The request a client request made by `actor` belongs to, if it is known (and counted).
-    fn parent_of(&mut self, actor: Actor) -> Option<CtxKey> {
-        let parent = match actor {
+    /// The request `actor` works for: the one its thread serves, or the one the kernel named.
+    fn served_by(&self, actor: Actor) -> Option<CtxKey> {
+        match actor {
             Actor::Thread(tid) => self.serving.get(&tid).copied(),
             Actor::Go(parent) => parent,
         }
-        .filter(|p| self.ctxs.contains_key(p))?;
+    }
+
+    /// Counts a client span made a child of the request `actor` works for.
+    fn count_link(&mut self, actor: Actor) {
         match actor {
             Actor::Thread(_) => self.stats.thread_links += 1,
             Actor::Go(_) => self.stats.goroutine_links += 1,
         }
+    }
+
+    /// The request a client request made by `actor` belongs to, if it is known (and counted).
+    fn parent_of(&mut self, actor: Actor) -> Option<CtxKey> {
+        let parent = self
+            .served_by(actor)
+            .filter(|p| self.ctxs.contains_key(p))?;
+        self.count_link(actor);
         Some(parent)
     }
 
@@ -819,13 +826,9 @@ impl Linker {
                 });
                 let links = self.io_candidates.remove(&key).filter(|_| header.is_none());
                 if header.is_none()
-                    && let Some((parent, _, go)) = self.io_parents.remove(&key)
+                    && let Some((parent, _, actor)) = self.io_parents.remove(&key)
                 {
-                    if go {
-                        self.stats.goroutine_links += 1;
-                    } else {
-                        self.stats.thread_links += 1;
-                    }
+                    self.count_link(actor);
                     match self.resolved(&parent) {
                         Some((pspan, r)) => apply(&mut span, None, &r.child(pspan)),
                         None if self.ctxs.contains_key(&parent) => {

@@ -152,16 +152,17 @@ pub fn go_newproc_return(ctx: ProbeContext) -> u32 {
 }
 
 /// The goroutine `g` now running on this thread takes the thread's fresh server context, if
-/// the read it just made began a request (`context::server_read`).
+/// the read it just made began a request (`context::server_read`). False when the thread has
+/// no context at all.
 #[inline(always)]
-pub fn claim(g: &GoKey, tid: u32) {
+pub fn claim(g: &GoKey, tid: u32) -> bool {
     let Some(c) = THREAD_CTX.get_ptr_mut(&tid) else {
-        return;
+        return false;
     };
     // SAFETY: this thread's entry, read and updated in place.
     unsafe {
         if (*c).flags & CTX_FRESH == 0 {
-            return;
+            return true;
         }
         (*c).flags = 0;
         (*c).g = g.g;
@@ -169,6 +170,7 @@ pub fn claim(g: &GoKey, tid: u32) {
             count(stats::MAP_UPDATE_FAILED);
         }
     }
+    true
 }
 
 /// The goroutine `g` of `tgid` answered the request it served: it serves none now (goroutines
@@ -183,11 +185,9 @@ pub fn answered(g: u64, tgid: u32) {
 pub fn go_read_return(ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if THREAD_CTX.get_ptr(&(id as u32)).is_none() {
-        return 0;
+    if claim(&current_g(&ctx, tgid), id as u32) {
+        mark_linked(tgid);
     }
-    mark_linked(tgid);
-    claim(&current_g(&ctx, tgid), id as u32);
     0
 }
 

@@ -224,7 +224,8 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
 fn exit<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
     ctx: &TracePointContext,
 ) -> u32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let id = bpf_get_current_pid_tgid();
+    let tid = id as u32;
     let Some(slot) = live_io(tid) else {
         return 0;
     };
@@ -247,7 +248,7 @@ fn exit<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
         }
         if ret > 0 {
             // Contexts exist with injection on, or in Go programs.
-            context::server_write(bpf_get_current_pid_tgid(), io.sk);
+            context::server_write(id, io.sk);
         }
     }
     if ret <= 0 {

@@ -199,7 +199,7 @@ pub fn go_tls_return(ctx: ProbeContext) -> u32 {
         finish(&call, n as u64, id);
         if call.direction == DIR_INGRESS {
             // Plaintext that began a request: the goroutine serves it (`goroutine.rs`).
-            goroutine::claim(&current_g(&ctx, (id >> 32) as u32), id as u32);
+            let _ = goroutine::claim(&current_g(&ctx, (id >> 32) as u32), id as u32);
         }
     }
     0
