@@ -273,6 +273,31 @@ impl Agent {
         Self::start_with_env(args, &[])
     }
 
+    /// Starts the agent exporting to `receiver` (in its protocol), tracing the ports `ports`
+    /// (`--port` syntax: `80,8080`), with `extra` flags.
+    pub fn exporting_to(
+        receiver: &crate::otlp_receiver::OtlpReceiver,
+        ports: &str,
+        extra: &[&str],
+    ) -> Self {
+        use crate::otlp_receiver::Protocol;
+        let endpoint = receiver.endpoint();
+        let protocol = match receiver.protocol() {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        };
+        let mut args = vec![
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            protocol,
+            "--port",
+            ports,
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
         let mut cmd = Command::new(agent_bin());

@@ -63,18 +63,8 @@ fn chain_through_go(stripped: bool) {
     let bin = go_peer("chainsvc", stripped);
     let port = free_port();
     let health = format!("127.0.0.1:{}", free_port());
-    let endpoint = receiver.endpoint();
     let ports = format!("{port},{},{}", down.port, pg.port);
-    let agent = Agent::start(&[
-        "--otlp-endpoint",
-        &endpoint,
-        "--otlp-protocol",
-        "grpc",
-        "--port",
-        &ports,
-        "--health-listen",
-        &health,
-    ]);
+    let agent = Agent::exporting_to(&receiver, &ports, &["--health-listen", &health]);
     // Started after the agent: found by the scan, its runtime attached by its own symbols.
     let dsn = format!(
         "host=127.0.0.1 port={} user=postgres dbname=shop sslmode=disable",

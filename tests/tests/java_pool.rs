@@ -58,16 +58,8 @@ fn calls_of_a_java_pool_thread_are_children_and_handed_off_calls_are_never_mispa
     let mut out = BufReader::new(child.stdout.take().expect("piped"));
     let _svc = ChildGuard::new("java", child);
     let _ = wait_line(&mut out, "PORT ", Duration::from_secs(60));
-    let endpoint = receiver.endpoint();
     let ports = format!("{port},{}", down.port);
-    let _agent = Agent::start(&[
-        "--otlp-endpoint",
-        &endpoint,
-        "--otlp-protocol",
-        "grpc",
-        "--port",
-        &ports,
-    ]);
+    let _agent = Agent::exporting_to(&receiver, &ports, &[]);
 
     let urls: Vec<String> = (0..20)
         .map(|i| {

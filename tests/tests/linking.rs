@@ -42,18 +42,8 @@ fn chain(extra: &[&str]) -> Chain {
         &["http", &b.url("")],
         &[("OTEL_SERVICE_NAME", "svc-a")],
     );
-    let endpoint = receiver.endpoint();
     let ports = format!("{},{},{}", a.port, b.port, pg.port);
-    let mut args = vec![
-        "--otlp-endpoint",
-        endpoint.as_str(),
-        "--otlp-protocol",
-        "grpc",
-        "--port",
-        ports.as_str(),
-    ];
-    args.extend_from_slice(extra);
-    let agent = Agent::start(&args);
+    let agent = Agent::exporting_to(&receiver, &ports, extra);
     Chain {
         receiver,
         a,
@@ -213,18 +203,8 @@ fn event_loop_calls_of(
         &[&down.url(""), "300"],
         &[("OTEL_SERVICE_NAME", "svc-async")],
     );
-    let endpoint = receiver.endpoint();
     let ports = format!("{},{}", event_loop.port, down.port);
-    let mut args = vec![
-        "--otlp-endpoint",
-        endpoint.as_str(),
-        "--otlp-protocol",
-        "grpc",
-        "--port",
-        ports.as_str(),
-    ];
-    args.extend_from_slice(extra);
-    let mut agent = Agent::start(&args);
+    let mut agent = Agent::exporting_to(&receiver, &ports, extra);
     let children: Vec<ChildGuard> = (0..20)
         .map(|i| {
             let child = Command::new("curl")

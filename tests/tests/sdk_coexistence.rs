@@ -45,17 +45,7 @@ fn setup_with(mode: &str, export_traced: bool) -> Setup {
     if export_traced {
         ports.push_str(&format!(",{}", sdk_receiver.addr().port()));
     }
-    let endpoint = socktrace.endpoint();
-    let agent = Agent::start(&[
-        "--otlp-endpoint",
-        &endpoint,
-        "--otlp-protocol",
-        "grpc",
-        "--port",
-        &ports,
-        "--instrumented-processes",
-        mode,
-    ]);
+    let agent = Agent::exporting_to(&socktrace, &ports, &["--instrumented-processes", mode]);
     Setup {
         socktrace,
         sdk_receiver,

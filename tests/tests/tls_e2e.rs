@@ -35,18 +35,7 @@ use socktrace_tests::{
 };
 
 fn agent_for(receiver: &OtlpReceiver, port: u16, extra: &[&str]) -> Agent {
-    let endpoint = receiver.endpoint();
-    let port = port.to_string();
-    let mut args = vec![
-        "--otlp-endpoint",
-        endpoint.as_str(),
-        "--otlp-protocol",
-        "http/protobuf",
-        "--port",
-        port.as_str(),
-    ];
-    args.extend_from_slice(extra);
-    Agent::start(&args)
+    Agent::exporting_to(receiver, &port.to_string(), extra)
 }
 
 /// `curl` (see [`curl`]) trusting the test's certificate.
@@ -246,18 +235,8 @@ fn without_tls_capture_https_gives_only_connection_spans_and_cleartext_still_doe
     let nginx = cert.nginx().unwrap_or_else(|e| panic!("{e}"));
     let plain = Nginx::start(free_port()).unwrap_or_else(|e| panic!("{e}"));
     let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
-    let endpoint = receiver.endpoint();
     let ports = format!("{},{}", nginx.port, plain.port);
-    let agent = Agent::start(&[
-        "--otlp-endpoint",
-        endpoint.as_str(),
-        "--otlp-protocol",
-        "http/protobuf",
-        "--port",
-        ports.as_str(),
-        "--tls",
-        "false",
-    ]);
+    let agent = Agent::exporting_to(&receiver, &ports, &["--tls", "false"]);
     let startup = agent.wait_stderr("TLS: ");
     assert!(startup.contains("TLS: off (--tls false)"), "{startup}");
     curl_https(&cert.cert(), &[format!("{}hello", nginx.url())]);
