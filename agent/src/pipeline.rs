@@ -41,6 +41,11 @@ crate::counters! {
     pub struct PipelineStats {
         /// Kernel records read from the ring buffer.
         records,
+        /// Bytes of those records (headers and copied payload).
+        record_bytes,
+        /// Times the capture loop woke (the kernel signalled data, or the poll timed out) and
+        /// drained the ring buffer.
+        wakeups,
         /// Kernel records that could not be decoded (dropped).
         decode_errors,
         /// Spans finished: measured by the metrics, then offered to the sampler.
@@ -148,6 +153,7 @@ impl Pipeline {
     /// Handles one ring-buffer record.
     pub fn handle(&mut self, record: &[u8]) {
         self.stats.records += 1;
+        self.stats.record_bytes += record.len() as u64;
         match decode(record) {
             Ok(Event::Data {
                 header,
@@ -453,6 +459,7 @@ pub fn run(
             ringbuf_full = lost;
             pipeline.on_loss();
         }
+        pipeline.stats.wakeups += 1;
         if let Err(e) = reader.poll(POLL_MS, |record| pipeline.handle(record)) {
             tracing::error!("reading kernel events failed: {e}");
             std::thread::sleep(Duration::from_millis(100));
