@@ -12,6 +12,14 @@
 //! exported spans and the web page over it). `pipeline` runs the chain on one thread;
 //! `telemetry` holds the agent's own counters and the health endpoint; `cli` is the command
 //! line.
+
+/// Hash map for the per-record hot paths (connections, links, metrics, traces): foldhash, seeded
+/// per process, is several times cheaper than the standard SipHash for the small keys used here
+/// while still not predictable from the traffic.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// Set counterpart of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 pub mod capture;
 pub mod cli;
 pub mod conn;

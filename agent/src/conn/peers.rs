@@ -2,7 +2,9 @@
 //! for the write that carries them, and the connections traced clients opened on this host (so
 //! that a server reading from one knows its client's context will be reported).
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
+
+use crate::FastMap;
 
 use socktrace_common::InjectEvent;
 
@@ -30,7 +32,7 @@ struct Injection {
 /// Kernel injections whose request write has not been seen yet, by socket.
 #[derive(Default)]
 pub(super) struct Injections {
-    pending: HashMap<u64, Injection>,
+    pending: FastMap<u64, Injection>,
 }
 
 impl Injections {
@@ -81,9 +83,9 @@ impl Injections {
 #[derive(Default)]
 pub(super) struct TracedClients {
     /// (client address, server address) -> socket.
-    by_addrs: HashMap<(SocketAddr, SocketAddr), u64>,
+    by_addrs: FastMap<(SocketAddr, SocketAddr), u64>,
     /// Socket -> its addresses and when it connected.
-    by_sock: HashMap<u64, ((SocketAddr, SocketAddr), u64)>,
+    by_sock: FastMap<u64, ((SocketAddr, SocketAddr), u64)>,
 }
 
 impl TracedClients {

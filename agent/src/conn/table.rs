@@ -1,7 +1,7 @@
 //! The connection table: connections open, close, expire and are evicted here; each event is
 //! routed to its connection's streams.
 
-use std::collections::HashMap;
+use crate::FastMap;
 
 use bytes::Bytes;
 use socktrace_common::{
@@ -29,7 +29,7 @@ mod tests;
 
 pub struct ConnTable {
     config: ConnConfig,
-    conns: HashMap<u64, Conn>,
+    conns: FastMap<u64, Conn>,
     stats: ConnStats,
     /// Parser counters of sessions already gone, per protocol (in [`REGISTRY`] order).
     retired: Vec<Vec<u64>>,
@@ -50,7 +50,7 @@ impl ConnTable {
     pub fn new(config: ConnConfig) -> Self {
         Self {
             config,
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             stats: ConnStats::default(),
             retired: REGISTRY
                 .iter()

@@ -19,7 +19,7 @@
 //! connector does for databases). An edge failed when either span has the error status.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     time::{Duration, Instant},
 };
 
@@ -27,7 +27,10 @@ use super::{
     histogram::{GRAPH_SECONDS, Histogram},
     table::Table,
 };
-use crate::trace::span::{KeyValue, Span, SpanId, SpanKind, Status, TraceId, Value};
+use crate::{
+    FastMap,
+    trace::span::{KeyValue, Span, SpanId, SpanKind, Status, TraceId, Value},
+};
 
 /// How long one side of an edge waits for the other.
 pub const EDGE_WAIT: Duration = Duration::from_secs(3);
@@ -112,7 +115,7 @@ type Key = (TraceId, SpanId);
 #[derive(Debug)]
 pub struct Graph {
     pub edges: Table<Edge>,
-    pending: HashMap<Key, Pending>,
+    pending: FastMap<Key, Pending>,
     /// Keys in arrival order with their deadline (a completed key stays until popped).
     order: VecDeque<(Instant, Key)>,
     /// Edges whose both sides were seen.
@@ -127,7 +130,7 @@ impl Graph {
     pub fn new(cap: usize) -> Self {
         Self {
             edges: Table::new(cap),
-            pending: HashMap::new(),
+            pending: FastMap::default(),
             order: VecDeque::new(),
             paired: 0,
             unpaired: 0,

@@ -13,7 +13,9 @@
 //! carry both with `OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup`) also by the old ones, with the old
 //! attributes. A span of no known kind (a database server span) gives no point.
 
-use std::{collections::HashMap, fmt::Write as _, sync::Arc};
+use std::{fmt::Write as _, sync::Arc};
+
+use crate::FastMap;
 
 use super::{
     histogram::{DB_SECONDS, DEFAULT_MILLIS, HTTP_SECONDS, Histogram, RPC_SECONDS},
@@ -210,17 +212,17 @@ const MAX_RESOURCES: usize = 4096;
 pub struct Red {
     pub tables: Vec<Table<Histogram>>,
     /// Process resource key -> the resource its points are recorded under.
-    by_process: HashMap<String, Arc<Resource>>,
+    by_process: FastMap<String, Arc<Resource>>,
     /// Service resources, by their attributes (shared by the processes of one service).
-    services: HashMap<String, Arc<Resource>>,
+    services: FastMap<String, Arc<Resource>>,
 }
 
 impl Red {
     pub fn new(cap: usize) -> Self {
         Self {
             tables: INSTRUMENTS.iter().map(|_| Table::new(cap)).collect(),
-            by_process: HashMap::new(),
-            services: HashMap::new(),
+            by_process: FastMap::default(),
+            services: FastMap::default(),
         }
     }
 

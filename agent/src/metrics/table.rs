@@ -5,7 +5,9 @@
 //! counted. Overflow series themselves are bounded ([`OVERFLOW_SERIES`]); beyond them a point
 //! is dropped, counted.
 
-use std::{collections::HashMap, fmt::Write as _, sync::Arc};
+use std::{fmt::Write as _, sync::Arc};
+
+use crate::FastMap;
 
 use crate::trace::span::{KeyValue, Resource, Value};
 
@@ -26,7 +28,9 @@ pub struct Series<V> {
 #[derive(Clone, Debug)]
 pub struct Table<V> {
     cap: usize,
-    index: HashMap<String, usize>,
+    index: FastMap<String, usize>,
+    /// The key of the latest lookup (see `entry`).
+    scratch: String,
     series: Vec<Series<V>>,
     regular: usize,
     /// Points recorded into an overflow series.
@@ -39,7 +43,8 @@ impl<V> Table<V> {
     pub fn new(cap: usize) -> Self {
         Self {
             cap: cap.max(1),
-            index: HashMap::new(),
+            index: FastMap::default(),
+            scratch: String::new(),
             series: Vec::new(),
             regular: 0,
             overflowed: 0,
@@ -59,22 +64,33 @@ impl<V> Table<V> {
         attributes: Vec<KeyValue>,
         make: impl FnOnce() -> V,
     ) -> Option<&mut V> {
-        let mut key = resource.map_or_else(String::new, |r| r.key.clone());
+        // The lookup key is built in a buffer kept between calls: most points go to a series
+        // that exists, and then nothing is allocated.
+        let key = &mut self.scratch;
+        key.clear();
+        key.push_str(resource.map_or("", |r| &r.key));
         key.push('\0');
         for kv in &attributes {
+            key.push_str(&kv.key);
+            key.push('\0');
             let _ = match &kv.value {
-                Value::Str(s) => write!(key, "{}\0s{s}\0", kv.key),
-                Value::Int(i) => write!(key, "{}\0i{i}\0", kv.key),
-                Value::Bool(b) => write!(key, "{}\0b{b}\0", kv.key),
-                Value::Double(d) => write!(key, "{}\0d{d}\0", kv.key),
+                Value::Str(s) => {
+                    key.push('s');
+                    key.push_str(s);
+                    Ok(())
+                }
+                Value::Int(i) => write!(key, "i{i}"),
+                Value::Bool(b) => write!(key, "b{b}"),
+                Value::Double(d) => write!(key, "d{d}"),
             };
+            key.push('\0');
         }
-        if let Some(&i) = self.index.get(&key) {
+        if let Some(&i) = self.index.get(key.as_str()) {
             return Some(&mut self.series[i].value);
         }
         let (key, attributes) = if self.regular < self.cap {
             self.regular += 1;
-            (key, attributes)
+            (key.clone(), attributes)
         } else {
             let mut key = resource.map_or_else(String::new, |r| r.key.clone());
             key.push_str("\0\u{1}overflow");

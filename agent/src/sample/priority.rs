@@ -8,7 +8,9 @@
 //! while, bounded too, so that a span arriving after its trace's decision follows it. Every
 //! operation costs O(log n) in the buffered traces, plus the spans it releases.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::FastMap;
 
 use super::{SampleStats, ratio::Ratio};
 use crate::trace::span::{Span, Status, TraceId};
@@ -44,13 +46,13 @@ struct Pending {
 #[derive(Debug)]
 pub struct Priority {
     config: PriorityConfig,
-    traces: HashMap<TraceId, Pending>,
+    traces: FastMap<TraceId, Pending>,
     /// (decision time, arrival sequence) -> trace: the next trace to decide comes first.
     due: BTreeMap<(u64, u64), TraceId>,
     buffered: usize,
     next_seq: u64,
     /// Decided traces: kept or not.
-    decided: HashMap<TraceId, bool>,
+    decided: FastMap<TraceId, bool>,
     /// Decided traces in the order of their decision, with its time (for the bounds).
     decided_order: VecDeque<(TraceId, u64)>,
 }
@@ -59,11 +61,11 @@ impl Priority {
     pub fn new(config: PriorityConfig) -> Self {
         Self {
             config,
-            traces: HashMap::new(),
+            traces: FastMap::default(),
             due: BTreeMap::new(),
             buffered: 0,
             next_seq: 0,
-            decided: HashMap::new(),
+            decided: FastMap::default(),
             decided_order: VecDeque::new(),
         }
     }

@@ -15,11 +15,12 @@
 //! under one overflow name).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, VecDeque},
     sync::Arc,
 };
 
-use super::span::{Span, SpanId, SpanKind, TraceId};
+use super::span::{Resource, Span, SpanId, SpanKind, TraceId};
+use crate::{FastMap, FastSet};
 
 /// Bounds and the idle time after which a trace is judged.
 #[derive(Clone, Copy, Debug)]
@@ -66,16 +67,36 @@ crate::counters! {
 /// Services beyond the bound are counted under this name.
 pub const OTHER_SERVICES: &str = "_other";
 
+/// What judging a trace needs of one of its spans: its id, its parent's, and the index of its
+/// service.
+type Kept = (SpanId, Option<SpanId>, u32);
+
 struct Open {
     last_ns: u64,
-    /// (span, parent, service) in arrival order.
-    spans: Vec<(SpanId, Option<SpanId>, Arc<str>)>,
+    /// The first span inline (most traces seen by one agent have one or two spans), the others
+    /// in arrival order.
+    first: Kept,
+    more: Vec<Kept>,
+}
+
+impl Open {
+    fn spans(&self) -> impl Iterator<Item = &Kept> {
+        std::iter::once(&self.first).chain(&self.more)
+    }
 }
 
 pub struct Completeness {
     config: CompletenessConfig,
-    open: HashMap<TraceId, Open>,
-    services: BTreeMap<Arc<str>, ServiceCompleteness>,
+    open: FastMap<TraceId, Open>,
+    /// Open traces by the time of their latest span, oldest first; an entry whose time is no
+    /// longer its trace's `last_ns` is stale and skipped.
+    by_age: VecDeque<(u64, TraceId)>,
+    /// Figures by service index; names are looked up in `index`.
+    services: Vec<(Arc<str>, ServiceCompleteness)>,
+    index: HashMap<Arc<str>, u32>,
+    /// The resource of the latest span and its service index (consecutive spans mostly come
+    /// from the same process); the `Arc` keeps the pointer from being reused.
+    last: Option<(Arc<Resource>, u32)>,
     stats: CompletenessStats,
 }
 
@@ -83,61 +104,92 @@ impl Completeness {
     pub fn new(config: CompletenessConfig) -> Self {
         Self {
             config,
-            open: HashMap::new(),
-            services: BTreeMap::new(),
+            open: FastMap::default(),
+            by_age: VecDeque::new(),
+            services: Vec::new(),
+            index: HashMap::new(),
+            last: None,
             stats: CompletenessStats::default(),
         }
     }
 
-    /// The service's interned name, and its figures (a new service beyond the bound goes to
+    /// The index of a service's figures (a new service beyond the bound goes to
     /// [`OTHER_SERVICES`]).
-    fn service(&mut self, name: &str) -> (Arc<str>, &mut ServiceCompleteness) {
-        let name: Arc<str> = match self.services.get_key_value(name) {
-            Some((k, _)) => k.clone(),
-            None if self.services.len() < self.config.max_services => Arc::from(name),
-            None => Arc::from(OTHER_SERVICES),
+    fn service(&mut self, resource: &Arc<Resource>) -> u32 {
+        if let Some((r, i)) = &self.last
+            && Arc::ptr_eq(r, resource)
+        {
+            return *i;
+        }
+        let name = resource.service_name();
+        let i = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                let name: Arc<str> = if self.services.len() < self.config.max_services {
+                    Arc::from(name)
+                } else {
+                    Arc::from(OTHER_SERVICES)
+                };
+                *self.index.entry(name.clone()).or_insert_with(|| {
+                    self.services.push((name, ServiceCompleteness::default()));
+                    (self.services.len() - 1) as u32
+                })
+            }
         };
-        let figures = self.services.entry(name.clone()).or_default();
-        (name, figures)
+        self.last = Some((resource.clone(), i));
+        i
     }
 
     /// Takes account of spans (every span, before sampling), at monotonic time `now_ns`.
     pub fn record(&mut self, spans: &[Span], now_ns: u64) {
         for span in spans {
-            let (service, figures) = self.service(span.resource.service_name());
+            let service = self.service(&span.resource);
+            let figures = &mut self.services[service as usize].1;
             if span.kind == SpanKind::Client {
                 figures.calls += 1;
                 figures.calls_linked += u64::from(span.parent_span_id.is_some());
             }
-            if !self.open.contains_key(&span.trace_id) && self.open.len() >= self.config.max_traces
-            {
-                self.judge_oldest();
-            }
-            let open = self.open.entry(span.trace_id).or_insert_with(|| Open {
-                last_ns: now_ns,
-                spans: Vec::new(),
-            });
-            open.last_ns = now_ns;
-            if open.spans.len() < self.config.max_spans_per_trace {
-                open.spans
-                    .push((span.span_id, span.parent_span_id, service));
-            } else {
-                self.stats.spans_skipped += 1;
+            let kept = (span.span_id, span.parent_span_id, service);
+            match self.open.get_mut(&span.trace_id) {
+                Some(open) => {
+                    if open.last_ns != now_ns {
+                        open.last_ns = now_ns;
+                        self.by_age.push_back((now_ns, span.trace_id));
+                    }
+                    if open.more.len() + 1 < self.config.max_spans_per_trace {
+                        open.more.push(kept);
+                    } else {
+                        self.stats.spans_skipped += 1;
+                    }
+                }
+                None => {
+                    while self.open.len() >= self.config.max_traces {
+                        self.judge_oldest();
+                    }
+                    self.open.insert(
+                        span.trace_id,
+                        Open {
+                            last_ns: now_ns,
+                            first: kept,
+                            more: Vec::new(),
+                        },
+                    );
+                    self.by_age.push_back((now_ns, span.trace_id));
+                }
             }
         }
     }
 
     /// Judges the traces idle since `idle_ns` before `now_ns`.
     pub fn tick(&mut self, now_ns: u64) {
-        let idle = self.config.idle_ns;
-        let done: Vec<TraceId> = self
-            .open
-            .iter()
-            .filter(|(_, o)| now_ns.saturating_sub(o.last_ns) >= idle)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in done {
-            self.judge(&id);
+        while let Some(&(at, id)) = self.by_age.front() {
+            if now_ns.saturating_sub(at) < self.config.idle_ns {
+                break;
+            }
+            self.by_age.pop_front();
+            if self.open.get(&id).is_some_and(|o| o.last_ns == at) {
+                self.judge(&id);
+            }
         }
     }
 
@@ -147,14 +199,20 @@ impl Completeness {
         for id in all {
             self.judge(&id);
         }
+        self.by_age.clear();
     }
 
+    /// Full: judges the trace whose latest span is the oldest.
     fn judge_oldest(&mut self) {
-        // Full: judge the oldest tenth at once, so that the scan is rare.
-        let mut by_age: Vec<(u64, TraceId)> =
-            self.open.iter().map(|(id, o)| (o.last_ns, *id)).collect();
-        by_age.sort_unstable_by_key(|(at, _)| *at);
-        for (_, id) in by_age.into_iter().take(self.config.max_traces / 10 + 1) {
+        while let Some((at, id)) = self.by_age.pop_front() {
+            if self.open.get(&id).is_some_and(|o| o.last_ns == at) {
+                self.stats.judged_early += 1;
+                self.judge(&id);
+                return;
+            }
+        }
+        // Unreachable while every open trace has its entry; never loop on a broken invariant.
+        if let Some(id) = self.open.keys().next().copied() {
             self.stats.judged_early += 1;
             self.judge(&id);
         }
@@ -164,24 +222,31 @@ impl Completeness {
         let Some(open) = self.open.remove(id) else {
             return;
         };
-        let ids: HashSet<SpanId> = open.spans.iter().map(|s| s.0).collect();
+        // Almost every trace has a few spans: a scan is cheaper than a set for those.
+        let ids: Option<FastSet<SpanId>> =
+            (open.more.len() >= 16).then(|| open.spans().map(|s| s.0).collect());
+        let known = |p: SpanId| match &ids {
+            Some(ids) => ids.contains(&p),
+            None => open.spans().any(|(span, _, _)| *span == p),
+        };
         let mut roots = open
-            .spans
-            .iter()
-            .filter(|(_, parent, _)| parent.is_none_or(|p| !ids.contains(&p)));
-        let Some((_, _, service)) = roots.next() else {
+            .spans()
+            .filter(|(_, parent, _)| parent.is_none_or(|p| !known(p)));
+        let Some(&(_, _, service)) = roots.next() else {
             // A cycle cannot come from the linker; nothing to attribute it to.
             return;
         };
         let whole = roots.next().is_none();
-        let figures = self.services.entry(service.clone()).or_default();
+        let figures = &mut self.services[service as usize].1;
         figures.traces += 1;
         figures.traces_whole += u64::from(whole);
     }
 
     /// The figures of every service seen, by name.
     pub fn services(&self) -> impl Iterator<Item = (&str, &ServiceCompleteness)> {
-        self.services.iter().map(|(k, v)| (k.as_ref(), v))
+        let mut all: Vec<&(Arc<str>, ServiceCompleteness)> = self.services.iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.into_iter().map(|(k, v)| (k.as_ref(), v))
     }
 
     pub fn stats(&self) -> CompletenessStats {

@@ -166,11 +166,29 @@ fn split_host(host: &str) -> (&str, Option<u16>) {
 pub(crate) fn ip_string(addr: &SocketAddr) -> String {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
+            Some(v4) => ipv4_string(v4),
             None => v6.ip().to_string(),
         },
-        SocketAddr::V4(v4) => v4.ip().to_string(),
+        SocketAddr::V4(v4) => ipv4_string(*v4.ip()),
     }
+}
+
+/// Dotted-quad text without the formatting machinery (three addresses per span add up).
+fn ipv4_string(ip: std::net::Ipv4Addr) -> String {
+    let mut out = String::with_capacity(15);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
 }
 
 fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
@@ -397,6 +415,21 @@ pub fn build_http_span(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_text_matches_the_standard_formatting() {
+        for ip in [
+            [0, 0, 0, 0],
+            [127, 0, 0, 1],
+            [10, 99, 100, 255],
+            [192, 168, 9, 10],
+        ] {
+            let v4 = std::net::Ipv4Addr::from(ip);
+            assert_eq!(ipv4_string(v4), v4.to_string());
+            let mapped = SocketAddr::new(v4.to_ipv6_mapped().into(), 1);
+            assert_eq!(ip_string(&mapped), v4.to_string());
+        }
+    }
 
     #[test]
     fn routes_replace_ids_but_keep_words() {

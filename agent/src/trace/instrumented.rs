@@ -21,7 +21,9 @@
 //! What happens to a detected process's spans is the [`InstrumentedMode`]. Either way the
 //! kernel adds no second header: it never injects into a request that has a `traceparent`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::{FastMap, FastSet};
 
 use super::{
     link::{Actor, LinkEvent, Side},
@@ -89,16 +91,16 @@ struct Proc {
 pub struct Instrumented {
     mode: InstrumentedMode,
     stats: InstrumentedStats,
-    procs: HashMap<u32, Proc>,
+    procs: FastMap<u32, Proc>,
     /// How many of `procs` are detected (spans need no look-up while none is).
     detected: usize,
     /// Parent ids of `traceparent` headers processes received (pid, id), oldest first.
-    received: HashSet<(u32, SpanId)>,
+    received: FastSet<(u32, SpanId)>,
     received_order: VecDeque<(u32, SpanId)>,
     /// Threads serving an HTTP/1 request now: tid -> socket.
-    serving: HashMap<u32, u64>,
+    serving: FastMap<u32, u64>,
     /// Skipped spans: id -> their parent, so that a child exported later names a span that is.
-    skipped: HashMap<SpanId, Option<SpanId>>,
+    skipped: FastMap<SpanId, Option<SpanId>>,
     skipped_order: VecDeque<SpanId>,
 }
 
@@ -107,12 +109,12 @@ impl Instrumented {
         Self {
             mode,
             stats: InstrumentedStats::default(),
-            procs: HashMap::new(),
+            procs: FastMap::default(),
             detected: 0,
-            received: HashSet::new(),
+            received: FastSet::default(),
             received_order: VecDeque::new(),
-            serving: HashMap::new(),
-            skipped: HashMap::new(),
+            serving: FastMap::default(),
+            skipped: FastMap::default(),
             skipped_order: VecDeque::new(),
         }
     }

@@ -24,7 +24,9 @@
 //! *pending*; spans on pending contexts are held until it resolves or a deadline passes. All
 //! state is bounded in entries and age, and every drop is counted.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
+
+use crate::{FastMap, FastSet};
 
 use super::{
     context::HeaderContext,
@@ -290,31 +292,31 @@ struct Held {
 pub struct Linker {
     config: LinkConfig,
     stats: LinkStats,
-    ctxs: HashMap<CtxKey, Ctx>,
+    ctxs: FastMap<CtxKey, Ctx>,
     /// Thread id -> the request it is serving.
-    serving: HashMap<u32, CtxKey>,
+    serving: FastMap<u32, CtxKey>,
     /// Threads seen reading a request while another was unanswered (event loops): which
     /// request their calls belong to cannot be told, so they get candidate links, no parent.
-    multiplexing: HashMap<u32, EventLoop>,
+    multiplexing: FastMap<u32, EventLoop>,
     /// Client I/O of non-HTTP/1 connections made while serving: key -> the served request.
-    io_parents: HashMap<CtxKey, (CtxKey, u64, Actor)>,
+    io_parents: FastMap<CtxKey, (CtxKey, u64, Actor)>,
     /// Client I/O of non-HTTP/1 connections made by an event loop: key -> its candidates.
-    io_candidates: HashMap<CtxKey, u64>,
-    candidates: HashMap<u64, Candidates>,
+    io_candidates: FastMap<CtxKey, u64>,
+    candidates: FastMap<u64, Candidates>,
     next_candidates: u64,
     /// Candidates whose ids are not final yet -> the candidate sets to complete.
-    candidate_waiters: HashMap<CtxKey, Vec<u64>>,
-    held_by_links: HashMap<u64, Vec<u64>>,
-    peers: HashMap<PeerKey, (PeerRef, u64)>,
-    ctx_waiters: HashMap<CtxKey, Vec<CtxKey>>,
-    peer_waiters: HashMap<PeerKey, Vec<CtxKey>>,
+    candidate_waiters: FastMap<CtxKey, Vec<u64>>,
+    held_by_links: FastMap<u64, Vec<u64>>,
+    peers: FastMap<PeerKey, (PeerRef, u64)>,
+    ctx_waiters: FastMap<CtxKey, Vec<CtxKey>>,
+    peer_waiters: FastMap<PeerKey, Vec<CtxKey>>,
     /// Contexts waiting for a same-host peer, with their deadlines.
-    awaiting_peer: HashMap<CtxKey, u64>,
-    held: HashMap<u64, Held>,
-    held_by_ctx: HashMap<CtxKey, Vec<u64>>,
-    held_by_peer: HashMap<PeerKey, Vec<u64>>,
+    awaiting_peer: FastMap<CtxKey, u64>,
+    held: FastMap<u64, Held>,
+    held_by_ctx: FastMap<CtxKey, Vec<u64>>,
+    held_by_peer: FastMap<PeerKey, Vec<u64>>,
     /// (socket, stream) -> ids the kernel injected into that HTTP/2 stream, and when.
-    h2_injected: HashMap<(u64, u32), (TraceId, SpanId, u64)>,
+    h2_injected: FastMap<(u64, u32), (TraceId, SpanId, u64)>,
     next_held: u64,
     /// Finished spans, in the order they became final.
     ready: Vec<Span>,
@@ -380,23 +382,23 @@ impl Linker {
         Self {
             config,
             stats: LinkStats::default(),
-            ctxs: HashMap::new(),
-            serving: HashMap::new(),
-            multiplexing: HashMap::new(),
-            io_parents: HashMap::new(),
-            io_candidates: HashMap::new(),
-            candidates: HashMap::new(),
+            ctxs: FastMap::default(),
+            serving: FastMap::default(),
+            multiplexing: FastMap::default(),
+            io_parents: FastMap::default(),
+            io_candidates: FastMap::default(),
+            candidates: FastMap::default(),
             next_candidates: 0,
-            candidate_waiters: HashMap::new(),
-            held_by_links: HashMap::new(),
-            peers: HashMap::new(),
-            ctx_waiters: HashMap::new(),
-            peer_waiters: HashMap::new(),
-            awaiting_peer: HashMap::new(),
-            held: HashMap::new(),
-            held_by_ctx: HashMap::new(),
-            held_by_peer: HashMap::new(),
-            h2_injected: HashMap::new(),
+            candidate_waiters: FastMap::default(),
+            held_by_links: FastMap::default(),
+            peers: FastMap::default(),
+            ctx_waiters: FastMap::default(),
+            peer_waiters: FastMap::default(),
+            awaiting_peer: FastMap::default(),
+            held: FastMap::default(),
+            held_by_ctx: FastMap::default(),
+            held_by_peer: FastMap::default(),
+            h2_injected: FastMap::default(),
             next_held: 0,
             ready: Vec::new(),
         }
@@ -1088,7 +1090,7 @@ impl Linker {
                     .any(|(k, l)| l.is_none() || ctxs.contains_key(k))
             })
         });
-        let used: std::collections::HashSet<u64> = self
+        let used: FastSet<u64> = self
             .multiplexing
             .values()
             .filter_map(|lp| lp.current)
@@ -1133,7 +1135,7 @@ impl Linker {
         for key in old {
             self.drop_ctx(key);
         }
-        let alive = |k: &CtxKey, ctxs: &HashMap<CtxKey, Ctx>| ctxs.contains_key(k);
+        let alive = |k: &CtxKey, ctxs: &FastMap<CtxKey, Ctx>| ctxs.contains_key(k);
         let ctxs = &self.ctxs;
         self.serving.retain(|_, k| alive(k, ctxs));
         self.io_parents.retain(|_, (k, _, _)| alive(k, ctxs));

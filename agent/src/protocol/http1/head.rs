@@ -39,8 +39,22 @@ fn config() -> httparse::ParserConfig {
 }
 
 fn own_headers(headers: &[httparse::Header<'_>]) -> Vec<Header> {
+    own_headers_where(headers, |_| true)
+}
+
+/// A response's headers matter only for its framing: the others are not copied (a copy of
+/// every header of every response showed in the profile of a fast server).
+fn framing_headers(headers: &[httparse::Header<'_>]) -> Vec<Header> {
+    own_headers_where(headers, |name| {
+        name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+    })
+}
+
+fn own_headers_where(headers: &[httparse::Header<'_>], keep: impl Fn(&str) -> bool) -> Vec<Header> {
     headers
         .iter()
+        .filter(|h| keep(h.name))
         .map(|h| Header {
             name: h.name.to_owned(),
             value: String::from_utf8_lossy(h.value).trim().to_owned(),
@@ -80,7 +94,7 @@ fn try_response<'b>(
                 status: resp.code.unwrap_or_default(),
                 reason: resp.reason.unwrap_or_default().to_owned(),
                 version_minor: resp.version.unwrap_or_default(),
-                headers: own_headers(resp.headers),
+                headers: framing_headers(resp.headers),
                 head_len: len,
             },
             len,

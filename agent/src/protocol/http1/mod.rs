@@ -68,6 +68,7 @@ pub struct ResponseHead {
     pub status: u16,
     pub reason: String,
     pub version_minor: u8,
+    /// Only the headers its framing depends on (`Content-Length`, `Transfer-Encoding`).
     pub headers: Vec<Header>,
     pub head_len: usize,
 }
