@@ -6,11 +6,12 @@
 //! encoded by prost (fields in number order, proto3 defaults omitted), so the bytes are the
 //! same; the tests check exactly that against the generated types.
 
-use std::collections::HashMap;
+use prost::encoding::encoded_len_varint;
 
-use prost::encoding::{encode_varint, encoded_len_varint};
-
-use crate::trace::span::{KeyValue, Resource, Span, SpanKind, SpanLink, Status, Value};
+use crate::{
+    FastMap,
+    trace::span::{KeyValue, Resource, Span, SpanKind, SpanLink, Status, Value},
+};
 
 /// Instrumentation scope version reported with every span.
 pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -18,6 +19,17 @@ pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 const LEN: u64 = 2;
 const FIXED64: u64 = 1;
 const VARINT: u64 = 0;
+
+/// Appends `v` as a protobuf varint. Written for `Vec<u8>` (prost's is generic over `BufMut`):
+/// most values here (field keys, string lengths) take one byte, so that case is one push.
+#[inline]
+fn encode_varint(mut v: u64, buf: &mut Vec<u8>) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
 
 fn key_len(field: u64) -> usize {
     encoded_len_varint(field << 3)
@@ -243,7 +255,7 @@ fn resource_len(r: &Resource) -> usize {
 /// spans keep their relative order.
 pub fn encode_request(spans: &[Span]) -> Vec<u8> {
     let mut groups: Vec<ResourceGroup<'_>> = Vec::new();
-    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut index: FastMap<&str, usize> = FastMap::default();
     for span in spans {
         let ri = *index.entry(span.resource.key.as_str()).or_insert_with(|| {
             groups.push(ResourceGroup {
