@@ -13,7 +13,7 @@
 //! carry both with `OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup`) also by the old ones, with the old
 //! attributes. A span of no known kind (a database server span) gives no point.
 
-use std::{fmt::Write as _, sync::Arc};
+use std::{borrow::Cow, fmt::Write as _, sync::Arc};
 
 use crate::FastMap;
 
@@ -181,16 +181,18 @@ pub fn instruments_of(span: &Span) -> Vec<usize> {
 /// The value of a span attribute on an instrument's point: as on the span, except on the old
 /// RPC metrics (those with `rpc.service`), whose `rpc.method` is the method name alone (the
 /// span's is `rpc.service/method`).
-fn point_value(inst: &Instrument, span: &Span, key: &str, value: &Value) -> Value {
+fn point_value<'a>(inst: &Instrument, span: &Span, key: &str, value: &'a Value) -> Cow<'a, Value> {
     if key != rpc::METHOD || !inst.attributes.contains(&rpc::old::SERVICE) {
-        return value.clone();
+        return Cow::Borrowed(value);
     }
     match (value, span.attr(rpc::old::SERVICE)) {
         (Value::Str(full), Some(Value::Str(service))) => full
             .strip_prefix(service.as_ref())
             .and_then(|m| m.strip_prefix('/'))
-            .map_or_else(|| value.clone(), |m| Value::from(m.to_owned())),
-        _ => value.clone(),
+            .map_or(Cow::Borrowed(value), |m| {
+                Cow::Owned(Value::from(m.to_owned()))
+            }),
+        _ => Cow::Borrowed(value),
     }
 }
 
@@ -269,7 +271,7 @@ impl Red {
         for i in instruments {
             let inst = INSTRUMENTS[i];
             let peer = if inst.peer { PEER_ATTRIBUTES } else { &[] };
-            let attributes: Vec<KeyValue> = inst
+            let values: Vec<(&'static str, Cow<'_, Value>)> = inst
                 .attributes
                 .iter()
                 .chain(peer)
@@ -277,11 +279,13 @@ impl Red {
                     span.attributes
                         .iter()
                         .find(|kv| kv.key == *k)
-                        .map(|kv| KeyValue::new(*k, point_value(inst, span, k, &kv.value)))
+                        .map(|kv| (*k, point_value(inst, span, k, &kv.value)))
                 })
                 .collect();
-            if let Some(h) =
-                self.tables[i].entry(Some(&resource), attributes, || Histogram::new(inst.bounds))
+            let attributes: Vec<(&'static str, &Value)> =
+                values.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+            if let Some(h) = self.tables[i]
+                .entry_by(Some(&resource), &attributes, || Histogram::new(inst.bounds))
             {
                 h.record(inst.value(span));
             }

@@ -64,16 +64,48 @@ impl<V> Table<V> {
         attributes: Vec<KeyValue>,
         make: impl FnOnce() -> V,
     ) -> Option<&mut V> {
-        // The lookup key is built in a buffer kept between calls: most points go to a series
-        // that exists, and then nothing is allocated.
+        let pairs = attributes.iter().map(|kv| (kv.key.as_ref(), &kv.value));
+        match self.find(resource, pairs) {
+            Ok(i) => Some(&mut self.series[i].value),
+            Err(key) => self.insert(resource, key, attributes, make),
+        }
+    }
+
+    /// [`Table::entry`] from borrowed attributes, copied only for a new series (most points go
+    /// to a series that exists).
+    pub fn entry_by(
+        &mut self,
+        resource: Option<&Arc<Resource>>,
+        attributes: &[(&'static str, &Value)],
+        make: impl FnOnce() -> V,
+    ) -> Option<&mut V> {
+        match self.find(resource, attributes.iter().copied()) {
+            Ok(i) => Some(&mut self.series[i].value),
+            Err(key) => {
+                let owned = attributes
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(*k, (*v).clone()))
+                    .collect();
+                self.insert(resource, key, owned, make)
+            }
+        }
+    }
+
+    /// The index of the series, or its key when there is none yet. The key is built in a
+    /// buffer kept between calls, so a lookup allocates nothing.
+    fn find<'a>(
+        &mut self,
+        resource: Option<&Arc<Resource>>,
+        attributes: impl Iterator<Item = (&'a str, &'a Value)>,
+    ) -> Result<usize, String> {
         let key = &mut self.scratch;
         key.clear();
         key.push_str(resource.map_or("", |r| &r.key));
         key.push('\0');
-        for kv in &attributes {
-            key.push_str(&kv.key);
+        for (k, v) in attributes {
+            key.push_str(k);
             key.push('\0');
-            let _ = match &kv.value {
+            let _ = match v {
                 Value::Str(s) => {
                     key.push('s');
                     key.push_str(s);
@@ -85,12 +117,22 @@ impl<V> Table<V> {
             };
             key.push('\0');
         }
-        if let Some(&i) = self.index.get(key.as_str()) {
-            return Some(&mut self.series[i].value);
+        match self.index.get(key.as_str()) {
+            Some(&i) => Ok(i),
+            None => Err(key.clone()),
         }
+    }
+
+    fn insert(
+        &mut self,
+        resource: Option<&Arc<Resource>>,
+        key: String,
+        attributes: Vec<KeyValue>,
+        make: impl FnOnce() -> V,
+    ) -> Option<&mut V> {
         let (key, attributes) = if self.regular < self.cap {
             self.regular += 1;
-            (key.clone(), attributes)
+            (key, attributes)
         } else {
             let mut key = resource.map_or_else(String::new, |r| r.key.clone());
             key.push_str("\0\u{1}overflow");
