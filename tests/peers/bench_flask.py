@@ -42,5 +42,11 @@ if len(sys.argv) > 1:
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 server = make_server("127.0.0.1", 0, app, threaded=True)
+# Socket errors (wrk resetting its connections when it stops, a connection still waiting for
+# its request when SIGTERM closes it) are not worth a traceback on the benchmark's stderr.
+default_handle_error = server.handle_error
+server.handle_error = lambda request, addr: (
+    None if isinstance(sys.exc_info()[1], OSError) else default_handle_error(request, addr)
+)
 print(f"PORT {server.server_port}", flush=True)
 server.serve_forever()

@@ -576,3 +576,14 @@ fn main() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_the_median_and_the_range() {
+        assert_eq!(spread(&[0.5, 0.42, 0.45], 2), "0.45 (0.42-0.50)");
+        assert_eq!(spread(&[3.0], 0), "3 (3-3)");
+    }
+}
