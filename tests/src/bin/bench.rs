@@ -328,13 +328,21 @@ fn flask(otlp: Option<&str>) -> Result<(Stopped, u16), String> {
     Ok((child, port))
 }
 
+/// One round on the Flask service: untraced, traced by the agent, instrumented with the SDK.
+struct FlaskRound {
+    base: Wrk,
+    agent: Wrk,
+    cost: AgentCost,
+    sdk: Wrk,
+    /// Spans the SDK process flushed, and the requests it was sent (its warm-up included).
+    sdk_spans: (u64, u64),
+}
+
 /// Alternating rounds on the Flask service: untraced, traced by the agent, instrumented with
 /// the SDK (a fresh process for each, so the SDK's spans are flushed and counted per round).
 fn flask_scenario(sink: &OtlpReceiver, rounds: usize, seconds: u64) -> Result<String, String> {
     let url = |port: u16| format!("http://127.0.0.1:{port}/");
-    let (mut ours, mut sdk, mut loss, mut costs, mut sdk_spans) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), (0, 0u64));
-    let (mut base_rps, mut agent_rps, mut sdk_rps) = (Vec::new(), Vec::new(), Vec::new());
+    let mut all = Vec::new();
     for round in 0..rounds {
         let (app, port) = flask(None)?;
         wrk(&url(port), 1, 16, &[])?;
@@ -345,27 +353,34 @@ fn flask_scenario(sink: &OtlpReceiver, rounds: usize, seconds: u64) -> Result<St
         let spans0 = sink.accepted_span_count();
         let (app, port) = flask(Some(&sink.traces_endpoint()))?;
         let warm = wrk(&url(port), 1, 16, &[])?;
-        let instrumented = wrk(&url(port), seconds, 16, &[])?;
+        let sdk = wrk(&url(port), seconds, 16, &[])?;
         drop(app);
-        // Everything the SDK process was sent (its warm-up too) against every span it flushed.
-        sdk_spans.0 += (sink.accepted_span_count() - spans0) as u64;
-        sdk_spans.1 += warm.requests + instrumented.requests;
+        let sdk_spans = (
+            (sink.accepted_span_count() - spans0) as u64,
+            warm.requests + sdk.requests,
+        );
         eprintln!(
             "bench: flask round {}: baseline {:.0} req/s | agent {:.0} req/s | OpenTelemetry SDK {:.0} req/s",
             round + 1,
             base.rps,
             agent.rps,
-            instrumented.rps
+            sdk.rps
         );
-        let (r_ours, r_sdk) = (agent.rps / base.rps, instrumented.rps / base.rps);
-        ours.push(r_ours);
-        sdk.push(r_sdk);
-        loss.push((1.0 - r_ours) / (1.0 - r_sdk));
-        base_rps.push(base.rps);
-        agent_rps.push(agent.rps);
-        sdk_rps.push(instrumented.rps);
-        costs.push((cost, agent.requests));
+        all.push(FlaskRound {
+            base,
+            agent,
+            cost,
+            sdk,
+            sdk_spans,
+        });
     }
+    let col = |f: &dyn Fn(&FlaskRound) -> f64| -> Vec<f64> { all.iter().map(f).collect() };
+    let ours = |r: &FlaskRound| r.agent.rps / r.base.rps;
+    let theirs = |r: &FlaskRound| r.sdk.rps / r.base.rps;
+    let costs: Vec<(AgentCost, u64)> = all.iter().map(|r| (r.cost, r.agent.requests)).collect();
+    let (sdk_spans, sdk_sent) = all
+        .iter()
+        .fold((0, 0), |(s, n), r| (s + r.sdk_spans.0, n + r.sdk_spans.1));
     Ok(format!(
         "## Flask JSON service\n\n\
          A Flask app answering a 56-byte JSON document (`tests/peers/bench_flask.py`, werkzeug's \
@@ -377,15 +392,13 @@ fn flask_scenario(sink: &OtlpReceiver, rounds: usize, seconds: u64) -> Result<St
          | throughput (req/s), median | {:.0} | {:.0} | {:.0} |\n\
          | throughput ratio, median (min-max over rounds) | 1 | {} | {} |\n\n\
          Our loss / the SDK's loss, median (min-max over rounds): {} (goal <= 0.1). \
-         Spans the SDK delivered: {} for {} requests.\n\n{}",
-        median(base_rps),
-        median(agent_rps),
-        median(sdk_rps),
-        spread(&ours, 3),
-        spread(&sdk, 3),
-        spread(&loss, 3),
-        sdk_spans.0,
-        sdk_spans.1,
+         Spans the SDK delivered: {sdk_spans} for {sdk_sent} requests.\n\n{}",
+        median(col(&|r| r.base.rps)),
+        median(col(&|r| r.agent.rps)),
+        median(col(&|r| r.sdk.rps)),
+        spread(&col(&ours), 3),
+        spread(&col(&theirs), 3),
+        spread(&col(&|r| (1.0 - ours(r)) / (1.0 - theirs(r))), 3),
         cost_table(&costs),
     ))
 }
@@ -431,15 +444,11 @@ fn paced_scenarios(sink: &OtlpReceiver) -> Result<String, String> {
     let describe = |title: &str, what: &str, run: &Paced, cost: AgentCost| {
         format!(
             "## {title}\n\n{what} Sent {} requests in {:.1} s ({:.0} answered per second, {} \
-             errors); spans received / requests sent: {:.4}; agent peak RSS {:.1} MiB; \
-             `kernel.ringbuf_full`: {}.\n\n{}",
+             errors).\n\n{}",
             run.sent,
             run.seconds,
             run.rps(),
             run.errors,
-            cost.received as f64 / run.sent.max(1) as f64,
-            cost.peak_rss_kib as f64 / 1024.0,
-            cost.ringbuf_full,
             cost_table(&[(cost, run.sent)]),
         )
     };
