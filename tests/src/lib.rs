@@ -6,11 +6,13 @@
 //! - [`zipkin_receiver`]: a Zipkin-compatible receiver (Python) that checks every body against
 //!   the Zipkin v2 span schema.
 //! - [`load`]: nginx and wrk for the benchmark and the soak run, and process readings.
+//! - [`paced`]: a load generator at a fixed request rate over many keep-alive connections.
 //! - [`pg`], [`mysql`], [`redis`]: real database servers started per test.
 pub mod harness;
 pub mod load;
 pub mod mysql;
 pub mod otlp_receiver;
+pub mod paced;
 pub mod pg;
 pub mod redis;
 pub mod zipkin_receiver;

@@ -113,6 +113,17 @@ impl Nginx {
 
     /// With `tls`, HTTPS (OpenSSL through nginx's shared libssl) with that certificate.
     pub fn start_with(port: u16, tls: Option<Cert<'_>>) -> Result<Self, String> {
+        Self::launch(port, tls, None)
+    }
+
+    /// For `connections` open connections at once (more than the default 4096): the worker's
+    /// connection and open-file limits raised, and keep-alive connections kept for the whole
+    /// run (no request limit, a 300 s idle timeout).
+    pub fn start_for_connections(port: u16, connections: u32) -> Result<Self, String> {
+        Self::launch(port, None, Some(connections))
+    }
+
+    fn launch(port: u16, tls: Option<Cert<'_>>, connections: Option<u32>) -> Result<Self, String> {
         let listen = match &tls {
             None => format!("listen 127.0.0.1:{port};"),
             Some(c) => format!(
@@ -124,10 +135,18 @@ impl Nginx {
         let dir =
             std::env::temp_dir().join(format!("socktrace-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (limits, events, keepalive) = match connections {
+            None => (String::new(), 4096, ""),
+            Some(c) => (
+                format!("worker_rlimit_nofile {};\n", c + 2048),
+                c + 1024,
+                "  keepalive_requests 100000000;\n  keepalive_timeout 300s;\n",
+            ),
+        };
         let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log stderr error;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log stderr error;\n{limits}\
+             events {{ worker_connections {events}; }}\n\
+             http {{\n{keepalive}  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                server {{\n    {listen}\n    location / {{ return 200 \"hello from nginx\\n\"; }}\n    location /missing {{ return 404 \"missing\\n\"; }}\n  }}\n}}\n",
             d = dir.display()
@@ -263,16 +282,29 @@ pub fn wrk(url: &str, seconds: u64, connections: u32, headers: &[&str]) -> Resul
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// The command name and utime + stime (clock ticks) of a `/proc/.../stat` file.
+fn stat_ticks(path: &str) -> Option<(String, u64)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let (open, close) = (s.find('(')?, s.rfind(')')?);
+    let f: Vec<&str> = s[close + 1..].split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((s[open + 1..close].to_owned(), ticks))
+}
+
 /// utime + stime of a process, in clock ticks (0 once it is gone).
 pub fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s[s.rfind(')')? + 1..].to_owned();
-            let f: Vec<&str> = after.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
+    stat_ticks(&format!("/proc/{pid}/stat")).map_or(0, |(_, t)| t)
+}
+
+/// utime + stime of each live thread of a process, in clock ticks, with the thread's name
+/// (`comm`: at most 15 bytes of what the thread was named). Threads that already exited are
+/// not listed; their time is only in [`cpu_ticks`].
+pub fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| stat_ticks(&format!("{}/stat", e.ok()?.path().display())))
+        .collect()
 }
 
 /// Open file descriptors of a process.

@@ -39,8 +39,10 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u64,
     },
-    /// Measure the agent's overhead on nginx under wrk, against a baseline run side by side.
-    /// Writes target/bench/report.md. Needs root.
+    /// Measure the agent's overhead against baselines run side by side: nginx under wrk (HTTP
+    /// and HTTPS), a Flask service (against the OpenTelemetry Python SDK), 10,000 open
+    /// connections and 20,000 requests/s (paced), and the kernel programs' cost. Writes
+    /// target/bench/report.md. About 5 minutes with the defaults. Needs root.
     Bench {
         /// Alternating baseline/agent rounds.
         #[arg(long, default_value_t = 3)]
@@ -48,6 +50,9 @@ enum Task {
         /// Seconds of load per round.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Only these scenarios (comma-separated: nginx, https, flask, paced, profile).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Load every kernel program in every configuration and print the verifier's budget
     /// (stack bytes, processed instructions); fail when one is rejected or over its margin, or
@@ -115,8 +120,9 @@ const APT_TEST: &[&str] = &[
     // A real headless browser for the viewer's test (`tests/tests/ui.rs`).
     "chromium",
 ];
-/// Load generator and server for `bench`.
-const APT_BENCH: &[&str] = &["nginx", "wrk"];
+/// Load generator, server, certificate maker and kernel statistics reader for `bench` (its
+/// Python peers come from the tests' virtualenv).
+const APT_BENCH: &[&str] = &["nginx", "wrk", "openssl", "bpftool"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -526,18 +532,29 @@ fn main() -> anyhow::Result<()> {
                 .env("SOCKTRACE_SEMCONV", &semconv))?;
             Ok(())
         }
-        Task::Bench { rounds, seconds } => {
+        Task::Bench {
+            rounds,
+            seconds,
+            only,
+        } => {
             setup(&root)?;
             apt_install(APT_BENCH)?;
+            // The Flask service and the OpenTelemetry Python SDK: the tests' virtualenv.
+            let python = python_env(&root)?;
             let bin = build_release(&root)?;
-            run(Command::new(build_runner(&root, "bench")?)
-                .args([
-                    "--rounds",
-                    &rounds.to_string(),
-                    "--seconds",
-                    &seconds.to_string(),
-                ])
-                .env("SOCKTRACE_BIN", &bin))
+            let mut cmd = Command::new(build_runner(&root, "bench")?);
+            cmd.args([
+                "--rounds",
+                &rounds.to_string(),
+                "--seconds",
+                &seconds.to_string(),
+            ]);
+            if let Some(only) = only {
+                cmd.args(["--only", &only]);
+            }
+            run(cmd
+                .env("SOCKTRACE_BIN", &bin)
+                .env("SOCKTRACE_PYTHON", &python))
         }
         Task::Soak {
             fuzz_runs,
