@@ -26,7 +26,10 @@ use socktrace::{
         select::{ResourceFilter, Selector},
     },
     sample::{Sampler, SamplerConfig, SamplerSettings},
-    telemetry::health::{self, Health, Routes},
+    telemetry::{
+        health::{self, Health, Routes},
+        memory,
+    },
     trace::{
         db::{DbSpanConfig, QueryText},
         http::HttpSpanConfig,
@@ -37,10 +40,7 @@ use socktrace::{
     ui::{self, Ui},
 };
 
-/// Every span allocates a few small strings and vectors, freed shortly after on another thread
-/// (the exporter): mimalloc's per-thread free lists serve that pattern for less CPU than glibc's
-/// allocator (about a tenth of the agent's CPU per request on nginx under wrk, measured side by
-/// side; see docs/benchmarks.md).
+/// See `socktrace::telemetry::memory`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -75,6 +75,7 @@ fn describe_sampling(cli: &Cli) -> String {
 }
 
 fn main() -> ExitCode {
+    memory::tune_allocator();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(log_filter(&cli.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -397,6 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli.k8s_namespace, cli.container, cli.service_name
         ));
     }
+    memory::release_freed();
     eprintln!(
         "socktrace {}: {} tracepoints attached (programs verified and attached in {:.2} s); protocols: {}; tracing {}; capture {} bytes per I/O; traceparent injection: {}; processes that trace themselves: {}; TLS: {}; sampling: {}; exporter: {}{}{}{}{}",
         env!("CARGO_PKG_VERSION"),

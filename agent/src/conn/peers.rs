@@ -4,11 +4,12 @@
 
 use std::net::SocketAddr;
 
-use crate::FastMap;
-
 use socktrace_common::InjectEvent;
 
-use crate::trace::span::{SpanId, TraceId};
+use crate::{
+    FastMap,
+    trace::span::{SpanId, TraceId},
+};
 
 /// How long a kernel injection waits for the write that carries it (microseconds in practice).
 pub(super) const INJECTION_TTL_NS: u64 = 2_000_000_000;

@@ -1,8 +1,6 @@
 //! The connection table: connections open, close, expire and are evicted here; each event is
 //! routed to its connection's streams.
 
-use crate::FastMap;
-
 use bytes::Bytes;
 use socktrace_common::{
     ConnectEvent, DATA_LOST_BEFORE, DATA_TLS, DIR_INGRESS, DataEvent, InjectEvent, ROLE_CLIENT,
@@ -16,6 +14,7 @@ use super::{
     stream::{Conn, Detection, State},
 };
 use crate::{
+    FastMap,
     protocol::{End, Next, Protocol, REGISTRY, Segment, Sender, Session, opaque_tls::OpaqueTls},
     telemetry::Snapshot,
     trace::{
@@ -333,14 +332,21 @@ impl ConnTable {
     }
 
     /// Forgets connections idle longer than the configured timeout.
+    /// Connections idle for a second give back their parsers' spare buffer space.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<ConnExchange>) {
+        const SHRINK_AFTER_NS: u64 = 1_000_000_000;
         let timeout = self.config.idle_timeout_ns;
-        let stale: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now_ns.saturating_sub(c.last_seen_ns) > timeout)
-            .map(|(sk, _)| *sk)
-            .collect();
+        let mut stale = Vec::new();
+        for (sk, c) in &mut self.conns {
+            let idle = now_ns.saturating_sub(c.last_seen_ns);
+            if idle > timeout {
+                stale.push(*sk);
+            } else if idle > SHRINK_AFTER_NS
+                && let State::Active { session, .. } = &mut c.state
+            {
+                session.shrink();
+            }
+        }
         for sk in stale {
             if let Some(conn) = self.conns.remove(&sk) {
                 self.stats.expired += 1;

@@ -15,15 +15,16 @@
 
 use std::{borrow::Cow, fmt::Write as _, sync::Arc};
 
-use crate::FastMap;
-
 use super::{
     histogram::{DB_SECONDS, DEFAULT_MILLIS, HTTP_SECONDS, Histogram, RPC_SECONDS},
     table::Table,
 };
-use crate::trace::{
-    rpc,
-    span::{KeyValue, Resource, Span, SpanKind, Value},
+use crate::{
+    FastMap,
+    trace::{
+        rpc,
+        span::{KeyValue, Resource, Span, SpanKind, Value},
+    },
 };
 
 /// One histogram instrument.

@@ -7,9 +7,10 @@
 
 use std::{fmt::Write as _, sync::Arc};
 
-use crate::FastMap;
-
-use crate::trace::span::{KeyValue, Resource, Value};
+use crate::{
+    FastMap,
+    trace::span::{KeyValue, Resource, Value},
+};
 
 /// The attribute of overflow series.
 pub const OVERFLOW_KEY: &str = "otel.metric.overflow";

@@ -176,6 +176,10 @@ pub trait Session: Send {
     /// Adds the parser's counters to `into` (in [`Protocol::counters`] order).
     fn counters(&self, into: &mut [u64]);
 
+    /// The connection is idle: give back buffer space kept for the next message (an idle
+    /// keep-alive connection should cost little; thousands of them are common).
+    fn shrink(&mut self) {}
+
     /// Requests carry their trace context in-band, one request per turn of the connection
     /// (HTTP/1): the connection layer then reports each turn to span linking.
     fn context_in_turns(&self) -> bool {

@@ -10,10 +10,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::FastMap;
-
 use super::{SampleStats, ratio::Ratio};
-use crate::trace::span::{Span, Status, TraceId};
+use crate::{
+    FastMap,
+    trace::span::{Span, Status, TraceId},
+};
 
 /// How many decided traces are remembered for their late spans.
 const MAX_DECIDED: usize = 65_536;

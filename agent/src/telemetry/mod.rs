@@ -6,6 +6,7 @@
 //! the final counters at shutdown and the health endpoint's `/metrics` all read that snapshot.
 
 pub mod health;
+pub mod memory;
 
 use std::{
     fmt::Write as _,

@@ -23,12 +23,11 @@
 
 use std::collections::VecDeque;
 
-use crate::{FastMap, FastSet};
-
 use super::{
     link::{Actor, LinkEvent, Side},
     span::{KeyValue, Span, SpanId, SpanKind, Value},
 };
+use crate::{FastMap, FastSet};
 
 /// What becomes of socktrace's spans of a process that traces itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -26,12 +26,11 @@
 
 use std::net::SocketAddr;
 
-use crate::{FastMap, FastSet};
-
 use super::{
     context::HeaderContext,
     span::{KeyValue, Span, SpanId, SpanLink, TraceId, Value},
 };
+use crate::{FastMap, FastSet};
 
 /// How long a thread seen multiplexing requests is taken for an event loop (its calls get no
 /// parent) after it last read a request.

@@ -62,6 +62,10 @@ impl Session for Http1Session {
         self.0.close(ts_ns);
     }
 
+    fn shrink(&mut self) {
+        self.0.shrink();
+    }
+
     fn drain(&mut self, enabled: &Enabled, out: &mut Vec<Box<dyn protocol::Exchange>>) -> Next {
         let h = &mut self.0;
         let mut exchanges = h.take_exchanges();

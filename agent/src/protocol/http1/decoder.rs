@@ -74,6 +74,18 @@ pub(super) struct Decoder {
 }
 
 impl Decoder {
+    /// Frees the capacity beyond the bytes and marks held.
+    pub(super) fn shrink(&mut self) {
+        self.buf.shrink_to_fit();
+        self.marks.shrink_to_fit();
+    }
+
+    /// Bytes allocated for buffered data and marks (tests of `shrink`).
+    #[cfg(test)]
+    pub(super) fn allocated(&self) -> usize {
+        self.buf.capacity() + self.marks.capacity() * std::mem::size_of::<Mark>()
+    }
+
     pub(super) fn new(side: Side) -> Self {
         Self {
             side,

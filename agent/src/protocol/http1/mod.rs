@@ -261,6 +261,13 @@ impl Http1Conn {
     ///
     /// Ends are stamped with the last byte seen for each message, not with `ts_ns`: the close
     /// can come long after the last byte (idle keep-alive) and would stretch the span.
+    /// Frees the buffer space not in use (see [`protocol::Session::shrink`]).
+    pub fn shrink(&mut self) {
+        self.req.shrink();
+        self.resp.shrink();
+        self.pairing.shrink();
+    }
+
     pub fn close(&mut self, ts_ns: u64) {
         tracing::trace!(ts_ns, "http1 connection closed");
         self.req.finish(&mut self.pairing);

@@ -60,6 +60,13 @@ pub(super) struct Pairing {
 }
 
 impl Pairing {
+    /// Frees the capacity beyond the requests held.
+    pub(super) fn shrink(&mut self) {
+        self.queue.shrink_to_fit();
+        self.done.shrink_to_fit();
+        self.after_upgrade.shrink_to_fit();
+    }
+
     /// A request head was parsed (or, with `None`, a request was lost). Returns the id under
     /// which its body and end are reported.
     pub(super) fn begin_request(

@@ -31,6 +31,31 @@ fn push(conn: &mut Http1Conn, ev: &Event) {
     }
 }
 
+#[test]
+fn an_idle_connection_gives_back_its_buffers() {
+    let mut conn = Http1Conn::new();
+    // A large head split over segments makes the request buffer grow.
+    let head = format!(
+        "GET /big HTTP/1.1\r\nHost: h\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(4000)
+    );
+    let (a, b) = head.as_bytes().split_at(2000);
+    conn.push_request(seg(1, a));
+    conn.push_request(seg(2, b));
+    conn.push_response(seg(3, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    assert_eq!(conn.take_exchanges().len(), 1);
+    assert!(conn.req.allocated() >= 4000, "{}", conn.req.allocated());
+    conn.shrink();
+    assert_eq!((conn.req.allocated(), conn.resp.allocated()), (0, 0));
+    // Still parses what comes next.
+    conn.push_request(seg(4, b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"));
+    conn.push_response(seg(5, b"HTTP/1.1 204 No Content\r\n\r\n"));
+    let next = conn.take_exchanges();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].request.target, "/next");
+    assert_eq!(next[0].response.as_ref().map(|r| r.status), Some(204));
+}
+
 /// Pushes all events, closes, returns everything emitted.
 fn replay(events: &[Event]) -> (Vec<Exchange>, Http1Conn) {
     let mut conn = Http1Conn::new();
