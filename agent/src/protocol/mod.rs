@@ -180,6 +180,12 @@ pub trait Session: Send {
     /// keep-alive connection should cost little; thousands of them are common).
     fn shrink(&mut self) {}
 
+    /// Bytes the parser has allocated for buffering (tests of `shrink`).
+    #[cfg(test)]
+    fn allocated(&self) -> usize {
+        0
+    }
+
     /// Requests carry their trace context in-band, one request per turn of the connection
     /// (HTTP/1): the connection layer then reports each turn to span linking.
     fn context_in_turns(&self) -> bool {

@@ -688,3 +688,49 @@ fn a_tls_connection_without_plaintext_is_counted_as_unreadable_when_it_ends() {
     assert_eq!(t.stats.tls_unreadable, 1);
     assert_eq!(out.len(), before);
 }
+
+#[test]
+fn an_idle_connection_shrinks_its_parser_and_stays_traced() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 1], 80, [10, 0, 0, 2], 40000);
+    let head = format!(
+        "GET /big HTTP/1.1\r\nHost: h\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(3000)
+    );
+    let (a, b) = head.as_bytes().split_at(1500);
+    for (ts, part) in [(100, a), (200, b)] {
+        let ev = event(7, ts, 3, DIR_INGRESS, ROLE_SERVER, tp, part.len());
+        t.on_data(&ev, part, &[], &mut r, &mut out);
+    }
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let ev = event(7, 300, 3, DIR_EGRESS, ROLE_SERVER, tp, resp.len());
+    t.on_data(&ev, resp, &[], &mut r, &mut out);
+    assert_eq!(out.len(), 1);
+    let allocated = |t: &ConnTable| match &t.conns[&7].state {
+        crate::conn::stream::State::Active { session, .. } => session.allocated(),
+        _ => panic!("not parsing"),
+    };
+    assert!(allocated(&t) >= 3000, "{}", allocated(&t));
+    // Idle for half a second: nothing changes.
+    t.expire(300 + 500_000_000, &mut out);
+    assert!(allocated(&t) >= 3000);
+    // Idle for two: the buffers go, the connection stays and parses what comes next.
+    t.expire(300 + 2_000_000_000, &mut out);
+    assert_eq!(allocated(&t), 0);
+    assert_eq!(t.len(), 1);
+    let next = b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
+    let ev = event(
+        7,
+        3_000_000_000,
+        3,
+        DIR_INGRESS,
+        ROLE_SERVER,
+        tp,
+        next.len(),
+    );
+    t.on_data(&ev, next, &[], &mut r, &mut out);
+    let ev = event(7, 3_000_000_100, 3, DIR_EGRESS, ROLE_SERVER, tp, resp.len());
+    t.on_data(&ev, resp, &[], &mut r, &mut out);
+    assert_eq!(out.len(), 2);
+}

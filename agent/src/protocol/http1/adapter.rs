@@ -66,6 +66,11 @@ impl Session for Http1Session {
         self.0.shrink();
     }
 
+    #[cfg(test)]
+    fn allocated(&self) -> usize {
+        self.0.req.allocated() + self.0.resp.allocated()
+    }
+
     fn drain(&mut self, enabled: &Enabled, out: &mut Vec<Box<dyn protocol::Exchange>>) -> Next {
         let h = &mut self.0;
         let mut exchanges = h.take_exchanges();
