@@ -70,7 +70,18 @@ fn chain_through_go(stripped: bool) {
         "host=127.0.0.1 port={} user=postgres dbname=shop sslmode=disable",
         pg.port
     );
-    let mut child = Command::new(&bin)
+    // The plain service starts through a shell that execs it two seconds later: the agent's
+    // scan (every second) first sees the shell's executable under the service's pid - the
+    // window between a fork and its exec, made wide - and must look at the pid again after the
+    // exec. The stripped one starts directly.
+    let mut command = if stripped {
+        Command::new(&bin)
+    } else {
+        let mut sh = Command::new("/bin/sh");
+        sh.args(["-c", "sleep 2; exec \"$0\" \"$@\""]).arg(&bin);
+        sh
+    };
+    let mut child = command
         .arg(port.to_string())
         .arg(down.url(""))
         .arg(&dsn)

@@ -195,7 +195,9 @@ pub struct TlsAttacher {
     targets: HashMap<(u64, u64), Target>,
     /// Files inspected and found without OpenSSL's entry points (or failing to attach).
     rejected: HashSet<(u64, u64)>,
-    seen_pids: HashSet<u32>,
+    /// Processes looked at, with the file their executable was then. A process is looked at
+    /// again when it changes: a scan between a fork and its exec sees the parent's executable.
+    seen_pids: HashMap<u32, Option<(u64, u64)>>,
     self_pid: u32,
     started: bool,
     /// Where `/proc` is (tests point it elsewhere).
@@ -211,7 +213,7 @@ impl TlsAttacher {
         Self {
             targets: HashMap::new(),
             rejected: HashSet::new(),
-            seen_pids: HashSet::new(),
+            seen_pids: HashMap::new(),
             self_pid: std::process::id(),
             // Without TLS capture the library directories have nothing to offer.
             started: !tls,
@@ -252,14 +254,20 @@ impl TlsAttacher {
         }
         let live = self.live_pids();
         for &pid in &live {
-            if pid == self.self_pid || !self.seen_pids.insert(pid) {
+            if pid == self.self_pid {
+                continue;
+            }
+            let exe = std::fs::metadata(self.proc_root.join(format!("{pid}/exe")))
+                .ok()
+                .map(|m| (m.dev(), m.ino()));
+            if self.seen_pids.insert(pid, exe) == Some(exe) {
                 continue;
             }
             for path in self.files_of(pid) {
                 self.consider(ebpf, &path, Some(pid), &mut report);
             }
         }
-        self.seen_pids.retain(|pid| live.contains(pid));
+        self.seen_pids.retain(|pid, _| live.contains(pid));
         let gone: Vec<(u64, u64)> = self
             .targets
             .iter_mut()
