@@ -177,6 +177,18 @@ impl Completeness {
                     self.by_age.push_back((now_ns, span.trace_id));
                 }
             }
+            self.bound_by_age();
+        }
+    }
+
+    /// A trace that keeps getting spans leaves a stale entry in `by_age` each time: when they
+    /// outnumber the open traces three to one, only the current entries are kept, so the queue
+    /// stays within four entries per open trace.
+    fn bound_by_age(&mut self) {
+        if self.by_age.len() > 4 * self.config.max_traces.max(1) {
+            let open = &self.open;
+            self.by_age
+                .retain(|(at, id)| open.get(id).is_some_and(|o| o.last_ns == *at));
         }
     }
 
@@ -355,6 +367,11 @@ mod tests {
         c.record(&spans, 100);
         assert_eq!(c.stats().spans_skipped, 2);
         c.record(&[span("c", SpanKind::Client, 201, 1, None)], 100);
+        // One trace getting spans at ever new times: its age entries stay bounded.
+        for at in 101..1_000 {
+            c.record(&[span("b", SpanKind::Server, 200, 9, Some(1))], at);
+        }
+        assert!(c.by_age.len() <= 4 * 10, "{}", c.by_age.len());
         c.judge_all();
         let names: Vec<&str> = c.services().map(|(k, _)| k).collect();
         assert_eq!(names, ["_other", "a", "b"]);
