@@ -283,10 +283,8 @@ impl Red {
                         .map(|kv| (*k, point_value(inst, span, k, &kv.value)))
                 })
                 .collect();
-            let attributes: Vec<(&'static str, &Value)> =
-                values.iter().map(|(k, v)| (*k, v.as_ref())).collect();
-            if let Some(h) = self.tables[i]
-                .entry_by(Some(&resource), &attributes, || Histogram::new(inst.bounds))
+            if let Some(h) =
+                self.tables[i].entry_by(Some(&resource), &values, || Histogram::new(inst.bounds))
             {
                 h.record(inst.value(span));
             }

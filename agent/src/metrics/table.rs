@@ -5,7 +5,7 @@
 //! counted. Overflow series themselves are bounded ([`OVERFLOW_SERIES`]); beyond them a point
 //! is dropped, counted.
 
-use std::{fmt::Write as _, sync::Arc};
+use std::{borrow::Cow, fmt::Write as _, sync::Arc};
 
 use crate::{
     FastMap,
@@ -77,15 +77,15 @@ impl<V> Table<V> {
     pub fn entry_by(
         &mut self,
         resource: Option<&Arc<Resource>>,
-        attributes: &[(&'static str, &Value)],
+        attributes: &[(&'static str, Cow<'_, Value>)],
         make: impl FnOnce() -> V,
     ) -> Option<&mut V> {
-        match self.find(resource, attributes.iter().copied()) {
+        match self.find(resource, attributes.iter().map(|(k, v)| (*k, v.as_ref()))) {
             Ok(i) => Some(&mut self.series[i].value),
             Err(key) => {
                 let owned = attributes
                     .iter()
-                    .map(|(k, v)| KeyValue::new(*k, (*v).clone()))
+                    .map(|(k, v)| KeyValue::new(*k, v.clone().into_owned()))
                     .collect();
                 self.insert(resource, key, owned, make)
             }

@@ -4,7 +4,7 @@
 //! measured side by side, see docs/benchmarks.md). Its defaults favour speed over resident
 //! memory; these calls keep the agent's footprint where glibc's was.
 
-use libmimalloc_sys::{mi_collect, mi_option_get, mi_option_set, mi_option_t};
+use libmimalloc_sys::{mi_collect, mi_option_set, mi_option_t};
 
 /// `mi_option_purge_delay` (mimalloc 3's `mimalloc.h`; the Rust bindings do not name it): how
 /// long freed pages stay committed before they are returned to the system.
@@ -24,15 +24,17 @@ pub fn release_freed() {
     unsafe { mi_collect(true) };
 }
 
-/// The purge delay in effect (ms).
-pub fn purge_delay_ms() -> std::ffi::c_long {
-    // SAFETY: reads a process-wide option.
-    unsafe { mi_option_get(PURGE_DELAY) }
-}
-
 #[cfg(test)]
 mod tests {
+    use libmimalloc_sys::mi_option_get;
+
     use super::*;
+
+    /// The purge delay in effect (ms).
+    fn purge_delay_ms() -> std::ffi::c_long {
+        // SAFETY: reads a process-wide option.
+        unsafe { mi_option_get(PURGE_DELAY) }
+    }
 
     /// mimalloc's default purge delay (ms), by which the option is recognised.
     const DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 1000;
