@@ -116,6 +116,13 @@ fn log_tls_scan(report: &ScanReport) {
             path.display()
         );
     }
+    for (path, functions) in &report.single_stepped {
+        tracing::warn!(
+            "TLS: in {}, {} can only be probed at an instruction the kernel single-steps: each call costs the process a second trap (several microseconds on virtual machines)",
+            path.display(),
+            functions.join(", ")
+        );
+    }
     for path in &report.goroutines {
         tracing::info!("Go: following the goroutines of {}", path.display());
     }

@@ -36,6 +36,8 @@ use aya::{
 };
 use object::{Object, ObjectSection, ObjectSymbol};
 
+use super::sites::{self, Function};
+
 /// The kernel programs, loaded when TLS capture is on.
 pub const PROGRAMS: &[&str] = &[
     "tls_enter_read",
@@ -122,7 +124,8 @@ const GO_RUNTIME_HOOKS: &[(&str, Option<&str>, Option<&str>, bool)] = &[
     ),
 ];
 
-/// Function, entry program, return program, required (a file without it is not attached).
+/// OpenSSL's entry points: function, entry program, return program, required (a file without
+/// it is not attached).
 const HOOKS: &[(&str, &str, &str, bool)] = &[
     ("SSL_read", "tls_enter_read", "tls_exit", true),
     ("SSL_write", "tls_enter_write", "tls_exit", true),
@@ -130,6 +133,15 @@ const HOOKS: &[(&str, &str, &str, bool)] = &[
     // OpenSSL 1.1.1 and later.
     ("SSL_read_ex", "tls_enter_read", "tls_exit_ex", false),
     ("SSL_write_ex", "tls_enter_write", "tls_exit_ex", false),
+];
+
+/// OpenSSL's wrapper pairs (1.1.1 and later), each around one function of the `_ex`
+/// signature (`ssl_read_internal(ssl, buf, num, &count)`), and the entry program for it: that
+/// function is probed instead of the pair when the kernel emulates its first instruction and
+/// not theirs (see `sites`).
+const CORES: &[(&str, &str, &str)] = &[
+    ("SSL_read", "SSL_read_ex", "tls_enter_read"),
+    ("SSL_write", "SSL_write_ex", "tls_enter_write"),
 ];
 
 /// Where distributions keep shared libraries.
@@ -188,6 +200,9 @@ pub struct ScanReport {
     /// Go binaries whose goroutines cannot be followed (no symbol table): their client calls
     /// get no parent.
     pub go_unfollowed: Vec<PathBuf>,
+    /// Files attached where some OpenSSL function could only be probed at an instruction the
+    /// kernel single-steps (each call costs the process a second trap), with those functions.
+    pub single_stepped: Vec<(PathBuf, Vec<String>)>,
 }
 
 /// Finds TLS libraries and attaches the programs to them; see the module docs.
@@ -338,7 +353,7 @@ impl TlsAttacher {
             Inspection::default()
         };
         if !self.tls {
-            found.openssl = false;
+            found.openssl = None;
             found.go = None;
             found.go_stripped = false;
         }
@@ -352,7 +367,7 @@ impl TlsAttacher {
         if found.go_unfollowed {
             r.go_unfollowed.push(path.to_owned());
         }
-        let tls = found.openssl || found.go.is_some();
+        let tls = found.openssl.is_some() || found.go.is_some();
         if !tls && found.go_runtime.is_none() {
             self.rejected.insert(key);
             return;
@@ -361,6 +376,17 @@ impl TlsAttacher {
             Ok(links) => {
                 if tls {
                     r.attached.push(path.to_owned());
+                }
+                let slow: Vec<String> = found
+                    .openssl
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|p| !p.emulated)
+                    .map(|p| p.function.clone())
+                    .collect();
+                if !slow.is_empty() {
+                    r.single_stepped.push((path.to_owned(), slow));
                 }
                 if found.go_runtime.is_some() {
                     r.goroutines.push(path.to_owned());
@@ -415,8 +441,8 @@ fn libssl_in(dir: &Path) -> Vec<PathBuf> {
 /// What an ELF file offers to TLS capture.
 #[derive(Debug, Default, PartialEq)]
 struct Inspection {
-    /// Defines (not merely imports) `SSL_write`.
-    openssl: bool,
+    /// Defines (not merely imports) `SSL_write`: where its programs go, or why they cannot.
+    openssl: Option<Result<Vec<OpensslProbe>, String>>,
     /// Go's `crypto/tls` with its symbols: file offsets of each hook's entry and returns, in
     /// `GO_HOOKS` order.
     go: Option<Vec<GoFunction>>,
@@ -427,6 +453,82 @@ struct Inspection {
     go_runtime: Option<Vec<Option<GoFunction>>>,
     /// A Go binary whose runtime functions cannot be found (no symbol table).
     go_unfollowed: bool,
+}
+
+/// Where one pair of OpenSSL programs goes.
+#[derive(Debug, PartialEq)]
+struct OpensslProbe {
+    /// What is probed, for the log.
+    function: String,
+    entry: &'static str,
+    exit: &'static str,
+    /// File offset.
+    offset: u64,
+    /// The kernel emulates the instruction there (no single-step).
+    emulated: bool,
+    /// A file where it cannot be attached is not attached at all.
+    required: bool,
+}
+
+/// Where OpenSSL's programs go in a file that defines `SSL_write`: each wrapper pair's core
+/// where that is cheaper (see [`CORES`]), else each function of [`HOOKS`] at its cheapest
+/// entry.
+fn openssl_probes<'d, R: object::ReadRef<'d>>(
+    elf: &object::File<'d, R>,
+) -> Result<Vec<OpensslProbe>, String> {
+    let function = |name: &str| {
+        elf.dynamic_symbols()
+            .chain(elf.symbols())
+            .find(|s| {
+                !s.is_undefined() && s.kind() == object::SymbolKind::Text && s.name() == Ok(name)
+            })
+            .and_then(|s| Function::at(elf, s.address(), s.size()))
+    };
+    let mut probes = Vec::new();
+    let mut covered = Vec::new();
+    for (a, b, entry) in CORES {
+        let (Some(fa), Some(fb)) = (function(a), function(b)) else {
+            continue;
+        };
+        if fa.entry().1 && fb.entry().1 {
+            continue;
+        }
+        if let Some(core) = sites::wrapped_core((fa.code, fa.address), (fb.code, fb.address))
+            && let Some(core) = Function::at(elf, core, 0)
+            && let (offset, true) = core.entry()
+        {
+            probes.push(OpensslProbe {
+                function: format!("the function {a} and {b} call"),
+                entry,
+                exit: "tls_exit_ex",
+                offset,
+                emulated: true,
+                required: true,
+            });
+            covered.extend([*a, *b]);
+        }
+    }
+    for (name, entry, exit, required) in HOOKS {
+        if covered.contains(name) {
+            continue;
+        }
+        match function(name) {
+            Some(f) => {
+                let (offset, emulated) = f.entry();
+                probes.push(OpensslProbe {
+                    function: (*name).to_owned(),
+                    entry,
+                    exit,
+                    offset,
+                    emulated,
+                    required: *required,
+                });
+            }
+            None if *required => return Err(format!("{name} not found")),
+            None => {}
+        }
+    }
+    Ok(probes)
 }
 
 #[derive(Debug, PartialEq)]
@@ -446,7 +548,8 @@ fn inspect(path: &Path) -> Inspection {
     let openssl = elf
         .dynamic_symbols()
         .chain(elf.symbols())
-        .any(|s| !s.is_undefined() && s.name() == Ok("SSL_write"));
+        .any(|s| !s.is_undefined() && s.name() == Ok("SSL_write"))
+        .then(|| openssl_probes(&elf));
     let is_go = elf.section_by_name(".go.buildinfo").is_some();
     let (go, go_runtime) = if is_go { go_hooks(&elf) } else { (None, None) };
     let go_stripped = is_go && go.is_none() && elf.symbols().next().is_none() && {
@@ -533,23 +636,22 @@ fn go_locate<'d, R: object::ReadRef<'d>>(
         .collect()
 }
 
-/// The function at `address` (`size` bytes): file offsets of its entry and of its returns.
+/// The function at `address` (`size` bytes): file offsets of its cheapest entry (see `sites`)
+/// and of its returns.
 fn go_code<'d, R: object::ReadRef<'d>>(
     elf: &object::File<'d, R>,
     address: u64,
     size: u64,
 ) -> Option<GoFunction> {
-    let section = elf
-        .sections()
-        .find(|s| s.address() <= address && address < s.address() + s.size())?;
-    let (file_start, _) = section.file_range()?;
-    let entry = address - section.address() + file_start;
-    let code = section.data_range(address, size).ok()??;
-    let returns = return_offsets(code, address)
+    let f = Function::at(elf, address, size)?;
+    let returns = return_offsets(f.code, address)
         .into_iter()
-        .map(|at| entry + at)
+        .map(|at| f.file_offset + at)
         .collect::<Vec<_>>();
-    (!returns.is_empty()).then_some(GoFunction { entry, returns })
+    (!returns.is_empty()).then_some(GoFunction {
+        entry: f.entry().0,
+        returns,
+    })
 }
 
 /// Offsets of the `RET` instructions in a function's x86-64 code (loaded at `address`).
@@ -595,28 +697,26 @@ fn attach(
             return Err(e);
         }
     }
-    if !found.openssl {
-        return Ok(links);
-    }
-    for (symbol, entry, exit, required) in HOOKS {
+    let probes = match &found.openssl {
+        None => return Ok(links),
+        Some(Ok(probes)) => probes,
+        Some(Err(e)) => {
+            detach(ebpf, links);
+            return Err(e.clone());
+        }
+    };
+    for probe in probes {
         let mut pair = Vec::new();
-        let result = [*exit, *entry].into_iter().try_for_each(|name| {
-            let program = uprobe(ebpf, name).map_err(|e| e.to_string())?;
-            let id = program
-                .attach(*symbol, path, UProbeScope::AllProcesses)
-                .map_err(|e| format!("{symbol}: {e}"))?;
-            pair.push((name, id));
-            Ok::<(), String>(())
-        });
-        match result {
+        let points = vec![(probe.exit, probe.offset), (probe.entry, probe.offset)];
+        match attach_points(ebpf, path, points, &mut pair) {
             Ok(()) => links.extend(pair),
             Err(e) => {
                 detach(ebpf, pair);
-                if *required {
+                if probe.required {
                     detach(ebpf, links);
-                    return Err(e);
+                    return Err(format!("{}: {e}", probe.function));
                 }
-                tracing::debug!("{}: {e}", path.display());
+                tracing::debug!("{}: {}: {e}", path.display(), probe.function);
             }
         }
     }
@@ -703,7 +803,7 @@ mod tests {
             .flat_map(|d| libssl_in(Path::new(d)))
             .find(|p| std::fs::metadata(p).is_ok())
             .expect("a libssl.so in the library directories (libssl3 is installed by set-up)");
-        let defines_ssl = |p: &Path| inspect(p).openssl;
+        let defines_ssl = |p: &Path| inspect(p).openssl.is_some();
         assert!(defines_ssl(&lib), "{} defines SSL_write", lib.display());
         let curl = Path::new("/usr/bin/curl");
         assert!(curl.exists(), "curl is installed by set-up");
@@ -711,5 +811,86 @@ mod tests {
         assert!(!defines_ssl(&std::env::current_exe().unwrap()));
         assert_eq!(inspect(Path::new("/nonexistent")), Inspection::default());
         assert_eq!(inspect(curl).go, None);
+    }
+
+    fn system_libssl() -> PathBuf {
+        Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3")
+            .canonicalize()
+            .expect("Debian's libssl3 (installed by set-up)")
+    }
+
+    /// Debian's OpenSSL 3.0: `SSL_read`/`SSL_read_ex` begin with `sub rsp`, which the kernel
+    /// single-steps; the function both call begins with `push`. So one probe each for reading
+    /// and writing, there, and none single-stepped.
+    #[test]
+    fn openssl_wrappers_are_probed_at_their_common_core() {
+        let lib = system_libssl();
+        let probes = inspect(&lib).openssl.expect("defines SSL_write").unwrap();
+        let named: Vec<(&str, &str, bool)> = probes
+            .iter()
+            .map(|p| (p.entry, p.exit, p.emulated))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("tls_enter_read", "tls_exit_ex", true),
+                ("tls_enter_write", "tls_exit_ex", true),
+                ("tls_enter_handshake", "tls_exit", true),
+            ]
+        );
+        // The core is called by both wrappers, read from the file independently of `sites`:
+        // each wrapper holds `call rel32` to the core's offset.
+        let data = std::fs::read(&lib).unwrap();
+        let elf = object::File::parse(&*data).unwrap();
+        for (probe, (a, b)) in probes
+            .iter()
+            .zip([("SSL_read", "SSL_read_ex"), ("SSL_write", "SSL_write_ex")])
+        {
+            let first = data[probe.offset as usize];
+            assert!(
+                (0x50..=0x57).contains(&first) || first == 0x41,
+                "{first:#x}"
+            );
+            for name in [a, b] {
+                let sym = elf
+                    .dynamic_symbols()
+                    .find(|s| s.name() == Ok(name))
+                    .unwrap();
+                let at = sym.address() as usize; // a shared library's text: address = offset
+                let code = &data[at..at + sym.size() as usize];
+                let calls_core = (0..code.len().saturating_sub(4)).any(|k| {
+                    code[k] == 0xe8 && {
+                        let rel = i32::from_le_bytes(code[k + 1..k + 5].try_into().unwrap());
+                        (at + k + 5) as i64 + rel as i64 == probe.offset as i64
+                    }
+                });
+                assert!(calls_core, "{name} calls {:#x}", probe.offset);
+                assert_ne!(at as u64, probe.offset);
+            }
+        }
+    }
+
+    /// node links OpenSSL with the internal functions inlined; its wrappers begin with `push`,
+    /// so they are probed themselves, at their first instruction.
+    #[test]
+    fn wrappers_the_kernel_emulates_are_probed_themselves() {
+        let node = Path::new("/usr/bin/node");
+        assert!(node.exists(), "node is installed by set-up");
+        let probes = inspect(&node.canonicalize().unwrap())
+            .openssl
+            .expect("node defines SSL_write")
+            .unwrap();
+        let functions: Vec<&str> = probes.iter().map(|p| p.function.as_str()).collect();
+        assert_eq!(
+            functions,
+            [
+                "SSL_read",
+                "SSL_write",
+                "SSL_do_handshake",
+                "SSL_read_ex",
+                "SSL_write_ex"
+            ]
+        );
+        assert!(probes.iter().all(|p| p.emulated));
     }
 }

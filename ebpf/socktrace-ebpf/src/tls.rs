@@ -1,7 +1,8 @@
 //! Plaintext of TLS connections, read at the TLS library with uprobes.
 //!
-//! `SSL_read`/`SSL_write` (and their `_ex` forms, attached to the same programs) are probed at
-//! entry, to remember the buffer, and at return, when the byte count is known. The socket is
+//! `SSL_read`/`SSL_write` (and their `_ex` forms, attached to the same programs; or, where it is
+//! cheaper, the internal function each pair wraps: see the agent's `capture/sites.rs`) are
+//! probed at entry, to remember the buffer, and at return, when the byte count is known. The socket is
 //! learned from the socket calls the library makes inside the call (`sock.rs` fills
 //! `TlsCall::sk` through `ACTIVE_IO`'s socket hook), and remembered per TLS session for calls that
 //! make none (a read served from bytes the library already holds). `SSL_do_handshake` is probed
@@ -265,8 +266,9 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
     done::<false>(i64::from(ctx.ret::<i32>()))
 }
 
-/// Return of `SSL_read_ex`/`SSL_write_ex`: 1 on success, the count stored through the fourth
-/// argument.
+/// Return of `SSL_read_ex`/`SSL_write_ex`, or of the internal function both they and
+/// `SSL_read`/`SSL_write` call (`ssl_read_internal`, same arguments): positive on success, the
+/// count stored through the fourth argument.
 #[uretprobe]
 pub fn tls_exit_ex(ctx: RetProbeContext) -> u32 {
     done::<true>(i64::from(ctx.ret::<i32>()))
@@ -295,7 +297,7 @@ fn done<const EX: bool>(ret: i64) -> u32 {
         return 0;
     }
     let len = if EX {
-        if ret != 1 || call.out == 0 {
+        if ret <= 0 || call.out == 0 {
             return 0;
         }
         // SAFETY: reads user memory through the helper, which handles faults.
