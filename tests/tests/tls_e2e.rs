@@ -637,3 +637,46 @@ fn grpc_go_over_tls_on_both_sides() {
         assert_eq!(attr(c, "rpc.status_code"), attr(s, "rpc.status_code"));
     }
 }
+
+/// HTTP/2 over TLS in writes larger than one record holds (8 KiB): 100 calls started at once on
+/// one connection, each with a 200-byte header HPACK cannot shrink, leave grpc-go's client in
+/// TLS writes of tens of KiB (and its server in reads as large). The plaintext of one call
+/// goes on in further records as a socket's does: every call is a span on both sides, with its
+/// method, status and same-host parent.
+#[test]
+fn grpc_over_tls_in_writes_larger_than_a_record_loses_no_call() {
+    require_root();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let port = free_port();
+    go_peer("grpcpeer", false);
+    let agent = agent_for(&receiver, port, &[]);
+    let (_server, pid) = go_server_of("grpcpeer", &cert, port, false);
+    agent.wait_stderr(&format!("TLS: attached to /proc/{pid}/root"));
+    let out = Command::new(go_peer("grpcpeer", false))
+        .arg("concurrent")
+        .arg(port.to_string())
+        .arg(cert.cert())
+        .arg("100")
+        .output()
+        .expect("grpcpeer concurrent");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "OK 100\nDONE\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (servers, clients) = exact(&receiver, 100, 100);
+    const METHOD: &str = "grpc.health.v1.Health/Check";
+    for s in servers.iter().chain(&clients) {
+        assert_eq!(s.name(), METHOD, "{s}");
+        assert_eq!(attr(s, "rpc.status_code"), "OK", "{s}");
+    }
+    for s in &servers {
+        let parent = clients
+            .iter()
+            .find(|c| Some(c.span_id()) == s.parent_span_id())
+            .unwrap_or_else(|| panic!("no client span is the parent of {s}"));
+        assert_eq!(parent.trace_id(), s.trace_id());
+    }
+}

@@ -277,25 +277,48 @@ pub fn fallback_note(program: &str) -> &'static str {
 /// Loads the programs that emit the further records of a call split into several (see
 /// `syscalls.rs`), and puts them in the `CHUNK_PROGS` jump table. Not attached anywhere.
 fn load_chunk_programs(ebpf: &mut Ebpf, config: &ProbeConfig) -> Result<(), ProbeError> {
-    let mut fds = Vec::new();
-    for (slot, name) in CHUNK_PROGRAMS.iter().enumerate() {
-        let fd = load_tracepoint(ebpf, name, config)?
-            .fd()
-            .map_err(|source| ProbeError::Program { name, source })?
-            .try_clone()
-            .map_err(|e| ProbeError::Program {
-                name,
-                source: aya::programs::ProgramError::IOError(e),
-            })?;
-        fds.push((slot as u32, fd));
+    for name in CHUNK_PROGRAMS {
+        load_tracepoint(ebpf, name, config)?;
     }
-    let name = "CHUNK_PROGS";
+    jump_table(ebpf, "CHUNK_PROGS", &CHUNK_PROGRAMS)
+}
+
+/// Puts the loaded programs `names` in the jump table `name`, from slot 0.
+fn jump_table(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    names: &[&'static str],
+) -> Result<(), ProbeError> {
+    let mut fds = Vec::new();
+    for program in names {
+        let fd = ebpf
+            .program(program)
+            .ok_or(ProbeError::Program {
+                name: program,
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            })?
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
+            .map_err(|source| ProbeError::Program {
+                name: program,
+                source,
+            })?;
+        fds.push(fd);
+    }
+    set_jumps(ebpf, name, &fds)
+}
+
+fn set_jumps(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    fds: &[aya::programs::ProgramFd],
+) -> Result<(), ProbeError> {
     let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
     let mut table: ProgramArray<&mut MapData> =
         ProgramArray::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
-    for (slot, fd) in &fds {
+    for (slot, fd) in fds.iter().enumerate() {
         table
-            .set(*slot, fd, 0)
+            .set(slot as u32, fd, 0)
             .map_err(|source| ProbeError::Map { name, source })?;
     }
     Ok(())
@@ -457,7 +480,12 @@ impl Probes {
             attached += 1;
         }
         let tls = if config.tls {
-            super::tls::load(&mut ebpf, super::tls::PROGRAMS).map_err(|e| e.to_string())
+            super::tls::load(&mut ebpf, super::tls::PROGRAMS)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    jump_table(&mut ebpf, "TLS_CHUNK_PROGS", &[super::tls::CHUNK_PROGRAM])
+                        .map_err(|e| e.to_string())
+                })
         } else {
             Err("--tls false".to_owned())
         };

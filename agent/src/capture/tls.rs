@@ -50,7 +50,11 @@ pub const PROGRAMS: &[&str] = &[
     "go_tls_enter_handshake",
     "go_tls_return",
     "go_tls_handshake_return",
+    CHUNK_PROGRAM,
 ];
+
+/// The continuation of plaintext longer than one record (`TLS_CHUNK_PROGS`), never attached.
+pub const CHUNK_PROGRAM: &str = "tls_chunk";
 
 /// Go's `crypto/tls` functions: function, entry program, program for each `RET`.
 const GO_HOOKS: &[(&str, &str, &str)] = &[
@@ -75,7 +79,6 @@ const GO_HOOKS: &[(&str, &str, &str)] = &[
 pub const GO_RUNTIME_PROGRAMS: &[&str] = &[
     "go_newproc_enter",
     "go_newproc_return",
-    "go_read_return",
     "go_write_enter",
     "go_roundtrip_enter",
     "go_request_write_enter",
@@ -88,12 +91,6 @@ const GO_RUNTIME_HOOKS: &[(&str, Option<&str>, Option<&str>, bool)] = &[
         "runtime.newproc1",
         Some("go_newproc_enter"),
         Some("go_newproc_return"),
-        true,
-    ),
-    (
-        "internal/poll.(*FD).Read",
-        None,
-        Some("go_read_return"),
         true,
     ),
     (

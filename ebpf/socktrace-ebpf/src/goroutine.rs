@@ -7,9 +7,11 @@
 //! earlier. So in Go processes the context is kept per goroutine (`g`, always in R14 in Go
 //! 1.17+ code), and brought to the thread only for the write the goroutine is making:
 //!
-//! - `(*FD).Read` of `internal/poll` (every socket read of Go's `net`), at each `RET`: a read
-//!   that just began an HTTP/1 request on a server socket (a *fresh* thread context set by
-//!   `context::server_read`) becomes the context of the goroutine that made it.
+//! - A socket read that just began an HTTP/1 request on a server socket (a *fresh* thread
+//!   context set by `context::server_read`) becomes the context of the goroutine that made it,
+//!   read from R14 as saved at the syscall's entry (`go_link`). (Done at a `RET` probe of
+//!   `internal/poll.(*FD).Read` before: the kernel single-steps `RET`, a second trap on every
+//!   socket read of every Go program.)
 //! - `runtime.newproc1` (every `go` statement), at entry and each `RET`: the new goroutine
 //!   inherits its creator's context, or has none (goroutine structures are reused: a stale
 //!   context is always overwritten here).
@@ -29,7 +31,10 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     macros::{map, uprobe},
     maps::LruHashMap,
     programs::ProbeContext,
@@ -84,6 +89,22 @@ pub fn current_g(ctx: &ProbeContext, tgid: u32) -> GoKey {
         tgid,
         _pad: 0,
     }
+}
+
+/// Word offset of R14 in x86_64 `struct pt_regs` (user ABI, `asm/ptrace.h`).
+const REG_R14: usize = 1;
+
+/// The running goroutine of the current task, from its user registers as saved at its syscall
+/// (or uprobe) entry: Go keeps `g` in R14.
+#[inline(always)]
+pub fn user_g() -> Option<u64> {
+    // SAFETY: BTF helpers; the returned pointer is only read with bpf_probe_read_kernel.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64 as *const u64;
+    if regs.is_null() {
+        return None;
+    }
+    // SAFETY: a kernel read of a saved register; failure is handled.
+    unsafe { bpf_probe_read_kernel(regs.add(REG_R14)) }.ok()
 }
 
 #[inline(always)]
@@ -152,17 +173,16 @@ pub fn go_newproc_return(ctx: ProbeContext) -> u32 {
 }
 
 /// The goroutine `g` now running on this thread takes the thread's fresh server context, if
-/// the read it just made began a request (`context::server_read`). False when the thread has
-/// no context at all.
+/// the read it just made began a request (`context::server_read`).
 #[inline(always)]
-pub fn claim(g: &GoKey, tid: u32) -> bool {
+pub fn claim(g: &GoKey, tid: u32) {
     let Some(c) = THREAD_CTX.get_ptr_mut(&tid) else {
-        return false;
+        return;
     };
     // SAFETY: this thread's entry, read and updated in place.
     unsafe {
         if (*c).flags & CTX_FRESH == 0 {
-            return true;
+            return;
         }
         (*c).flags = 0;
         (*c).g = g.g;
@@ -170,7 +190,6 @@ pub fn claim(g: &GoKey, tid: u32) -> bool {
             count(stats::MAP_UPDATE_FAILED);
         }
     }
-    true
 }
 
 /// The goroutine `g` of `tgid` answered the request it served: it serves none now (goroutines
@@ -178,17 +197,6 @@ pub fn claim(g: &GoKey, tid: u32) -> bool {
 #[inline(always)]
 pub fn answered(g: u64, tgid: u32) {
     let _ = GO_CTX.remove(&GoKey { g, tgid, _pad: 0 });
-}
-
-/// Every `RET` of `internal/poll.(*FD).Read`.
-#[uprobe]
-pub fn go_read_return(ctx: ProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    if claim(&current_g(&ctx, tgid), id as u32) {
-        mark_linked(tgid);
-    }
-    0
 }
 
 /// `internal/poll.(*FD).Write`, at its first instruction: the write that follows on this
@@ -271,9 +279,10 @@ pub fn followed(scratch: *mut DataEventBuf) -> bool {
 }
 
 /// A data record as staged in `scratch`: in a process whose goroutines are followed, marks it
-/// `CTX_GO` and, for a write, names the request it was made for (the thread's context, which
-/// `go_write_enter` set from the writing goroutine); a read that did not begin a request leaves
-/// no fresh context behind for a later `RET` to claim.
+/// `CTX_GO`; a read that began a request makes that request the context of the goroutine that
+/// read it (`claim`); a read that did not leaves no fresh context behind; a write is named
+/// after the request it was made for (the thread's context, which `go_write_enter` set from
+/// the writing goroutine).
 ///
 /// Not inlined, and everything through the scratch value: see `context::server_read`.
 #[inline(never)]
@@ -292,6 +301,13 @@ pub fn go_link(scratch: *mut DataEventBuf) {
         if header.ctx_flags & CTX_SERVER_REQUEST == 0 {
             // SAFETY: this thread's entry.
             unsafe { (*c).flags &= !CTX_FRESH };
+        } else if let Some(g) = user_g() {
+            let g = GoKey {
+                g,
+                tgid: header.pid,
+                _pad: 0,
+            };
+            claim(&g, tid);
         }
         return;
     }

@@ -16,7 +16,7 @@ use socktrace_common::{
 };
 
 use crate::{
-    goroutine::GoKey,
+    goroutine::{self, GoKey},
     inject,
     maps::{
         SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCKS, TRACED_CONNECTING, TRACKED_SOCKS, agent_tgid,
@@ -142,19 +142,12 @@ fn on_sock_io(ctx: &TracePointContext, recv: bool, recover: bool) {
 fn go_call(tgid: u32) -> Option<*mut TlsCall> {
     // SAFETY: presence check only.
     unsafe { GO_PROCS.get(&tgid) }?;
-    // SAFETY: BTF helpers; the returned pointer is only read with bpf_probe_read_kernel.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64 as *const u64;
-    if regs.is_null() {
-        return None;
-    }
-    // SAFETY: a kernel read of a saved register; failure is handled.
-    let g = unsafe { bpf_probe_read_kernel(regs.add(REG_R14)) }.ok()?;
+    let g = goroutine::user_g()?;
     GO_CALLS.get_ptr_mut(&GoKey { g, tgid, _pad: 0 })
 }
 
 /// Word offsets in x86_64 `struct pt_regs` (user ABI, `asm/ptrace.h`): syscall arguments are
 /// saved there at entry and stay until return.
-const REG_R14: usize = 1;
 const REG_DX: usize = 12;
 const REG_SI: usize = 13;
 const REG_DI: usize = 14;

@@ -8,13 +8,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user, bpf_ringbuf_output},
     },
-    macros::{map, tracepoint},
+    macros::{map, tracepoint, uprobe},
     maps::{LruHashMap, PerCpuArray, ProgramArray},
-    programs::TracePointContext,
+    programs::{ProbeContext, TracePointContext},
 };
 use socktrace_common::{
     DATA_LOST_BEFORE, DATA_TLS, DIR_EGRESS, DIR_INGRESS, DataEvent, DataEventBuf, EVENT_DATA,
@@ -265,21 +266,8 @@ fn exit<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool>(
         // HEADERS of a hundred streams is not cut short. Each further record is emitted by a
         // tail-called program (verified on its own, with a stack of its own), which calls
         // itself for the next one.
-        let Some(state) = CHUNKS.get_ptr_mut(0) else {
-            return 0;
-        };
-        // SAFETY: per-CPU slot, used only by this call chain on this CPU.
-        unsafe {
-            *state = Chunks {
-                io: *io,
-                len,
-                skip: MAX_CAPTURE as u64,
-                more: 0,
-            };
-            // Returns only if the slot is empty (no continuation loaded): the rest of the call
-            // stays a gap, as on a socket without full capture.
-            let _ = CHUNK_PROGS.tail_call(ctx, chunk_slot::<VECTORED>());
-        }
+        // SAFETY: a tail call; the state for it is in `CHUNKS`.
+        let _ = unsafe { CHUNK_PROGS.tail_call(ctx, chunk_slot::<VECTORED>()) };
     }
     0
 }
@@ -308,13 +296,24 @@ static CHUNKS: PerCpuArray<Chunks> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static CHUNK_PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
+/// The continuation of TLS plaintext (slot 0: `tls_chunk`), filled by user space with the TLS
+/// programs. Apart from `CHUNK_PROGS`: a jump table holds programs of one type, and the TLS
+/// programs are uprobes.
+#[map]
+pub static TLS_CHUNK_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 const fn chunk_slot<const VECTORED: bool>() -> u32 {
     if VECTORED { 1 } else { 0 }
 }
 
-/// Emits the record at `CHUNKS.skip` and, while more follow, tail-calls itself for the next.
+/// Emits the record at `CHUNKS.skip` and, while more follow, tail-calls itself (slot `slot` of
+/// `progs`) for the next.
 #[inline(always)]
-fn next_chunk<const VECTORED: bool>(ctx: &TracePointContext) -> u32 {
+fn next_chunk<C: EbpfContext, const VECTORED: bool, const TLS: bool>(
+    ctx: &C,
+    progs: &ProgramArray,
+    slot: u32,
+) -> u32 {
     let Some(state) = CHUNKS.get_ptr_mut(0) else {
         return 0;
     };
@@ -323,12 +322,9 @@ fn next_chunk<const VECTORED: bool>(ctx: &TracePointContext) -> u32 {
     if skip >= len {
         return 0;
     }
-    if emit_data::<VECTORED, false, true, false>(&io, len, skip) {
-        // SAFETY: as above.
-        unsafe {
-            (*state).skip = skip + MAX_CAPTURE as u64;
-            let _ = CHUNK_PROGS.tail_call(ctx, chunk_slot::<VECTORED>());
-        }
+    if emit_data::<VECTORED, false, true, TLS>(&io, len, skip) {
+        // SAFETY: a tail call; `emit_data` moved `CHUNKS` on to the next record.
+        let _ = unsafe { progs.tail_call(ctx, slot) };
     }
     0
 }
@@ -336,13 +332,19 @@ fn next_chunk<const VECTORED: bool>(ctx: &TracePointContext) -> u32 {
 /// Continuation of a plain-buffer call (`CHUNK_PROGS` slot 0); never attached.
 #[tracepoint]
 pub fn sys_exit_chunk(ctx: TracePointContext) -> u32 {
-    next_chunk::<false>(&ctx)
+    next_chunk::<_, false, false>(&ctx, &CHUNK_PROGS, 0)
 }
 
 /// Continuation of a vectored call (`CHUNK_PROGS` slot 1); never attached.
 #[tracepoint]
 pub fn sys_exit_chunk_vec(ctx: TracePointContext) -> u32 {
-    next_chunk::<true>(&ctx)
+    next_chunk::<_, true, false>(&ctx, &CHUNK_PROGS, 1)
+}
+
+/// Continuation of TLS plaintext (`TLS_CHUNK_PROGS` slot 0); never attached.
+#[uprobe]
+pub fn tls_chunk(ctx: ProbeContext) -> u32 {
+    next_chunk::<_, false, true>(&ctx, &TLS_CHUNK_PROGS, 0)
 }
 
 #[tracepoint]
@@ -404,12 +406,44 @@ pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
 
 const MASK: usize = MAX_CAPTURE - 1;
 
-/// The plaintext of a TLS library call (`tls.rs`), `len` bytes at `io.buf`: one record marked
-/// `DATA_TLS`, with the usual prefix and tail (no continuation records: a uprobe cannot
-/// tail-call the tracepoint programs that emit them).
+/// The plaintext of a TLS library call (`tls.rs`), `len` bytes at `io.buf`: a record marked
+/// `DATA_TLS`, with the usual prefix and tail, or on a full-capture socket as many as a socket
+/// call would get (continued by `tls_chunk`: a uprobe cannot tail-call the tracepoint
+/// programs that continue socket calls). Ends the calling program when it continues.
 #[inline(always)]
-pub fn emit_tls<const SERVER_CTX: bool>(io: &ActiveIo, len: u64) {
-    let _ = emit_data::<false, SERVER_CTX, true, true>(io, len, 0);
+pub fn emit_tls<C: EbpfContext, const SERVER_CTX: bool>(
+    ctx: &C,
+    buf: u64,
+    sk: u64,
+    fd: u32,
+    direction: u32,
+    len: u64,
+) {
+    // The call is described in the per-CPU chunk state, not on the stack: the uprobes that
+    // get here have the deepest stacks, and a continuation reads it there anyway.
+    let Some(state) = CHUNKS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, used only by this call chain on this CPU.
+    let io = unsafe {
+        (*state).io = ActiveIo {
+            buf,
+            iovcnt: 0,
+            sk,
+            fd,
+            direction,
+            flags: 0,
+            msg_sent: 0,
+        };
+        &(*state).io
+    };
+    if emit_data::<false, SERVER_CTX, true, true>(io, len, 0) {
+        // More plaintext than one record holds on a full-capture (HTTP/2) socket: the rest
+        // goes in further records, as for a socket call (`TLS_CHUNK_PROGS`). Returns only if
+        // the slot is empty: the rest stays a gap.
+        // SAFETY: a tail call; the state for it is in `CHUNKS`.
+        let _ = unsafe { TLS_CHUNK_PROGS.tail_call(ctx, 0) };
+    }
 }
 
 /// Build the record in the per-CPU scratch buffer and copy it to the ring buffer.
@@ -422,7 +456,7 @@ pub fn emit_tls<const SERVER_CTX: bool>(io: &ActiveIo, len: u64) {
 ///
 /// `skip` bytes of the call's `total` were sent in earlier records of the same call. Returns
 /// true when this record stopped at `MAX_CAPTURE` bytes and another should follow.
-/// `TLS`: plaintext from a TLS library (never split).
+/// `TLS`: plaintext from a TLS library (its continuation records come from `tls_chunk`).
 #[inline(never)]
 fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool, const TLS: bool>(
     io: &ActiveIo,
@@ -459,8 +493,7 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool, con
     // This record covers the call's bytes from `skip`: all of the rest, or exactly
     // `MAX_CAPTURE` of them when a full-capture socket's call goes on in further records.
     let rest = total - skip;
-    let more = !TLS
-        && io.buf != 0
+    let more = io.buf != 0
         && cap >= MAX_CAPTURE as u64
         && rest > MAX_CAPTURE as u64
         && skip < (MAX_CHUNKS - 1) * MAX_CAPTURE as u64;
@@ -609,8 +642,19 @@ fn emit_data<const VECTORED: bool, const SERVER_CTX: bool, const LOOP: bool, con
     let server_read = header.role == ROLE_SERVER;
     let scratch: *mut DataEventBuf = scratch;
     if let Some(state) = CHUNKS.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot; read back below.
-        unsafe { core::ptr::write_volatile(&raw mut (*state).more, u64::from(more)) };
+        // SAFETY: per-CPU slot; `more` is read back below, the rest by the continuation.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*state).more, u64::from(more));
+            if more {
+                // Where the next record of this call starts (`next_chunk`). A TLS call is
+                // there already (`emit_tls`).
+                if !TLS {
+                    core::ptr::copy_nonoverlapping(io, &raw mut (*state).io, 1);
+                }
+                (*state).len = total;
+                (*state).skip = skip + MAX_CAPTURE as u64;
+            }
+        }
     }
     // SAFETY: the per-CPU scratch value.
     unsafe {

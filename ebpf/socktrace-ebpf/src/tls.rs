@@ -23,6 +23,7 @@
 //! registers saved at syscall entry.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
@@ -33,7 +34,7 @@ use socktrace_common::{DIR_EGRESS, DIR_INGRESS, stats};
 use crate::{
     goroutine::{self, GoKey, current_g, reg},
     maps::{count, current_is_traced},
-    syscalls::{self, ACTIVE_IO, ActiveIo, IO_LIVE},
+    syscalls::{self, ACTIVE_IO, IO_LIVE},
 };
 
 /// `TlsCall::direction` of a handshake: no data, only the socket is learned.
@@ -125,32 +126,44 @@ fn go_enter(ctx: &ProbeContext, direction: u32) -> u32 {
             return 0;
         }
     }
-    if direction == DIR_EGRESS {
+    // The whole buffer is written (Go's Write returns less only with an error), and sending it
+    // now keeps it ahead of the answer: the reader may return the answer before this goroutine
+    // reaches its return. Only for a session whose socket is known.
+    let send_now = direction == DIR_EGRESS && {
         let session = SessionKey {
             ssl: call.ssl,
             tgid,
             _pad: 0,
         };
         // SAFETY: presence check only.
-        if unsafe { TLS_SESSIONS.get(&session) }.is_some() {
-            // The whole buffer is written (Go's Write returns less only with an error), and
-            // sending it now keeps it ahead of the answer: the reader may return the answer
-            // before this goroutine reaches its return.
-            let len = reg(ctx, |r| unsafe { &raw const (*r).rcx });
-            // The plaintext record goes out before `(*FD).Write` is entered: it takes the
-            // goroutine's request now.
-            goroutine::writing(&key, id as u32);
-            finish(&call, len, id);
-            call.out = GO_SENT;
-        }
+        unsafe { TLS_SESSIONS.get(&session) }.is_some()
+    };
+    if send_now {
+        call.out = GO_SENT;
     }
+    go_remember(&key, &call);
+    if send_now {
+        let len = reg(ctx, |r| unsafe { &raw const (*r).rcx });
+        // The plaintext record goes out before `(*FD).Write` is entered: it takes the
+        // goroutine's request now.
+        goroutine::writing(&key, id as u32);
+        // Last: a plaintext larger than one record goes on in a tail call.
+        finish(ctx, &call, len, id);
+    }
+    0
+}
+
+/// Keeps the goroutine's call for the socket hook and its return. Not inlined: what is live
+/// across it stays out of the frame `finish` runs under.
+#[inline(never)]
+fn go_remember(key: &GoKey, call: &TlsCall) -> u32 {
     // A call that grew its stack enters twice: the second entry, with the registers moved
     // with the stack, replaces the first.
-    if GO_CALLS.insert(&key, &call, 0).is_err() {
+    if GO_CALLS.insert(key, call, 0).is_err() {
         count(stats::MAP_UPDATE_FAILED);
     }
     // SAFETY: presence check only.
-    if unsafe { GO_PROCS.get(&tgid) }.is_none() && GO_PROCS.insert(&tgid, &1, 0).is_err() {
+    if unsafe { GO_PROCS.get(&key.tgid) }.is_none() && GO_PROCS.insert(&key.tgid, &1, 0).is_err() {
         count(stats::MAP_UPDATE_FAILED);
     }
     0
@@ -197,10 +210,12 @@ pub fn go_tls_return(ctx: ProbeContext) -> u32 {
     };
     let n = reg(&ctx, |r| unsafe { &raw const (*r).rax }) as i64;
     if n > 0 && call.out != GO_SENT {
-        finish(&call, n as u64, id);
+        finish(&ctx, &call, n as u64, id);
         if call.direction == DIR_INGRESS {
-            // Plaintext that began a request: the goroutine serves it (`goroutine.rs`).
-            let _ = goroutine::claim(&current_g(&ctx, (id >> 32) as u32), id as u32);
+            // Plaintext that began a request: the goroutine serves it (`goroutine.rs`; done
+            // already when its goroutines are followed). Not reached after a continuation
+            // record (a tail call), which only HTTP/2 sockets get: no request context there.
+            goroutine::claim(&current_g(&ctx, (id >> 32) as u32), id as u32);
         }
     }
     0
@@ -263,7 +278,7 @@ pub fn tls_enter_handshake(ctx: ProbeContext) -> u32 {
 /// error or when the library wants more I/O first).
 #[uretprobe]
 pub fn tls_exit(ctx: RetProbeContext) -> u32 {
-    done::<false>(i64::from(ctx.ret::<i32>()))
+    done::<_, false>(&ctx, i64::from(ctx.ret::<i32>()))
 }
 
 /// Return of `SSL_read_ex`/`SSL_write_ex`, or of the internal function both they and
@@ -271,7 +286,7 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
 /// count stored through the fourth argument.
 #[uretprobe]
 pub fn tls_exit_ex(ctx: RetProbeContext) -> u32 {
-    done::<true>(i64::from(ctx.ret::<i32>()))
+    done::<_, true>(&ctx, i64::from(ctx.ret::<i32>()))
 }
 
 /// Remembers which socket a TLS session uses.
@@ -284,7 +299,7 @@ fn bind(key: &SessionKey, sk: u64, fd: u32) {
 }
 
 #[inline(always)]
-fn done<const EX: bool>(ret: i64) -> u32 {
+fn done<C: EbpfContext, const EX: bool>(ctx: &C, ret: i64) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
     // SAFETY: the value is copied out before the entry is removed.
@@ -313,7 +328,7 @@ fn done<const EX: bool>(ret: i64) -> u32 {
     } else {
         return 0;
     };
-    finish(&call, len, id);
+    finish(ctx, &call, len, id);
     0
 }
 
@@ -339,7 +354,7 @@ fn session_socket(call: &TlsCall, id: u64) -> (u64, u32, SessionKey) {
 
 /// A finished library call that moved `len` plaintext bytes: sent as a record of its socket.
 #[inline(always)]
-fn finish(call: &TlsCall, len: u64, id: u64) {
+fn finish<C: EbpfContext>(ctx: &C, call: &TlsCall, len: u64, id: u64) {
     let tid = id as u32;
     let (mut sk, mut fd, key) = session_socket(call, id);
     if len == 0 || call.buf == 0 {
@@ -351,14 +366,16 @@ fn finish(call: &TlsCall, len: u64, id: u64) {
         // it has just read from the socket, on this thread. The session is the socket this
         // thread read last. (Only a read that returned plaintext binds: a call that merely
         // advances a handshake may come before anything was read from its socket.)
-        // SAFETY: the value is copied out.
-        if let Some(last) = unsafe { ACTIVE_IO.get(&tid) }.copied()
-            && last.flags & IO_LIVE == 0
-            && last.direction == DIR_INGRESS
-            && last.sk != 0
+        if let Some(last) = ACTIVE_IO.get_ptr(&tid)
+            // SAFETY: fields of the thread's entry, read in place (no copy on the stack).
+            && let (flags, direction, last_sk, last_fd) =
+                unsafe { ((*last).flags, (*last).direction, (*last).sk, (*last).fd) }
+            && flags & IO_LIVE == 0
+            && direction == DIR_INGRESS
+            && last_sk != 0
         {
-            sk = last.sk;
-            fd = last.fd;
+            sk = last_sk;
+            fd = last_fd;
             bind(&key, sk, fd);
             count(stats::TLS_BOUND_BY_LAST_READ);
         }
@@ -367,19 +384,10 @@ fn finish(call: &TlsCall, len: u64, id: u64) {
         count(stats::TLS_NO_SOCKET);
         return;
     }
-    let io = ActiveIo {
-        buf: call.buf,
-        iovcnt: 0,
-        sk,
-        fd,
-        direction: call.direction,
-        flags: 0,
-        msg_sent: 0,
-    };
     count(stats::TLS_PLAINTEXT);
     if call.direction == DIR_INGRESS {
-        syscalls::emit_tls::<true>(&io, len);
+        syscalls::emit_tls::<_, true>(ctx, call.buf, sk, fd, call.direction, len);
     } else {
-        syscalls::emit_tls::<false>(&io, len);
+        syscalls::emit_tls::<_, false>(ctx, call.buf, sk, fd, call.direction, len);
     }
 }

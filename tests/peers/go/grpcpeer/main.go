@@ -6,6 +6,10 @@
 //	                               "" is SERVING, any other name is unknown (NOT_FOUND).
 //	grpcpeer client PORT CA N      N Health/Check calls for "", then one for "missing", on one
 //	                               connection; prints each call's status code, then "DONE".
+//	grpcpeer concurrent PORT CA N  N Health/Check calls for "" at once on one connection, each
+//	                               with its own 200-byte `x-pad` header (so that HPACK cannot
+//	                               shrink them and the client's writes run past 8 KiB); prints
+//	                               "OK <count of OK>" then "DONE".
 //	grpcpeer h2client ADDR         cleartext (h2 prior knowledge) client on one connection,
 //	                               opened at the first call: prints "READY", then per line on
 //	                               stdin: `unary` (Check),
@@ -26,6 +30,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	grpccodes "google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -129,6 +134,40 @@ func client(port, ca string, n int) {
 	fmt.Println("DONE")
 }
 
+func concurrent(port, ca string, n int) {
+	creds, err := credentials.NewClientTLSFromFile(ca, "127.0.0.1")
+	if err != nil {
+		fail(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := grpc.DialContext(ctx, "127.0.0.1:"+port, grpc.WithTransportCredentials(creds), grpc.WithBlock())
+	if err != nil {
+		fail(err)
+	}
+	defer conn.Close()
+	c := healthpb.NewHealthClient(conn)
+	start := make(chan struct{})
+	results := make(chan grpccodes.Code, n)
+	for i := 0; i < n; i++ {
+		pad := fmt.Sprintf("%03d%s", i, strings.Repeat(string(rune('a'+i%26)), 197))
+		go func() {
+			<-start
+			call := metadata.AppendToOutgoingContext(ctx, "x-pad", pad)
+			_, err := c.Check(call, &healthpb.HealthCheckRequest{Service: ""})
+			results <- status.Code(err)
+		}()
+	}
+	close(start)
+	ok := 0
+	for i := 0; i < n; i++ {
+		if <-results == grpccodes.OK {
+			ok++
+		}
+	}
+	fmt.Printf("OK %d\nDONE\n", ok)
+}
+
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "grpcpeer:", err)
 	os.Exit(1)
@@ -137,6 +176,12 @@ func fail(err error) {
 func main() {
 	if len(os.Args) == 5 && os.Args[1] == "server" {
 		serve(os.Args[2], os.Args[3], os.Args[4])
+	} else if len(os.Args) == 5 && os.Args[1] == "concurrent" {
+		n, err := strconv.Atoi(os.Args[4])
+		if err != nil {
+			fail(err)
+		}
+		concurrent(os.Args[2], os.Args[3], n)
 	} else if len(os.Args) == 3 && os.Args[1] == "h2client" {
 		h2client(os.Args[2])
 	} else if len(os.Args) == 5 && os.Args[1] == "client" {
@@ -146,7 +191,7 @@ func main() {
 		}
 		client(os.Args[2], os.Args[3], n)
 	} else {
-		fmt.Fprintln(os.Stderr, "usage: grpcpeer server PORT CERT KEY | grpcpeer client PORT CA N | grpcpeer h2client ADDR")
+		fmt.Fprintln(os.Stderr, "usage: grpcpeer server PORT CERT KEY | grpcpeer client PORT CA N | grpcpeer concurrent PORT CA N | grpcpeer h2client ADDR")
 		os.Exit(2)
 	}
 }
