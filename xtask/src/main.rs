@@ -40,9 +40,9 @@ enum Task {
         fuzz_seconds: u64,
     },
     /// Measure the agent's overhead against baselines run side by side: nginx under wrk (HTTP
-    /// and HTTPS), a Flask service (against the OpenTelemetry Python SDK), 10,000 open
-    /// connections and 20,000 requests/s (paced), and the kernel programs' cost. Writes
-    /// target/bench/report.md. About 5 minutes with the defaults. Needs root.
+    /// and HTTPS), a Go HTTPS server, a Flask service (against the OpenTelemetry Python SDK),
+    /// 10,000 open connections and 20,000 requests/s (paced), and the kernel programs' cost.
+    /// Writes target/bench/report.md. About 6 minutes with the defaults. Needs root.
     Bench {
         /// Alternating baseline/agent rounds.
         #[arg(long, default_value_t = 3)]
@@ -120,9 +120,10 @@ const APT_TEST: &[&str] = &[
     // A real headless browser for the viewer's test (`tests/tests/ui.rs`).
     "chromium",
 ];
-/// Load generator, server, certificate maker and kernel statistics reader for `bench` (its
-/// Python peers come from the tests' virtualenv).
-const APT_BENCH: &[&str] = &["nginx", "wrk", "openssl", "bpftool"];
+/// Load generator, server, certificate maker and kernel statistics reader for `bench`, and Go
+/// for its Go server (built from `tests/peers/go`; its Python peers come from the tests'
+/// virtualenv).
+const APT_BENCH: &[&str] = &["nginx", "wrk", "openssl", "bpftool", "golang-go"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

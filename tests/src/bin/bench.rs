@@ -11,6 +11,9 @@
 //!   that counts the spans it receives.
 //! - The same over HTTPS (a second nginx with a certificate made here, wrk over TLS): the agent
 //!   reads the plaintext at OpenSSL with uprobes, which cost more than the socket hooks.
+//! - A Go `net/http` server over Go's own `crypto/tls` (`tests/peers/go/tlspeer`, built here
+//!   with Debian's Go), driven by wrk over HTTPS: the uprobes on `crypto/tls` and on the Go
+//!   runtime (goroutine following), the case of most services written in Go.
 //! - A Flask JSON service (`tests/peers/bench_flask.py`) untraced, traced by the agent
 //!   (`--pid`), and instrumented with the OpenTelemetry Python SDK instead (no agent), in
 //!   alternating rounds: our throughput loss against the SDK's.
@@ -36,7 +39,9 @@ use std::{
 
 use clap::Parser;
 use socktrace_tests::{
-    harness::{Agent, all_final_counters, free_port, peer, proc_status_kib, python, wait_line},
+    harness::{
+        Agent, all_final_counters, free_port, go_peer, peer, proc_status_kib, python, wait_line,
+    },
     load::{
         BpfStats, Nginx, Stopped, TestCert, Wrk, cpu_ticks, median, prog_delta, prog_stats,
         report_dir, thread_ticks, write_report, wrk,
@@ -53,7 +58,8 @@ struct Args {
     /// Seconds of load per round.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Only these scenarios (comma-separated: nginx, https, flask, paced, profile; default all).
+    /// Only these scenarios (comma-separated: nginx, https, go, flask, paced, profile; default
+    /// all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -257,23 +263,22 @@ struct Round {
 }
 
 /// Alternating baseline and agent rounds of wrk against `nginx`.
+/// Alternating rounds of wrk against `url`, untraced then traced (`--exe exe`).
 fn rounds_against(
-    nginx: &Nginx,
+    url: &str,
+    exe: &str,
     sink: &OtlpReceiver,
     rounds: usize,
     seconds: u64,
 ) -> Result<Vec<Round>, String> {
     // Warm-up, not counted.
-    wrk(&nginx.url(), 2, 16, &[])?;
+    wrk(url, 2, 16, &[])?;
     let mut out = Vec::new();
     for round in 0..rounds {
-        let base = wrk(&nginx.url(), seconds, 16, &[])?;
-        let (agent, cost) = traced(&["--exe", "nginx"], sink, || {
-            wrk(&nginx.url(), seconds, 16, &[])
-        })?;
+        let base = wrk(url, seconds, 16, &[])?;
+        let (agent, cost) = traced(&["--exe", exe], sink, || wrk(url, seconds, 16, &[]))?;
         eprintln!(
-            "bench: {} round {}: baseline {:.0} req/s p99 {:.0}us | agent {:.0} req/s p99 {:.0}us",
-            nginx.url(),
+            "bench: {url} round {}: baseline {:.0} req/s p99 {:.0}us | agent {:.0} req/s p99 {:.0}us",
             round + 1,
             base.rps,
             base.p99_us,
@@ -533,7 +538,7 @@ fn main() -> Result<(), String> {
 
     let mut plain_ratio = None;
     if wanted("nginx") {
-        let rounds = rounds_against(&nginx, &sink, rounds, seconds)?;
+        let rounds = rounds_against(&nginx.url(), "nginx", &sink, rounds, seconds)?;
         let (text, ratio) = wrk_report(
             "nginx `return 200`",
             &format!(
@@ -548,7 +553,7 @@ fn main() -> Result<(), String> {
     if wanted("https") {
         let cert = TestCert::make()?;
         let https = cert.nginx()?;
-        let rounds = rounds_against(&https, &sink, rounds, seconds)?;
+        let rounds = rounds_against(&https.url(), "nginx", &sink, rounds, seconds)?;
         let (mut text, ratio) = wrk_report(
             "HTTPS",
             "The same rounds against nginx over TLS (OpenSSL, the agent reading the plaintext \
@@ -563,6 +568,34 @@ fn main() -> Result<(), String> {
             ));
         }
         done("HTTPS", text);
+    }
+    if wanted("go") {
+        let cert = TestCert::make()?;
+        let mut server = Command::new(go_peer("tlspeer", false))
+            .arg("server")
+            .arg("0")
+            .arg(cert.cert())
+            .arg(cert.key())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("tlspeer: {e}"))?;
+        let mut out = std::io::BufReader::new(server.stdout.take().ok_or("no stdout")?);
+        let server = Stopped(server);
+        let port = wait_line(&mut out, "PORT ", Duration::from_secs(30));
+        let url = format!("https://127.0.0.1:{port}/");
+        let rounds = rounds_against(&url, "tlspeer", &sink, rounds, seconds)?;
+        drop(server);
+        let (text, _) = wrk_report(
+            "Go over crypto/tls",
+            "A Go `net/http` server on Go's own `crypto/tls` (`tests/peers/go/tlspeer`, Debian's \
+             Go 1.19), driven by wrk over HTTPS as above: the agent reads the plaintext at \
+             `(*Conn).Read`/`Write` (entry probes, and a probe on each `RET`, which the kernel \
+             single-steps) and follows the goroutines (probes on `runtime.newproc1` and \
+             `(*FD).Write`).",
+            &rounds,
+        );
+        done("Go", text);
     }
     if wanted("flask") {
         done("Flask", flask_scenario(&sink, rounds, seconds)?);
