@@ -56,22 +56,44 @@ pub const PROGRAMS: &[&str] = &[
 /// The continuation of plaintext longer than one record (`TLS_CHUNK_PROGS`), never attached.
 pub const CHUNK_PROGRAM: &str = "tls_chunk";
 
-/// Go's `crypto/tls` functions: function, entry program, program for each `RET`.
-const GO_HOOKS: &[(&str, &str, &str)] = &[
+/// A Go function to probe: its name, entry program, program for each `RET`, required (a binary
+/// without it is not attached for this purpose).
+type GoHook = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    bool,
+);
+
+/// Go's `crypto/tls` functions.
+/// The handshake is probed where it runs (the client's and the server's handshake functions,
+/// called only when a handshake is made; a program links only the sides it uses), not at
+/// `handshakeContext`, which every `Read` and `Write` calls: each of its returns would be one
+/// more single-stepped probe per call.
+const GO_HOOKS: &[GoHook] = &[
     (
         "crypto/tls.(*Conn).Read",
-        "go_tls_enter_read",
-        "go_tls_return",
+        Some("go_tls_enter_read"),
+        Some("go_tls_return"),
+        true,
     ),
     (
         "crypto/tls.(*Conn).Write",
-        "go_tls_enter_write",
-        "go_tls_return",
+        Some("go_tls_enter_write"),
+        Some("go_tls_return"),
+        true,
     ),
     (
-        "crypto/tls.(*Conn).handshakeContext",
-        "go_tls_enter_handshake",
-        "go_tls_handshake_return",
+        "crypto/tls.(*Conn).clientHandshake",
+        Some("go_tls_enter_handshake"),
+        Some("go_tls_handshake_return"),
+        false,
+    ),
+    (
+        "crypto/tls.(*Conn).serverHandshake",
+        Some("go_tls_enter_handshake"),
+        Some("go_tls_handshake_return"),
+        false,
     ),
 ];
 
@@ -86,7 +108,7 @@ pub const GO_RUNTIME_PROGRAMS: &[&str] = &[
 
 /// Go runtime and library functions that carry a request's context between goroutines (see
 /// `goroutine.rs`): function, entry program, program for each `RET`, required.
-const GO_RUNTIME_HOOKS: &[(&str, Option<&str>, Option<&str>, bool)] = &[
+const GO_RUNTIME_HOOKS: &[GoHook] = &[
     (
         "runtime.newproc1",
         Some("go_newproc_enter"),
@@ -441,8 +463,9 @@ struct Inspection {
     /// Defines (not merely imports) `SSL_write`: where its programs go, or why they cannot.
     openssl: Option<Result<Vec<OpensslProbe>, String>>,
     /// Go's `crypto/tls` with its symbols: file offsets of each hook's entry and returns, in
-    /// `GO_HOOKS` order.
-    go: Option<Vec<GoFunction>>,
+    /// `GO_HOOKS` order (None for a missing optional one); None unless every required one is
+    /// there.
+    go: Option<Vec<Option<GoFunction>>>,
     /// A Go binary that uses `crypto/tls` but has no symbol table.
     go_stripped: bool,
     /// The runtime functions of `GO_RUNTIME_HOOKS`, in its order (None for a missing optional
@@ -570,28 +593,32 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The functions of `GO_HOOKS` (None unless all are there) and of `GO_RUNTIME_HOOKS` (None
-/// unless every required one is there), located together.
-fn go_hooks<'d, R: object::ReadRef<'d>>(
-    elf: &object::File<'d, R>,
-) -> (Option<Vec<GoFunction>>, Option<Vec<Option<GoFunction>>>) {
+/// The functions of `GO_HOOKS` and of `GO_RUNTIME_HOOKS`, located together; each list None
+/// unless every required one of it is there.
+type GoFound = Option<Vec<Option<GoFunction>>>;
+
+fn go_hooks<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>) -> (GoFound, GoFound) {
     let names: Vec<&str> = GO_HOOKS
         .iter()
+        .chain(GO_RUNTIME_HOOKS)
         .map(|h| h.0)
-        .chain(GO_RUNTIME_HOOKS.iter().map(|h| h.0))
         .collect();
     let mut found = go_locate(elf, &names);
     let runtime = found.split_off(GO_HOOKS.len());
-    let tls = found.into_iter().collect();
-    let runtime = GO_RUNTIME_HOOKS
-        .iter()
-        .zip(runtime)
-        .map(|((_, _, _, required), found)| match found {
-            None if *required => None,
-            found => Some(found),
-        })
-        .collect();
-    (tls, runtime)
+    let complete = |hooks: &[GoHook], found: Vec<Option<GoFunction>>| -> GoFound {
+        hooks
+            .iter()
+            .zip(found)
+            .map(|((_, _, _, required), found)| match found {
+                None if *required => None,
+                found => Some(found),
+            })
+            .collect()
+    };
+    (
+        complete(GO_HOOKS, found),
+        complete(GO_RUNTIME_HOOKS, runtime),
+    )
 }
 
 /// Functions of a Go binary, by name: the file offsets of their first instruction and of their
@@ -670,21 +697,12 @@ fn attach(
     found: &Inspection,
 ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
     let mut links = Vec::new();
-    if let Some(functions) = &found.go {
+    for (hooks, functions) in [(GO_HOOKS, &found.go), (GO_RUNTIME_HOOKS, &found.go_runtime)] {
+        let Some(functions) = functions else {
+            continue;
+        };
         let points = go_points(
-            GO_HOOKS
-                .iter()
-                .zip(functions)
-                .map(|((_, entry, ret), f)| (Some(*entry), Some(*ret), f)),
-        );
-        if let Err(e) = attach_points(ebpf, path, points, &mut links) {
-            detach(ebpf, links);
-            return Err(e);
-        }
-    }
-    if let Some(functions) = &found.go_runtime {
-        let points = go_points(
-            GO_RUNTIME_HOOKS
+            hooks
                 .iter()
                 .zip(functions)
                 .filter_map(|((_, entry, ret, _), f)| Some((*entry, *ret, f.as_ref()?))),

@@ -181,8 +181,9 @@ pub fn go_tls_enter_write(ctx: ProbeContext) -> u32 {
     go_enter(&ctx, DIR_EGRESS)
 }
 
-/// `crypto/tls.(*Conn).handshakeContext`, at its first instruction: the socket of a
-/// handshake made outside Read and Write (Go's HTTP client dials and shakes hands first).
+/// `crypto/tls.(*Conn).clientHandshake` and `serverHandshake` (receiver in RAX), at entry: the
+/// socket of a handshake made outside Read and Write (Go's HTTP client dials and shakes hands
+/// first).
 #[uprobe]
 pub fn go_tls_enter_handshake(ctx: ProbeContext) -> u32 {
     go_enter(&ctx, DIR_HANDSHAKE)
@@ -221,7 +222,8 @@ pub fn go_tls_return(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Every `RET` of `(*Conn).handshakeContext`: the session's socket is remembered.
+/// Every `RET` of `(*Conn).clientHandshake` and `serverHandshake`: the session's socket is
+/// remembered.
 #[uprobe]
 pub fn go_tls_handshake_return(ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
