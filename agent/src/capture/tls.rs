@@ -10,12 +10,17 @@
 //! by device and inode. Files found through processes are detached when the last of those
 //! processes has exited.
 //!
-//! Go binaries carry their own TLS (`crypto/tls`): the entry programs go on the first
-//! instruction of `(*Conn).Read` and `(*Conn).Write`, found in the binary's symbol table, and
-//! the return program on each of their `RET` instructions, found by decoding the functions
-//! (Go moves goroutine stacks, so a return probe's rewritten return address would break the
-//! program). A Go binary using `crypto/tls` without a symbol table (built with `-ldflags=-s`)
-//! is reported: its plaintext cannot be read.
+//! Every probe goes where the kernel emulates the probed instruction, when there is such a
+//! place equivalent to the function's entry (`sites`): a single-stepped probe costs the traced
+//! process a second trap. For OpenSSL that is often the internal function each `SSL_read`/
+//! `SSL_read_ex` (and write) pair calls ([`CORES`]).
+//!
+//! Go binaries carry their own TLS (`crypto/tls`): the entry programs go at the entry of
+//! `(*Conn).Read` and `(*Conn).Write` (after the stack check), found in the binary's symbol
+//! table or line table, and the return program on each of their `RET` instructions, found by
+//! decoding the functions (Go moves goroutine stacks, so a return probe's rewritten return
+//! address would break the program). A Go binary using `crypto/tls` without either table is
+//! reported: its plaintext cannot be read.
 //!
 //! The same attacher puts the goroutine programs (`ebpf/.../goroutine.rs`) on the Go runtime
 //! functions of every Go binary it finds ([`GO_RUNTIME_HOOKS`]), with or without TLS capture:
@@ -65,8 +70,7 @@ type GoHook = (
     bool,
 );
 
-/// Go's `crypto/tls` functions.
-/// The handshake is probed where it runs (the client's and the server's handshake functions,
+/// Go's `crypto/tls` functions. The handshake is probed where it runs (the client's and the server's handshake functions,
 /// called only when a handshake is made; a program links only the sides it uses), not at
 /// `handshakeContext`, which every `Read` and `Write` calls: each of its returns would be one
 /// more single-stepped probe per call.
@@ -593,10 +597,11 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The functions of `GO_HOOKS` and of `GO_RUNTIME_HOOKS`, located together; each list None
-/// unless every required one of it is there.
+/// Functions found for a list of [`GoHook`]s, in its order (None for a missing optional one);
+/// None unless every required one is there.
 type GoFound = Option<Vec<Option<GoFunction>>>;
 
+/// The functions of `GO_HOOKS` and of `GO_RUNTIME_HOOKS`, located together.
 fn go_hooks<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>) -> (GoFound, GoFound) {
     let names: Vec<&str> = GO_HOOKS
         .iter()
