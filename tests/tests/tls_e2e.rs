@@ -580,8 +580,15 @@ fn a_stripped_go_server_is_read_through_its_line_table() {
     );
 }
 
-#[test]
-fn grpc_go_over_tls_on_both_sides() {
+/// The grpc-go server over TLS (`tests/peers/go/grpcpeer`) traced by the agent, then its client
+/// run as `grpcpeer MODE PORT CA CALLS`, whose output must be `expected`; `check` reads the
+/// spans (with the port) while the agent and the server still run.
+fn grpcpeer_over_tls(
+    mode: &str,
+    calls: u32,
+    expected: &str,
+    check: impl FnOnce(&OtlpReceiver, u16),
+) {
     require_root();
     let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
     let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
@@ -591,51 +598,63 @@ fn grpc_go_over_tls_on_both_sides() {
     let (_server, pid) = go_server_of("grpcpeer", &cert, port, false);
     agent.wait_stderr(&format!("TLS: attached to /proc/{pid}/root"));
     let out = Command::new(go_peer("grpcpeer", false))
-        .arg("client")
+        .arg(mode)
         .arg(port.to_string())
         .arg(cert.cert())
-        .arg("3")
+        .arg(calls.to_string())
         .output()
         .expect("grpcpeer client");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "OK\nOK\nOK\nNotFound\nDONE\n",
+        expected,
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (servers, clients) = exact(&receiver, 4, 4);
-    const METHOD: &str = "grpc.health.v1.Health/Check";
-    for spans in [&servers, &clients] {
-        let mut codes: Vec<String> = spans
-            .iter()
-            .map(|s| {
-                assert_eq!(s.name(), METHOD, "{s}");
-                assert_eq!(attr(s, "rpc.system.name"), "grpc");
-                assert_eq!(attr(s, "rpc.method"), METHOD);
-                assert_eq!(attr(s, "network.protocol.version"), "2");
-                // grpc-go sends the certificate's name alone as :authority (no port).
-                assert_eq!(attr(s, "server.address"), "127.0.0.1");
-                if s.kind() == SpanKind::Client {
-                    assert_eq!(int(s, "network.peer.port"), i64::from(port));
-                } else {
-                    assert_eq!(attr(s, "client.address"), "127.0.0.1");
-                }
-                assert_eq!(s.resource_str("process.executable.name"), Some("grpcpeer"));
-                attr(s, "rpc.status_code")
-            })
-            .collect();
-        codes.sort();
-        assert_eq!(codes, ["NOT_FOUND", "OK", "OK", "OK"]);
-    }
-    // Each call's client span is its server span's parent (same-host link over TLS).
-    for s in &servers {
-        let c = clients
-            .iter()
-            .find(|c| Some(c.span_id()) == s.parent_span_id())
-            .unwrap_or_else(|| panic!("no client span is the parent of {s}"));
-        assert_eq!(c.trace_id(), s.trace_id());
-        assert_eq!(attr(c, "rpc.status_code"), attr(s, "rpc.status_code"));
-    }
+    check(&receiver, port);
+}
+
+#[test]
+fn grpc_go_over_tls_on_both_sides() {
+    grpcpeer_over_tls(
+        "client",
+        3,
+        "OK\nOK\nOK\nNotFound\nDONE\n",
+        |receiver, port| {
+            let (servers, clients) = exact(receiver, 4, 4);
+            const METHOD: &str = "grpc.health.v1.Health/Check";
+            for spans in [&servers, &clients] {
+                let mut codes: Vec<String> = spans
+                    .iter()
+                    .map(|s| {
+                        assert_eq!(s.name(), METHOD, "{s}");
+                        assert_eq!(attr(s, "rpc.system.name"), "grpc");
+                        assert_eq!(attr(s, "rpc.method"), METHOD);
+                        assert_eq!(attr(s, "network.protocol.version"), "2");
+                        // grpc-go sends the certificate's name alone as :authority (no port).
+                        assert_eq!(attr(s, "server.address"), "127.0.0.1");
+                        if s.kind() == SpanKind::Client {
+                            assert_eq!(int(s, "network.peer.port"), i64::from(port));
+                        } else {
+                            assert_eq!(attr(s, "client.address"), "127.0.0.1");
+                        }
+                        assert_eq!(s.resource_str("process.executable.name"), Some("grpcpeer"));
+                        attr(s, "rpc.status_code")
+                    })
+                    .collect();
+                codes.sort();
+                assert_eq!(codes, ["NOT_FOUND", "OK", "OK", "OK"]);
+            }
+            // Each call's client span is its server span's parent (same-host link over TLS).
+            for s in &servers {
+                let c = clients
+                    .iter()
+                    .find(|c| Some(c.span_id()) == s.parent_span_id())
+                    .unwrap_or_else(|| panic!("no client span is the parent of {s}"));
+                assert_eq!(c.trace_id(), s.trace_id());
+                assert_eq!(attr(c, "rpc.status_code"), attr(s, "rpc.status_code"));
+            }
+        },
+    );
 }
 
 /// HTTP/2 over TLS in writes larger than one record holds (8 KiB): 100 calls started at once on
@@ -645,38 +664,19 @@ fn grpc_go_over_tls_on_both_sides() {
 /// method, status and same-host parent.
 #[test]
 fn grpc_over_tls_in_writes_larger_than_a_record_loses_no_call() {
-    require_root();
-    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
-    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
-    let port = free_port();
-    go_peer("grpcpeer", false);
-    let agent = agent_for(&receiver, port, &[]);
-    let (_server, pid) = go_server_of("grpcpeer", &cert, port, false);
-    agent.wait_stderr(&format!("TLS: attached to /proc/{pid}/root"));
-    let out = Command::new(go_peer("grpcpeer", false))
-        .arg("concurrent")
-        .arg(port.to_string())
-        .arg(cert.cert())
-        .arg("100")
-        .output()
-        .expect("grpcpeer concurrent");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "OK 100\nDONE\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (servers, clients) = exact(&receiver, 100, 100);
-    const METHOD: &str = "grpc.health.v1.Health/Check";
-    for s in servers.iter().chain(&clients) {
-        assert_eq!(s.name(), METHOD, "{s}");
-        assert_eq!(attr(s, "rpc.status_code"), "OK", "{s}");
-    }
-    for s in &servers {
-        let parent = clients
-            .iter()
-            .find(|c| Some(c.span_id()) == s.parent_span_id())
-            .unwrap_or_else(|| panic!("no client span is the parent of {s}"));
-        assert_eq!(parent.trace_id(), s.trace_id());
-    }
+    grpcpeer_over_tls("concurrent", 100, "OK 100\nDONE\n", |receiver, _| {
+        let (servers, clients) = exact(receiver, 100, 100);
+        const METHOD: &str = "grpc.health.v1.Health/Check";
+        for s in servers.iter().chain(&clients) {
+            assert_eq!(s.name(), METHOD, "{s}");
+            assert_eq!(attr(s, "rpc.status_code"), "OK", "{s}");
+        }
+        for s in &servers {
+            let parent = clients
+                .iter()
+                .find(|c| Some(c.span_id()) == s.parent_span_id())
+                .unwrap_or_else(|| panic!("no client span is the parent of {s}"));
+            assert_eq!(parent.trace_id(), s.trace_id());
+        }
+    });
 }

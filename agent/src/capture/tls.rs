@@ -500,13 +500,17 @@ struct OpensslProbe {
 fn openssl_probes<'d, R: object::ReadRef<'d>>(
     elf: &object::File<'d, R>,
 ) -> Result<Vec<OpensslProbe>, String> {
+    // Every name of `CORES` is one of `HOOKS`: one pass over the symbols finds them all.
+    let names: Vec<&str> = HOOKS.iter().map(|h| h.0).collect();
+    let symbols = symbols_named(elf.dynamic_symbols().chain(elf.symbols()), &names, |s| {
+        s.kind() == object::SymbolKind::Text
+    });
     let function = |name: &str| {
-        elf.dynamic_symbols()
-            .chain(elf.symbols())
-            .find(|s| {
-                !s.is_undefined() && s.kind() == object::SymbolKind::Text && s.name() == Ok(name)
-            })
-            .and_then(|s| Function::at(elf, s.address(), s.size()))
+        let (address, size) = names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|k| symbols[k])?;
+        Function::at(elf, address, size)
     };
     let mut probes = Vec::new();
     let mut covered = Vec::new();
@@ -626,17 +630,16 @@ fn go_hooks<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>) -> (GoFound, 
     )
 }
 
-/// Functions of a Go binary, by name: the file offsets of their first instruction and of their
-/// returns. Found in the symbol table, else in the line table (`gopclntab`), which stripped
-/// binaries keep.
-fn go_locate<'d, R: object::ReadRef<'d>>(
-    elf: &object::File<'d, R>,
+/// Address and size of each of `names` (None where absent): the first defined symbol of that
+/// name among `symbols` that `keep` accepts, in one pass.
+fn symbols_named<'d, S: ObjectSymbol<'d>>(
+    symbols: impl Iterator<Item = S>,
     names: &[&str],
-) -> Vec<Option<GoFunction>> {
-    // One pass over the symbol table.
-    let mut found: Vec<Option<(u64, u64)>> = vec![None; names.len()];
-    for sym in elf.symbols() {
-        if sym.is_undefined() || sym.size() == 0 {
+    keep: impl Fn(&S) -> bool,
+) -> Vec<Option<(u64, u64)>> {
+    let mut found = vec![None; names.len()];
+    for sym in symbols {
+        if sym.is_undefined() || !keep(&sym) {
             continue;
         }
         if let Ok(name) = sym.name()
@@ -645,6 +648,17 @@ fn go_locate<'d, R: object::ReadRef<'d>>(
             found[k].get_or_insert((sym.address(), sym.size()));
         }
     }
+    found
+}
+
+/// Functions of a Go binary, by name: the file offsets of their first instruction and of their
+/// returns. Found in the symbol table, else in the line table (`gopclntab`), which stripped
+/// binaries keep.
+fn go_locate<'d, R: object::ReadRef<'d>>(
+    elf: &object::File<'d, R>,
+    names: &[&str],
+) -> Vec<Option<GoFunction>> {
+    let mut found = symbols_named(elf.symbols(), names, |sym| sym.size() != 0);
     if found.iter().any(Option::is_none) {
         let text = elf.section_by_name(".text").map_or(0, |s| s.address());
         let table = elf

@@ -110,17 +110,23 @@ func serve(port, cert, key string) {
 	fail(srv.Serve(ln))
 }
 
-func client(port, ca string, n int) {
+// dial connects over TLS to the server on 127.0.0.1:PORT whose certificate CA signed.
+func dial(ctx context.Context, port, ca string) *grpc.ClientConn {
 	creds, err := credentials.NewClientTLSFromFile(ca, "127.0.0.1")
 	if err != nil {
 		fail(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
 	conn, err := grpc.DialContext(ctx, "127.0.0.1:"+port, grpc.WithTransportCredentials(creds), grpc.WithBlock())
 	if err != nil {
 		fail(err)
 	}
+	return conn
+}
+
+func client(port, ca string, n int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn := dial(ctx, port, ca)
 	defer conn.Close()
 	c := healthpb.NewHealthClient(conn)
 	for i := 0; i <= n; i++ {
@@ -135,16 +141,9 @@ func client(port, ca string, n int) {
 }
 
 func concurrent(port, ca string, n int) {
-	creds, err := credentials.NewClientTLSFromFile(ca, "127.0.0.1")
-	if err != nil {
-		fail(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	conn, err := grpc.DialContext(ctx, "127.0.0.1:"+port, grpc.WithTransportCredentials(creds), grpc.WithBlock())
-	if err != nil {
-		fail(err)
-	}
+	conn := dial(ctx, port, ca)
 	defer conn.Close()
 	c := healthpb.NewHealthClient(conn)
 	start := make(chan struct{})
