@@ -460,7 +460,10 @@ impl Linker {
                         let pk = (peer, local, PeerDisc::Turn(turn));
                         if peer_linkable {
                             ctx.state = match self.peers.get(&pk).map(|p| p.0.clone()) {
-                                Some(PeerRef::Ctx(parent)) => State::AwaitCtx(parent),
+                                Some(PeerRef::Ctx(parent)) => {
+                                    self.adopt_kernel_trace(kernel_trace, parent);
+                                    State::AwaitCtx(parent)
+                                }
                                 Some(PeerRef::Child(r)) => State::Resolved(r),
                                 None => State::AwaitPeer(pk, now + self.config.peer_wait_ns),
                             };
@@ -908,24 +911,50 @@ impl Linker {
     }
 
     fn peer_arrived(&mut self, key: CtxKey, pk: &PeerKey) {
-        let Some(c) = self.ctxs.get_mut(&key) else {
+        let Some(c) = self.ctxs.get(&key) else {
             return;
         };
         if !matches!(&c.state, State::AwaitPeer(p, _) if p == pk) {
             return;
         }
+        let kernel_trace = c.kernel_trace;
         match self.peers.get(pk).map(|p| p.0.clone()) {
             Some(PeerRef::Ctx(parent)) => {
                 self.stats.peer_links += 1;
-                c.state = State::AwaitCtx(parent);
+                self.adopt_kernel_trace(kernel_trace, parent);
+                if let Some(c) = self.ctxs.get_mut(&key) {
+                    c.state = State::AwaitCtx(parent);
+                }
                 self.settle(key);
             }
             Some(PeerRef::Child(r)) => {
                 self.stats.peer_links += 1;
-                c.state = State::Resolved(r);
+                if let Some(c) = self.ctxs.get_mut(&key) {
+                    c.state = State::Resolved(r);
+                }
                 self.on_resolved(key);
             }
             None => {}
+        }
+    }
+
+    /// A same-host server request is about to become the child of its client's request
+    /// `client`. When that request is a root of its own (no header, no injected ids, no parent,
+    /// no span yet) and the kernel gave the server request a trace id (`kernel`: the one it
+    /// writes into the headers of the calls made while serving it), the client's request takes
+    /// that trace id, so that the chain stays one trace. They differ where the kernel could not
+    /// put the client's ids into its request: TLS, where nothing is injected into the
+    /// encrypted stream.
+    fn adopt_kernel_trace(&mut self, kernel: Option<TraceId>, client: CtxKey) {
+        if let Some(kernel) = kernel
+            && let Some(c) = self.ctxs.get_mut(&client)
+            && c.forced_trace.is_none()
+            && c.fallback.is_none()
+            && !c.claimed
+            && let State::Resolved(r) = &mut c.state
+            && r.parent.is_none()
+        {
+            r.trace_id = kernel;
         }
     }
 

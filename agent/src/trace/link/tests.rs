@@ -409,6 +409,67 @@ fn a_same_host_chain_becomes_one_trace_with_the_exact_parents() {
     assert_eq!(l.held(), 0);
 }
 
+/// curl -> A over TLS on one host (nothing injected into curl's request), A -> B over
+/// cleartext with the header the kernel injected, carrying the trace id the kernel gave A's
+/// request. curl's request takes that trace id: one trace, whichever end is reported first.
+#[test]
+fn a_same_host_client_without_injected_ids_takes_the_servers_kernel_trace() {
+    for server_first in [false, true] {
+        let mut l = Linker::new(LinkConfig::default());
+        let curl = Conn::new(1, "127.0.0.1:40000", "127.0.0.1:8443", Side::Client);
+        let a_srv = Conn::new(2, "127.0.0.1:8443", "127.0.0.1:40000", Side::Server);
+        let a_cli = Conn::new(3, "127.0.0.1:40001", "10.0.0.7:80", Side::Client).remote();
+        let kt = TraceId([7; 16]);
+        if server_first {
+            a_srv.request_with(&mut l, 101, 20, 0, None, Some(kt), None);
+            curl.request(&mut l, 100, 10, 0);
+        } else {
+            curl.request(&mut l, 100, 10, 0);
+            a_srv.request_with(&mut l, 101, 20, 0, None, Some(kt), None);
+        }
+        a_cli.request_with(&mut l, 110, 20, 0, None, None, Some((kt, SpanId([5; 8]))));
+        a_cli.done(&mut l, 110, None, span("A->B", SpanKind::Client, None));
+        a_srv.response(&mut l, 20);
+        a_srv.done(&mut l, 101, None, span("A", SpanKind::Server, None));
+        curl.done(&mut l, 100, None, span("curl", SpanKind::Client, None));
+        let got = ready(&mut l);
+        assert_eq!(got.len(), 3, "{got:?}");
+        let by = |n: &str| got.iter().find(|s| s.name == n).unwrap().clone();
+        let [root, a, call] = ["curl", "A", "A->B"].map(by);
+        assert_eq!(
+            (root.trace_id, root.parent_span_id),
+            (kt, None),
+            "{server_first}"
+        );
+        assert_eq!((a.trace_id, a.parent_span_id), (kt, Some(root.span_id)));
+        assert_eq!((call.trace_id, call.parent_span_id), (kt, Some(a.span_id)));
+        assert_eq!(l.stats().conflicts, 0);
+    }
+}
+
+/// A client request with a trace of its own (a header, here) keeps it: the server's kernel
+/// trace id does not replace it.
+#[test]
+fn a_same_host_client_with_its_own_trace_keeps_it() {
+    let mut l = Linker::new(LinkConfig::default());
+    let curl = Conn::new(1, "127.0.0.1:40000", "127.0.0.1:8443", Side::Client);
+    let a_srv = Conn::new(2, "127.0.0.1:8443", "127.0.0.1:40000", Side::Server);
+    let header = HeaderContext {
+        trace_id: TraceId([1; 16]),
+        parent_id: SpanId([2; 8]),
+        sampled: true,
+        trace_state: String::new(),
+    };
+    curl.request_with(&mut l, 100, 10, 0, Some(header), None, None);
+    a_srv.request_with(&mut l, 101, 20, 0, None, Some(TraceId([7; 16])), None);
+    a_srv.response(&mut l, 20);
+    a_srv.done(&mut l, 101, None, span("A", SpanKind::Server, None));
+    curl.done(&mut l, 100, None, span("curl", SpanKind::Client, None));
+    for s in ready(&mut l) {
+        assert_eq!(s.trace_id, TraceId([1; 16]), "{}", s.name);
+    }
+}
+
 #[test]
 fn a_same_host_server_whose_client_is_not_traced_gives_up_after_the_wait() {
     let mut l = Linker::new(LinkConfig::default());
