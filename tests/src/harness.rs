@@ -210,11 +210,18 @@ impl PyServer {
 /// Runs one `curl` per URL, all at once (overlapping requests), and waits for all; panics if
 /// one fails (`--fail`: an HTTP error status too).
 pub fn curl_concurrently(urls: &[String]) {
+    curl_concurrently_with(urls, &[]);
+}
+
+/// [`curl_concurrently`] with more arguments for each curl (`--cacert`, `--http1.1`...).
+pub fn curl_concurrently_with(urls: &[String], args: &[&str]) {
     let curls: Vec<ChildGuard> = urls
         .iter()
         .map(|url| {
             let child = Command::new("curl")
-                .args(["-sS", "-o", "/dev/null", "--fail", "--max-time", "60", url])
+                .args(["-sS", "-o", "/dev/null", "--fail", "--max-time", "60"])
+                .args(args)
+                .arg(url)
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("curl");

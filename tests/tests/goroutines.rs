@@ -2,7 +2,8 @@
 //! test, no tracing code) whose handler calls a Python HTTP service from a goroutine it starts
 //! and queries a real PostgreSQL through `database/sql` (lib/pq), under 20 concurrent requests.
 //! Go runs those goroutines on whichever threads are free, so linking by thread gives wrong
-//! parents here; the agent follows the goroutines with uprobes on the Go runtime.
+//! parents here; the agent follows the goroutines with uprobes on the Go runtime. Once more
+//! with the service over HTTPS (Go's `crypto/tls`).
 
 use std::{
     collections::HashMap,
@@ -14,9 +15,10 @@ use std::{
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
     harness::{
-        Agent, ChildGuard, PyServer, curl_concurrently, exact, free_port, go_peer, metric, python,
-        require_root, wait_line, wait_metric,
+        Agent, ChildGuard, PyServer, curl_concurrently, curl_concurrently_with, exact, free_port,
+        go_peer, metric, python, require_root, wait_line, wait_metric,
     },
+    load::TestCert,
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
     pg::PgServer,
 };
@@ -40,18 +42,29 @@ fn request_of(s: &ReceivedSpan) -> String {
 
 #[test]
 fn a_go_service_calling_from_goroutines_gives_exact_parents_under_concurrency() {
-    chain_through_go(false);
+    chain_through_go(false, false);
 }
 
 /// The same service built without a symbol table (`-ldflags=-s -w`, as release builds often
 /// are): the runtime functions are found in its line table (`.gopclntab`).
 #[test]
 fn a_stripped_go_service_is_followed_through_its_line_table() {
-    chain_through_go(true);
+    chain_through_go(true, false);
 }
 
-fn chain_through_go(stripped: bool) {
+/// The same chain with the Go service over HTTPS (`crypto/tls`, HTTP/1.1): its requests are
+/// read at `(*Conn).Read`'s copy of the plaintext and its responses at the record writes, while
+/// its calls stay cleartext. Go's HTTP server ends every request with a read that fails (the
+/// background read it aborts): no probe sees that read end, so this also checks that the
+/// goroutines reusing its goroutine structure keep their cleartext calls (none taken for TLS).
+#[test]
+fn a_go_https_service_calling_from_goroutines_gives_exact_parents() {
+    chain_through_go(false, true);
+}
+
+fn chain_through_go(stripped: bool, tls: bool) {
     require_root();
+    let cert = tls.then(|| TestCert::make().unwrap_or_else(|e| panic!("{e}")));
     let receiver = OtlpReceiver::start_blocking(Protocol::Grpc);
     let pg = PgServer::start("shop");
     let down = PyServer::start_peer_args(
@@ -81,6 +94,11 @@ fn chain_through_go(stripped: bool) {
         sh.args(["-c", "sleep 2; exec \"$0\" \"$@\""]).arg(&bin);
         sh
     };
+    if let Some(cert) = &cert {
+        command
+            .env("CHAINSVC_CERT", cert.cert())
+            .env("CHAINSVC_KEY", cert.key());
+    }
     let mut child = command
         .arg(port.to_string())
         .arg(down.url(""))
@@ -102,10 +120,18 @@ fn chain_through_go(stripped: bool) {
     };
     assert!(line.ends_with(&format!("/target/go/{name}")), "{line}");
 
+    let scheme = if tls { "https" } else { "http" };
     let urls: Vec<String> = (0..20)
-        .map(|i| format!("http://127.0.0.1:{port}/work/{i}"))
+        .map(|i| format!("{scheme}://127.0.0.1:{port}/work/{i}"))
         .collect();
-    curl_concurrently(&urls);
+    match &cert {
+        Some(cert) => {
+            let ca = cert.cert();
+            let ca = ca.to_str().expect("a UTF-8 path");
+            curl_concurrently_with(&urls, &["--http1.1", "--cacert", ca]);
+        }
+        None => curl_concurrently(&urls),
+    }
 
     // Per request: curl -> svc-go (server), svc-go -> downstream (client, server),
     // svc-go -> PostgreSQL (client, server).
@@ -115,7 +141,12 @@ fn chain_through_go(stripped: bool) {
         traces.entry(span.trace_id()).or_default().push(span);
     }
     let dump = |t: &[ReceivedSpan]| t.iter().map(|s| format!("  {s}\n")).collect::<String>();
-    assert_eq!(traces.len(), 20, "20 traces expected");
+    assert_eq!(
+        traces.len(),
+        20,
+        "20 traces expected:\n{}",
+        traces.values().map(|t| dump(t) + "\n").collect::<String>()
+    );
     let mut seen = Vec::new();
     for trace in traces.values() {
         let pick = |svc: &str, kind: SpanKind| {
@@ -129,6 +160,11 @@ fn chain_through_go(stripped: bool) {
         assert_eq!(trace.len(), 6, "trace:\n{}", dump(trace));
         let root = pick("curl", SpanKind::Client);
         let served = pick("svc-go", SpanKind::Server);
+        assert_eq!(
+            served.attr_str("url.scheme").as_deref(),
+            Some(scheme),
+            "{served}"
+        );
         let db = trace
             .iter()
             .find(|s| service(s) == "svc-go" && s.attr_str("db.system.name").is_some())

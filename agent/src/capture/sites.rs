@@ -104,6 +104,29 @@ pub fn wrapped_core(a: (&[u8], u64), b: (&[u8], u64)) -> Option<u64> {
     }
 }
 
+/// Offsets from `address` of the direct calls to `target` in a function's code.
+pub fn calls_to(code: &[u8], address: u64, target: u64) -> Vec<u64> {
+    Decoder::with_ip(64, code, address, DecoderOptions::NONE)
+        .into_iter()
+        .take_while(|i| !i.is_invalid())
+        .filter(|i| {
+            i.code() == Code::Call_rel32_64
+                && i.op0_kind() == OpKind::NearBranch64
+                && i.near_branch_target() == target
+        })
+        .map(|i| i.ip() - address)
+        .collect()
+}
+
+/// Offsets from `address` of every `RET` in a function's code.
+pub fn returns(code: &[u8], address: u64) -> Vec<u64> {
+    Decoder::with_ip(64, code, address, DecoderOptions::NONE)
+        .into_iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Ret)
+        .map(|i| i.ip() - address)
+        .collect()
+}
+
 /// A function of an ELF file: its code, address, and the file offset of its address.
 pub struct Function<'d> {
     pub code: &'d [u8],
@@ -228,5 +251,21 @@ mod tests {
         // One wrapper calling the other is no core.
         let d = [0xe8, 0xfb, 0x00, 0x00, 0x00, 0xc3];
         assert_eq!(wrapped_core((&d, 0x100), (&a, 0x200)), None);
+    }
+
+    #[test]
+    fn finds_the_calls_of_a_function() {
+        // At 0x1000: call 0x2000 | test rax, rax | call 0x3000 | call 0x2000 | ret
+        let code = [
+            0xe8, 0xfb, 0x0f, 0x00, 0x00, // call 0x2000
+            0x48, 0x85, 0xc0, // test rax, rax
+            0xe8, 0xf3, 0x1f, 0x00, 0x00, // call 0x3000
+            0xe8, 0xee, 0x0f, 0x00, 0x00, // call 0x2000
+            0xc3,
+        ];
+        assert_eq!(calls_to(&code, 0x1000, 0x2000), vec![0, 0xd]);
+        assert_eq!(calls_to(&code, 0x1000, 0x3000), vec![8]);
+        assert_eq!(calls_to(&code, 0x1000, 0x4000), Vec::<u64>::new());
+        assert_eq!(returns(&code, 0x1000), vec![0x12]);
     }
 }

@@ -54,6 +54,8 @@ pub const PROGRAMS: &[&str] = &[
     "go_tls_enter_write",
     "go_tls_enter_handshake",
     "go_tls_return",
+    "go_tls_read_copy",
+    "go_tls_write_record",
     "go_tls_handshake_return",
     CHUNK_PROGRAM,
 ];
@@ -105,6 +107,7 @@ const GO_HOOKS: &[GoHook] = &[
 pub const GO_RUNTIME_PROGRAMS: &[&str] = &[
     "go_newproc_enter",
     "go_newproc_return",
+    "go_newproc_queued",
     "go_write_enter",
     "go_roundtrip_enter",
     "go_request_write_enter",
@@ -407,6 +410,14 @@ impl TlsAttacher {
                     .flatten()
                     .filter(|p| !p.emulated)
                     .map(|p| p.function.clone())
+                    .chain(found.go.iter().flat_map(|go| {
+                        // Read and Write probed at every return: the code was not as expected.
+                        GO_HOOKS.iter().zip(go).take(2).filter_map(|(hook, f)| {
+                            f.as_ref()
+                                .filter(|f| f.sites.is_empty())
+                                .map(|_| format!("{} (at its returns)", hook.0))
+                        })
+                    }))
                     .collect();
                 if !slow.is_empty() {
                     r.single_stepped.push((path.to_owned(), slow));
@@ -559,10 +570,15 @@ fn openssl_probes<'d, R: object::ReadRef<'d>>(
     Ok(probes)
 }
 
+/// Where a Go function is probed, as file offsets.
 #[derive(Debug, PartialEq)]
 struct GoFunction {
-    entry: u64,
+    /// The entry (its cheapest site); None where the function is probed at its calls only.
+    entry: Option<u64>,
+    /// The returns that get the hook's return program.
     returns: Vec<u64>,
+    /// Other places and their programs.
+    sites: Vec<(&'static str, u64)>,
 }
 
 fn inspect(path: &Path) -> Inspection {
@@ -605,14 +621,48 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// None unless every required one is there.
 type GoFound = Option<Vec<Option<GoFunction>>>;
 
+/// Functions the probes of `GO_HOOKS` and `GO_RUNTIME_HOOKS` go into calls of, where the code
+/// allows (see [`go_call_sites`]): what `(*Conn).Read` copies the plaintext with, what
+/// `(*Conn).Write` encrypts each record with, the function that runs `runtime.newproc1` and
+/// what it then queues the new goroutine with.
+const GO_CALLEES: [&str; 4] = [
+    "runtime.memmove",
+    "crypto/tls.(*Conn).writeRecordLocked",
+    "runtime.newproc.func1",
+    "runtime.runqput",
+];
+
 /// The functions of `GO_HOOKS` and of `GO_RUNTIME_HOOKS`, located together.
 fn go_hooks<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>) -> (GoFound, GoFound) {
     let names: Vec<&str> = GO_HOOKS
         .iter()
         .chain(GO_RUNTIME_HOOKS)
         .map(|h| h.0)
+        .chain(GO_CALLEES)
         .collect();
-    let mut found = go_locate(elf, &names);
+    let mut at = go_locate(elf, &names);
+    let callees = at.split_off(GO_HOOKS.len() + GO_RUNTIME_HOOKS.len());
+    let mut found: Vec<Option<GoFunction>> = at
+        .iter()
+        .map(|f| f.and_then(|(address, size)| go_code(elf, address, size)))
+        .collect();
+    let function = |at: Option<(u64, u64)>| at.and_then(|(a, size)| Function::at(elf, a, size));
+    let callee = |k: usize| callees[k].map(|(address, _)| address);
+    let [read, write, newproc] = go_call_sites(
+        [function(at[0]), function(at[1]), function(callees[2])],
+        [callee(0), callee(1), callee(3)],
+    );
+    // `GO_HOOKS` begins with Read and Write, `GO_RUNTIME_HOOKS` with `newproc1`.
+    for (k, sites) in [(0, read), (1, write), (GO_HOOKS.len(), newproc)] {
+        if let (Some(f), Some(sites)) = (found[k].as_mut(), sites) {
+            // Read and `newproc1` keep their entry probe; Write has none.
+            if k == 1 {
+                f.entry = None;
+            }
+            f.returns.clear();
+            f.sites = sites;
+        }
+    }
     let runtime = found.split_off(GO_HOOKS.len());
     let complete = |hooks: &[GoHook], found: Vec<Option<GoFunction>>| -> GoFound {
         hooks
@@ -628,6 +678,48 @@ fn go_hooks<'d, R: object::ReadRef<'d>>(elf: &object::File<'d, R>) -> (GoFound, 
         complete(GO_HOOKS, found),
         complete(GO_RUNTIME_HOOKS, runtime),
     )
+}
+
+/// Calls probed instead of returns, which the kernel single-steps (a `call` it emulates), for
+/// `[read, write, spawn]`, given `(*Conn).Read`, `(*Conn).Write`, `runtime.newproc.func1` and
+/// the functions they call (`GO_CALLEES`' memmove, writeRecordLocked, runqput):
+/// - `(*Conn).Read`'s one call of `runtime.memmove`, the copy of the plaintext into the
+///   caller's buffer (`go_tls_read_copy`). A read that fails is not seen to end: its entry
+///   stays until the goroutine's next call, and soon claims no socket (`sock.rs`). (Go's HTTP
+///   server ends every request with such a failure: a background read it aborts.)
+/// - `(*Conn).Write`'s calls of `writeRecordLocked` with the plaintext
+///   (`go_tls_write_record`); nothing else of `Write` is probed.
+/// - the one call of `runqput(pp, newg, ...)` in `runtime.newproc.func1`, right after
+///   `newproc1` returned (`go_newproc_queued`).
+///
+/// None for a function whose code is not so: it keeps its returns.
+fn go_call_sites(
+    functions: [Option<Function>; 3],
+    callees: [Option<u64>; 3],
+) -> [Option<Vec<(&'static str, u64)>>; 3] {
+    const PROGRAMS: [&str; 3] = [
+        "go_tls_read_copy",
+        "go_tls_write_record",
+        "go_newproc_queued",
+    ];
+    let mut sites = [None, None, None];
+    for (k, (f, callee)) in functions.iter().zip(callees).enumerate() {
+        let (Some(f), Some(callee)) = (f, callee) else {
+            continue;
+        };
+        let calls = sites::calls_to(f.code, f.address, callee);
+        // One copy, one queueing; Write splits a record off in TLS 1.0.
+        if calls.is_empty() || (k != 1 && calls.len() != 1) {
+            continue;
+        }
+        sites[k] = Some(
+            calls
+                .into_iter()
+                .map(|at| (PROGRAMS[k], f.file_offset + at))
+                .collect(),
+        );
+    }
+    sites
 }
 
 /// Address and size of each of `names` (None where absent): the first defined symbol of that
@@ -651,13 +743,12 @@ fn symbols_named<'d, S: ObjectSymbol<'d>>(
     found
 }
 
-/// Functions of a Go binary, by name: the file offsets of their first instruction and of their
-/// returns. Found in the symbol table, else in the line table (`gopclntab`), which stripped
-/// binaries keep.
+/// Address and size of each named function of a Go binary: from the symbol table, else from
+/// the line table (`gopclntab`), which stripped binaries keep.
 fn go_locate<'d, R: object::ReadRef<'d>>(
     elf: &object::File<'d, R>,
     names: &[&str],
-) -> Vec<Option<GoFunction>> {
+) -> Vec<Option<(u64, u64)>> {
     let mut found = symbols_named(elf.symbols(), names, |sym| sym.size() != 0);
     if found.iter().any(Option::is_none) {
         let text = elf.section_by_name(".text").map_or(0, |s| s.address());
@@ -674,37 +765,25 @@ fn go_locate<'d, R: object::ReadRef<'d>>(
         }
     }
     found
-        .into_iter()
-        .map(|f| f.and_then(|(address, size)| go_code(elf, address, size)))
-        .collect()
 }
 
-/// The function at `address` (`size` bytes): file offsets of its cheapest entry (see `sites`)
-/// and of its returns.
+/// The function at `address` (`size` bytes), probed at its cheapest entry (see `sites`) and at
+/// every return.
 fn go_code<'d, R: object::ReadRef<'d>>(
     elf: &object::File<'d, R>,
     address: u64,
     size: u64,
 ) -> Option<GoFunction> {
     let f = Function::at(elf, address, size)?;
-    let returns = return_offsets(f.code, address)
+    let returns = sites::returns(f.code, address)
         .into_iter()
         .map(|at| f.file_offset + at)
         .collect::<Vec<_>>();
     (!returns.is_empty()).then_some(GoFunction {
-        entry: f.entry().0,
+        entry: Some(f.entry().0),
         returns,
+        sites: Vec::new(),
     })
-}
-
-/// Offsets of the `RET` instructions in a function's x86-64 code (loaded at `address`).
-fn return_offsets(code: &[u8], address: u64) -> Vec<u64> {
-    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
-    Decoder::with_ip(64, code, address, DecoderOptions::NONE)
-        .into_iter()
-        .filter(|i| i.mnemonic() == Mnemonic::Ret)
-        .map(|i| i.ip() - address)
-        .collect()
 }
 
 /// Attaches every hook to `path`: the return probe before the entry probe, so that no entry
@@ -757,8 +836,9 @@ fn attach(
     Ok(links)
 }
 
-/// Where the Go programs go: every return first, then the entries (an entry without its returns
-/// would leave the goroutine's call behind, and its later socket calls taken for TLS).
+/// Where the Go programs go: every return and other site first, then the entries (an entry
+/// without its ends would leave the goroutine's call behind, and its later socket calls taken
+/// for TLS).
 fn go_points<'a>(
     hooks: impl Iterator<Item = (Option<&'static str>, Option<&'static str>, &'a GoFunction)> + Clone,
 ) -> Vec<(&'static str, u64)> {
@@ -766,8 +846,9 @@ fn go_points<'a>(
         ret.into_iter()
             .flat_map(move |ret| f.returns.iter().map(move |&at| (ret, at)))
     });
-    let entries = hooks.filter_map(|(entry, _, f)| Some((entry?, f.entry)));
-    returns.chain(entries).collect()
+    let sites = hooks.clone().flat_map(|(_, _, f)| f.sites.iter().copied());
+    let entries = hooks.filter_map(|(entry, _, f)| Some((entry?, f.entry?)));
+    returns.chain(sites).chain(entries).collect()
 }
 
 fn attach_points(
@@ -810,8 +891,8 @@ mod tests {
         let code = [
             0x48, 0x83, 0xec, 0x08, 0xc3, 0xb8, 0xc3, 0x00, 0x00, 0x00, 0xc2, 0x08, 0x00, 0xc3,
         ];
-        assert_eq!(return_offsets(&code, 0x401000), vec![4, 10, 13]);
-        assert_eq!(return_offsets(&[], 0x401000), Vec::<u64>::new());
+        assert_eq!(sites::returns(&code, 0x401000), vec![4, 10, 13]);
+        assert_eq!(sites::returns(&[], 0x401000), Vec::<u64>::new());
     }
 
     #[test]
@@ -926,5 +1007,75 @@ mod tests {
             ]
         );
         assert!(probes.iter().all(|p| p.emulated));
+    }
+
+    /// Debian's `go` command (Go 1.19, stripped: found through its line table) uses
+    /// `crypto/tls` and starts goroutines. No probe on a successful read, a write or a `go`
+    /// statement is on a `RET`: `(*Conn).Read` is probed at entry and at its one copy of the
+    /// plaintext (a call of `runtime.memmove`), `(*Conn).Write` only at its two calls of
+    /// `writeRecordLocked` (the TLS 1.0 split and the whole buffer), `runtime.newproc1` at entry
+    /// and at the call in `runtime.newproc.func1` that queues the goroutine it returned. Every
+    /// place is a `call rel32` to the function named (read from the bytes here) or, for the
+    /// entries, an instruction the kernel emulates.
+    #[test]
+    fn go_reads_writes_and_spawns_are_probed_at_calls_not_returns() {
+        use object::ObjectSection;
+        let path = Path::new("/usr/bin/go")
+            .canonicalize()
+            .expect("golang-go is installed by set-up");
+        let found = inspect(&path);
+        let (Some(go), Some(runtime)) = (&found.go, &found.go_runtime) else {
+            panic!("crypto/tls and the runtime found: {found:?}");
+        };
+        let (Some(read), Some(write), Some(newproc)) = (&go[0], &go[1], &runtime[0]) else {
+            panic!("Read, Write and newproc1 found: {found:?}");
+        };
+        let data = std::fs::read(&path).unwrap();
+        let elf = object::File::parse(&*data).unwrap();
+        let text = elf.section_by_name(".text").unwrap();
+        let table = crate::capture::gopclntab::LineTable::parse(
+            elf.section_by_name(".gopclntab").unwrap().data().unwrap(),
+            text.address(),
+        )
+        .unwrap();
+        let (file_start, _) = text.file_range().unwrap();
+        let offset_of = |address: u64| address - text.address() + file_start;
+        let located = table.find(&GO_CALLEES);
+        let callee = |k: usize| located[k].expect(GO_CALLEES[k]).address;
+        // A `call rel32` at `at` (file offset) to the function at `target` (address).
+        let calls = |at: u64, target: u64| {
+            let at = at as usize;
+            let rel = i32::from_le_bytes(data[at + 1..at + 5].try_into().unwrap());
+            data[at] == 0xe8 && (at as i64 + 5 + rel as i64) == offset_of(target) as i64
+        };
+        for (f, program, target, count) in [
+            (read, "go_tls_read_copy", callee(0), 1),
+            (write, "go_tls_write_record", callee(1), 2),
+            (newproc, "go_newproc_queued", callee(3), 1),
+        ] {
+            assert!(f.returns.is_empty(), "{f:?}");
+            assert_eq!(f.sites.len(), count, "{f:?}");
+            for &(name, at) in &f.sites {
+                assert_eq!(name, program);
+                assert!(calls(at, target), "{program} at {at:#x}");
+            }
+        }
+        let spawner = located[2].unwrap();
+        let (start, end) = (
+            offset_of(spawner.address),
+            offset_of(spawner.address + spawner.size),
+        );
+        assert!(
+            (start..end).contains(&newproc.sites[0].1),
+            "runqput called in newproc.func1"
+        );
+        assert_eq!(write.entry, None);
+        for at in [read.entry, newproc.entry] {
+            let at = at.expect("an entry probe") as usize;
+            assert!(
+                (1..=6).any(|n| sites::kernel_emulates(&data[at..at + n])),
+                "{at:#x} emulated"
+            );
+        }
     }
 }

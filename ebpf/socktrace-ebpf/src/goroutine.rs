@@ -12,9 +12,10 @@
 //!   read from R14 as saved at the syscall's entry (`go_link`). (Done at a `RET` probe of
 //!   `internal/poll.(*FD).Read` before: the kernel single-steps `RET`, a second trap on every
 //!   socket read of every Go program.)
-//! - `runtime.newproc1` (every `go` statement), at entry and each `RET`: the new goroutine
-//!   inherits its creator's context, or has none (goroutine structures are reused: a stale
-//!   context is always overwritten here).
+//! - `runtime.newproc1` (every `go` statement), at entry, and where it has returned the new
+//!   goroutine (the call that queues it in `runtime.newproc.func1`, else each `RET`): the new
+//!   goroutine inherits its creator's context, or has none (goroutine structures are reused: a
+//!   stale context is always overwritten here).
 //! - `net/http.(*Transport).roundTrip` (entry): the request object takes the caller's context;
 //!   `net/http.(*Request).write` (entry, in the connection's writer goroutine): that goroutine
 //!   takes the context of the request it is about to write.
@@ -157,6 +158,22 @@ pub fn go_newproc_enter(ctx: ProbeContext) -> u32 {
 /// Every `RET` of `runtime.newproc1`: the new goroutine (RAX) inherits its creator's context.
 #[uprobe]
 pub fn go_newproc_return(ctx: ProbeContext) -> u32 {
+    // SAFETY: a field address of the context.
+    spawned(reg(&ctx, |r| unsafe { &raw const (*r).rax }))
+}
+
+/// Where user space finds it, instead of `newproc1`'s returns (single-stepped, and Go's HTTP
+/// server starts a goroutine per request): the call `runqput(pp, newg, true)` in
+/// `runtime.newproc.func1`, right after `newproc1` returned `newg` (RBX), on the same thread.
+#[uprobe]
+pub fn go_newproc_queued(ctx: ProbeContext) -> u32 {
+    // SAFETY: a field address of the context.
+    spawned(reg(&ctx, |r| unsafe { &raw const (*r).rbx }))
+}
+
+/// The goroutine `new` that this thread's `newproc1` made inherits its creator's context.
+#[inline(always)]
+fn spawned(new: u64) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
     // SAFETY: the value is copied out.
@@ -166,8 +183,6 @@ pub fn go_newproc_return(ctx: ProbeContext) -> u32 {
     let _ = GO_SPAWN.remove(&tid);
     let tgid = (id >> 32) as u32;
     let key = |g| GoKey { g, tgid, _pad: 0 };
-    // SAFETY: a field address of the context.
-    let new = reg(&ctx, |r| unsafe { &raw const (*r).rax });
     carry(&GO_CTX, &key(creator), &GO_CTX, &key(new));
     0
 }

@@ -23,7 +23,7 @@ use crate::{
         count, current_is_traced, send_event, tls_enabled, tp_offset,
     },
     syscalls::{ActiveIo, IO_PEEK, IO_TLS, begin_io, live_io},
-    tls::{GO_CALLS, GO_PROCS, TLS_CALLS, TlsCall},
+    tls::{GO_CALLS, GO_CLAIM_NS, GO_PROCS, TLS_CALLS, TLS_SOCKS, TlsCall},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -116,17 +116,21 @@ fn on_sock_io(ctx: &TracePointContext, recv: bool, recover: bool) {
             // Inside a TLS library call (of this thread, or of the goroutine it runs): this is
             // its socket, and these bytes are ciphertext.
             let call = match TLS_CALLS.get_ptr_mut(&tid) {
-                Some(call) => Some(call),
-                None if recover => go_call((id >> 32) as u32),
-                None => None,
+                Some(call) => GoIo::Call(call),
+                None if recover => go_io((id >> 32) as u32, sk),
+                None => GoIo::Plain,
             };
-            if let Some(call) = call {
-                // SAFETY: the call is this thread's, or its goroutine's, now running here.
-                unsafe {
-                    (*call).sk = sk;
-                    (*call).fd = io.fd;
+            match call {
+                GoIo::Call(call) => {
+                    // SAFETY: the call is this thread's, or its goroutine's, now running here.
+                    unsafe {
+                        (*call).sk = sk;
+                        (*call).fd = io.fd;
+                    }
+                    io.flags |= IO_TLS;
                 }
-                io.flags |= IO_TLS;
+                GoIo::Ciphertext => io.flags |= IO_TLS,
+                GoIo::Plain => {}
             }
         }
         if recv && flags & MSG_PEEK != 0 {
@@ -135,15 +139,46 @@ fn on_sock_io(ctx: &TracePointContext, recv: bool, recover: bool) {
     }
 }
 
-/// The `crypto/tls` call of the goroutine this thread runs, in a process whose goroutines use
-/// it: Go keeps the running goroutine (`g`) in R14, saved with the other user registers at
-/// syscall entry.
+/// What a socket call is to TLS capture.
+enum GoIo {
+    /// Made inside this TLS library call (its socket is learned here).
+    Call(*mut TlsCall),
+    /// On a socket that carries a TLS session, outside a call.
+    Ciphertext,
+    Plain,
+}
+
+/// In a process whose goroutines use `crypto/tls`: the call of the goroutine this thread runs
+/// (Go keeps the running goroutine, `g`, in R14, saved with the other user registers at
+/// syscall entry), if this is its socket; else whether the socket carries TLS.
 #[inline(always)]
-fn go_call(tgid: u32) -> Option<*mut TlsCall> {
+fn go_io(tgid: u32, sk: u64) -> GoIo {
     // SAFETY: presence check only.
-    unsafe { GO_PROCS.get(&tgid) }?;
-    let g = goroutine::user_g()?;
-    GO_CALLS.get_ptr_mut(&GoKey { g, tgid, _pad: 0 })
+    if unsafe { GO_PROCS.get(&tgid) }.is_none() {
+        return GoIo::Plain;
+    }
+    if let Some(g) = goroutine::user_g()
+        && let Some(call) = GO_CALLS.get_ptr_mut(&GoKey { g, tgid, _pad: 0 })
+        // A call keeps to its connection's socket, and an entry left by a call that ended
+        // unseen (a failed read) soon claims none: a goroutine's later cleartext is not taken
+        // for TLS.
+        // SAFETY: fields of the goroutine's entry.
+        && let (own, since) = unsafe { ((*call).sk, (*call).since) }
+        && (own == 0 || own == sk)
+        // SAFETY: a helper without arguments.
+        && unsafe { bpf_ktime_get_ns() }.wrapping_sub(since) < GO_CLAIM_NS
+    {
+        // The socket carries TLS from now on (the mark outlives the call, `TLS_SOCKS`).
+        if TLS_SOCKS.get_ptr(&sk).is_none() {
+            let _ = TLS_SOCKS.insert(sk, 1, 0);
+        }
+        return GoIo::Call(call);
+    }
+    if TLS_SOCKS.get_ptr(&sk).is_some() {
+        GoIo::Ciphertext
+    } else {
+        GoIo::Plain
+    }
 }
 
 /// Word offsets in x86_64 `struct pt_regs` (user ABI, `asm/ptrace.h`): syscall arguments are
@@ -337,6 +372,7 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             }
             if newstate == TCP_CLOSE {
                 let _ = TRACKED_SOCKS.remove(&sk);
+                let _ = TLS_SOCKS.remove(&sk);
                 let _ = SOCK_CAPTURE.remove(&sk);
                 let _ = SOCKS.remove(&sk);
                 let _ = TRACED_CONNECTING.remove(&sk);

@@ -15,16 +15,20 @@
 //!
 //! Go's `crypto/tls` is followed at `(*Conn).Read` and `(*Conn).Write` of each Go binary: Go
 //! moves goroutine stacks, so return probes (which rewrite the return address on the stack)
-//! must not be used; user space attaches `go_tls_return` at every `RET` instruction of the two
-//! functions instead. Arguments and results are in registers (Go 1.17+ register ABI: receiver
-//! in RAX, buffer in RBX, count in RCX; `n` in RAX at return), and a call is keyed by its
-//! goroutine (`g`, always in R14), not its thread: a goroutine parked in a read resumes on
+//! must not be used, and a probe on a `RET` costs a single-step. So, where user space finds
+//! the code as expected: `Read` at its entry and at its call of `runtime.memmove` that copies
+//! the plaintext out (`go_tls_read_copy`; a failed read is not seen to end); `Write` only at
+//! its calls of `writeRecordLocked` (`go_tls_write_record`), with the plaintext, its
+//! ciphertext recognised by the socket (`TLS_SOCKS`). Otherwise both at entry and every `RET`
+//! (`go_tls_return`). Arguments and results are in registers (Go 1.17+ register ABI:
+//! receiver in RAX, buffer in RBX, count in RCX; `n` in RAX at return), and a call is keyed by
+//! its goroutine (`g`, always in R14), not its thread: a goroutine parked in a read resumes on
 //! another thread. The socket hook finds the goroutine's call by the same key, from the user
 //! registers saved at syscall entry.
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_ktime_get_ns},
     macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
@@ -50,11 +54,21 @@ pub struct TlsCall {
     buf: u64,
     /// `_ex` forms: where the library stores the byte count (`size_t *`).
     out: u64,
-    /// Set by the socket hook when the library reads or writes a TCP socket inside the call.
+    /// Set by the socket hook when the library reads or writes a TCP socket inside the call
+    /// (for Go, at entry already when the session's socket is known).
     pub sk: u64,
     pub fd: u32,
     direction: u32,
+    /// Go: when the call began (`bpf_ktime_get_ns`). A Go read that fails is not seen to end
+    /// (its error returns are not probed), so its entry stays until the goroutine's next call:
+    /// an entry this old no longer claims a socket (`sock.rs`).
+    pub since: u64,
 }
+
+/// How long after entering a Go call its entry may still claim its first socket: the first
+/// socket call of a read or a handshake comes at once; an entry older than this is one whose
+/// call ended unseen.
+pub const GO_CLAIM_NS: u64 = 100_000_000;
 
 /// Thread id -> TLS call in flight. LRU: a thread that dies inside a call cannot leak it.
 #[map]
@@ -80,6 +94,13 @@ struct SessionSock {
 
 #[map]
 static TLS_SESSIONS: LruHashMap<SessionKey, SessionSock> = LruHashMap::with_max_entries(65536, 0);
+
+/// Sockets a `crypto/tls` call has used (marked by the socket hook, `sock.rs`): in Go
+/// processes a socket call on one outside any probed call (the writes of
+/// `go_tls_write_record`, a close-notify read) is ciphertext, not sent. Removed when the socket
+/// closes.
+#[map]
+pub static TLS_SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// Goroutine -> `crypto/tls` call in flight (`ssl` is the `*tls.Conn`).
 #[map]
@@ -109,35 +130,40 @@ fn go_enter(ctx: &ProbeContext, direction: u32) -> u32 {
         sk: 0,
         fd: 0,
         direction,
+        // SAFETY: a helper without arguments.
+        since: unsafe { bpf_ktime_get_ns() },
     };
     // SAFETY: the value is copied out.
-    if let Some(prev) = unsafe { GO_CALLS.get(&key) }.copied() {
+    if let Some(prev) = unsafe { GO_CALLS.get(&key) }.copied()
+        && prev.ssl == call.ssl
+    {
         if direction == DIR_HANDSHAKE {
-            // The handshake a Read or Write starts with: that call learns the socket.
+            // The handshake a Read or Write of the same connection starts with: that call
+            // learns the socket.
             return 0;
         }
-        if direction == DIR_EGRESS
-            && prev.out == GO_SENT
-            && prev.ssl == call.ssl
-            && prev.buf == call.buf
-        {
+        if direction == DIR_EGRESS && prev.out == GO_SENT && prev.buf == call.buf {
             // The same Write entering again after growing its stack (the prologue jumps back
             // to the start after `morestack`): its plaintext is already sent.
             return 0;
         }
     }
+    let session = SessionKey {
+        ssl: call.ssl,
+        tgid,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out.
+    let known = unsafe { TLS_SESSIONS.get(&session) }.copied();
+    if let Some(s) = known {
+        // The call keeps to this socket (`sock.rs`).
+        call.sk = s.sk;
+        call.fd = s.fd;
+    }
     // The whole buffer is written (Go's Write returns less only with an error), and sending it
     // now keeps it ahead of the answer: the reader may return the answer before this goroutine
     // reaches its return. Only for a session whose socket is known.
-    let send_now = direction == DIR_EGRESS && {
-        let session = SessionKey {
-            ssl: call.ssl,
-            tgid,
-            _pad: 0,
-        };
-        // SAFETY: presence check only.
-        unsafe { TLS_SESSIONS.get(&session) }.is_some()
-    };
+    let send_now = direction == DIR_EGRESS && known.is_some();
     if send_now {
         call.out = GO_SENT;
     }
@@ -202,7 +228,8 @@ fn go_take<const HANDSHAKE: bool>(ctx: &ProbeContext, id: u64) -> Option<TlsCall
     Some(call)
 }
 
-/// Every `RET` of `(*Conn).Read` and `(*Conn).Write`: `n` is in RAX.
+/// Every `RET` of `(*Conn).Read` and `(*Conn).Write`, where user space did not find the calls
+/// it probes instead (`go_tls_read_copy`, `go_tls_write_record`): `n` is in RAX.
 #[uprobe]
 pub fn go_tls_return(ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
@@ -211,14 +238,89 @@ pub fn go_tls_return(ctx: ProbeContext) -> u32 {
     };
     let n = reg(&ctx, |r| unsafe { &raw const (*r).rax }) as i64;
     if n > 0 && call.out != GO_SENT {
-        finish(&ctx, &call, n as u64, id);
-        if call.direction == DIR_INGRESS {
-            // Plaintext that began a request: the goroutine serves it (`goroutine.rs`; done
-            // already when its goroutines are followed). Not reached after a continuation
-            // record (a tail call), which only HTTP/2 sockets get: no request context there.
-            goroutine::claim(&current_g(&ctx, (id >> 32) as u32), id as u32);
-        }
+        go_done(&ctx, &call, n as u64, id);
     }
+    0
+}
+
+/// The call `runtime.memmove(to, from, n)` inside `(*Conn).Read` that copies the decrypted
+/// bytes into the caller's buffer (`copy` in the inlined `bytes.(*Reader).Read`): the plaintext
+/// is at `from` (RBX), `n` bytes (RCX). A `call` is emulated by the kernel, where a probe on a
+/// `RET` is single-stepped: user space probes this site instead of the returns. A read that
+/// fails never gets here: its entry stays until the goroutine's next call (`GO_CLAIM_NS`).
+#[uprobe]
+pub fn go_tls_read_copy(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(mut call) = go_take::<false>(&ctx, id) else {
+        return 0;
+    };
+    if call.direction != DIR_INGRESS {
+        return 0;
+    }
+    call.buf = reg(&ctx, |r| unsafe { &raw const (*r).rbx });
+    let n = reg(&ctx, |r| unsafe { &raw const (*r).rcx });
+    go_done(&ctx, &call, n, id);
+    0
+}
+
+/// A Go read or write that moved `n` plaintext bytes.
+#[inline(always)]
+fn go_done(ctx: &ProbeContext, call: &TlsCall, n: u64, id: u64) {
+    finish(ctx, call, n, id);
+    if call.direction == DIR_INGRESS {
+        // Plaintext that began a request: the goroutine serves it (`goroutine.rs`; done
+        // already when its goroutines are followed). Not reached after a continuation
+        // record (a tail call), which only HTTP/2 sockets get: no request context there.
+        goroutine::claim(&current_g(ctx, (id >> 32) as u32), id as u32);
+    }
+}
+
+/// `crypto/tls` record type of application data (the `typ` argument of `writeRecordLocked`).
+const RECORD_APPLICATION_DATA: u64 = 23;
+
+/// A call `c.writeRecordLocked(recordTypeApplicationData, b)` inside `(*Conn).Write` (receiver
+/// in RAX, type in RBX, `b` in RCX and RDI): the plaintext, before it is encrypted and
+/// written. Past the handshake, so the session's socket is known (bound at the handshake's
+/// return, or by an earlier read); sent here, ahead of the answer. Nothing waits for the
+/// return: the writes' ciphertext is recognised by its socket (`TLS_SOCKS`). Where user space
+/// finds these calls, `Write` has no other probe.
+#[uprobe]
+pub fn go_tls_write_record(ctx: ProbeContext) -> u32 {
+    if !current_is_traced()
+        || reg(&ctx, |r| unsafe { &raw const (*r).rbx }) != RECORD_APPLICATION_DATA
+    {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let call = TlsCall {
+        ssl: reg(&ctx, |r| unsafe { &raw const (*r).rax }),
+        buf: reg(&ctx, |r| unsafe { &raw const (*r).rcx }),
+        out: GO_SENT,
+        sk: 0,
+        fd: 0,
+        direction: DIR_EGRESS,
+        since: 0,
+    };
+    let session = SessionKey {
+        ssl: call.ssl,
+        tgid,
+        _pad: 0,
+    };
+    // SAFETY: presence check only.
+    if unsafe { TLS_SESSIONS.get(&session) }.is_none() {
+        // A connection made before the agent attached, written first: its socket is learned
+        // from its first read; this plaintext is lost, and counted.
+        count(stats::TLS_NO_SOCKET);
+        return 0;
+    }
+    // (The process is in `GO_PROCS`: the session was bound inside a probed read or handshake.)
+    let len = reg(&ctx, |r| unsafe { &raw const (*r).rdi });
+    // The plaintext record goes out before `(*FD).Write` is entered: it takes the goroutine's
+    // request now.
+    goroutine::writing(&current_g(&ctx, tgid), id as u32);
+    // Last: a plaintext larger than one record goes on in a tail call.
+    finish(&ctx, &call, len, id);
     0
 }
 
@@ -248,6 +350,7 @@ fn enter(ctx: &ProbeContext, direction: u32) -> u32 {
         sk: 0,
         fd: 0,
         direction,
+        since: 0,
     };
     let tid = bpf_get_current_pid_tgid() as u32;
     // A call nested in another (`SSL_write` implemented with `SSL_write_ex`) replaces it: the

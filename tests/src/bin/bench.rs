@@ -590,9 +590,9 @@ fn main() -> Result<(), String> {
             "Go over crypto/tls",
             "A Go `net/http` server on Go's own `crypto/tls` (`tests/peers/go/tlspeer`, Debian's \
              Go 1.19), driven by wrk over HTTPS as above: the agent reads the plaintext at \
-             `(*Conn).Read`/`Write` (entry probes, and a probe on each `RET`, which the kernel \
-             single-steps) and follows the goroutines (probes on `runtime.newproc1` and \
-             `(*FD).Write`).",
+             `(*Conn).Read`'s copy of it and `(*Conn).Write`'s record writes (probes on `call` \
+             instructions, which the kernel emulates) and follows the goroutines (probes on \
+             `runtime.newproc1`, the call that queues the goroutine it made, and `(*FD).Write`).",
             &rounds,
         );
         done("Go", text);

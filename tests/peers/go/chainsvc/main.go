@@ -2,7 +2,8 @@
 // and queries PostgreSQL through database/sql (lib/pq), with no tracing code.
 //
 //	chainsvc PORT DOWNSTREAM PGDSN  serves HTTP/1.1 on 127.0.0.1:PORT (0: any), prints
-//	                                "PORT <n>".
+//	                                "PORT <n>"; over TLS (crypto/tls) when CHAINSVC_CERT and
+//	                                CHAINSVC_KEY name a certificate and its key.
 //
 // GET /work/<id>: a goroutine started by the handler GETs DOWNSTREAM/item/<id> with one
 // shared keep-alive client (its connections, and the goroutines that write them, serve every
@@ -69,6 +70,9 @@ func main() {
 		}
 		fmt.Fprintf(w, "%d %s %d", id, <-got, row)
 	})
+	if cert := os.Getenv("CHAINSVC_CERT"); cert != "" {
+		fail(http.ServeTLS(ln, nil, cert, os.Getenv("CHAINSVC_KEY")))
+	}
 	fail(http.Serve(ln, nil))
 }
 
