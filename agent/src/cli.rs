@@ -219,6 +219,18 @@ pub struct Cli {
           env = "SOCKTRACE_TLS")]
     pub tls: bool,
 
+    /// How often every process is looked at for TLS libraries and Go programs to attach to
+    /// (and exited ones detached). A program is also looked at as it starts (its executable:
+    /// node, Go); libraries it loads later wait for this scan.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        env = "SOCKTRACE_TLS_SCAN_INTERVAL"
+    )]
+    pub tls_scan_interval: u64,
+
     /// Follow goroutines in Go programs (binaries with a symbol table, Go 1.17+ on x86-64), with
     /// uprobes on the Go runtime, so that calls a handler makes from the goroutines it starts
     /// are children of its request. `false`: Go programs are linked by thread, as others are.

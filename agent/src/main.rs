@@ -93,10 +93,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// How often new processes are inspected for TLS libraries (shared `libssl` found at start is
-/// covered for every process at once).
-const TLS_SCAN_INTERVAL: Duration = Duration::from_secs(1);
-
 fn log_tls_scan(report: &ScanReport) {
     for path in &report.attached {
         tracing::info!("TLS: attached to {}", path.display());
@@ -475,6 +471,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         pipeline = pipeline.with_ui(viewer);
     }
     pipeline.sock_capture = Some(sock_capture);
+    // New programs are looked at as they start, not only at the next scan.
+    let (exec_tx, mut exec_rx) = tokio::sync::mpsc::channel::<u32>(1024);
+    if tls.is_some() {
+        pipeline = pipeline.with_exec_watch(exec_tx);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let stats_interval = (cli.stats_interval > 0).then(|| Duration::from_secs(cli.stats_interval));
     let capture = {
@@ -504,7 +505,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut rescan = tokio::time::interval(TLS_SCAN_INTERVAL);
+        let mut rescan = tokio::time::interval(Duration::from_secs(cli.tls_scan_interval));
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -512,6 +513,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ = rescan.tick() => {
                     if let Some(attacher) = tls.as_mut() {
                         log_tls_scan(&probes.scan_tls(attacher));
+                    }
+                }
+                Some(pid) = exec_rx.recv() => {
+                    let mut pids = vec![pid];
+                    while let Ok(pid) = exec_rx.try_recv() {
+                        pids.push(pid);
+                    }
+                    if let Some(attacher) = tls.as_mut() {
+                        log_tls_scan(&probes.scan_tls_pids(attacher, &pids));
                     }
                 }
             }

@@ -82,6 +82,9 @@ pub struct Pipeline {
     sampled: Vec<Span>,
     /// The local viewer's store (`--ui`), given what the exporter is given.
     ui: Option<UiFeed>,
+    /// Where the pids of new programs go, for the TLS attacher to look at at once (a program
+    /// with TLS in its executable, node or Go, may begin before the next periodic scan).
+    exec_watch: Option<tokio::sync::mpsc::Sender<u32>>,
     /// How whole each service's traces are (every span, before sampling).
     completeness: Completeness,
     /// When `completeness` last judged its idle traces.
@@ -115,9 +118,17 @@ impl Pipeline {
             sampler: Sampler::default(),
             sampled: Vec::new(),
             ui: None,
+            exec_watch: None,
             completeness: Completeness::new(CompletenessConfig::default()),
             completeness_tick_ns: 0,
         }
+    }
+
+    /// Sends the pid of every program started (exec) to `watch`; a full channel drops it (the
+    /// periodic scan finds it).
+    pub fn with_exec_watch(mut self, watch: tokio::sync::mpsc::Sender<u32>) -> Self {
+        self.exec_watch = Some(watch);
+        self
     }
 
     /// Also keeps the exported spans in the viewer's store.
@@ -190,6 +201,9 @@ impl Pipeline {
             Ok(Event::ExecEnv(env)) => self.resources.exec_env(env),
             Ok(Event::Exec { pid, cgroup_id }) => {
                 self.resources.exec(pid, cgroup_id);
+                if let Some(watch) = &self.exec_watch {
+                    let _ = watch.try_send(pid);
+                }
                 if let Some(filter) = &mut self.pid_filter
                     && self.selector.matches_exe(pid)
                     && let Err(e) = filter.add(pid)

@@ -546,6 +546,42 @@ fn go_client_to_go_server_over_crypto_tls() {
     agent.wait_stderr(&format!("TLS: detached from /proc/{pid}/root"));
 }
 
+/// A Go client started after the agent, with the periodic scan made rare (an hour): its
+/// executable is attached as it starts, because the kernel reports the exec, so its requests
+/// (one second after its start) give client spans, each the parent of nginx's server span.
+#[test]
+fn a_go_client_is_attached_as_it_starts_not_at_the_next_scan() {
+    require_root();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
+    let nginx = cert.nginx().unwrap_or_else(|e| panic!("{e}"));
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let bin = go_peer("tlspeer", false);
+    let agent = agent_for(&receiver, nginx.port, &["--tls-scan-interval", "3600"]);
+    agent.wait_stderr("TLS: ");
+    let base = format!("https://127.0.0.1:{}", nginx.port);
+    let out = Command::new(&bin)
+        .arg("client")
+        .arg(cert.cert())
+        .args([format!("{base}/first"), format!("{base}/second")])
+        .env("TLSPEER_WAIT_MS", "1000")
+        .output()
+        .expect("tlspeer client");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "STATUS 200 17\nSTATUS 200 17\nDONE\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let attached = agent.wait_stderr("/target/go/tlspeer");
+    assert!(attached.contains("TLS: attached to /proc/"), "{attached}");
+    let (servers, clients) = exact(&receiver, 2, 2);
+    for path in ["/first", "/second"] {
+        let (s, c) = pair(&servers, &clients, path);
+        check_exchange(s, c, nginx.port, path, 200);
+        assert_eq!(c.resource_str("process.executable.name"), Some("tlspeer"));
+    }
+}
+
 /// A Go server built without a symbol table (`-ldflags=-s -w`): its `crypto/tls` functions are
 /// found in the line table (`.gopclntab`) every Go binary keeps, and read like any other.
 #[test]

@@ -537,6 +537,16 @@ impl Probes {
         attacher.scan(&mut self.ebpf)
     }
 
+    /// Attaches the TLS and goroutine programs to the executables of `pids`, programs that
+    /// have just started.
+    pub fn scan_tls_pids(
+        &mut self,
+        attacher: &mut crate::capture::tls::TlsAttacher,
+        pids: &[u32],
+    ) -> crate::capture::tls::ScanReport {
+        attacher.scan_pids(&mut self.ebpf, pids)
+    }
+
     /// Number of attached tracepoints.
     pub fn attached(&self) -> usize {
         self.attached

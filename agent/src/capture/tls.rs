@@ -326,6 +326,23 @@ impl TlsAttacher {
         report
     }
 
+    /// Programs that have just started (their exec seen by the kernel): their files as they
+    /// are mapped now (the executable; libraries come later and are the periodic scan's), so
+    /// that a program with TLS inside it (node, Go) is attached within milliseconds of its
+    /// start rather than at the next scan. The periodic scan still looks at them.
+    pub fn scan_pids(&mut self, ebpf: &mut Ebpf, pids: &[u32]) -> ScanReport {
+        let mut report = ScanReport::default();
+        for &pid in pids {
+            if pid == self.self_pid {
+                continue;
+            }
+            for path in self.files_of(pid) {
+                self.consider(ebpf, &path, Some(pid), &mut report);
+            }
+        }
+        report
+    }
+
     fn live_pids(&self) -> HashSet<u32> {
         let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
             return HashSet::new();

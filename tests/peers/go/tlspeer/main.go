@@ -4,7 +4,8 @@
 //	                              GET /status/<code> answers <code>; anything else 200.
 //	tlspeer client CA URL...      GETs each URL in order on one keep-alive HTTP/1.1
 //	                              connection, prints "STATUS <code> <body length>" per
-//	                              request, then "DONE".
+//	                              request, then "DONE". TLSPEER_WAIT_MS: milliseconds to
+//	                              wait before the first request.
 package main
 
 import (
@@ -17,6 +18,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 func serve(port, cert, key string) {
@@ -51,6 +53,9 @@ func serve(port, cert, key string) {
 }
 
 func client(ca string, urls []string) {
+	if wait, err := strconv.Atoi(os.Getenv("TLSPEER_WAIT_MS")); err == nil {
+		time.Sleep(time.Duration(wait) * time.Millisecond)
+	}
 	pem, err := os.ReadFile(ca)
 	if err != nil {
 		fail(err)
