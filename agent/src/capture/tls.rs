@@ -304,9 +304,7 @@ impl TlsAttacher {
             if self.seen_pids.insert(pid, exe) == Some(exe) {
                 continue;
             }
-            for path in self.files_of(pid) {
-                self.consider(ebpf, &path, Some(pid), &mut report);
-            }
+            self.consider_pid(ebpf, pid, &mut report);
         }
         self.seen_pids.retain(|pid, _| live.contains(pid));
         let gone: Vec<(u64, u64)> = self
@@ -333,14 +331,18 @@ impl TlsAttacher {
     pub fn scan_pids(&mut self, ebpf: &mut Ebpf, pids: &[u32]) -> ScanReport {
         let mut report = ScanReport::default();
         for &pid in pids {
-            if pid == self.self_pid {
-                continue;
-            }
-            for path in self.files_of(pid) {
-                self.consider(ebpf, &path, Some(pid), &mut report);
+            if pid != self.self_pid {
+                self.consider_pid(ebpf, pid, &mut report);
             }
         }
         report
+    }
+
+    /// Attaches to the files `pid` maps now, as [`Self::consider`] does for each.
+    fn consider_pid(&mut self, ebpf: &mut Ebpf, pid: u32, r: &mut ScanReport) {
+        for path in self.files_of(pid) {
+            self.consider(ebpf, &path, Some(pid), r);
+        }
     }
 
     fn live_pids(&self) -> HashSet<u32> {
@@ -714,25 +716,30 @@ fn go_call_sites(
     functions: [Option<Function>; 3],
     callees: [Option<u64>; 3],
 ) -> [Option<Vec<(&'static str, u64)>>; 3] {
-    const PROGRAMS: [&str; 3] = [
-        "go_tls_read_copy",
-        "go_tls_write_record",
-        "go_newproc_queued",
+    // Each program, and whether exactly one such call is expected: one copy, one queueing;
+    // Write splits a record off in TLS 1.0, so it may make two.
+    const PROGRAMS: [(&str, bool); 3] = [
+        ("go_tls_read_copy", true),
+        ("go_tls_write_record", false),
+        ("go_newproc_queued", true),
     ];
     let mut sites = [None, None, None];
-    for (k, (f, callee)) in functions.iter().zip(callees).enumerate() {
+    for ((slot, (program, one)), (f, callee)) in sites
+        .iter_mut()
+        .zip(PROGRAMS)
+        .zip(functions.iter().zip(callees))
+    {
         let (Some(f), Some(callee)) = (f, callee) else {
             continue;
         };
         let calls = sites::calls_to(f.code, f.address, callee);
-        // One copy, one queueing; Write splits a record off in TLS 1.0.
-        if calls.is_empty() || (k != 1 && calls.len() != 1) {
+        if calls.is_empty() || (one && calls.len() != 1) {
             continue;
         }
-        sites[k] = Some(
+        *slot = Some(
             calls
                 .into_iter()
-                .map(|at| (PROGRAMS[k], f.file_offset + at))
+                .map(|at| (program, f.file_offset + at))
                 .collect(),
         );
     }
