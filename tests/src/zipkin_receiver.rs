@@ -153,9 +153,23 @@ impl ZipkinReceiver {
         format!("http://127.0.0.1:{}/api/v2/spans", self.port)
     }
 
-    /// Every request so far, in order.
+    /// Every request so far, in order. The receiver records a request before it answers, but a
+    /// thread here reads those records: a request just answered may not be in yet (see
+    /// [`Self::wait_requests`]).
     pub fn requests(&self) -> Vec<ZipkinRequest> {
         self.requests.lock().expect("lock").clone()
+    }
+
+    /// Every request, once at least `n` have been read (or after `timeout`, whatever came).
+    pub fn wait_requests(&self, n: usize, timeout: Duration) -> Vec<ZipkinRequest> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let requests = self.requests();
+            if requests.len() >= n || Instant::now() > deadline {
+                return requests;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The spans of every accepted request, in order.
