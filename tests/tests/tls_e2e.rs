@@ -26,8 +26,8 @@ use std::{
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use socktrace_tests::{
     harness::{
-        Agent, ChildGuard, PyServer, curl, exact, free_port, go_peer, metric, python, require_root,
-        wait_line, wait_metric,
+        Agent, ChildGuard, PyServer, curl, exact, final_counters, free_port, go_peer, metric,
+        python, require_root, wait_line, wait_metric,
     },
     load::{Nginx, TestCert},
     otlp_receiver::{OtlpReceiver, Protocol, ReceivedSpan},
@@ -187,30 +187,42 @@ fn python_urllib_to_python_https_server() {
     assert_eq!(attr(s, "error.type"), "503");
 }
 
+const NODE: &str = "/usr/bin/node";
+
+/// A node HTTPS server (node's own OpenSSL) on `port`, started after `agent`, once the agent has
+/// attached to it: it reads each request's body, then answers 404 `missing` to `/missing` and
+/// `/two`, 200 `hello from node` to anything else.
+fn node_https_server(agent: &Agent, cert: &TestCert, port: u16) -> (ChildGuard, u32) {
+    assert!(Path::new(NODE).exists(), "node must be installed (nodejs)");
+    let script = "const https = require('https'), fs = require('fs');\n\
+                  const [port, cert, key] = process.argv.slice(1);\n\
+                  const srv = https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, (req, res) => {\n\
+                  \x20 req.resume();\n\
+                  \x20 req.on('end', () => {\n\
+                  \x20   const ok = req.url !== '/missing' && req.url !== '/two';\n\
+                  \x20   res.writeHead(ok ? 200 : 404, { 'Content-Type': 'text/plain' });\n\
+                  \x20   res.end(ok ? 'hello from node\\n' : 'missing\\n');\n\
+                  \x20 });\n\
+                  });\n\
+                  srv.listen(Number(port), '127.0.0.1', () => console.log('PORT ' + port));\n";
+    let mut cmd = Command::new(NODE);
+    cmd.args(["-e", script]);
+    let (guard, pid) = tls_server(cmd, "node", cert, port);
+    let attached = agent.wait_stderr(&format!("TLS: attached to /proc/{pid}/root"));
+    assert!(attached.ends_with(NODE), "{attached}");
+    (guard, pid)
+}
+
 #[test]
 fn node_with_its_own_openssl_is_attached_when_found_and_released_when_it_exits() {
     require_root();
-    let node = Path::new("/usr/bin/node");
-    assert!(node.exists(), "node must be installed (nodejs)");
     let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
     let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
     let port = free_port();
     let agent = agent_for(&receiver, port, &[]);
     // An HTTPS server started after the agent: node's OpenSSL is inside the node executable
     // (memory buffers, not the socket, under the TLS layer), found by the periodic scan.
-    let script = "const https = require('https'), fs = require('fs');\n\
-                  const [port, cert, key] = process.argv.slice(1);\n\
-                  const srv = https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, (req, res) => {\n\
-                  \x20 const ok = req.url === '/hello';\n\
-                  \x20 res.writeHead(ok ? 200 : 404, { 'Content-Type': 'text/plain' });\n\
-                  \x20 res.end(ok ? 'hello from node\\n' : 'missing\\n');\n\
-                  });\n\
-                  srv.listen(Number(port), '127.0.0.1', () => console.log('PORT ' + port));\n";
-    let mut cmd = Command::new(node);
-    cmd.args(["-e", script]);
-    let (guard, pid) = tls_server(cmd, "node", &cert, port);
-    let attached = agent.wait_stderr(&format!("TLS: attached to /proc/{pid}/root"));
-    assert!(attached.ends_with("/usr/bin/node"), "{attached}");
+    let (guard, pid) = node_https_server(&agent, &cert, port);
     let base = format!("https://127.0.0.1:{port}");
     let body = curl_https(
         &cert.cert(),
@@ -226,6 +238,91 @@ fn node_with_its_own_openssl_is_attached_when_found_and_released_when_it_exits()
     check_exchange(s, c, port, "/missing", 404);
     drop(guard);
     agent.wait_stderr(&format!("TLS: detached from /proc/{pid}/root"));
+}
+
+/// node as both client and server, each with the OpenSSL inside the node executable, on memory
+/// buffers: every request on a fresh connection. The client's library encrypts a request into
+/// memory before any socket call of its session (the kernel sends that plaintext without a
+/// socket; user space ties it to the thread's next socket write, `tls_bound_by_next_write`), and
+/// both ends free each session at its close, so the next one is allocated at the same address
+/// (its socket must not be inherited: `SSL_free` forgets it).
+#[test]
+fn node_client_to_node_server_on_fresh_connections() {
+    require_root();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let port = free_port();
+    let agent = agent_for(&receiver, port, &[]);
+    let _server = node_https_server(&agent, &cert, port);
+    let client = "const https = require('https'), fs = require('fs');\n\
+                  const [ca, port, ...calls] = process.argv.slice(1);\n\
+                  (async () => {\n\
+                  \x20 for (const call of calls) {\n\
+                  \x20   const [method, path] = call.split(' ');\n\
+                  \x20   await new Promise((resolve, reject) => {\n\
+                  \x20     const req = https.request({ host: '127.0.0.1', port: Number(port), path, method,\n\
+                  \x20       ca: fs.readFileSync(ca), agent: false }, res => {\n\
+                  \x20       let body = '';\n\
+                  \x20       res.on('data', d => body += d);\n\
+                  \x20       res.on('end', () => { console.log(res.statusCode + ' ' + body.trim()); resolve(); });\n\
+                  \x20     });\n\
+                  \x20     req.on('error', reject);\n\
+                  \x20     if (method === 'POST') req.write('x'.repeat(100));\n\
+                  \x20     req.end();\n\
+                  \x20   });\n\
+                  \x20 }\n\
+                  })();\n";
+    let calls = [
+        "GET /one",
+        "GET /two",
+        "POST /three",
+        "GET /four",
+        "GET /five",
+        "GET /six",
+    ];
+    let out = Command::new(NODE)
+        .args(["-e", client])
+        .arg(cert.cert())
+        .arg(port.to_string())
+        .args(calls)
+        .output()
+        .expect("node client");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 hello from node\n404 missing\n200 hello from node\n200 hello from node\n\
+         200 hello from node\n200 hello from node\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (servers, clients) = exact(&receiver, 6, 6);
+    for call in calls {
+        let (method, path) = call.split_once(' ').unwrap();
+        let code = if path == "/two" { 404 } else { 200 };
+        let (s, c) = pair(&servers, &clients, path);
+        assert_eq!(s.name(), format!("{method} {path}"));
+        assert_eq!(attr(s, "http.request.method"), method);
+        assert_eq!(attr(s, "url.scheme"), "https");
+        assert_eq!(int(s, "http.response.status_code"), code);
+        assert_eq!(attr(c, "http.request.method"), method);
+        assert_eq!(
+            attr(c, "url.full"),
+            format!("https://127.0.0.1:{port}{path}")
+        );
+        assert_eq!(int(c, "http.response.status_code"), code);
+        for span in [s, c] {
+            assert_eq!(span.resource_str("process.executable.name"), Some("node"));
+        }
+    }
+    let (s, c) = pair(&servers, &clients, "/three");
+    assert_eq!(int(s, "http.request.body.size"), 100);
+    assert_eq!(int(c, "http.request.body.size"), 100);
+    // Each client request was tied to its socket in user space; nothing waited in vain.
+    let mut agent = agent;
+    assert_eq!(agent.stop(), Some(0));
+    let conns = final_counters(&agent.stderr(), "conns");
+    assert_eq!(conns["tls_bound_by_next_write"], 6, "{conns:?}");
+    assert_eq!(conns["tls_unbound_dropped"], 0, "{conns:?}");
+    assert_eq!(conns["tls_unreadable"], 0, "{conns:?}");
 }
 
 #[test]

@@ -50,6 +50,7 @@ pub const PROGRAMS: &[&str] = &[
     "tls_enter_handshake",
     "tls_exit",
     "tls_exit_ex",
+    "tls_free",
     "go_tls_enter_read",
     "go_tls_enter_write",
     "go_tls_enter_handshake",
@@ -152,13 +153,25 @@ const GO_RUNTIME_HOOKS: &[GoHook] = &[
 
 /// OpenSSL's entry points: function, entry program, return program, required (a file without
 /// it is not attached).
-const HOOKS: &[(&str, &str, &str, bool)] = &[
-    ("SSL_read", "tls_enter_read", "tls_exit", true),
-    ("SSL_write", "tls_enter_write", "tls_exit", true),
-    ("SSL_do_handshake", "tls_enter_handshake", "tls_exit", true),
+const HOOKS: &[(&str, &str, Option<&str>, bool)] = &[
+    ("SSL_read", "tls_enter_read", Some("tls_exit"), true),
+    ("SSL_write", "tls_enter_write", Some("tls_exit"), true),
+    (
+        "SSL_do_handshake",
+        "tls_enter_handshake",
+        Some("tls_exit"),
+        true,
+    ),
     // OpenSSL 1.1.1 and later.
-    ("SSL_read_ex", "tls_enter_read", "tls_exit_ex", false),
-    ("SSL_write_ex", "tls_enter_write", "tls_exit_ex", false),
+    ("SSL_read_ex", "tls_enter_read", Some("tls_exit_ex"), false),
+    (
+        "SSL_write_ex",
+        "tls_enter_write",
+        Some("tls_exit_ex"),
+        false,
+    ),
+    // A freed session's address is reused for later ones: its socket is forgotten.
+    ("SSL_free", "tls_free", None, false),
 ];
 
 /// OpenSSL's wrapper pairs (1.1.1 and later), each around one function of the `_ex`
@@ -515,7 +528,8 @@ struct OpensslProbe {
     /// What is probed, for the log.
     function: String,
     entry: &'static str,
-    exit: &'static str,
+    /// Its return program, if it has one.
+    exit: Option<&'static str>,
     /// File offset.
     offset: u64,
     /// The kernel emulates the instruction there (no single-step).
@@ -558,7 +572,7 @@ fn openssl_probes<'d, R: object::ReadRef<'d>>(
             probes.push(OpensslProbe {
                 function: format!("the function {a} and {b} call"),
                 entry,
-                exit: "tls_exit_ex",
+                exit: Some("tls_exit_ex"),
                 offset,
                 emulated: true,
                 required: true,
@@ -576,7 +590,7 @@ fn openssl_probes<'d, R: object::ReadRef<'d>>(
                 probes.push(OpensslProbe {
                     function: (*name).to_owned(),
                     entry,
-                    exit,
+                    exit: *exit,
                     offset,
                     emulated,
                     required: *required,
@@ -844,7 +858,13 @@ fn attach(
     };
     for probe in probes {
         let mut pair = Vec::new();
-        let points = vec![(probe.exit, probe.offset), (probe.entry, probe.offset)];
+        // The return first: an entry without it would leave its call behind.
+        let points = probe
+            .exit
+            .into_iter()
+            .chain([probe.entry])
+            .map(|name| (name, probe.offset))
+            .collect();
         match attach_points(ebpf, path, points, &mut pair) {
             Ok(()) => links.extend(pair),
             Err(e) => {
@@ -965,16 +985,17 @@ mod tests {
     fn openssl_wrappers_are_probed_at_their_common_core() {
         let lib = system_libssl();
         let probes = inspect(&lib).openssl.expect("defines SSL_write").unwrap();
-        let named: Vec<(&str, &str, bool)> = probes
+        let named: Vec<(&str, Option<&str>, bool)> = probes
             .iter()
             .map(|p| (p.entry, p.exit, p.emulated))
             .collect();
         assert_eq!(
             named,
             [
-                ("tls_enter_read", "tls_exit_ex", true),
-                ("tls_enter_write", "tls_exit_ex", true),
-                ("tls_enter_handshake", "tls_exit", true),
+                ("tls_enter_read", Some("tls_exit_ex"), true),
+                ("tls_enter_write", Some("tls_exit_ex"), true),
+                ("tls_enter_handshake", Some("tls_exit"), true),
+                ("tls_free", None, true),
             ]
         );
         // The core is called by both wrappers, read from the file independently of `sites`:
@@ -1027,7 +1048,8 @@ mod tests {
                 "SSL_write",
                 "SSL_do_handshake",
                 "SSL_read_ex",
-                "SSL_write_ex"
+                "SSL_write_ex",
+                "SSL_free"
             ]
         );
         assert!(probes.iter().all(|p| p.emulated));

@@ -16,6 +16,7 @@ mod peers;
 pub mod resolve;
 mod stream;
 mod table;
+mod unbound;
 
 use std::net::SocketAddr;
 
@@ -105,10 +106,19 @@ crate::counters! {
         /// library: a TLS stack socktrace cannot read (no symbols, not OpenSSL, or `--tls
         /// false`). They give no span.
         tls_unreadable,
+        /// TLS writes sent by the kernel without a socket (a library on memory buffers, before
+        /// its session's first read) tied here to their thread's next socket write.
+        tls_bound_by_next_write,
+        /// Of those writes, ones dropped: no socket write of their thread carried them within
+        /// 100 ms, or too many waited.
+        tls_unbound_dropped,
         /// Connections that ended while the kernel was losing records: the requests they held
         /// unanswered were dropped rather than reported as failed (their answers may be in what
         /// was lost).
         ended_after_loss,
+        /// Records of a socket after its connection closed, which the kernel no longer names
+        /// (a write racing the close, such as a TLS close-notify alert): skipped.
+        after_close_skipped,
         /// Connections ended because their socket showed up with another 4-tuple (the kernel
         /// reused it; the old connection's close was lost).
         socket_reused,

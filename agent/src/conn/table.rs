@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use socktrace_common::{
-    ConnectEvent, DATA_LOST_BEFORE, DATA_TLS, DIR_INGRESS, DataEvent, InjectEvent, ROLE_CLIENT,
-    ROLE_SERVER, TCP_CLOSE,
+    ConnectEvent, DATA_LOST_BEFORE, DATA_TLS, DIR_EGRESS, DIR_INGRESS, DataEvent, InjectEvent,
+    ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
 };
 
 use super::{
@@ -12,6 +12,7 @@ use super::{
     peers::{Injections, TracedClients},
     resolve::{Resolver, comm_of, tuple_addrs},
     stream::{Conn, Detection, State},
+    unbound::Unbound,
 };
 use crate::{
     FastMap,
@@ -38,7 +39,18 @@ pub struct ConnTable {
     links: Vec<LinkEvent>,
     injections: Injections,
     traced_clients: TracedClients,
+    /// TLS writes waiting for the socket write that carries them.
+    unbound: Unbound,
+    /// Sockets whose connection closed in the last [`AFTER_CLOSE_NS`], with the close's time,
+    /// until a new connection is seen on them.
+    closed: FastMap<u64, u64>,
 }
+
+/// How long records of a closed socket that the kernel no longer names are taken for
+/// stragglers of its connection.
+const AFTER_CLOSE_NS: u64 = 1_000_000_000;
+/// Most closed sockets remembered.
+const MAX_CLOSED: usize = 65536;
 
 /// Where `protocol` sits in the registry.
 fn registry_index(protocol: &dyn Protocol) -> Option<usize> {
@@ -59,6 +71,8 @@ impl ConnTable {
             links: Vec::new(),
             injections: Injections::default(),
             traced_clients: TracedClients::default(),
+            unbound: Unbound::default(),
+            closed: FastMap::default(),
         }
     }
 
@@ -74,9 +88,12 @@ impl ConnTable {
         }
     }
 
-    /// Forgets traced clients' connections whose servers have long asked.
+    /// Forgets traced clients' connections whose servers have long asked, and sockets closed
+    /// long enough ago that nothing of theirs can still be on its way.
     pub fn expire_traced_clients(&mut self, now_ns: u64) {
         self.traced_clients.expire(now_ns);
+        self.closed
+            .retain(|_, ts| now_ns.saturating_sub(*ts) <= AFTER_CLOSE_NS);
     }
 
     /// What linking learned from the I/O handled since the last call, in order.
@@ -166,6 +183,31 @@ impl ConnTable {
             self.stats.reset_after_loss += 1;
         }
         let tls = ev.ctx_flags & DATA_TLS != 0;
+        if ev.tuple_known == 0 && self.closed.contains_key(&ev.sk) {
+            // A write that raced its socket's close (node's TLS close-notify alert after the
+            // peer's reset): the kernel forgot the socket, and no new connection has been
+            // seen on it. Opening a connection for it would give a phantom span.
+            self.stats.after_close_skipped += 1;
+            return;
+        }
+        if ev.tuple_known != 0 {
+            self.closed.remove(&ev.sk);
+        }
+        if tls && ev.sk == 0 {
+            // A TLS write whose socket the kernel could not name: it waits for its ciphertext.
+            if ev.direction == DIR_EGRESS {
+                self.stats.tls_unbound_dropped += self.unbound.park(ev, payload, tail);
+            }
+            return;
+        }
+        if !tls && ev.direction == DIR_EGRESS && self.unbound.waiting(ev.tid) {
+            let (bound, dropped) = self.unbound.bind(ev, payload);
+            self.stats.tls_unbound_dropped += dropped;
+            for w in bound {
+                self.stats.tls_bound_by_next_write += 1;
+                self.on_data(&w.ev, &w.payload, &w.tail, resolver, out);
+            }
+        }
         if let Some(conn) = self.conns.get(&ev.sk)
             && conn.tls != tls
         {
@@ -314,9 +356,11 @@ impl ConnTable {
         self.stats.injections_unmatched += self.injections.add(ev);
     }
 
-    /// Forgets kernel injections whose write never came.
+    /// Forgets kernel injections whose write never came, and TLS writes whose socket write
+    /// never came.
     pub fn expire_injections(&mut self, now_ns: u64) {
         self.stats.injections_unmatched += self.injections.expire(now_ns);
+        self.stats.tls_unbound_dropped += self.unbound.expire(now_ns);
     }
 
     /// The kernel saw a traced socket change state; at `TCP_CLOSE` the connection is finished.
@@ -328,6 +372,9 @@ impl ConnTable {
         if let Some(conn) = self.conns.remove(&sk) {
             self.stats.closed += 1;
             self.finish(conn, ts_ns, out);
+            if self.closed.len() < MAX_CLOSED {
+                self.closed.insert(sk, ts_ns);
+            }
         }
     }
 

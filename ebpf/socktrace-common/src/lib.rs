@@ -415,8 +415,9 @@ pub mod stats {
         INJECT_PARTIAL_SEND = 20, "inject_partial_send";
         /// TLS library calls whose plaintext was sent to user space.
         TLS_PLAINTEXT = 21, "tls_plaintext";
-        /// TLS library calls on a socket the kernel could not name (no socket call happened inside
-        /// this one or an earlier call on the same TLS session, e.g. a memory BIO): plaintext lost.
+        /// TLS library reads on a socket the kernel could not name (no socket call happened inside
+        /// this one or an earlier call on the same TLS session, and the thread read no socket
+        /// before it), and Go writes of a session not seen before: plaintext lost.
         TLS_NO_SOCKET = 22, "tls_no_socket";
         /// Socket reads and writes of TLS library calls, not sent (their plaintext is).
         TLS_CIPHERTEXT_SKIPPED = 23, "tls_ciphertext_skipped";
@@ -436,6 +437,11 @@ pub mod stats {
         /// HTTP/2 client connections whose frame boundaries were lost (a frame header split
         /// between writes, a preface not whole in the first write): left alone from then on.
         INJECT_H2_FRAMING_LOST = 28, "inject_http2_framing_lost";
+        /// TLS writes of a library on memory buffers before its session's socket is known (a
+        /// client's first request: the library encrypts into memory and the application writes
+        /// the ciphertext to the socket after the call). Sent without a socket; user space ties
+        /// each to its thread's next socket write (`tls_bound_by_next_write`).
+        TLS_WRITE_UNBOUND = 29, "tls_write_unbound";
     }
 }
 

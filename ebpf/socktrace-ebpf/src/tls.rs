@@ -379,6 +379,22 @@ pub fn tls_enter_handshake(ctx: ProbeContext) -> u32 {
     enter(&ctx, DIR_HANDSHAKE)
 }
 
+/// `SSL_free(ssl)`: the session's socket is forgotten. The allocator hands the same address to
+/// a later session (node frees one per connection), which would otherwise inherit this one's
+/// socket: a library on memory buffers makes no socket call that would correct it.
+#[uprobe]
+pub fn tls_free(ctx: ProbeContext) -> u32 {
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        let key = SessionKey {
+            ssl,
+            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            _pad: 0,
+        };
+        let _ = TLS_SESSIONS.remove(&key);
+    }
+    0
+}
+
 /// Return of `SSL_read`/`SSL_write`/`SSL_do_handshake`: an `int`, the byte count (<= 0 on
 /// error or when the library wants more I/O first).
 #[uretprobe]
@@ -486,10 +502,17 @@ fn finish<C: EbpfContext>(ctx: &C, call: &TlsCall, len: u64, id: u64) {
         }
     }
     if sk == 0 {
-        count(stats::TLS_NO_SOCKET);
-        return;
+        if call.direction == DIR_INGRESS {
+            count(stats::TLS_NO_SOCKET);
+            return;
+        }
+        // A write on memory buffers before the session's first read (a client's first
+        // request): the application writes the ciphertext to the socket after this call. Sent
+        // without a socket; user space ties it to this thread's next socket write.
+        count(stats::TLS_WRITE_UNBOUND);
+    } else {
+        count(stats::TLS_PLAINTEXT);
     }
-    count(stats::TLS_PLAINTEXT);
     if call.direction == DIR_INGRESS {
         syscalls::emit_tls::<_, true>(ctx, call.buf, sk, fd, call.direction, len);
     } else {

@@ -1,6 +1,6 @@
 use socktrace_common::{
     AF_INET, CTX_SERVER_REQUEST, ConnTuple, ConnectEvent, DIR_EGRESS, DIR_INGRESS, DataEvent,
-    EVENT_DATA, EVENT_INJECT, InjectEvent, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
+    EVENT_DATA, EVENT_INJECT, InjectEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, TCP_CLOSE,
 };
 
 use super::{
@@ -649,6 +649,95 @@ fn tls_plaintext_restarts_the_connection_and_later_ciphertext_is_skipped() {
     assert_eq!(t.stats.tls_plaintext, 1);
     assert_eq!(t.stats.tls_ciphertext_skipped, 1);
     assert_eq!(t.stats.opened, 2, "started over at the first plaintext");
+}
+
+/// A TLS client on memory buffers: its first request's plaintext comes without a socket, before
+/// the socket write that carries it (a `ChangeCipherSpec` then application data, as TLS 1.3
+/// clients write it); the request is tied to that socket and paired with the response read
+/// there.
+#[test]
+fn a_tls_write_without_a_socket_takes_its_threads_next_socket_write() {
+    use socktrace_common::DATA_TLS;
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), NoResolver);
+    let tp = tuple([10, 0, 0, 2], 40000, [10, 0, 0, 1], 443);
+    let mut feed = |sk, ts, dir, flags, b: &[u8]| {
+        let mut ev = event(sk, ts, 3, dir, ROLE_CLIENT, tp, b.len());
+        ev.ctx_flags = flags;
+        t.on_data(&ev, b, &[], &mut r, &mut out);
+    };
+    feed(7, 100, DIR_EGRESS, 0, b"\x16\x03\x01\x00\x05hello");
+    feed(7, 110, DIR_INGRESS, 0, b"\x16\x03\x03\x00\x05world");
+    let req = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
+    feed(0, 200, DIR_EGRESS, DATA_TLS, req);
+    let mut cipher = b"\x14\x03\x03\x00\x01\x01\x17\x03\x03\x00\x40".to_vec();
+    cipher.resize(6 + 5 + 64, 0);
+    feed(7, 210, DIR_EGRESS, 0, &cipher);
+    feed(7, 300, DIR_INGRESS, 0, b"\x17\x03\x03\x00\x30");
+    feed(
+        7,
+        310,
+        DIR_INGRESS,
+        DATA_TLS,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+    assert_eq!(out.len(), 1, "one exchange");
+    assert!(out[0].tls);
+    assert_eq!(out[0].role, Role::Client);
+    let ex = format!("{:?}", out[0].exchange);
+    assert!(ex.contains("target: \"/a\""), "{ex}");
+    assert_eq!(t.stats.tls_bound_by_next_write, 1);
+    assert_eq!(t.stats.tls_unbound_dropped, 0);
+    assert_eq!(t.stats.tls_ciphertext_skipped, 2);
+}
+
+/// node writes a TLS close-notify alert as its peer's reset closes the socket: the record
+/// comes after the close, and the kernel no longer names the socket's addresses. It must not
+/// open a connection (which would end as a phantom `TLS` span); a new connection on the same
+/// socket, which the kernel saw established, is traced.
+#[test]
+fn a_record_after_its_sockets_close_opens_no_connection() {
+    let mut t = table();
+    let (mut out, mut r) = (Vec::new(), OpenBefore);
+    let tp = tuple([10, 0, 0, 2], 80, [10, 0, 0, 1], 40000);
+    let req = b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n";
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    t.on_data(
+        &event(7, 100, 3, DIR_INGRESS, ROLE_SERVER, tp, req.len()),
+        req,
+        &[],
+        &mut r,
+        &mut out,
+    );
+    t.on_data(
+        &event(7, 110, 3, DIR_EGRESS, ROLE_SERVER, tp, resp.len()),
+        resp,
+        &[],
+        &mut r,
+        &mut out,
+    );
+    t.on_close(7, TCP_CLOSE as u32, 200, &mut out);
+    let mut late = event(7, 210, 3, DIR_EGRESS, ROLE_UNKNOWN, tp, 24);
+    late.tuple_known = 0;
+    t.on_data(&late, b"\x17\x03\x03\x00\x13", &[], &mut r, &mut out);
+    assert_eq!(t.stats.after_close_skipped, 1);
+    assert_eq!((t.stats.opened, t.stats.found_open), (1, 0));
+    // The socket's next connection.
+    let next = tuple([10, 0, 0, 2], 80, [10, 0, 0, 1], 40001);
+    t.on_data(
+        &event(7, 300, 3, DIR_INGRESS, ROLE_SERVER, next, req.len()),
+        req,
+        &[],
+        &mut r,
+        &mut out,
+    );
+    assert_eq!(t.stats.opened, 2);
+    // Long after the close, a record without addresses is a connection found open.
+    t.on_close(7, TCP_CLOSE as u32, 400, &mut out);
+    t.expire_traced_clients(400 + 2_000_000_000);
+    t.on_data(&late, req, &[], &mut r, &mut out);
+    assert_eq!((t.stats.opened, t.stats.found_open), (3, 1));
+    assert_eq!(t.stats.after_close_skipped, 1);
 }
 
 /// A TLS connection whose library cannot be read gives only ciphertext: counted when it ends,
