@@ -374,9 +374,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None
     };
 
+    let mut inject_release = None;
     if let Some(root) = &inject_root {
         match probes.attach_injection(root) {
-            Ok(()) => inject_state = format!("on (sock_ops on {})", root.name),
+            Ok(()) => {
+                inject_state = format!("on (sock_ops on {})", root.name);
+                match probes.take_inject_release() {
+                    Ok(release) => inject_release = Some(release),
+                    Err(e) => eprintln!(
+                        "socktrace: warning: client sockets stay in the injection's socket map for their lifetime: {e}"
+                    ),
+                }
+            }
             Err(e) => eprintln!("socktrace: warning: {}", e.warning()),
         }
     }
@@ -506,10 +515,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut rescan = tokio::time::interval(Duration::from_secs(cli.tls_scan_interval));
+        let mut release = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                _ = release.tick(), if inject_release.is_some() => {
+                    if let Some(r) = inject_release.as_mut() {
+                        r.drain();
+                    }
+                }
                 _ = rescan.tick() => {
                     if let Some(attacher) = tls.as_mut() {
                         log_tls_scan(&probes.scan_tls(attacher));

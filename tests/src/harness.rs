@@ -425,6 +425,12 @@ pub fn all_final_counters(stderr: &str) -> std::collections::HashMap<String, u64
         .expect("prefix");
     let mut out = std::collections::HashMap::new();
     for group in rest.split(" | ") {
+        if let Some(name) = group.trim().strip_suffix(':')
+            && !name.contains(' ')
+        {
+            // A group with nothing in it (per-service completeness before any span).
+            continue;
+        }
         let (name, values) = group
             .split_once(": ")
             .unwrap_or_else(|| panic!("bad group {group:?} in {line}"));

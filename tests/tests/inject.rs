@@ -7,7 +7,7 @@
 //! header is matched with the spans that arrive over OTLP.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     process::{Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -1208,4 +1208,97 @@ fn grpc_injection(go: bool) {
     );
     assert_eq!(counter(&err, "inject_http2_framing_lost"), 0, "{err}");
     drop(server);
+}
+
+/// The keys of the injection's socket map (`INJECT_SOCKHASH`) as `bpftool` dumps them: one
+/// per client socket still in it. The test's agent is the only one loaded.
+fn sockets_in_the_map() -> usize {
+    let show = Command::new("bpftool")
+        .args(["-j", "map", "show"])
+        .output()
+        .expect("bpftool must be installed (cargo xtask test installs it)");
+    let maps: serde_json::Value = serde_json::from_slice(&show.stdout).expect("bpftool JSON");
+    let ids: Vec<u64> = maps
+        .as_array()
+        .expect("a list of maps")
+        .iter()
+        .filter(|m| m["name"] == "INJECT_SOCKHASH")
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    assert_eq!(ids.len(), 1, "one agent's socket map loaded: {ids:?}");
+    let dump = Command::new("bpftool")
+        .args(["-j", "map", "dump", "id", &ids[0].to_string()])
+        .output()
+        .expect("bpftool");
+    let entries: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("bpftool JSON");
+    entries.as_array().expect("a list of entries").len()
+}
+
+/// A client socket the kernel stops following (its first bytes are not an HTTP request) is
+/// taken out of the socket map: a socket in it sends through the socket-map path and reads
+/// through `tcp_bpf_recvmsg`, whose blocking read fails with EAGAIN when woken without data.
+/// One that carries HTTP/1 stays, and still gets its header.
+#[test]
+fn a_socket_injection_gives_up_on_leaves_the_socket_map() {
+    require_root();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listening");
+    let port = listener.local_addr().expect("address").port();
+    let held: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+    let into = held.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            into.lock().expect("lock").push(conn);
+        }
+    });
+    // Both connections stay open until the client reads a line from stdin.
+    let script = "import socket, sys\n\
+                  port = int(sys.argv[1])\n\
+                  sys.stdin.readline()\n\
+                  a = socket.create_connection(('127.0.0.1', port))\n\
+                  a.sendall(b'\\x00\\x00\\x00\\x08\\x04\\xd2\\x16\\x2f')\n\
+                  b = socket.create_connection(('127.0.0.1', port))\n\
+                  b.sendall(b'GET /kept HTTP/1.1\\r\\nHost: sink\\r\\n\\r\\n')\n\
+                  print('SENT', flush=True)\n\
+                  sys.stdin.readline()\n";
+    let mut child = Command::new(socktrace_tests::harness::python())
+        .args(["-c", script, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the client");
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut client = ChildGuard::new("client", child);
+    let (_receiver, mut agent) = agent_for(&[client.pid()], &[]);
+    writeln!(client.stdin()).expect("starting the client's connections");
+    wait_line(&mut out, "SENT", WAIT);
+    let deadline = Instant::now() + WAIT;
+    while sockets_in_the_map() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "still {} sockets in the map",
+            sockets_in_the_map()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The HTTP connection stays: it may carry more requests.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(sockets_in_the_map(), 1);
+    let received = {
+        let mut conns = held.lock().expect("lock");
+        assert_eq!(conns.len(), 2);
+        let mut buf = vec![0u8; 4096];
+        let n = conns[1].read(&mut buf).expect("reading the request");
+        buf.truncate(n);
+        buf
+    };
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.starts_with("GET /kept HTTP/1.1\r\ntraceparent: 00-"),
+        "{text}"
+    );
+    writeln!(client.stdin()).expect("ending the client");
+    assert_eq!(agent.stop(), Some(0));
+    let kernel = socktrace_tests::harness::final_counters(&agent.stderr(), "kernel");
+    assert_eq!(kernel["inject_released"], 1, "{kernel:?}");
+    assert_eq!(kernel["injected"], 1, "{kernel:?}");
 }

@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{ProgramArray, SockHash},
+    maps::{MapData, ProgramArray, Queue, SockHash},
     programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
     util::KernelVersion,
 };
@@ -32,6 +32,7 @@ const TAIL_H2: u32 = 0;
 const ENTER_CONNECT: &str = "inject_enter_connect";
 const EXIT_CONNECT: &str = "inject_exit_connect";
 const SOCKHASH: &str = "INJECT_SOCKHASH";
+const RELEASE: &str = "INJECT_RELEASE";
 /// The programs loaded only with injection.
 pub const PROGRAMS: [&str; 5] = [SOCK_OPS, SK_MSG, SK_MSG_H2, ENTER_CONNECT, EXIT_CONNECT];
 
@@ -205,6 +206,46 @@ fn attach_all(ebpf: &mut Ebpf, cgroup_dir: &File) -> Result<(), InjectError> {
     ops.attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
         .map_err(program_err(SOCK_OPS))?;
     Ok(())
+}
+
+/// Takes sockets out of the injection's socket map once the kernel has left them alone for
+/// good (it queues them in `INJECT_RELEASE`; only user space and `sock_ops` can delete from a
+/// socket map). Out of the map, a socket is back on the kernel's plain TCP paths: no extra
+/// copy per send, and no `tcp_bpf_recvmsg`, whose blocking read fails with EAGAIN when woken
+/// without data.
+pub struct InjectRelease {
+    queue: Queue<MapData, u64>,
+    sockets: SockHash<MapData, u64>,
+}
+
+impl InjectRelease {
+    /// Takes both maps out of the object, once injection is attached.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, InjectError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(InjectError::Missing(name));
+        let (queue, sockets) = (take(RELEASE)?, take(SOCKHASH)?);
+        Ok(Self {
+            queue: Queue::try_from(queue).map_err(|source| InjectError::Map {
+                name: RELEASE,
+                source,
+            })?,
+            sockets: SockHash::try_from(sockets).map_err(|source| InjectError::Map {
+                name: SOCKHASH,
+                source,
+            })?,
+        })
+    }
+
+    /// Takes every queued socket out of the map; returns how many were still in it (a socket
+    /// that closed meanwhile has left it by itself).
+    pub fn drain(&mut self) -> u64 {
+        let mut released = 0;
+        while let Ok(sk) = self.queue.pop(0) {
+            if self.sockets.remove(&sk).is_ok() {
+                released += 1;
+            }
+        }
+        released
+    }
 }
 
 /// An eBPF object copied into 8-byte aligned memory (the ELF parser wants aligned data).

@@ -518,6 +518,13 @@ impl Probes {
         crate::capture::inject::attach(&mut self.ebpf, root)
     }
 
+    /// Takes the maps that let user space release sockets from injection, once it is attached.
+    pub fn take_inject_release(
+        &mut self,
+    ) -> Result<crate::capture::inject::InjectRelease, crate::capture::inject::InjectError> {
+        crate::capture::inject::InjectRelease::take(&mut self.ebpf)
+    }
+
     /// Whether the TLS programs are loaded (ready for [`Probes::scan_tls`]), or why not.
     pub fn tls(&self) -> Result<(), &str> {
         self.tls.as_ref().map(|_| ()).map_err(String::as_str)

@@ -442,6 +442,9 @@ pub mod stats {
         /// the ciphertext to the socket after the call). Sent without a socket; user space ties
         /// each to its thread's next socket write (`tls_bound_by_next_write`).
         TLS_WRITE_UNBOUND = 29, "tls_write_unbound";
+        /// Client sockets the injection left alone for good (not HTTP, framing lost, a write it
+        /// could not see), handed to user space to take out of the socket map.
+        INJECT_RELEASED = 30, "inject_released";
     }
 }
 

@@ -34,7 +34,7 @@ use aya_ebpf::{
         },
     },
     macros::{map, sk_msg, sock_ops, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, SockHash},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, Queue, SockHash},
     programs::{SkMsgContext, SockOpsContext, TracePointContext},
 };
 use socktrace_common::{
@@ -154,6 +154,25 @@ pub struct InjectScratch {
 
 #[map]
 static INJECT_SCRATCH: PerCpuArray<InjectScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sockets left alone for good, for user space to take out of `INJECT_SOCKHASH` (a program
+/// other than `sock_ops` cannot delete from it). A socket in a socket map sends through the
+/// kernel's socket-map path (a copy more) and reads through `tcp_bpf_recvmsg`, whose blocking
+/// read returns EAGAIN when woken without data (after the send buffer filled, by write
+/// space): no socket stays there longer than injection needs it.
+#[map]
+static INJECT_RELEASE: Queue<u64> = Queue::with_max_entries(16384, 0);
+
+/// Leaves socket `sk` alone for good: no more injection, and out of the socket map.
+#[inline(always)]
+fn stop(state: &mut InjectState, sk: u64) {
+    state.stopped = 1;
+    if INJECT_RELEASE.push(&sk, 0).is_ok() {
+        count(stats::INJECT_RELEASED);
+    } else {
+        count(stats::MAP_UPDATE_FAILED);
+    }
+}
 
 /// `sys_enter_connect`: the thread may be about to create a client connection.
 #[tracepoint]
@@ -307,7 +326,7 @@ fn on_msg(ctx: &SkMsgContext) {
         // A write the agent does not see (io_uring, sendmmsg, an untraced process): whether
         // the kernel sends it whole could not be checked (`after_send`).
         count(stats::INJECT_SKIP_UNTRACED);
-        state.stopped = 1;
+        stop(state, sk);
         apply(ctx, ALL);
         return;
     }
@@ -374,7 +393,7 @@ fn request(msg: *mut sk_msg_md) {
     // SAFETY: as in `on_msg`.
     let state = unsafe { &mut *state };
     let Some(scratch) = INJECT_SCRATCH.get_ptr_mut(0) else {
-        state.stopped = 1;
+        stop(state, sk);
         apply(&ctx, ALL);
         return;
     };
@@ -395,7 +414,7 @@ fn request(msg: *mut sk_msg_md) {
     };
     if now != seq {
         count(stats::INJECT_SCRATCH_RACE);
-        state.stopped = 1;
+        stop(state, sk);
         apply(&ctx, ALL);
         return;
     }
@@ -403,19 +422,19 @@ fn request(msg: *mut sk_msg_md) {
         HEAD | HEAD_LAST | HEAD_CHUNKED => {}
         NOT_HTTP => {
             count(stats::INJECT_NOT_HTTP);
-            state.stopped = 1;
+            stop(state, sk);
             apply(&ctx, ALL);
             return;
         }
         FAILED => {
             count(stats::INJECT_PUSH_FAILED);
-            state.stopped = 1;
+            stop(state, sk);
             apply(&ctx, ALL);
             return;
         }
         _ => {
             count(stats::INJECT_SKIP_INCOMPLETE);
-            state.stopped = 1;
+            stop(state, sk);
             apply(&ctx, ALL);
             return;
         }
@@ -441,7 +460,7 @@ fn request(msg: *mut sk_msg_md) {
     }
     if kind == HEAD_LAST {
         count(stats::INJECT_SKIP_UNKNOWN_FRAMING);
-        state.stopped = 1;
+        stop(state, sk);
         apply(&ctx, ALL);
         return;
     }
@@ -498,7 +517,7 @@ pub fn after_send(sk: u64, passed: u32, ret: i64) {
     let state = unsafe { &mut *state };
     if state.stopped == 0 {
         count(stats::INJECT_PARTIAL_SEND);
-        state.stopped = 1;
+        stop(state, sk);
     }
 }
 
@@ -521,7 +540,7 @@ fn chunk(msg: *mut sk_msg_md) {
     let state = unsafe { &mut *state };
     let io = live_io(bpf_get_current_pid_tgid() as u32);
     let Some(scratch) = INJECT_SCRATCH.get_ptr_mut(0) else {
-        state.stopped = 1;
+        stop(state, sk);
         apply(&ctx, ALL);
         return;
     };
@@ -567,7 +586,7 @@ fn chunk(msg: *mut sk_msg_md) {
         Some((line, len)) => pass(&ctx, state, io, line as u32, len + 2, size, 0),
         None => {
             count(stats::INJECT_SKIP_UNKNOWN_FRAMING);
-            state.stopped = 1;
+            stop(state, sk);
             apply(&ctx, ALL);
         }
     }
@@ -895,7 +914,8 @@ fn is_h2_preface(ctx: &SkMsgContext, size: u32) -> bool {
 #[inline(always)]
 fn h2_lost(ctx: &SkMsgContext, state: &mut InjectState) {
     count(stats::INJECT_H2_FRAMING_LOST);
-    state.stopped = 1;
+    // SAFETY: context field; the socket pointer is only used as a key.
+    stop(state, unsafe { (*ctx.msg).__bindgen_anon_3.sk } as u64);
     apply(ctx, ALL);
 }
 
