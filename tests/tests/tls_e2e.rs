@@ -240,6 +240,28 @@ fn node_with_its_own_openssl_is_attached_when_found_and_released_when_it_exits()
     agent.wait_stderr(&format!("TLS: detached from /proc/{pid}/root"));
 }
 
+/// A test certificate, an OTLP receiver, and the agent tracing a node HTTPS server
+/// ([`node_https_server`]) on the returned port.
+fn behind_a_node_server() -> (TestCert, OtlpReceiver, u16, Agent, (ChildGuard, u32)) {
+    require_root();
+    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
+    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
+    let port = free_port();
+    let agent = agent_for(&receiver, port, &[]);
+    let server = node_https_server(&agent, &cert, port);
+    (cert, receiver, port, agent, server)
+}
+
+/// Stops the agent and checks that `requests` TLS writes sent without a socket were each tied to
+/// one in user space, none dropped, and no connection left unreadable.
+fn assert_requests_tied(mut agent: Agent, requests: u64) {
+    assert_eq!(agent.stop(), Some(0));
+    let conns = final_counters(&agent.stderr(), "conns");
+    assert_eq!(conns["tls_bound_by_next_write"], requests, "{conns:?}");
+    assert_eq!(conns["tls_unbound_dropped"], 0, "{conns:?}");
+    assert_eq!(conns["tls_unreadable"], 0, "{conns:?}");
+}
+
 /// node as both client and server, each with the OpenSSL inside the node executable, on memory
 /// buffers: every request on a fresh connection. The client's library encrypts a request into
 /// memory before any socket call of its session (the kernel sends that plaintext without a
@@ -248,12 +270,7 @@ fn node_with_its_own_openssl_is_attached_when_found_and_released_when_it_exits()
 /// (its socket must not be inherited: `SSL_free` forgets it).
 #[test]
 fn node_client_to_node_server_on_fresh_connections() {
-    require_root();
-    let cert = TestCert::make().unwrap_or_else(|e| panic!("{e}"));
-    let receiver = OtlpReceiver::start_blocking(Protocol::HttpProtobuf);
-    let port = free_port();
-    let agent = agent_for(&receiver, port, &[]);
-    let _server = node_https_server(&agent, &cert, port);
+    let (cert, receiver, port, agent, _server) = behind_a_node_server();
     let client = "const https = require('https'), fs = require('fs');\n\
                   const [ca, port, ...calls] = process.argv.slice(1);\n\
                   (async () => {\n\
@@ -317,12 +334,54 @@ fn node_client_to_node_server_on_fresh_connections() {
     assert_eq!(int(s, "http.request.body.size"), 100);
     assert_eq!(int(c, "http.request.body.size"), 100);
     // Each client request was tied to its socket in user space; nothing waited in vain.
-    let mut agent = agent;
-    assert_eq!(agent.stop(), Some(0));
-    let conns = final_counters(&agent.stderr(), "conns");
-    assert_eq!(conns["tls_bound_by_next_write"], 6, "{conns:?}");
-    assert_eq!(conns["tls_unbound_dropped"], 0, "{conns:?}");
-    assert_eq!(conns["tls_unreadable"], 0, "{conns:?}");
+    assert_requests_tied(agent, 6);
+}
+
+/// Python's asyncio as a TLS client (OpenSSL on memory buffers through `ssl.SSLObject`): it
+/// writes `ChangeCipherSpec` and `Finished` in one socket write and its first request in the
+/// next, after the library encrypted it with no socket known; the request is tied to its
+/// socket in user space, as node's are.
+#[test]
+fn a_python_asyncio_client_over_tls_gets_client_spans() {
+    let (cert, receiver, port, agent, _server) = behind_a_node_server();
+    let script = "import asyncio, ssl, sys\n\
+                  async def one(ctx, port, path):\n\
+                  \x20   r, w = await asyncio.open_connection('127.0.0.1', port, ssl=ctx)\n\
+                  \x20   w.write(f'GET {path} HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\nConnection: close\\r\\n\\r\\n'.encode())\n\
+                  \x20   await w.drain()\n\
+                  \x20   data = await r.read()\n\
+                  \x20   w.close()\n\
+                  \x20   print(data.split(b'\\r\\n')[0].decode())\n\
+                  async def main():\n\
+                  \x20   ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
+                  \x20   for path in sys.argv[3:]:\n\
+                  \x20       await one(ctx, int(sys.argv[2]), path)\n\
+                  asyncio.run(main())\n";
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(cert.cert())
+        .arg(port.to_string())
+        .args(["/one", "/missing", "/three"])
+        .output()
+        .expect("python");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "HTTP/1.1 200 OK\nHTTP/1.1 404 Not Found\nHTTP/1.1 200 OK\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (servers, clients) = exact(&receiver, 3, 3);
+    for (path, code) in [("/one", 200), ("/missing", 404), ("/three", 200)] {
+        let (s, c) = pair(&servers, &clients, path);
+        check_exchange(s, c, port, path, code);
+        assert_eq!(s.resource_str("process.executable.name"), Some("node"));
+        assert!(
+            c.resource_str("process.executable.name")
+                .is_some_and(|n| n.starts_with("python")),
+            "{c}"
+        );
+    }
+    assert_requests_tied(agent, 3);
 }
 
 #[test]
