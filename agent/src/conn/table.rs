@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use socktrace_common::{
-    ConnectEvent, DATA_LOST_BEFORE, DATA_TLS, DIR_EGRESS, DIR_INGRESS, DataEvent, InjectEvent,
-    ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
+    CLOSE_LOST_BEFORE, ConnectEvent, DATA_LOST_BEFORE, DATA_TLS, DIR_EGRESS, DIR_INGRESS,
+    DataEvent, InjectEvent, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE,
 };
 
 use super::{
@@ -365,7 +365,14 @@ impl ConnTable {
 
     /// The kernel saw a traced socket change state; at `TCP_CLOSE` the connection is finished.
     pub fn on_close(&mut self, sk: u64, new_state: u32, ts_ns: u64, out: &mut Vec<ConnExchange>) {
-        if new_state as i32 != TCP_CLOSE {
+        let lost = new_state & CLOSE_LOST_BEFORE != 0;
+        if let Some(conn) = self.conns.get_mut(&sk)
+            && lost
+        {
+            // Records lost since the last one: the connection ends with a hole.
+            conn.lost = true;
+        }
+        if (new_state & !CLOSE_LOST_BEFORE) as i32 != TCP_CLOSE {
             return;
         }
         self.traced_clients.remove(sk);

@@ -72,6 +72,9 @@ pub const CTX_FROM_HEADER: u32 = 2;
 /// `DataEvent::ctx_flags`: records of this socket were lost (ring buffer full) since its
 /// previous record: the stream has a hole of unknown size before this one.
 pub const DATA_LOST_BEFORE: u32 = 4;
+/// Or-ed into `CloseEvent::new_state`: records of the socket were lost since its last one, so
+/// the connection may end with a hole that no later record will announce.
+pub const CLOSE_LOST_BEFORE: u32 = 1 << 16;
 /// `DataEvent::ctx_flags`: plaintext read or written through a TLS library (`SSL_read`,
 /// `SSL_write`...), not the socket's own bytes; the socket's ciphertext is not sent at all while
 /// the library is in the call.
@@ -181,7 +184,8 @@ pub struct DataEventBuf {
 #[derive(Clone, Copy, Debug)]
 pub struct CloseEvent {
     pub kind: u32,
-    /// The TCP state entered (`TCP_FIN_WAIT1`, `TCP_CLOSE_WAIT` or `TCP_CLOSE`).
+    /// The TCP state entered (`TCP_FIN_WAIT1`, `TCP_CLOSE_WAIT` or `TCP_CLOSE`), with
+    /// `CLOSE_LOST_BEFORE` when records of the socket were lost since its last one.
     pub new_state: u32,
     pub ts_ns: u64,
     pub sk: u64,

@@ -10,17 +10,17 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use socktrace_common::{
-    AF_INET, AF_INET6, CloseEvent, ConnTuple, ConnectEvent, DIR_EGRESS, DIR_INGRESS,
-    EVENT_CONN_CLOSE, EVENT_CONNECT, ROLE_CLIENT, ROLE_SERVER, SockInfo, TCP_CLOSE, TCP_CLOSE_WAIT,
-    TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_SYN_RECV, TCP_SYN_SENT, stats,
+    AF_INET, AF_INET6, CLOSE_LOST_BEFORE, CloseEvent, ConnTuple, ConnectEvent, DIR_EGRESS,
+    DIR_INGRESS, EVENT_CONN_CLOSE, EVENT_CONNECT, ROLE_CLIENT, ROLE_SERVER, SockInfo, TCP_CLOSE,
+    TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_SYN_RECV, TCP_SYN_SENT, stats,
 };
 
 use crate::{
     goroutine::{self, GoKey},
     inject,
     maps::{
-        SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCKS, TRACED_CONNECTING, TRACKED_SOCKS, agent_tgid,
-        count, current_is_traced, send_event, tls_enabled, tp_offset,
+        SELF_PEERS, SELF_PORTS, SOCK_CAPTURE, SOCK_LOST, SOCKS, TRACED_CONNECTING, TRACKED_SOCKS,
+        agent_tgid, count, current_is_traced, send_event, tls_enabled, tp_offset,
     },
     syscalls::{ActiveIo, IO_PEEK, IO_TLS, begin_io, live_io},
     tls::{GO_CALLS, GO_CLAIM_NS, GO_PROCS, TLS_CALLS, TLS_SOCKS, TlsCall},
@@ -361,10 +361,17 @@ fn try_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         }
 
         if newstate == TCP_FIN_WAIT1 || newstate == TCP_CLOSE_WAIT || newstate == TCP_CLOSE {
-            if TRACKED_SOCKS.get_ptr(&sk).is_some() {
+            if let Some(mark) = TRACKED_SOCKS.get_ptr(&sk) {
+                // A record of the socket lost since its last one: no later record will say so.
+                // SAFETY: the socket's entry, read once.
+                let lost = if unsafe { *mark } & SOCK_LOST != 0 {
+                    CLOSE_LOST_BEFORE
+                } else {
+                    0
+                };
                 let ev = CloseEvent {
                     kind: EVENT_CONN_CLOSE,
-                    new_state: newstate as u32,
+                    new_state: newstate as u32 | lost,
                     ts_ns: bpf_ktime_get_ns(),
                     sk,
                 };

@@ -1,6 +1,7 @@
 use socktrace_common::{
-    AF_INET, CTX_SERVER_REQUEST, ConnTuple, ConnectEvent, DIR_EGRESS, DIR_INGRESS, DataEvent,
-    EVENT_DATA, EVENT_INJECT, InjectEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, TCP_CLOSE,
+    AF_INET, CLOSE_LOST_BEFORE, CTX_SERVER_REQUEST, ConnTuple, ConnectEvent, DIR_EGRESS,
+    DIR_INGRESS, DataEvent, EVENT_DATA, EVENT_INJECT, InjectEvent, ROLE_CLIENT, ROLE_SERVER,
+    ROLE_UNKNOWN, TCP_CLOSE, TCP_FIN_WAIT1,
 };
 
 use super::{
@@ -503,6 +504,14 @@ fn after_a_loss_an_unanswered_request_is_dropped_at_the_end_not_failed() {
     t.on_close(8, TCP_CLOSE as u32, 300, &mut out);
     assert_eq!(out.len(), 1, "{:?}", out.last().map(|x| &x.exchange));
     assert_eq!(t.stats.ended_after_loss, 1);
+    // The kernel lost the answer of connection 9, and its close is the only record after the
+    // hole: the close says so, even when user space saw no loss since the connection opened.
+    let ev = event(9, 400, 3, DIR_EGRESS, ROLE_CLIENT, tp, req.len());
+    t.on_data(&ev, req, &[], &mut r, &mut out);
+    t.on_close(9, TCP_FIN_WAIT1 as u32 | CLOSE_LOST_BEFORE, 450, &mut out);
+    t.on_close(9, TCP_CLOSE as u32, 500, &mut out);
+    assert_eq!(out.len(), 1, "{:?}", out.last().map(|x| &x.exchange));
+    assert_eq!(t.stats.ended_after_loss, 2);
 }
 
 #[test]
