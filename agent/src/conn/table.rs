@@ -88,12 +88,9 @@ impl ConnTable {
         }
     }
 
-    /// Forgets traced clients' connections whose servers have long asked, and sockets closed
-    /// long enough ago that nothing of theirs can still be on its way.
+    /// Forgets traced clients' connections whose servers have long asked.
     pub fn expire_traced_clients(&mut self, now_ns: u64) {
         self.traced_clients.expire(now_ns);
-        self.closed
-            .retain(|_, ts| now_ns.saturating_sub(*ts) <= AFTER_CLOSE_NS);
     }
 
     /// What linking learned from the I/O handled since the last call, in order.
@@ -365,9 +362,8 @@ impl ConnTable {
 
     /// The kernel saw a traced socket change state; at `TCP_CLOSE` the connection is finished.
     pub fn on_close(&mut self, sk: u64, new_state: u32, ts_ns: u64, out: &mut Vec<ConnExchange>) {
-        let lost = new_state & CLOSE_LOST_BEFORE != 0;
-        if let Some(conn) = self.conns.get_mut(&sk)
-            && lost
+        if new_state & CLOSE_LOST_BEFORE != 0
+            && let Some(conn) = self.conns.get_mut(&sk)
         {
             // Records lost since the last one: the connection ends with a hole.
             conn.lost = true;
@@ -385,10 +381,13 @@ impl ConnTable {
         }
     }
 
-    /// Forgets connections idle longer than the configured timeout.
+    /// Forgets connections idle longer than the configured timeout, and sockets closed long
+    /// enough ago that nothing of theirs can still be on its way.
     /// Connections idle for a second give back their parsers' spare buffer space.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<ConnExchange>) {
         const SHRINK_AFTER_NS: u64 = 1_000_000_000;
+        self.closed
+            .retain(|_, ts| now_ns.saturating_sub(*ts) <= AFTER_CLOSE_NS);
         let timeout = self.config.idle_timeout_ns;
         let mut stale = Vec::new();
         for (sk, c) in &mut self.conns {

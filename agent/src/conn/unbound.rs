@@ -59,6 +59,20 @@ fn application_data(bytes: &[u8], len: u64) -> Option<u64> {
     }
 }
 
+/// Drops the writes at the front of `queue` (oldest first) that waited longer than
+/// [`WAIT_NS`] before `now_ns`; returns how many.
+fn drop_stale(queue: &mut VecDeque<Waiting>, now_ns: u64) -> u64 {
+    let mut dropped = 0;
+    while queue
+        .front()
+        .is_some_and(|w| now_ns.saturating_sub(w.ev.ts_ns) > WAIT_NS)
+    {
+        queue.pop_front();
+        dropped += 1;
+    }
+    dropped
+}
+
 impl Unbound {
     /// Keeps a write of thread `ev.tid`; returns how many writes were dropped to make room or
     /// because they waited too long.
@@ -72,11 +86,8 @@ impl Unbound {
             }
         }
         let queue = self.threads.entry(ev.tid).or_default();
-        while queue
-            .front()
-            .is_some_and(|w| ev.ts_ns.saturating_sub(w.ev.ts_ns) > WAIT_NS)
-            || queue.len() >= MAX_PER_THREAD
-        {
+        dropped += drop_stale(queue, ev.ts_ns);
+        while queue.len() >= MAX_PER_THREAD {
             queue.pop_front();
             dropped += 1;
         }
@@ -102,14 +113,7 @@ impl Unbound {
         let Some(queue) = self.threads.get_mut(&ev.tid) else {
             return (Vec::new(), 0);
         };
-        let mut dropped = 0;
-        while queue
-            .front()
-            .is_some_and(|w| ev.ts_ns.saturating_sub(w.ev.ts_ns) > WAIT_NS)
-        {
-            queue.pop_front();
-            dropped += 1;
-        }
+        let dropped = drop_stale(queue, ev.ts_ns);
         let mut bound = Vec::new();
         if let Some(room) = application_data(payload, ev.len) {
             let mut used = 0u64;
@@ -138,9 +142,7 @@ impl Unbound {
     pub fn expire(&mut self, now_ns: u64) -> u64 {
         let mut dropped = 0;
         self.threads.retain(|_, queue| {
-            let before = queue.len();
-            queue.retain(|w| now_ns.saturating_sub(w.ev.ts_ns) <= WAIT_NS);
-            dropped += (before - queue.len()) as u64;
+            dropped += drop_stale(queue, now_ns);
             !queue.is_empty()
         });
         dropped

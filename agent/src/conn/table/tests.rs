@@ -743,7 +743,7 @@ fn a_record_after_its_sockets_close_opens_no_connection() {
     assert_eq!(t.stats.opened, 2);
     // Long after the close, a record without addresses is a connection found open.
     t.on_close(7, TCP_CLOSE as u32, 400, &mut out);
-    t.expire_traced_clients(400 + 2_000_000_000);
+    t.expire(400 + 2_000_000_000, &mut out);
     t.on_data(&late, req, &[], &mut r, &mut out);
     assert_eq!((t.stats.opened, t.stats.found_open), (3, 1));
     assert_eq!(t.stats.after_close_skipped, 1);
